@@ -1,0 +1,221 @@
+//! `cluster`: run N copies of a program behind one address.
+//!
+//! ```text
+//! cargo run --release --example cluster -- -w 4 -l 0.0.0.0:3000 node examples/node/server.js
+//! ```
+//!
+//! Everything from the first non-option on is the program and its arguments.
+//! Exit status: 0 after a clean stop, 1 when the cluster cannot start or every
+//! slot failed, 2 for bad usage.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use herd::{Backoff, Balance, Cluster, CrashLoop, RestartPolicy, Signal};
+
+/// Run N copies of a program behind one listening address, keep them alive,
+/// and stop them gracefully.
+#[derive(Debug, Parser)]
+#[command(name = "cluster", version, trailing_var_arg = true)]
+struct Cli {
+    /// Number of worker processes [default: the number of CPUs].
+    #[arg(short, long, value_name = "N")]
+    workers: Option<usize>,
+
+    /// Address to listen on; repeat for more. PORT, :PORT, HOST:PORT or
+    /// [IPV6]:PORT [default: 0.0.0.0:$PORT, else 0.0.0.0:3000].
+    #[arg(short, long = "listen", value_name = "ADDR", value_parser = parse_listen)]
+    listen: Vec<Vec<SocketAddr>>,
+
+    /// How workers share the address: reuseport (a socket per worker slot)
+    /// or shared (one socket for all).
+    #[arg(long, value_name = "MODE", default_value = "reuseport", value_parser = parse_balance)]
+    balance: Balance,
+
+    /// Listen backlog [default: the kernel's somaxconn].
+    #[arg(long, value_name = "N")]
+    backlog: Option<u32>,
+
+    /// Time a stopping worker gets to finish its requests before its process
+    /// group is killed.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+
+    /// Signal that asks a worker to stop (SIGTERM, TERM, INT, 15, ...).
+    #[arg(long, value_name = "SIGNAL", default_value = "SIGTERM", value_parser = parse_signal)]
+    stop_signal: Signal,
+
+    /// Which exits are restarted: always, on-failure or never.
+    #[arg(long, value_name = "POLICY", default_value = "always", value_parser = parse_restart)]
+    restart: RestartPolicy,
+
+    /// Delay before the first restart; doubles after each quick exit.
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
+    restart_delay: Duration,
+
+    /// Cap on the restart delay.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    restart_delay_max: Duration,
+
+    /// A slot with this many exits within --crash-window is marked failed
+    /// (0: never give up).
+    #[arg(long, value_name = "N", default_value_t = herd::DEFAULT_CRASH_LIMIT)]
+    crash_limit: u32,
+
+    /// The window --crash-limit counts exits in.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    crash_window: Duration,
+
+    /// Uptime after which a worker counts as healthy and the restart delay
+    /// starts over.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    min_uptime: Duration,
+
+    /// Working directory of the workers.
+    #[arg(long, value_name = "DIR")]
+    cwd: Option<std::path::PathBuf>,
+
+    /// Extra environment variable for the workers; repeat for more.
+    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+
+    /// The program to run, then its arguments.
+    #[arg(required = true, value_name = "PROGRAM [ARGS]...", allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+fn parse_listen(s: &str) -> Result<Vec<SocketAddr>, String> {
+    herd::net::parse_listen_addr(s).map_err(|e| e.to_string())
+}
+
+fn parse_balance(s: &str) -> Result<Balance, String> {
+    s.parse().map_err(|e: herd::Error| e.to_string())
+}
+
+fn parse_restart(s: &str) -> Result<RestartPolicy, String> {
+    s.parse().map_err(|e: herd::Error| e.to_string())
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like 500ms or 30s: {e}"))
+}
+
+fn parse_signal(s: &str) -> Result<Signal, String> {
+    let upper = s.to_ascii_uppercase();
+    if let Ok(n) = upper.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| format!("`{s}` is not a signal number"));
+    }
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse()
+        .map_err(|_| format!("`{s}` is not a signal name like SIGTERM or INT"))
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("`{s}` is not KEY=VALUE")),
+    }
+}
+
+fn default_listen() -> Result<Vec<SocketAddr>, String> {
+    let port = std::env::var("PORT").unwrap_or_else(|_| "3000".into());
+    herd::net::parse_listen_addr(&format!("0.0.0.0:{port}"))
+        .map_err(|e| format!("$PORT: {e}"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // One thread is plenty for the master: it only forks, reaps and forwards
+    // output, and a single-threaded runtime keeps its footprint small.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("herd: error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herd: error: {}", chain(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let listen: Vec<SocketAddr> = if cli.listen.is_empty() {
+        default_listen()?
+    } else {
+        cli.listen.into_iter().flatten().collect()
+    };
+    let (program, args) = cli
+        .command
+        .split_first()
+        .ok_or("no program given")?;
+    let mut builder = Cluster::builder()
+        .command(program)
+        .args(args)
+        .balance(cli.balance)
+        .drain_timeout(cli.drain_timeout)
+        .stop_signal(cli.stop_signal)
+        .restart(cli.restart)
+        .backoff(Backoff {
+            initial: cli.restart_delay,
+            max: cli.restart_delay_max,
+            ..Backoff::default()
+        })
+        .crash_loop(CrashLoop {
+            limit: cli.crash_limit,
+            window: cli.crash_window,
+        })
+        .min_uptime(cli.min_uptime);
+    if let Some(n) = cli.workers {
+        builder = builder.workers(n);
+    }
+    if let Some(b) = cli.backlog {
+        builder = builder.backlog(b);
+    }
+    if let Some(dir) = &cli.cwd {
+        builder = builder.current_dir(dir);
+    }
+    for (k, v) in &cli.env {
+        builder = builder.env(k, v);
+    }
+    for addr in &listen {
+        builder = builder.listen(*addr);
+    }
+    let cluster = builder.build()?;
+    for addr in cluster.local_addrs() {
+        eprintln!(
+            "herd: listening on {addr} ({}, {} workers)",
+            cli.balance,
+            cluster.worker_count()
+        );
+    }
+    cluster.run().await?;
+    Ok(())
+}

@@ -1,0 +1,576 @@
+//! The public front: [`Builder`] validates and binds, [`Cluster`] runs,
+//! [`Handle`] controls and observes a running cluster from anywhere.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use nix::unistd::AccessFlags;
+use tokio::sync::{broadcast, mpsc, watch};
+
+use crate::error::{Error, Result};
+use crate::event::{Event, WorkerInfo};
+use crate::net::{default_backlog, Balance, Listeners};
+use crate::supervisor::policy::{Backoff, CrashLoop, RestartPolicy, Supervision};
+use crate::supervisor::{self, Control};
+
+/// Default time a stopping worker gets to finish its requests before its
+/// process group is SIGKILLed.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default signal that asks a worker to stop.
+pub const DEFAULT_STOP_SIGNAL: Signal = Signal::SIGTERM;
+/// How many events a slow [`Handle::events`] subscriber may fall behind.
+const EVENT_CAPACITY: usize = 1024;
+
+/// Variables herd sets for each worker itself, or that belong to the
+/// master's own supervisor and must not leak into workers (a worker that
+/// inherited systemd's `NOTIFY_SOCKET` would talk to systemd directly).
+const RESERVED_ENV: &[&str] = &[
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_PID",
+    "WATCHDOG_USEC",
+    crate::worker::SLOT_ENV,
+    crate::worker::GENERATION_ENV,
+    "NODE_APP_INSTANCE",
+];
+
+/// Where a cluster is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Phase {
+    /// Built and bound; `run()` not called yet.
+    Created,
+    /// Workers are supervised.
+    Running,
+    /// Workers are being stopped.
+    Stopping,
+    /// Every worker has been reaped.
+    Stopped,
+}
+
+/// The state a [`Handle`] reads without asking the event loop.
+#[derive(Debug, Clone)]
+pub(crate) struct Snapshot {
+    pub(crate) phase: Phase,
+    pub(crate) workers: Vec<WorkerInfo>,
+}
+
+/// Everything the event loop needs, validated.
+#[derive(Debug)]
+pub(crate) struct Config {
+    /// The program as the user wrote it, for messages.
+    pub(crate) program: String,
+    pub(crate) path: CString,
+    pub(crate) argv: Vec<CString>,
+    pub(crate) env: Vec<(OsString, OsString)>,
+    pub(crate) cwd: Option<CString>,
+    pub(crate) workers: usize,
+    pub(crate) supervision: Supervision,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) stop_signal: Signal,
+    pub(crate) handle_signals: bool,
+    pub(crate) log_events: bool,
+}
+
+/// Configures a [`Cluster`]; [`Builder::build`] validates everything and
+/// binds the listening sockets.
+#[derive(Debug, Clone)]
+pub struct Builder {
+    program: Option<OsString>,
+    args: Vec<OsString>,
+    env: Vec<(OsString, Option<OsString>)>,
+    cwd: Option<PathBuf>,
+    workers: Option<usize>,
+    listen: Vec<SocketAddr>,
+    balance: Balance,
+    backlog: Option<u32>,
+    supervision: Supervision,
+    drain_timeout: Duration,
+    stop_signal: Signal,
+    handle_signals: bool,
+    log_events: bool,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            program: None,
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: None,
+            workers: None,
+            listen: Vec::new(),
+            balance: Balance::default(),
+            backlog: None,
+            supervision: Supervision::new(),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            stop_signal: DEFAULT_STOP_SIGNAL,
+            handle_signals: true,
+            log_events: true,
+        }
+    }
+}
+
+impl Builder {
+    /// The program every worker runs: a path, or a name looked up on `PATH`.
+    pub fn command(mut self, program: impl AsRef<OsStr>) -> Self {
+        self.program = Some(program.as_ref().to_owned());
+        self
+    }
+
+    /// Appends one argument.
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    /// Appends arguments.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// Sets a variable in every worker's environment (which otherwise is the
+    /// master's, less the socket-activation and systemd variables).
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.env
+            .push((key.as_ref().to_owned(), Some(value.as_ref().to_owned())));
+        self
+    }
+
+    /// Removes a variable from every worker's environment.
+    pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Self {
+        self.env.push((key.as_ref().to_owned(), None));
+        self
+    }
+
+    /// The workers' working directory (default: the master's).
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.cwd = Some(dir.as_ref().to_owned());
+        self
+    }
+
+    /// How many worker slots (default: the number of available CPUs).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = Some(n);
+        self
+    }
+
+    /// Adds a listening address; repeat for more. Port 0 lets the kernel
+    /// choose ([`Cluster::local_addrs`] tells which).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen.push(addr);
+        self
+    }
+
+    /// How workers share each address (default [`Balance::ReusePort`]).
+    pub fn balance(mut self, balance: Balance) -> Self {
+        self.balance = balance;
+        self
+    }
+
+    /// The listen backlog (default: the kernel's `somaxconn`).
+    pub fn backlog(mut self, backlog: u32) -> Self {
+        self.backlog = Some(backlog);
+        self
+    }
+
+    /// Which exits are restarted (default [`RestartPolicy::Always`]).
+    pub fn restart(mut self, policy: RestartPolicy) -> Self {
+        self.supervision.restart = policy;
+        self
+    }
+
+    /// Delay between restarts.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.supervision.backoff = backoff;
+        self
+    }
+
+    /// When a slot is given up on.
+    pub fn crash_loop(mut self, crash_loop: CrashLoop) -> Self {
+        self.supervision.crash_loop = crash_loop;
+        self
+    }
+
+    /// Uptime after which the backoff starts over.
+    pub fn min_uptime(mut self, uptime: Duration) -> Self {
+        self.supervision.min_uptime = uptime;
+        self
+    }
+
+    /// How long a stopping worker may drain before its process group is
+    /// SIGKILLed (default [`DEFAULT_DRAIN_TIMEOUT`]).
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// The signal that asks a worker to stop (default SIGTERM).
+    pub fn stop_signal(mut self, signal: Signal) -> Self {
+        self.stop_signal = signal;
+        self
+    }
+
+    /// Whether `run()` handles SIGTERM, SIGINT and SIGQUIT sent to the
+    /// master (default true). Turn off when the embedding program handles
+    /// signals itself and calls [`Handle::shutdown`].
+    pub fn handle_signals(mut self, on: bool) -> Self {
+        self.handle_signals = on;
+        self
+    }
+
+    /// Whether lifecycle events are logged to stderr (default true).
+    pub fn log_events(mut self, on: bool) -> Self {
+        self.log_events = on;
+        self
+    }
+
+    /// Validates the configuration and binds every listening address.
+    /// Nothing is spawned yet.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoProgram`], [`Error::ProgramNotFound`],
+    /// [`Error::ProgramNotExecutable`], [`Error::BadWorkingDirectory`],
+    /// [`Error::ZeroWorkers`], [`Error::InvalidSetting`] for bad values, and
+    /// [`Error::AddressInUse`] or [`Error::Listen`] naming the address that
+    /// could not be bound.
+    pub fn build(self) -> Result<Cluster> {
+        let program = self.program.ok_or(Error::NoProgram)?;
+        let workers = match self.workers {
+            Some(0) => return Err(Error::ZeroWorkers),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        self.supervision.validate()?;
+        if self.stop_signal == Signal::SIGKILL || self.stop_signal == Signal::SIGSTOP {
+            return Err(Error::InvalidSetting {
+                setting: "stop-signal",
+                reason: format!(
+                    "{} cannot be caught, so a worker could not drain",
+                    self.stop_signal.as_str()
+                ),
+            });
+        }
+        if let Some(dir) = &self.cwd {
+            if !dir.is_dir() {
+                return Err(Error::BadWorkingDirectory { path: dir.clone() });
+            }
+        }
+
+        let env = worker_env(&self.env);
+        let path = resolve_program(&program, self.cwd.as_deref(), &env)?;
+        let program_text = program.to_string_lossy().into_owned();
+        let cstring = |s: &OsStr, what: &'static str| {
+            CString::new(s.as_bytes()).map_err(|_| Error::InvalidSetting {
+                setting: what,
+                reason: format!("`{}` contains a NUL byte", s.to_string_lossy()),
+            })
+        };
+        let mut argv = vec![cstring(&program, "command")?];
+        for a in &self.args {
+            argv.push(cstring(a, "args")?);
+        }
+        let config = Config {
+            program: program_text,
+            path: cstring(path.as_os_str(), "command")?,
+            argv,
+            env,
+            cwd: match &self.cwd {
+                Some(d) => Some(cstring(d.as_os_str(), "current_dir")?),
+                None => None,
+            },
+            workers,
+            supervision: self.supervision,
+            drain_timeout: self.drain_timeout,
+            stop_signal: self.stop_signal,
+            handle_signals: self.handle_signals,
+            log_events: self.log_events,
+        };
+
+        let backlog = self.backlog.unwrap_or_else(default_backlog);
+        if backlog == 0 {
+            return Err(Error::InvalidSetting {
+                setting: "backlog",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let listeners = Listeners::bind(&self.listen, self.balance, workers, backlog)?;
+        Ok(Cluster::new(config, listeners))
+    }
+}
+
+/// The master's environment less [`RESERVED_ENV`], with the builder's
+/// additions and removals applied in order.
+fn worker_env(ops: &[(OsString, Option<OsString>)]) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+        .filter(|(k, _)| !RESERVED_ENV.iter().any(|r| OsStr::new(r) == k))
+        .collect();
+    for (key, value) in ops {
+        env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            env.push((key.clone(), v.clone()));
+        }
+    }
+    env
+}
+
+/// Finds the program the way `execvp` would, but before anything is
+/// spawned, so that a typo is an error at build time and not a crash loop.
+fn resolve_program(
+    program: &OsStr,
+    cwd: Option<&Path>,
+    env: &[(OsString, OsString)],
+) -> Result<PathBuf> {
+    let name = program.to_string_lossy().into_owned();
+    if program.is_empty() {
+        return Err(Error::ProgramNotFound { program: name });
+    }
+    let check = |p: PathBuf| -> Result<PathBuf> {
+        if !p.is_file() {
+            return Err(Error::ProgramNotFound {
+                program: name.clone(),
+            });
+        }
+        if nix::unistd::access(&p, AccessFlags::X_OK).is_err() {
+            return Err(Error::ProgramNotExecutable { path: p });
+        }
+        Ok(p)
+    };
+    if program.as_bytes().contains(&b'/') {
+        let p = PathBuf::from(program);
+        let p = match cwd {
+            Some(dir) if p.is_relative() => dir.join(p),
+            _ => p,
+        };
+        return check(p);
+    }
+    let path_var = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
+    let mut not_executable = None;
+    for dir in std::env::split_paths(&path_var) {
+        let candidate = dir.join(program);
+        if candidate.is_file() {
+            match check(candidate) {
+                Ok(p) => return Ok(p),
+                Err(e) => not_executable = not_executable.or(Some(e)),
+            }
+        }
+    }
+    Err(not_executable.unwrap_or(Error::ProgramNotFound { program: name }))
+}
+
+/// A built cluster: its sockets are bound, its workers not yet started.
+#[derive(Debug)]
+pub struct Cluster {
+    config: Config,
+    listeners: Listeners,
+    handle: Handle,
+    control_rx: mpsc::UnboundedReceiver<Control>,
+    snapshot_tx: watch::Sender<Snapshot>,
+}
+
+impl Cluster {
+    /// Starts configuring a cluster.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    fn new(config: Config, listeners: Listeners) -> Self {
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let (snapshot_tx, snapshot_rx) = watch::channel(Snapshot {
+            phase: Phase::Created,
+            workers: Vec::new(),
+        });
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let handle = Handle {
+            control: control_tx,
+            snapshot: snapshot_rx,
+            events,
+            addrs: listeners.local_addrs().into(),
+        };
+        Cluster {
+            config,
+            listeners,
+            handle,
+            control_rx,
+            snapshot_tx,
+        }
+    }
+
+    /// A handle to control and observe the cluster; cheap to clone.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// The number of worker slots.
+    pub fn worker_count(&self) -> usize {
+        self.config.workers
+    }
+
+    /// The bound addresses, in the order they were configured (with the
+    /// kernel's port where port 0 was given).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        self.listeners.local_addrs()
+    }
+
+    /// Starts the workers and supervises them until the cluster is stopped
+    /// (by a signal or [`Handle::shutdown`]) and every worker is reaped.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Spawn`] if a first worker cannot be started (every worker
+    /// already started is stopped again), [`Error::AllSlotsFailed`] when
+    /// every slot has tripped its crash-loop limit, [`Error::Io`] if the
+    /// signal handlers cannot be installed.
+    pub async fn run(self) -> Result<()> {
+        supervisor::run(
+            self.config,
+            self.listeners,
+            self.handle,
+            self.control_rx,
+            self.snapshot_tx,
+        )
+        .await
+    }
+}
+
+/// Controls and observes a cluster. Cheap to clone; usable from any task.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    control: mpsc::UnboundedSender<Control>,
+    snapshot: watch::Receiver<Snapshot>,
+    events: broadcast::Sender<Event>,
+    addrs: Arc<[SocketAddr]>,
+}
+
+impl Handle {
+    /// Stops every worker gracefully (stop signal, drain timeout, SIGKILL)
+    /// and resolves when all are reaped.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotRunning`] if the cluster was dropped without stopping.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.send_and_wait(Control::Stop { graceful: true }).await
+    }
+
+    /// SIGKILLs every worker's process group at once and resolves when all
+    /// are reaped.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotRunning`] if the cluster was dropped without stopping.
+    pub async fn kill(&self) -> Result<()> {
+        self.send_and_wait(Control::Stop { graceful: false }).await
+    }
+
+    async fn send_and_wait(&self, control: Control) -> Result<()> {
+        let _ = self.control.send(control);
+        let mut rx = self.snapshot.clone();
+        rx.wait_for(|s| s.phase == Phase::Stopped)
+            .await
+            .map(|_| ())
+            .map_err(|_| Error::NotRunning)
+    }
+
+    /// A snapshot of every slot.
+    pub fn workers(&self) -> Vec<WorkerInfo> {
+        self.snapshot.borrow().workers.clone()
+    }
+
+    /// Where the cluster is in its life.
+    pub fn phase(&self) -> Phase {
+        self.snapshot.borrow().phase
+    }
+
+    /// Subscribes to lifecycle events from now on.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// The bound listening addresses.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    pub(crate) fn publish(&self, event: Event) {
+        let _ = self.events.send(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_program_is_named() {
+        let err = Cluster::builder()
+            .command("surely-no-such-program-herd")
+            .workers(1)
+            .build()
+            .unwrap_err();
+        assert!(matches!(err, Error::ProgramNotFound { .. }), "{err:?}");
+        assert!(err.to_string().contains("surely-no-such-program-herd"));
+        let err = Cluster::builder()
+            .command("./nope/server")
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("./nope/server"), "{err}");
+    }
+
+    #[test]
+    fn a_non_executable_program_is_named() {
+        let err = Cluster::builder()
+            .command("/etc/hostname")
+            .workers(1)
+            .build()
+            .unwrap_err();
+        assert!(matches!(err, Error::ProgramNotExecutable { .. }), "{err:?}");
+        assert!(err.to_string().contains("/etc/hostname"));
+    }
+
+    #[test]
+    fn zero_workers_and_uncatchable_stop_signals_are_refused() {
+        let err = Cluster::builder().command("true").workers(0).build();
+        assert!(matches!(err, Err(Error::ZeroWorkers)));
+        let err = Cluster::builder()
+            .command("true")
+            .stop_signal(Signal::SIGKILL)
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("SIGKILL"), "{err}");
+    }
+
+    #[test]
+    fn worker_env_drops_reserved_and_applies_changes_in_order() {
+        let ops = vec![
+            (OsString::from("HERD_TEST_A"), Some(OsString::from("1"))),
+            (OsString::from("HERD_TEST_A"), Some(OsString::from("2"))),
+            (OsString::from("HERD_TEST_B"), Some(OsString::from("x"))),
+            (OsString::from("HERD_TEST_B"), None),
+            (OsString::from("LISTEN_FDS"), None),
+        ];
+        let env = worker_env(&ops);
+        let get = |k: &str| env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.clone());
+        assert_eq!(get("HERD_TEST_A"), Some(OsString::from("2")));
+        assert_eq!(get("HERD_TEST_B"), None);
+        assert!(env.iter().all(|(k, _)| k != "LISTEN_PID" && k != "NOTIFY_SOCKET"));
+    }
+}

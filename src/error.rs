@@ -1,0 +1,160 @@
+//! The one error type of herd.
+//!
+//! Every variant names what failed (the program, the address, the slot and
+//! pid) so that its `Display` reads as a sentence an operator can act on, with
+//! the operating system's error as its `source()` where there is one.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything that can go wrong while building or running a cluster.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The builder was given no program to run.
+    #[error("no program to run: call Builder::command with the worker program")]
+    NoProgram,
+
+    /// The program was not found, neither as a path nor on `PATH`.
+    #[error("program `{program}` not found{}", if program.contains('/') { "" } else { " on PATH" })]
+    ProgramNotFound {
+        /// The program as the user gave it.
+        program: String,
+    },
+
+    /// The program exists but cannot be executed by this user.
+    #[error("program `{}` is not executable", path.display())]
+    ProgramNotExecutable {
+        /// The resolved path of the program.
+        path: PathBuf,
+    },
+
+    /// The worker's working directory does not exist or is not a directory.
+    #[error("working directory `{}` is not a directory", path.display())]
+    BadWorkingDirectory {
+        /// The directory as configured.
+        path: PathBuf,
+    },
+
+    /// A worker count of zero was asked for.
+    #[error("the number of workers must be at least 1, got 0")]
+    ZeroWorkers,
+
+    /// A configuration value is out of its range.
+    #[error("invalid setting `{setting}`: {reason}")]
+    InvalidSetting {
+        /// The setting's name, as the builder method or CLI flag calls it.
+        setting: &'static str,
+        /// Why the value was refused.
+        reason: String,
+    },
+
+    /// An address, balance mode, restart policy or other text did not parse.
+    #[error("cannot parse {what} `{input}`: {reason}")]
+    Parse {
+        /// What kind of value was expected ("balance mode", "address", ...).
+        what: &'static str,
+        /// The text that was given.
+        input: String,
+        /// What was expected instead.
+        reason: String,
+    },
+
+    /// Another process already listens on the address.
+    #[error("address {addr} is already in use")]
+    AddressInUse {
+        /// The address that could not be bound.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// Creating, binding or listening on a socket failed for another reason.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address that could not be bound.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// fork, exec or the setup in between failed for one worker.
+    #[error("cannot start `{program}` for slot {slot}: {stage}: {source}")]
+    Spawn {
+        /// The program as the user gave it.
+        program: String,
+        /// The worker slot that was being started.
+        slot: usize,
+        /// Which step failed (`exec`, `chdir`, `fork`, ...).
+        stage: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// Every worker slot exceeded its crash-loop limit; nothing serves.
+    #[error("every worker slot failed ({}); giving up", describe_failures(.slots))]
+    AllSlotsFailed {
+        /// What each failed slot reported.
+        slots: Vec<SlotFailure>,
+    },
+
+    /// The cluster's event loop is gone (the cluster was dropped or stopped).
+    #[error("the cluster is not running")]
+    NotRunning,
+
+    /// The worker-side API found no inherited sockets or an inconsistent
+    /// socket-activation environment.
+    #[error("socket activation: {0}")]
+    Activation(String),
+
+    /// Any other OS error, with what was being done.
+    #[error("{context}: {source}")]
+    Io {
+        /// What herd was doing.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Why one slot was given up on (an element of [`Error::AllSlotsFailed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotFailure {
+    /// The slot index.
+    pub slot: usize,
+    /// How many exits tripped the crash-loop limit.
+    pub exits: u32,
+    /// The window those exits happened in.
+    pub window: Duration,
+}
+
+fn describe_failures(slots: &[SlotFailure]) -> String {
+    slots
+        .iter()
+        .map(|f| {
+            format!(
+                "slot {} exited {} times within {:?}",
+                f.slot, f.exits, f.window
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// `Result` with herd's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

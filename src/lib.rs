@@ -1,0 +1,88 @@
+//! # herd: a supervised worker pool on master-owned sockets
+//!
+//! herd does the job of PM2's cluster mode, Node's `cluster` module and
+//! systemd for a network service, as a library: a *master* binds the
+//! listening sockets, starts N copies of any program (`node server.js`, a
+//! Rust binary, ...) that share them, keeps them alive and stops them
+//! gracefully.
+//!
+//! ```no_run
+//! # async fn demo() -> herd::Result<()> {
+//! let cluster = herd::Cluster::builder()
+//!     .command("node").arg("server.js")
+//!     .workers(4)
+//!     .listen("0.0.0.0:3000".parse().unwrap())
+//!     .build()?;            // validates and binds; errors name the culprit
+//! let handle = cluster.handle();   // cloneable: shutdown(), workers(), events()
+//! cluster.run().await?;     // until SIGTERM/SIGINT or handle.shutdown()
+//! # Ok(()) }
+//! ```
+//!
+//! ## Theory of operation
+//!
+//! **The master owns every listening socket.** [`Builder::build`] binds and
+//! listens before anything is spawned, and the sockets stay open until
+//! [`Cluster::run`] returns. Workers receive them as inherited fds 3, 4, ...
+//! by the systemd socket-activation protocol (`LISTEN_FDS`, `LISTEN_PID`,
+//! `LISTEN_FDNAMES`). Because the master keeps its copy, a connection the
+//! kernel queued for a worker that then crashes is not reset: it waits in
+//! the queue for the replacement, which inherits the very same socket.
+//!
+//! **Balance modes.** [`Balance::ReusePort`] gives each worker *slot* its
+//! own `SO_REUSEPORT` socket, handed to every generation of that slot, so the
+//! kernel's hash and the queue survive restarts. [`Balance::Shared`] gives
+//! every worker the same socket.
+//!
+//! **Spawning.** Workers are forked on one long-lived thread (so that the
+//! parent-death signal is tied to the process, not a transient thread) and
+//! exec'd with every string prepared before the fork; the child writes its
+//! own pid into `LISTEN_PID`, moves the sockets to fds 3.., closes every
+//! other fd on exec, starts its own process group and asks for SIGKILL when
+//! the master dies. An exec failure comes back through a pipe as an error
+//! naming the program, not as a crash loop. Each worker is reaped through
+//! its pidfd; herd never calls `waitpid(-1)`, so an embedding program may
+//! own other children.
+//!
+//! **Supervision.** One task owns every slot (see `supervisor`). Each slot
+//! is a small state machine (starting, ready, stopping, backoff, exited,
+//! failed) and a generation counter. When a worker exits on its own, the
+//! [`RestartPolicy`] decides whether it restarts, the [`Backoff`] how long to
+//! wait, and the [`CrashLoop`] limit when to give the slot up while the
+//! others keep serving. Those decisions are pure functions of time, tested
+//! with a fake clock.
+//!
+//! **Stopping.** SIGTERM or SIGINT (or [`Handle::shutdown`]) sends the stop
+//! signal to each worker's process group and SIGKILLs the group at the drain
+//! timeout; a second SIGINT, or SIGQUIT, kills at once. When a worker's
+//! main process exits, whatever is left of its process group is killed
+//! before it is reaped, so no generation leaves orphans behind.
+//!
+//! **Observing.** Every lifecycle step is an [`Event`] on a broadcast
+//! channel and one line on stderr; worker output is forwarded line by line
+//! with a `[slot N pid P]` prefix; [`Handle::workers`] is a snapshot of
+//! every slot.
+//!
+//! Workers written in Rust use [`worker`] to pick up their sockets.
+#![deny(missing_docs)]
+#![cfg(target_os = "linux")]
+
+mod cluster;
+mod error;
+mod event;
+pub mod net;
+mod process;
+mod supervisor;
+pub mod worker;
+
+pub use cluster::{Builder, Cluster, Handle, Phase, DEFAULT_DRAIN_TIMEOUT, DEFAULT_STOP_SIGNAL};
+pub use error::{Error, Result, SlotFailure};
+pub use event::{Event, WorkerInfo};
+pub use net::Balance;
+pub use nix::sys::signal::Signal;
+pub use process::Exit;
+pub use supervisor::policy::{
+    Backoff, CrashLoop, Decision, RestartPolicy, Supervision, DEFAULT_BACKOFF_FACTOR,
+    DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_JITTER, DEFAULT_BACKOFF_MAX, DEFAULT_CRASH_LIMIT,
+    DEFAULT_CRASH_WINDOW, DEFAULT_MIN_UPTIME,
+};
+pub use supervisor::slot::WorkerState;

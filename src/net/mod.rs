@@ -1,0 +1,287 @@
+//! Listening sockets owned by the master.
+//!
+//! The master binds and listens on every address *before* any worker exists
+//! and keeps its copy of every socket until the cluster stops, so connections
+//! queued on a socket survive any worker: a crashed worker's queue waits for
+//! its replacement instead of being reset.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::str::FromStr;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::error::{Error, Result};
+
+/// How workers share a listening address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Balance {
+    /// One `SO_REUSEPORT` socket per worker *slot*; the kernel hashes each new
+    /// connection to one of them. Slot *i*'s socket is handed to every
+    /// generation of worker *i*, so a restart keeps both the hash mapping and
+    /// the queue.
+    #[default]
+    ReusePort,
+    /// One socket inherited by every worker; the kernel wakes one acceptor.
+    Shared,
+}
+
+impl Balance {
+    /// The names [`FromStr`] accepts, for error messages and `--help`.
+    pub const NAMES: &'static [&'static str] = &["reuseport", "shared"];
+}
+
+impl fmt::Display for Balance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Balance::ReusePort => "reuseport",
+            Balance::Shared => "shared",
+        })
+    }
+}
+
+impl FromStr for Balance {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "reuseport" | "reuse-port" => Ok(Balance::ReusePort),
+            "shared" => Ok(Balance::Shared),
+            _ => Err(Error::Parse {
+                what: "balance mode",
+                input: s.to_owned(),
+                reason: format!("expected one of: {}", Balance::NAMES.join(", ")),
+            }),
+        }
+    }
+}
+
+/// Parses a listening address the way the CLI takes it: `3000` or `:3000`
+/// (all IPv4 interfaces), `127.0.0.1:3000`, `[::1]:3000`, or `host:port`
+/// (every address the name resolves to).
+///
+/// # Errors
+///
+/// [`Error::Parse`] naming the text.
+pub fn parse_listen_addr(text: &str) -> Result<Vec<SocketAddr>> {
+    use std::net::{Ipv4Addr, ToSocketAddrs};
+    let err = |reason: &str| Error::Parse {
+        what: "listen address",
+        input: text.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let port_only = text.strip_prefix(':').unwrap_or(text);
+    if !port_only.is_empty() && port_only.bytes().all(|b| b.is_ascii_digit()) {
+        let port: u16 = port_only
+            .parse()
+            .map_err(|_| err("the port must be between 0 and 65535"))?;
+        return Ok(vec![SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))]);
+    }
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(vec![addr]);
+    }
+    if !text.contains(':') {
+        return Err(err("expected HOST:PORT, [IPV6]:PORT or PORT"));
+    }
+    let addrs: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|e| err(&format!("expected HOST:PORT, [IPV6]:PORT or PORT ({e})")))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(err("the host name resolves to no address"));
+    }
+    Ok(addrs)
+}
+
+/// The kernel's cap on a listen backlog (`net.core.somaxconn`), which is
+/// also herd's default backlog.
+pub fn default_backlog() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(DEFAULT_SOMAXCONN)
+}
+
+/// What Linux has used for `somaxconn` since 5.4, used when /proc is absent.
+const DEFAULT_SOMAXCONN: u32 = 4096;
+
+/// Every socket the master listens on, laid out by address and slot.
+#[derive(Debug)]
+pub(crate) struct Listeners {
+    /// `sockets[address][k]`: for `ReusePort` one socket per slot, for
+    /// `Shared` exactly one.
+    sockets: Vec<Vec<Socket>>,
+    /// The bound address of each configured address (the real port when
+    /// port 0 was asked for).
+    local: Vec<SocketAddr>,
+    balance: Balance,
+}
+
+impl Listeners {
+    /// Binds every address for `slots` worker slots.
+    pub(crate) fn bind(
+        addrs: &[SocketAddr],
+        balance: Balance,
+        slots: usize,
+        backlog: u32,
+    ) -> Result<Self> {
+        let mut sockets = Vec::with_capacity(addrs.len());
+        let mut local = Vec::with_capacity(addrs.len());
+        for &addr in addrs {
+            let group = match balance {
+                Balance::Shared => vec![bind_one(addr, false, backlog)?],
+                Balance::ReusePort => bind_reuseport_group(addr, slots, backlog)?,
+            };
+            let bound = group[0]
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .ok_or_else(|| Error::Listen {
+                    addr,
+                    source: io::Error::other("socket has no local address"),
+                })?;
+            local.push(bound);
+            sockets.push(group);
+        }
+        Ok(Listeners {
+            sockets,
+            local,
+            balance,
+        })
+    }
+
+    /// The addresses actually bound, in configuration order.
+    pub(crate) fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local
+    }
+
+    /// The fds a worker in `slot` inherits, in address order (fd 3, 4, ...).
+    pub(crate) fn fds_for_slot(&self, slot: usize) -> Vec<RawFd> {
+        self.sockets
+            .iter()
+            .map(|group| match self.balance {
+                Balance::Shared => group[0].as_raw_fd(),
+                Balance::ReusePort => group[slot].as_raw_fd(),
+            })
+            .collect()
+    }
+}
+
+/// Binds `slots` SO_REUSEPORT sockets to one address.
+///
+/// SO_REUSEPORT lets any process of the same user join the group silently,
+/// which would split traffic with, say, a second herd started by mistake.
+/// So the address is first probed with a plain socket, which fails with
+/// EADDRINUSE if anyone listens there, reuseport or not.
+fn bind_reuseport_group(addr: SocketAddr, slots: usize, backlog: u32) -> Result<Vec<Socket>> {
+    let mut addr = addr;
+    if addr.port() != 0 {
+        drop(bind_one(addr, false, backlog)?);
+    }
+    let mut group = Vec::with_capacity(slots);
+    for _ in 0..slots {
+        let socket = bind_one(addr, true, backlog)?;
+        if addr.port() == 0 {
+            // The first socket chose the port; the rest of the group joins it.
+            if let Some(bound) = socket.local_addr().ok().and_then(|a| a.as_socket()) {
+                addr.set_port(bound.port());
+            }
+        }
+        group.push(socket);
+    }
+    Ok(group)
+}
+
+fn bind_one(addr: SocketAddr, reuse_port: bool, backlog: u32) -> Result<Socket> {
+    let listen_err = |source: io::Error| {
+        if source.kind() == io::ErrorKind::AddrInUse {
+            Error::AddressInUse { addr, source }
+        } else {
+            Error::Listen { addr, source }
+        }
+    };
+    // socket2 creates sockets with SOCK_CLOEXEC: only the fd shuffle after
+    // fork hands them to a worker.
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(listen_err)?;
+    // SO_REUSEADDR lets a restarted master rebind while old connections
+    // linger in TIME_WAIT; it does not allow two listeners.
+    socket.set_reuse_address(true).map_err(listen_err)?;
+    if reuse_port {
+        socket.set_reuse_port(true).map_err(listen_err)?;
+    }
+    if addr.is_ipv6() {
+        // `[::]:3000` means IPv6 only, so that `0.0.0.0:3000` can be listed too.
+        socket.set_only_v6(true).map_err(listen_err)?;
+    }
+    socket.bind(&addr.into()).map_err(listen_err)?;
+    let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
+    socket.listen(backlog).map_err(listen_err)?;
+    Ok(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn balance_round_trips_through_text() {
+        for b in [Balance::ReusePort, Balance::Shared] {
+            assert_eq!(b.to_string().parse::<Balance>().unwrap(), b);
+        }
+        let err = "roundrobin".parse::<Balance>().unwrap_err().to_string();
+        assert!(err.contains("roundrobin") && err.contains("reuseport"), "{err}");
+    }
+
+    #[test]
+    fn listen_addresses_parse_from_cli_text() {
+        let one = |t: &str| parse_listen_addr(t).unwrap()[0].to_string();
+        assert_eq!(one("3000"), "0.0.0.0:3000");
+        assert_eq!(one(":8080"), "0.0.0.0:8080");
+        assert_eq!(one("127.0.0.1:0"), "127.0.0.1:0");
+        assert_eq!(one("[::1]:3000"), "[::1]:3000");
+        assert!(parse_listen_addr("localhost:3000").unwrap().iter().all(|a| a.ip().is_loopback()));
+        for bad in ["", "99999", "not-an-address", "1.2.3.4:port", "[::1"] {
+            let e = parse_listen_addr(bad).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{bad}`")), "{e}");
+        }
+    }
+
+    #[test]
+    fn reuseport_group_shares_one_kernel_chosen_port() {
+        let l = Listeners::bind(&["127.0.0.1:0".parse().unwrap()], Balance::ReusePort, 3, 16)
+            .unwrap();
+        let port = l.local_addrs()[0].port();
+        assert_ne!(port, 0);
+        let fds: Vec<_> = (0..3).map(|s| l.fds_for_slot(s)[0]).collect();
+        assert!(fds[0] != fds[1] && fds[1] != fds[2], "one socket per slot");
+        for group in &l.sockets {
+            for s in group {
+                assert_eq!(s.local_addr().unwrap().as_socket().unwrap().port(), port);
+            }
+        }
+    }
+
+    #[test]
+    fn busy_address_is_named() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        for balance in [Balance::ReusePort, Balance::Shared] {
+            let err = Listeners::bind(&[addr], balance, 2, 16).unwrap_err();
+            assert!(matches!(err, Error::AddressInUse { .. }), "{err:?}");
+            assert!(err.to_string().contains(&addr.to_string()), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_second_reuseport_group_on_the_same_port_is_refused() {
+        let first = Listeners::bind(&["127.0.0.1:0".parse().unwrap()], Balance::ReusePort, 2, 16)
+            .unwrap();
+        let addr = first.local_addrs()[0];
+        let err = Listeners::bind(&[addr], Balance::ReusePort, 2, 16).unwrap_err();
+        assert!(matches!(err, Error::AddressInUse { .. }), "{err:?}");
+    }
+}

@@ -1,0 +1,211 @@
+//! Worker output, written by the master one whole line at a time.
+//!
+//! Each worker's stdout and stderr are pipes that the master reads. Every
+//! complete line is written to the master's own stdout or stderr with a
+//! prefix naming the slot and pid, in a single `write` under the stream's
+//! lock, so lines of different workers never interleave mid-line. Writing
+//! happens on one thread: a slow terminal or a full pipe downstream applies
+//! back-pressure to the workers (as a terminal would) without stalling the
+//! supervisor's event loop. The last lines of each worker are kept, so that
+//! a crash report can show them.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, oneshot};
+
+/// Which of the master's streams a line goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// A line longer than this is cut into pieces of this size, so that a worker
+/// that never writes a newline cannot make the master buffer without bound.
+const MAX_LINE: usize = 16 * 1024;
+/// How many of a worker's last lines are kept for crash reports.
+pub(crate) const TAIL_LINES: usize = 10;
+/// How many of a kept line's characters are shown in a crash report.
+const TAIL_LINE_CHARS: usize = 300;
+/// Lines queued for the writer thread before readers wait.
+const QUEUE: usize = 1024;
+
+enum Msg {
+    Line(Stream, Vec<u8>),
+    Flush(oneshot::Sender<()>),
+}
+
+static WRITER: OnceLock<mpsc::Sender<Msg>> = OnceLock::new();
+
+fn writer() -> &'static mpsc::Sender<Msg> {
+    WRITER.get_or_init(|| {
+        let (tx, mut rx) = mpsc::channel::<Msg>(QUEUE);
+        let spawned = std::thread::Builder::new()
+            .name("herd-output".into())
+            .spawn(move || {
+                while let Some(msg) = rx.blocking_recv() {
+                    match msg {
+                        // A failed write (closed stdout) is not worth dying
+                        // for: the workers keep serving.
+                        Msg::Line(Stream::Stdout, l) => {
+                            let _ = std::io::stdout().lock().write_all(&l);
+                        }
+                        Msg::Line(Stream::Stderr, l) => {
+                            let _ = std::io::stderr().lock().write_all(&l);
+                        }
+                        Msg::Flush(done) => {
+                            let _ = std::io::stdout().flush();
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            eprintln!("herd: cannot start the output thread, worker output is lost: {e}");
+        }
+        tx
+    })
+}
+
+/// Writes one line of the master's own (a lifecycle event) to stderr.
+pub(crate) async fn log_line(text: &str) {
+    let mut line = Vec::with_capacity(text.len() + 7);
+    line.extend_from_slice(b"herd: ");
+    line.extend_from_slice(text.as_bytes());
+    line.push(b'\n');
+    let _ = writer().send(Msg::Line(Stream::Stderr, line)).await;
+}
+
+/// Waits until every line queued so far has been written.
+pub(crate) async fn flush() {
+    let (tx, rx) = oneshot::channel();
+    if writer().send(Msg::Flush(tx)).await.is_ok() {
+        let _ = rx.await;
+    }
+}
+
+/// The last lines a worker wrote, on either stream.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Tail(Arc<Mutex<VecDeque<String>>>);
+
+impl Tail {
+    fn push(&self, line: &[u8]) {
+        let text: String = String::from_utf8_lossy(line)
+            .chars()
+            .take(TAIL_LINE_CHARS)
+            .collect();
+        let mut lines = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if lines.len() == TAIL_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(text);
+    }
+
+    /// The kept lines, oldest first.
+    pub(crate) fn lines(&self) -> Vec<String> {
+        let lines = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        lines.iter().cloned().collect()
+    }
+}
+
+/// Reads `fd` until EOF and forwards each line with `prefix`.
+pub(crate) async fn pump(fd: OwnedFd, stream: Stream, prefix: Arc<str>, tail: Tail) {
+    let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+        return;
+    };
+    let mut splitter = LineSplitter::default();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let n = match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        for line in splitter.push(&buf[..n]) {
+            emit(stream, &prefix, &line, &tail).await;
+        }
+    }
+    if let Some(rest) = splitter.finish() {
+        emit(stream, &prefix, &rest, &tail).await;
+    }
+}
+
+async fn emit(stream: Stream, prefix: &str, line: &[u8], tail: &Tail) {
+    tail.push(line);
+    let mut out = Vec::with_capacity(prefix.len() + line.len() + 1);
+    out.extend_from_slice(prefix.as_bytes());
+    out.extend_from_slice(line);
+    out.push(b'\n');
+    let _ = writer().send(Msg::Line(stream, out)).await;
+}
+
+/// Cuts a byte stream into lines (without their `\n`), at most
+/// [`MAX_LINE`] bytes each.
+#[derive(Debug, Default)]
+struct LineSplitter {
+    pending: Vec<u8>,
+}
+
+impl LineSplitter {
+    fn push(&mut self, mut data: &[u8]) -> Vec<Vec<u8>> {
+        let mut lines = Vec::new();
+        while !data.is_empty() {
+            let room = MAX_LINE - self.pending.len();
+            let window = &data[..data.len().min(room)];
+            if let Some(nl) = window.iter().position(|&b| b == b'\n') {
+                self.pending.extend_from_slice(&window[..nl]);
+                lines.push(std::mem::take(&mut self.pending));
+                data = &data[nl + 1..];
+            } else {
+                self.pending.extend_from_slice(window);
+                data = &data[window.len()..];
+                if self.pending.len() == MAX_LINE {
+                    lines.push(std::mem::take(&mut self.pending));
+                }
+            }
+        }
+        lines
+    }
+
+    fn finish(self) -> Option<Vec<u8>> {
+        (!self.pending.is_empty()).then_some(self.pending)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_joined_across_reads_and_split_at_newlines() {
+        let mut s = LineSplitter::default();
+        assert!(s.push(b"hel").is_empty());
+        assert_eq!(s.push(b"lo\nwor"), vec![b"hello".to_vec()]);
+        assert_eq!(s.push(b"ld\n\nx"), vec![b"world".to_vec(), b"".to_vec()]);
+        assert_eq!(s.finish(), Some(b"x".to_vec()));
+    }
+
+    #[test]
+    fn endless_lines_are_cut_at_the_limit() {
+        let mut s = LineSplitter::default();
+        let lines = s.push(&vec![b'a'; MAX_LINE * 2 + 5]);
+        assert_eq!(lines.len(), 2);
+        assert!(lines.iter().all(|l| l.len() == MAX_LINE));
+        assert_eq!(s.finish().map(|r| r.len()), Some(5));
+    }
+
+    #[test]
+    fn tail_keeps_only_the_last_lines() {
+        let t = Tail::default();
+        for i in 0..(TAIL_LINES + 3) {
+            t.push(format!("line {i}").as_bytes());
+        }
+        let lines = t.lines();
+        assert_eq!(lines.len(), TAIL_LINES);
+        assert_eq!(lines[0], "line 3");
+        assert_eq!(lines.last().unwrap(), &format!("line {}", TAIL_LINES + 2));
+    }
+}

@@ -1,0 +1,47 @@
+//! The one long-lived thread that every fork happens on.
+//!
+//! `PR_SET_PDEATHSIG` is tied to the thread that forked, not the process: a
+//! worker forked from a tokio worker thread that later exits would be killed
+//! with it. This thread lives as long as the process.
+
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+
+use tokio::sync::oneshot;
+
+use super::spawn::{self, SpawnError, SpawnRequest, Spawned};
+
+type Job = (SpawnRequest, oneshot::Sender<Result<Spawned, SpawnError>>);
+
+static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+
+fn sender() -> Result<mpsc::Sender<Job>, SpawnError> {
+    let cell = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let started = std::thread::Builder::new()
+            .name("herd-spawner".into())
+            .spawn(move || {
+                for (req, reply) in rx {
+                    let _ = reply.send(spawn::spawn(&req));
+                }
+            });
+        if let Err(e) = started {
+            // Leave a sender whose receiver is gone: every spawn reports it.
+            eprintln!("herd: cannot start the spawner thread: {e}");
+        }
+        Mutex::new(tx)
+    });
+    let guard = cell.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    Ok(guard.clone())
+}
+
+/// Forks and execs `req` on the spawner thread.
+pub(crate) async fn spawn(req: SpawnRequest) -> Result<Spawned, SpawnError> {
+    let gone = || SpawnError {
+        stage: "reaching the spawner thread",
+        source: std::io::Error::other("spawner thread is not running"),
+    };
+    let (tx, rx) = oneshot::channel();
+    sender()?.send((req, tx)).map_err(|_| gone())?;
+    rx.await.map_err(|_| gone())?
+}
