@@ -4,6 +4,7 @@
 use std::ffi::{CString, OsStr, OsString};
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -345,7 +346,12 @@ fn resolve_program(
                 program: name.clone(),
             });
         }
-        if nix::unistd::access(&p, AccessFlags::X_OK).is_err() {
+        // access(2) alone is not enough for root, and some sandboxes answer
+        // it loosely: execve needs at least one execute bit.
+        let has_x_bit = std::fs::metadata(&p)
+            .map(|m| m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false);
+        if !has_x_bit || nix::unistd::access(&p, AccessFlags::X_OK).is_err() {
             return Err(Error::ProgramNotExecutable { path: p });
         }
         Ok(p)
@@ -537,13 +543,17 @@ mod tests {
 
     #[test]
     fn a_non_executable_program_is_named() {
+        let path = std::env::temp_dir().join(format!("herd-unit-noexec-{}", std::process::id()));
+        std::fs::write(&path, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = Cluster::builder()
-            .command("/etc/hostname")
+            .command(&path)
             .workers(1)
             .build()
             .unwrap_err();
+        let _ = std::fs::remove_file(&path);
         assert!(matches!(err, Error::ProgramNotExecutable { .. }), "{err:?}");
-        assert!(err.to_string().contains("/etc/hostname"));
+        assert!(err.to_string().contains(&path.display().to_string()));
     }
 
     #[test]

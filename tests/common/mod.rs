@@ -1,0 +1,328 @@
+//! Test harness: runs the `cluster` example as a real master process,
+//! captures what it logs, talks HTTP to it, and kills every process it
+//! started when the test ends, pass or fail.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+
+/// Upper bound for anything a test waits for; generous because CI machines
+/// are shared and slow, never a performance assertion.
+pub const WAIT: Duration = Duration::from_secs(20);
+/// Socket timeout for one HTTP exchange.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let p = dir.join("examples").join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run the tests with `cargo test`, which builds the examples",
+        p.display()
+    );
+    p
+}
+
+pub fn hello() -> String {
+    example("hello").display().to_string()
+}
+
+pub fn fixture(rel: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(rel)
+        .display()
+        .to_string()
+}
+
+pub fn node_server() -> Vec<String> {
+    vec!["node".into(), fixture("examples/node/server.js")]
+}
+
+pub fn hello_server() -> Vec<String> {
+    vec![hello()]
+}
+
+/// A running `cluster` example.
+pub struct Master {
+    pub child: Child,
+    log: Arc<Mutex<String>>,
+    pub addr: SocketAddr,
+    exited: Option<ExitStatus>,
+}
+
+fn capture(stream: impl Read + Send + 'static, log: Arc<Mutex<String>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            let mut l = log.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
+}
+
+impl Master {
+    /// Starts the master with `args` (options, then the program) and waits
+    /// until it says where it listens.
+    pub fn start(args: &[String]) -> Master {
+        Self::start_with(args, |_| {})
+    }
+
+    pub fn start_with(args: &[String], tweak: impl FnOnce(&mut Command)) -> Master {
+        let mut m = Self::spawn_with(args, tweak);
+        let line = m.wait_log("the listening line", |l| l.contains("herd: listening on "));
+        let addr = line
+            .lines()
+            .find_map(|l| l.split("herd: listening on ").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in the log:\n{line}"));
+        m.addr = addr;
+        m
+    }
+
+    /// Starts the master without waiting for anything (for bad input).
+    pub fn spawn(args: &[String]) -> Master {
+        Self::spawn_with(args, |_| {})
+    }
+
+    fn spawn_with(args: &[String], tweak: impl FnOnce(&mut Command)) -> Master {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(example("cluster"));
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        tweak(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn the cluster example");
+        let log = Arc::new(Mutex::new(String::new()));
+        capture(child.stdout.take().unwrap(), log.clone());
+        capture(child.stderr.take().unwrap(), log.clone());
+        Master {
+            child,
+            log,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            exited: None,
+        }
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until `pred` holds for the whole log; panics with the log.
+    pub fn wait_log(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        self.wait_log_for(what, WAIT, pred)
+    }
+
+    pub fn wait_log_for(&self, what: &str, limit: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let log = self.log();
+            if pred(&log) {
+                return log;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; the cluster logged:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn count(&self, needle: &str) -> usize {
+        self.log().matches(needle).count()
+    }
+
+    /// Pids of every worker the master reported spawning, in order.
+    pub fn spawned_pids(&self) -> Vec<u32> {
+        self.log()
+            .lines()
+            .filter_map(|l| l.split(": spawned pid ").nth(1))
+            .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+            .collect()
+    }
+
+    /// Pids of workers that are running now (spawned, not reported exited).
+    pub fn live_pids(&self) -> Vec<u32> {
+        let log = self.log();
+        self.spawned_pids()
+            .into_iter()
+            .filter(|p| !log.contains(&format!(": pid {p} ")))
+            .collect()
+    }
+
+    /// Waits for `n` workers whose start-up line contains `ready_marker`.
+    pub fn wait_ready(&self, n: usize, ready_marker: &str) -> Vec<u32> {
+        let log = self.wait_log(&format!("{n} workers ready"), |l| {
+            l.matches(ready_marker).count() >= n
+        });
+        let _ = log;
+        self.live_pids()
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        kill(self.pid(), sig).expect("signal the master");
+    }
+
+    /// Waits for the master to exit; panics with the log on timeout.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                self.exited = Some(status);
+                // Let the capture threads drain the pipes.
+                std::thread::sleep(Duration::from_millis(100));
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!("the master did not exit; it logged:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// GET `path` on a fresh connection.
+    pub fn get(&self, path: &str) -> Result<String, String> {
+        get(self.addr, path)
+    }
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        // Workers first (their groups), then the master; PDEATHSIG would
+        // take the workers too, but their own children only die with the
+        // group.
+        for pid in self.live_pids() {
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        let _ = killpg(self.pid(), Signal::SIGKILL);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- the cluster logged ----\n{}", self.log());
+        }
+    }
+}
+
+fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
+    let target = if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    };
+    let s = TcpStream::connect_timeout(&target, IO_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
+    Ok(s)
+}
+
+/// One HTTP/1.1 GET on a fresh connection; Ok(body) only for a 200.
+pub fn get(addr: SocketAddr, path: &str) -> Result<String, String> {
+    let mut s = connect(addr)?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return Err(format!("incomplete response: {text:?}"));
+    };
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("status: {}", head.lines().next().unwrap_or("")));
+    }
+    Ok(body.to_owned())
+}
+
+/// The pid a worker answered with (`pid=<n> slot=<s>`).
+pub fn pid_of(body: &str) -> u32 {
+    body.split_whitespace()
+        .find_map(|w| w.strip_prefix("pid="))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {body:?}"))
+}
+
+pub fn alive(pid: u32) -> bool {
+    // A zombie is dead for our purposes; /proc tells the difference.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Waits until every pid is gone; panics naming the survivors.
+pub fn wait_dead(pids: &[u32], what: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let alive: Vec<_> = pids.iter().copied().filter(|&p| alive(p)).collect();
+        if alive.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            for &p in &alive {
+                let _ = killpg(Pid::from_raw(p as i32), Signal::SIGKILL);
+            }
+            panic!("{what}: still alive: {alive:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Children of `pid` by /proc, with their state letter.
+pub fn children(pid: Pid) -> Vec<(u32, char)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(p) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rsplit(')').next() else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.len() > 2 && fields[1] == pid.as_raw().to_string() {
+            out.push((p, fields[0].chars().next().unwrap_or('?')));
+        }
+    }
+    out
+}
+
+pub fn fd_count(pid: Pid) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+pub fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+/// Options then program: `args(&["-w", "2"], &program)`.
+pub fn args(opts: &[&str], program: &[String]) -> Vec<String> {
+    let mut a = s(opts);
+    a.extend(program.iter().cloned());
+    a
+}
