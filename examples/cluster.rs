@@ -82,7 +82,7 @@ struct Cli {
     env: Vec<(String, String)>,
 
     /// The program to run, then its arguments.
-    #[arg(required = true, value_name = "PROGRAM [ARGS]...", allow_hyphen_values = true)]
+    #[arg(required = true, value_name = "PROGRAM [ARGS]...")]
     command: Vec<String>,
 }
 
@@ -99,7 +99,8 @@ fn parse_restart(s: &str) -> Result<RestartPolicy, String> {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like 500ms or 30s: {e}"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration like 500ms or 30s: {e}"))
 }
 
 fn parse_signal(s: &str) -> Result<Signal, String> {
@@ -125,8 +126,7 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 
 fn default_listen() -> Result<Vec<SocketAddr>, String> {
     let port = std::env::var("PORT").unwrap_or_else(|_| "3000".into());
-    herd::net::parse_listen_addr(&format!("0.0.0.0:{port}"))
-        .map_err(|e| format!("$PORT: {e}"))
+    herd::net::parse_listen_addr(&format!("0.0.0.0:{port}")).map_err(|e| format!("$PORT: {e}"))
 }
 
 fn main() -> ExitCode {
@@ -172,10 +172,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         cli.listen.into_iter().flatten().collect()
     };
-    let (program, args) = cli
-        .command
-        .split_first()
-        .ok_or("no program given")?;
+    let (program, args) = cli.command.split_first().ok_or("no program given")?;
     let mut builder = Cluster::builder()
         .command(program)
         .args(args)
@@ -211,9 +208,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let cluster = builder.build()?;
     for addr in cluster.local_addrs() {
         eprintln!(
-            "herd: listening on {addr} ({}, {} workers)",
+            "herd: listening on {addr} ({}, {} worker{})",
             cli.balance,
-            cluster.worker_count()
+            cluster.worker_count(),
+            if cluster.worker_count() == 1 { "" } else { "s" }
         );
     }
     cluster.run().await?;

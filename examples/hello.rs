@@ -50,7 +50,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         herd::worker::generation().map_or("-".to_owned(), |g| g.to_string()),
         std::env::var("LISTEN_PID").unwrap_or_default(),
         std::env::var("LISTEN_FDS").unwrap_or_default(),
-        fds.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(",")
+        fds.iter()
+            .map(|f| f.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
     );
 
     let listeners: Vec<StdListener> = if std::env::var_os("LISTEN_FDS").is_some() {
@@ -126,7 +129,11 @@ async fn respond(req: Request<Incoming>, body: Bytes) -> Result<Response<Full<By
                 .expect("static response"));
         };
         let delay = Duration::from_millis(ms).min(MAX_SLEEP);
-        println!("hello: pid={} request {} started", std::process::id(), req.uri().path());
+        println!(
+            "hello: pid={} request {} started",
+            std::process::id(),
+            req.uri().path()
+        );
         tokio::time::sleep(delay).await;
     }
     Ok(Response::new(Full::new(body)))

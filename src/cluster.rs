@@ -581,6 +581,8 @@ mod tests {
         let get = |k: &str| env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.clone());
         assert_eq!(get("HERD_TEST_A"), Some(OsString::from("2")));
         assert_eq!(get("HERD_TEST_B"), None);
-        assert!(env.iter().all(|(k, _)| k != "LISTEN_PID" && k != "NOTIFY_SOCKET"));
+        assert!(env
+            .iter()
+            .all(|(k, _)| k != "LISTEN_PID" && k != "NOTIFY_SOCKET"));
     }
 }

@@ -139,8 +139,10 @@ fn describe_failures(slots: &[SlotFailure]) -> String {
         .iter()
         .map(|f| {
             format!(
-                "slot {} exited {} times within {:?}",
-                f.slot, f.exits, f.window
+                "slot {} exited {} times within {}",
+                f.slot,
+                f.exits,
+                crate::event::Millis(f.window)
             )
         })
         .collect::<Vec<_>>()

@@ -156,7 +156,12 @@ impl fmt::Display for Millis {
                 write!(f, "{}.{tenths}s", ms / 1000)
             }
         } else {
-            write!(f, "{}m{}s", ms / 60_000, (ms % 60_000) / 1000)
+            let (m, s) = (ms / 60_000, (ms % 60_000) / 1000);
+            if s == 0 {
+                write!(f, "{m}m")
+            } else {
+                write!(f, "{m}m{s}s")
+            }
         }
     }
 }
@@ -190,6 +195,7 @@ mod tests {
         assert_eq!(s(1000), "1s");
         assert_eq!(s(1500), "1.5s");
         assert_eq!(s(125_000), "2m5s");
+        assert_eq!(s(60_000), "1m");
     }
 
     #[test]

@@ -13,6 +13,9 @@ use std::str::FromStr;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+pub(crate) mod rescue;
+pub(crate) mod steer;
+
 use crate::error::{Error, Result};
 
 /// How workers share a listening address.
@@ -170,6 +173,42 @@ impl Listeners {
     }
 }
 
+impl Listeners {
+    /// Whether slots have sockets of their own (and so can be steered).
+    pub(crate) fn per_slot(&self) -> bool {
+        self.balance == Balance::ReusePort
+    }
+
+    /// Sends new connections only to the `live` slots' sockets. A no-op
+    /// unless each slot has its own socket.
+    pub(crate) fn steer(&self, live: &[usize]) -> io::Result<()> {
+        if !self.per_slot() || live.is_empty() {
+            return Ok(());
+        }
+        let live: Vec<u32> = live.iter().map(|&s| s as u32).collect();
+        for group in &self.sockets {
+            steer::steer(&group[0], &live)?;
+        }
+        Ok(())
+    }
+
+    /// Accepts whatever is queued on `slot`'s own sockets, with the
+    /// address each connection should be forwarded to.
+    pub(crate) fn drain_slot(&self, slot: usize) -> Vec<(std::net::TcpStream, SocketAddr)> {
+        if !self.per_slot() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (group, &local) in self.sockets.iter().zip(&self.local) {
+            if let Some(socket) = group.get(slot) {
+                let target = rescue::target(local);
+                out.extend(rescue::drain_queue(socket).into_iter().map(|c| (c, target)));
+            }
+        }
+        out
+    }
+}
+
 /// Binds `slots` SO_REUSEPORT sockets to one address.
 ///
 /// SO_REUSEPORT lets any process of the same user join the group silently,
@@ -233,7 +272,10 @@ mod tests {
             assert_eq!(b.to_string().parse::<Balance>().unwrap(), b);
         }
         let err = "roundrobin".parse::<Balance>().unwrap_err().to_string();
-        assert!(err.contains("roundrobin") && err.contains("reuseport"), "{err}");
+        assert!(
+            err.contains("roundrobin") && err.contains("reuseport"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -243,7 +285,10 @@ mod tests {
         assert_eq!(one(":8080"), "0.0.0.0:8080");
         assert_eq!(one("127.0.0.1:0"), "127.0.0.1:0");
         assert_eq!(one("[::1]:3000"), "[::1]:3000");
-        assert!(parse_listen_addr("localhost:3000").unwrap().iter().all(|a| a.ip().is_loopback()));
+        assert!(parse_listen_addr("localhost:3000")
+            .unwrap()
+            .iter()
+            .all(|a| a.ip().is_loopback()));
         for bad in ["", "99999", "not-an-address", "1.2.3.4:port", "[::1"] {
             let e = parse_listen_addr(bad).unwrap_err().to_string();
             assert!(e.contains(&format!("`{bad}`")), "{e}");
@@ -252,8 +297,8 @@ mod tests {
 
     #[test]
     fn reuseport_group_shares_one_kernel_chosen_port() {
-        let l = Listeners::bind(&["127.0.0.1:0".parse().unwrap()], Balance::ReusePort, 3, 16)
-            .unwrap();
+        let l =
+            Listeners::bind(&["127.0.0.1:0".parse().unwrap()], Balance::ReusePort, 3, 16).unwrap();
         let port = l.local_addrs()[0].port();
         assert_ne!(port, 0);
         let fds: Vec<_> = (0..3).map(|s| l.fds_for_slot(s)[0]).collect();
@@ -278,8 +323,8 @@ mod tests {
 
     #[test]
     fn a_second_reuseport_group_on_the_same_port_is_refused() {
-        let first = Listeners::bind(&["127.0.0.1:0".parse().unwrap()], Balance::ReusePort, 2, 16)
-            .unwrap();
+        let first =
+            Listeners::bind(&["127.0.0.1:0".parse().unwrap()], Balance::ReusePort, 2, 16).unwrap();
         let addr = first.local_addrs()[0];
         let err = Listeners::bind(&[addr], Balance::ReusePort, 2, 16).unwrap_err();
         assert!(matches!(err, Error::AddressInUse { .. }), "{err:?}");

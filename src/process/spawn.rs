@@ -173,7 +173,10 @@ pub(crate) fn spawn(req: &SpawnRequest) -> Result<Spawned, SpawnError> {
         Err(e) => {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(pid, None);
-            return Err(SpawnError::new("pidfd_open (Linux 5.3 or newer is needed)", e));
+            return Err(SpawnError::new(
+                "pidfd_open (Linux 5.3 or newer is needed)",
+                e,
+            ));
         }
     };
     // Keep the prepared block alive until here; the child has its own copy.
@@ -252,7 +255,14 @@ unsafe fn run_child(plan: &ChildPlan<'_>) -> ! {
 
         // Die with the master. If the master already died between fork and
         // here, the signal will never come, so check by hand.
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) != 0
+        {
             fail(plan.status_w, STAGE_PDEATHSIG);
         }
         if libc::getppid() != plan.parent {

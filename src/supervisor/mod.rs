@@ -36,6 +36,9 @@ use slot::{Due, Slot, WorkerState};
 const OUTPUT_GRACE: Duration = Duration::from_millis(500);
 /// How long `run()` waits for queued output lines to be written at the end.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
+/// A slot whose next worker is further away than this has the connections
+/// queued on its socket passed on to live slots instead of waiting.
+const RESCUE_AFTER: Duration = Duration::from_secs(1);
 /// The exit reported for a spawn that failed after start-up, so that it
 /// counts towards the crash-loop limit like any failed start.
 const SPAWN_FAILURE_EXIT: Exit = Exit::Code(127);
@@ -103,6 +106,11 @@ struct Supervisor {
     reaped_tx: mpsc::UnboundedSender<Reaped>,
     /// Set when the cluster cannot start; returned once all is reaped.
     fatal: Option<Error>,
+    /// The slots new connections are steered to now.
+    steered: Vec<usize>,
+    /// Steering failed once (old kernel, no permission): the kernel's own
+    /// hash decides, and queues of empty slots wait for their next worker.
+    steer_broken: bool,
 }
 
 pub(crate) async fn run(
@@ -127,8 +135,10 @@ pub(crate) async fn run(
         phase: Phase::Running,
         reaped_tx,
         fatal: None,
+        steered: Vec::new(),
+        steer_broken: false,
     };
-    sup.publish_snapshot();
+    sup.changed().await;
 
     for i in 0..sup.slots.len() {
         // A stop may already be queued (shutdown() before run()).
@@ -206,7 +216,9 @@ impl Supervisor {
         let listen_fds = self.listeners.fds_for_slot(index);
         let mut env = self.config.env.clone();
         if !listen_fds.is_empty() {
-            let names: Vec<String> = (0..listen_fds.len()).map(|i| format!("listen{i}")).collect();
+            let names: Vec<String> = (0..listen_fds.len())
+                .map(|i| format!("listen{i}"))
+                .collect();
             env.push(("LISTEN_FDS".into(), listen_fds.len().to_string().into()));
             env.push(("LISTEN_FDNAMES".into(), names.join(":").into()));
         }
@@ -235,7 +247,7 @@ impl Supervisor {
         let spawned = match spawner::spawn(req).await {
             Ok(s) => s,
             Err(e) => {
-                self.publish_snapshot();
+                self.changed().await;
                 return Err(Error::Spawn {
                     program: self.config.program.clone(),
                     slot: index,
@@ -246,13 +258,15 @@ impl Supervisor {
         };
         let pid = spawned.pid;
         self.slots[index].on_spawned(pid, generation, Instant::now());
+        // State first, then the event: a subscriber that reacts to the event
+        // finds the snapshot already up to date.
+        self.changed().await;
         self.emit(Event::Spawned {
             slot: index,
             generation,
             pid: pid.as_raw() as u32,
         })
         .await;
-        self.publish_snapshot();
 
         let tx = self.reaped_tx.clone();
         tokio::spawn(async move {
@@ -298,11 +312,7 @@ impl Supervisor {
         let exit = match r.result {
             Ok(exit) => exit,
             Err(e) => {
-                output::log_line(&format!(
-                    "slot {}: cannot reap pid {}: {e}",
-                    r.slot, r.pid
-                ))
-                .await;
+                output::log_line(&format!("slot {}: cannot reap pid {}: {e}", r.slot, r.pid)).await;
                 Exit::Signal(Signal::SIGKILL)
             }
         };
@@ -312,13 +322,8 @@ impl Supervisor {
             .map(|s| now.saturating_duration_since(s))
             .unwrap_or_default();
         let expected = stopping || slot.state == WorkerState::Stopping;
-        let decision = slot.on_exit(
-            &self.config.supervision,
-            now,
-            exit,
-            stopping,
-            random_unit(),
-        );
+        let decision = slot.on_exit(&self.config.supervision, now, exit, stopping, random_unit());
+        self.changed().await;
         self.emit(Event::Exited {
             slot: r.slot,
             generation: r.generation,
@@ -331,10 +336,13 @@ impl Supervisor {
         if let Some(decision) = decision {
             self.report(r.slot, decision, r.tail).await;
         }
-        self.publish_snapshot();
     }
 
-    async fn report(&self, slot: usize, decision: Decision, tail: Vec<String>) {
+    async fn report(&mut self, slot: usize, decision: Decision, tail: Vec<String>) {
+        let rescue = match decision {
+            Decision::Restart(delay) => delay >= RESCUE_AFTER,
+            Decision::Done | Decision::Failed { .. } => true,
+        };
         let event = match decision {
             Decision::Restart(delay) => Event::RestartScheduled { slot, delay },
             Decision::Done => Event::SlotDone { slot },
@@ -346,6 +354,58 @@ impl Supervisor {
             },
         };
         self.emit(event).await;
+        if rescue {
+            self.rescue_queue(slot).await;
+        }
+    }
+
+    /// Steers new connections to the slots that have a ready worker, when
+    /// that set changed, and publishes the new snapshot.
+    async fn changed(&mut self) {
+        let live: Vec<usize> = self
+            .slots
+            .iter()
+            .filter(|s| s.state == WorkerState::Ready)
+            .map(|s| s.index)
+            .collect();
+        if !self.steer_broken && !live.is_empty() && live != self.steered {
+            match self.listeners.steer(&live) {
+                Ok(()) => self.steered = live,
+                Err(e) => {
+                    self.steer_broken = true;
+                    output::log_line(&format!(
+                        "cannot steer connections away from empty slots ({e}); \
+                         their queues wait for the next worker"
+                    ))
+                    .await;
+                }
+            }
+        }
+        self.publish_snapshot();
+    }
+
+    /// Passes the connections queued on an empty slot's socket on to the
+    /// live slots, so that they do not wait for a worker that is far off.
+    async fn rescue_queue(&mut self, slot: usize) {
+        let slot_is_out = !self.steer_broken
+            && !self.steered.is_empty()
+            && !self.steered.contains(&slot)
+            && !self.slots[slot].is_live();
+        if !slot_is_out {
+            return;
+        }
+        let queued = self.listeners.drain_slot(slot);
+        if queued.is_empty() {
+            return;
+        }
+        output::log_line(&format!(
+            "slot {slot}: passing {} queued connection(s) on to live slots",
+            queued.len()
+        ))
+        .await;
+        for (conn, target) in queued {
+            tokio::spawn(crate::net::rescue::forward(conn, target));
+        }
     }
 
     async fn on_timers(&mut self) {
@@ -368,7 +428,7 @@ impl Supervisor {
                 None => {}
             }
         }
-        self.publish_snapshot();
+        self.changed().await;
     }
 
     /// A restart could not even exec: count it like a crash, so that a
@@ -386,6 +446,7 @@ impl Supervisor {
             self.phase == Phase::Stopping,
             random_unit(),
         );
+        self.changed().await;
         if let Some(decision) = decision {
             self.report(index, decision, vec![error.to_string()]).await;
         }
@@ -398,6 +459,7 @@ impl Supervisor {
             return;
         }
         self.phase = Phase::Stopping;
+        self.changed().await;
         self.emit(Event::Stopping { graceful }).await;
         let now = Instant::now();
         for slot in &mut self.slots {
@@ -410,7 +472,7 @@ impl Supervisor {
                 signal_group(pid, Signal::SIGKILL);
             }
         }
-        self.publish_snapshot();
+        self.changed().await;
     }
 
     async fn finish(mut self) -> Result<()> {
@@ -423,6 +485,7 @@ impl Supervisor {
         self.phase = Phase::Stopped;
         self.emit(Event::Stopped).await;
         let _ = tokio::time::timeout(FINAL_FLUSH, output::flush()).await;
+        // Last: Handle::shutdown resolves on this, after the final lines.
         self.publish_snapshot();
         if let Some(e) = self.fatal.take() {
             return Err(e);

@@ -290,7 +290,15 @@ mod tests {
         let delays: Vec<_> = (0..7).map(|a| b.delay(a)).collect();
         assert_eq!(
             delays,
-            [ms(100), ms(200), ms(400), ms(800), ms(1000), ms(1000), ms(1000)]
+            [
+                ms(100),
+                ms(200),
+                ms(400),
+                ms(800),
+                ms(1000),
+                ms(1000),
+                ms(1000)
+            ]
         );
         assert_eq!(b.delay(u32::MAX), ms(1000), "no overflow");
     }
@@ -397,8 +405,14 @@ mod tests {
         ] {
             assert_eq!(p.to_string().parse::<RestartPolicy>().unwrap(), p);
         }
-        let err = "sometimes".parse::<RestartPolicy>().unwrap_err().to_string();
-        assert!(err.contains("sometimes") && err.contains("on-failure"), "{err}");
+        let err = "sometimes"
+            .parse::<RestartPolicy>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sometimes") && err.contains("on-failure"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -408,7 +422,11 @@ mod tests {
         assert!(s.validate().unwrap_err().to_string().contains("jitter"));
         let mut s = Supervision::new();
         s.backoff.max = ms(1);
-        assert!(s.validate().unwrap_err().to_string().contains("restart-delay-max"));
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("restart-delay-max"));
         assert!(Supervision::new().validate().is_ok());
     }
 }

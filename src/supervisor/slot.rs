@@ -220,7 +220,13 @@ mod tests {
         assert_eq!(slot.next_generation(), 0);
         slot.on_spawned(Pid::from_raw(100), 0, t0);
         assert_eq!(slot.state, WorkerState::Ready);
-        let d = slot.on_exit(&p, t0 + Duration::from_millis(50), Exit::Code(1), false, 0.0);
+        let d = slot.on_exit(
+            &p,
+            t0 + Duration::from_millis(50),
+            Exit::Code(1),
+            false,
+            0.0,
+        );
         assert_eq!(d, Some(Decision::Restart(Duration::from_millis(100))));
         assert_eq!(slot.state, WorkerState::Backoff);
         assert!(!slot.is_live() && slot.is_pending());
@@ -244,14 +250,8 @@ mod tests {
         assert_eq!(slot.begin_stop(t0, drain), Some(Pid::from_raw(7)));
         assert_eq!(slot.begin_stop(t0, drain), None, "signalled once");
         assert_eq!(slot.next_deadline(), Some(t0 + drain));
-        assert_eq!(
-            slot.take_due(t0 + drain),
-            Some(Due::Kill(Pid::from_raw(7)))
-        );
-        assert_eq!(
-            slot.on_exit(&p, t0 + drain, Exit::Code(0), true, 0.0),
-            None
-        );
+        assert_eq!(slot.take_due(t0 + drain), Some(Due::Kill(Pid::from_raw(7))));
+        assert_eq!(slot.on_exit(&p, t0 + drain, Exit::Code(0), true, 0.0), None);
         assert_eq!(slot.state, WorkerState::Exited);
         assert_eq!(slot.next_deadline(), None);
     }

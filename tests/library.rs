@@ -1,0 +1,141 @@
+//! The library API as an embedding Rust program uses it: builder, run,
+//! handle, events; with the `hello` example as the worker.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{alive, get, hello, pid_of, wait_dead, WAIT};
+use herd::{Cluster, Error, Event, Phase, WorkerState};
+
+/// A cluster of `hello` workers on a kernel-chosen loopback port, with the
+/// master's signal handling off (the test process owns its signals).
+fn hello_cluster(workers: usize) -> herd::Builder {
+    Cluster::builder()
+        .command(hello())
+        .workers(workers)
+        .listen("127.0.0.1:0".parse().unwrap())
+        .handle_signals(false)
+        .drain_timeout(Duration::from_secs(5))
+}
+
+async fn next_spawned(events: &mut tokio::sync::broadcast::Receiver<Event>) -> u32 {
+    loop {
+        match tokio::time::timeout(WAIT, events.recv()).await {
+            Ok(Ok(Event::Spawned { pid, .. })) => return pid,
+            Ok(Ok(_)) => continue,
+            other => panic!("no Spawned event: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handle_observes_and_stops_a_running_cluster() {
+    let cluster = hello_cluster(2).build().unwrap();
+    let addr = cluster.local_addrs()[0];
+    assert_ne!(addr.port(), 0);
+    let handle = cluster.handle();
+    assert_eq!(handle.phase(), Phase::Created);
+    let mut events = handle.events();
+    let run = tokio::spawn(cluster.run());
+
+    let a = next_spawned(&mut events).await;
+    let b = next_spawned(&mut events).await;
+    let workers = handle.workers();
+    assert_eq!(workers.len(), 2);
+    assert!(workers.iter().all(|w| w.state == WorkerState::Ready));
+    let mut pids: Vec<u32> = workers.iter().filter_map(|w| w.pid).collect();
+    pids.sort_unstable();
+    let mut expected = vec![a, b];
+    expected.sort_unstable();
+    assert_eq!(pids, expected);
+
+    // A request reaches a worker of ours.
+    let body = tokio::task::spawn_blocking(move || get(addr, "/"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(expected.contains(&pid_of(&body)));
+
+    tokio::time::timeout(WAIT, handle.shutdown())
+        .await
+        .expect("shutdown in time")
+        .unwrap();
+    assert_eq!(handle.phase(), Phase::Stopped);
+    run.await.unwrap().unwrap();
+    assert!(!alive(a) && !alive(b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_that_cannot_exec_is_an_error_not_a_crash_loop() {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::temp_dir().join(format!("herd-garbage-{}", std::process::id()));
+    std::fs::write(&path, [0x7f, b'E', b'L', b'F', 0, 0, 0, 0]).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cluster = Cluster::builder()
+        .command(&path)
+        .workers(2)
+        .handle_signals(false)
+        .log_events(false)
+        .build()
+        .unwrap();
+    let err = tokio::time::timeout(WAIT, cluster.run())
+        .await
+        .expect("run returns")
+        .unwrap_err();
+    let _ = std::fs::remove_file(&path);
+    match &err {
+        Error::Spawn { program, stage, .. } => {
+            assert_eq!(program, &path.display().to_string());
+            assert_eq!(*stage, "exec");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(err.to_string().contains("exec"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedding_programs_own_children_are_left_alone() {
+    // A child of the embedding program that exits while the cluster runs
+    // must still be reapable by its owner: herd reaps by pidfd only.
+    let mut own = std::process::Command::new("sh")
+        .args(["-c", "sleep 0.3; exit 7"])
+        .spawn()
+        .unwrap();
+    let cluster = Cluster::builder()
+        .command("sh")
+        .args(["-c", "sleep 0.05; exit 1"])
+        .workers(1)
+        .handle_signals(false)
+        .log_events(false)
+        .crash_loop(herd::CrashLoop {
+            limit: 0,
+            window: Duration::from_secs(1),
+        })
+        .backoff(herd::Backoff {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(20),
+            ..herd::Backoff::default()
+        })
+        .build()
+        .unwrap();
+    let handle = cluster.handle();
+    let mut events = handle.events();
+    let run = tokio::spawn(cluster.run());
+    let mut spawned = Vec::new();
+    // Enough restarts to span the child's exit.
+    while spawned.len() < 8 {
+        spawned.push(next_spawned(&mut events).await);
+    }
+    let status = tokio::task::spawn_blocking(move || own.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(7), "the owner reaps its own child");
+    tokio::time::timeout(WAIT, handle.shutdown())
+        .await
+        .unwrap()
+        .unwrap();
+    run.await.unwrap().unwrap();
+    wait_dead(&spawned, "workers after shutdown");
+}
