@@ -81,6 +81,11 @@ struct Cli {
     #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     env: Vec<(String, String)>,
 
+    /// Environment variable to remove from the workers' environment; repeat
+    /// for more.
+    #[arg(short = 'u', long = "unset-env", value_name = "KEY")]
+    unset_env: Vec<String>,
+
     /// The program to run, then its arguments.
     #[arg(required = true, value_name = "PROGRAM [ARGS]...")]
     command: Vec<String>,
@@ -198,6 +203,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(dir) = &cli.cwd {
         builder = builder.current_dir(dir);
+    }
+    for k in &cli.unset_env {
+        builder = builder.env_remove(k);
     }
     for (k, v) in &cli.env {
         builder = builder.env(k, v);

@@ -381,13 +381,53 @@ fn sigquit_kills_at_once() {
     wait_dead(&[worker, child], "worker and child after SIGQUIT");
 }
 
-#[test]
-fn no_worker_survives_sigkill_of_the_master() {
-    let m = Master::start(&cmd(&["-w", "2"], &hello_server()));
-    let pids = m.wait_ready(2, HELLO_READY);
+fn no_worker_survives_sigkill_of_the_master(program: Vec<String>, marker: &str) {
+    let m = Master::start(&cmd(&["-w", "2"], &program));
+    let pids = m.wait_ready(2, marker);
     assert_eq!(pids.len(), 2);
     m.signal(Signal::SIGKILL);
     wait_dead(&pids, "workers after SIGKILL of the master");
+}
+
+#[test]
+fn no_hello_worker_survives_sigkill_of_the_master() {
+    no_worker_survives_sigkill_of_the_master(hello_server(), HELLO_READY);
+}
+
+#[test]
+fn no_node_worker_survives_sigkill_of_the_master() {
+    no_worker_survives_sigkill_of_the_master(node_server(), NODE_READY);
+}
+
+#[test]
+fn workers_get_the_working_directory_and_environment_asked_for() {
+    let dir = std::env::temp_dir();
+    let dir_text = dir.canonicalize().unwrap().display().to_string();
+    let program = s(&[
+        "sh",
+        "-c",
+        "echo \"env: cwd=$(pwd) foo=$HERD_TEST_FOO home=${HOME:-unset}\"; exec sleep 30",
+    ]);
+    let mut argv = cmd(
+        &[
+            "-w",
+            "1",
+            "--cwd",
+            &dir_text,
+            "-e",
+            "HERD_TEST_FOO=bar baz",
+            "-u",
+            "HOME",
+        ],
+        &[],
+    );
+    argv.extend(program);
+    let m = Master::start(&argv);
+    let log = m.wait_log("the env line", |l| l.contains("env: cwd="));
+    assert!(
+        log.contains(&format!("env: cwd={dir_text} foo=bar baz home=unset")),
+        "{log}"
+    );
 }
 
 // ------------------------------------------------------------ resources

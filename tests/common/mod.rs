@@ -28,7 +28,8 @@ pub fn example(name: &str) -> PathBuf {
     let p = dir.join("examples").join(name);
     assert!(
         p.exists(),
-        "{} is missing: run the tests with `cargo test`, which builds the examples",
+        "{} is missing: run the tests with `cargo test`, which builds the examples \
+         (`cargo test --test X` does not: run `cargo build --examples` first)",
         p.display()
     );
     p
