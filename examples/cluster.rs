@@ -5,6 +5,7 @@
 //! ```
 //!
 //! Everything from the first non-option on is the program and its arguments.
+//! SIGHUP reloads (rolling, successor first); SIGTERM/SIGINT stop.
 //! Exit status: 0 after a clean stop, 1 when the cluster cannot start or every
 //! slot failed, 2 for bad usage.
 
@@ -13,7 +14,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use herd::{Backoff, Balance, Cluster, CrashLoop, RestartPolicy, Signal};
+use herd::{Backoff, Balance, Cluster, CrashLoop, Readiness, RestartPolicy, Signal};
 
 /// Run N copies of a program behind one listening address, keep them alive,
 /// and stop them gracefully.
@@ -73,6 +74,29 @@ struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     min_uptime: Duration,
 
+    /// How the master learns a new worker serves: auto (ipc for Node with
+    /// the preload, else none), none, notify (sd_notify READY=1), ipc
+    /// (process.send('ready')), or delay:<duration>.
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_ready)]
+    ready: Readiness,
+
+    /// Time a new worker gets to become ready.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    start_timeout: Duration,
+
+    /// Require WATCHDOG=1 pings on the notify socket this often; a worker
+    /// that misses one is killed and restarted.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    watchdog: Option<Duration>,
+
+    /// How many slots a reload (SIGHUP) replaces at the same time.
+    #[arg(long, value_name = "N", default_value_t = herd::DEFAULT_RELOAD_PARALLEL)]
+    reload_parallel: usize,
+
+    /// Do not inject herd's preload into Node workers.
+    #[arg(long)]
+    no_node_preload: bool,
+
     /// Working directory of the workers.
     #[arg(long, value_name = "DIR")]
     cwd: Option<std::path::PathBuf>,
@@ -96,6 +120,10 @@ fn parse_listen(s: &str) -> Result<Vec<SocketAddr>, String> {
 }
 
 fn parse_balance(s: &str) -> Result<Balance, String> {
+    s.parse().map_err(|e: herd::Error| e.to_string())
+}
+
+fn parse_ready(s: &str) -> Result<Readiness, String> {
     s.parse().map_err(|e: herd::Error| e.to_string())
 }
 
@@ -194,7 +222,14 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             limit: cli.crash_limit,
             window: cli.crash_window,
         })
-        .min_uptime(cli.min_uptime);
+        .min_uptime(cli.min_uptime)
+        .readiness(cli.ready)
+        .start_timeout(cli.start_timeout)
+        .reload_parallel(cli.reload_parallel)
+        .node_preload(!cli.no_node_preload);
+    if let Some(w) = cli.watchdog {
+        builder = builder.watchdog(w);
+    }
     if let Some(n) = cli.workers {
         builder = builder.workers(n);
     }

@@ -6,8 +6,15 @@
 //!
 //! It serves on the sockets herd passes (fd 3, ...) or, run alone, on
 //! `$PORT` (default 3000). `GET /` answers `pid=<pid> slot=<slot>`;
-//! `GET /sleep/<ms>` answers the same after a delay. On SIGTERM it stops
-//! accepting, lets requests in flight finish, and exits 0.
+//! `GET /sleep/<ms>` answers the same after a delay; `GET /hang/<ms>`
+//! blocks the whole worker that long (a hung worker, for watchdog tests).
+//!
+//! It reports readiness with `sd_notify(READY=1)` when `NOTIFY_SOCKET` is
+//! set, and pings the watchdog when `WATCHDOG_USEC` is. On SIGTERM it
+//! drains: it stops accepting (new connections wait on the master's socket
+//! for the next worker), answers every further request with
+//! `Connection: close`, closes keep-alive connections that stay idle for
+//! a moment, lets requests in flight finish, and exits 0.
 //!
 //! At start it prints one line with its pid, `LISTEN_PID` and the fds it
 //! inherited, before it opens anything itself, so that tests can check the
@@ -15,6 +22,8 @@
 
 use std::convert::Infallible;
 use std::net::TcpListener as StdListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -27,8 +36,29 @@ use tokio::signal::unix::{signal, SignalKind};
 
 /// Highest fd looked at in the start-up report.
 const FD_SCAN_LIMIT: i32 = 1024;
-/// Longest delay `/sleep/<ms>` accepts.
+/// Longest delay `/sleep/<ms>` and `/hang/<ms>` accept.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
+/// While draining, a keep-alive connection is closed once it has been idle
+/// this long; until then a request on it is answered with
+/// `Connection: close`, so a client in mid-cycle is told, not cut.
+const IDLE_GRACE: Duration = Duration::from_millis(250);
+
+/// Sends one sd_notify datagram to `NOTIFY_SOCKET`, if set.
+fn sd_notify(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let path = path.to_string_lossy().into_owned();
+    let addr = match path.strip_prefix('@') {
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+        None => SocketAddr::from_pathname(&path),
+    };
+    if let (Ok(sock), Ok(addr)) = (UnixDatagram::unbound(), addr) {
+        let _ = sock.send_to_addr(state.as_bytes(), &addr);
+    }
+}
 
 fn open_fds() -> Vec<i32> {
     (0..FD_SCAN_LIMIT)
@@ -74,6 +104,19 @@ async fn serve(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let mut term = signal(SignalKind::terminate())?;
     let graceful = GracefulShutdown::new();
+    let draining = Arc::new(AtomicBool::new(false));
+    if let Some(usec) = std::env::var("WATCHDOG_USEC")
+        .ok()
+        .and_then(|u| u.parse::<u64>().ok())
+    {
+        let every = Duration::from_micros(usec / 2);
+        tokio::spawn(async move {
+            loop {
+                sd_notify("WATCHDOG=1");
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
     let (conn_tx, mut conn_rx) = tokio::sync::mpsc::channel(64);
     let mut acceptors = Vec::new();
     for l in listeners {
@@ -89,10 +132,15 @@ async fn serve(
         }));
     }
     drop(conn_tx);
+    // The inherited sockets were listening before we started: ready now.
+    sd_notify("READY=1");
     let body = Bytes::from(body);
     let serve_one = |stream: tokio::net::TcpStream| {
         let body = body.clone();
-        let service = hyper::service::service_fn(move |req| respond(req, body.clone()));
+        let draining = draining.clone();
+        let service = hyper::service::service_fn(move |req| {
+            respond(req, body.clone(), draining.load(Ordering::SeqCst))
+        });
         let conn = hyper::server::conn::http1::Builder::new()
             .serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
@@ -109,24 +157,48 @@ async fn serve(
     // Stop accepting: new connections stay queued on the master's socket
     // for the next worker. Connections already accepted are served;
     // requests in flight finish; idle keep-alive connections close.
+    sd_notify("STOPPING=1");
+    draining.store(true, Ordering::SeqCst);
     for a in &acceptors {
         a.abort();
     }
     while let Ok(stream) = conn_rx.try_recv() {
         serve_one(stream);
     }
+    tokio::time::sleep(IDLE_GRACE).await;
     graceful.shutdown().await;
     println!("hello: pid={} drained, exiting", std::process::id());
     Ok(())
 }
 
-async fn respond(req: Request<Incoming>, body: Bytes) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn respond(
+    req: Request<Incoming>,
+    body: Bytes,
+    draining: bool,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let mut response = answer(req, body).await;
+    if draining {
+        response.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+    }
+    Ok(response)
+}
+
+async fn answer(req: Request<Incoming>, body: Bytes) -> Response<Full<Bytes>> {
+    if let Some(ms) = req.uri().path().strip_prefix("/hang/") {
+        let ms = ms.parse::<u64>().unwrap_or(0);
+        println!("hello: pid={} hanging for {ms}ms", std::process::id());
+        // Deliberately blocks the runtime, watchdog pings included.
+        std::thread::sleep(Duration::from_millis(ms).min(MAX_SLEEP));
+    }
     if let Some(ms) = req.uri().path().strip_prefix("/sleep/") {
         let Ok(ms) = ms.parse::<u64>() else {
-            return Ok(Response::builder()
+            return Response::builder()
                 .status(400)
                 .body(Full::new(Bytes::from_static(b"bad delay\n")))
-                .expect("static response"));
+                .expect("static response");
         };
         let delay = Duration::from_millis(ms).min(MAX_SLEEP);
         println!(
@@ -136,5 +208,5 @@ async fn respond(req: Request<Incoming>, body: Bytes) -> Result<Response<Full<By
         );
         tokio::time::sleep(delay).await;
     }
-    Ok(Response::new(Full::new(body)))
+    Response::new(Full::new(body))
 }

@@ -16,7 +16,9 @@ use tokio::sync::{broadcast, mpsc, watch};
 use crate::error::{Error, Result};
 use crate::event::{Event, WorkerInfo};
 use crate::net::{default_backlog, Balance, Listeners};
+use crate::ready::{Readiness, DEFAULT_START_TIMEOUT};
 use crate::supervisor::policy::{Backoff, CrashLoop, RestartPolicy, Supervision};
+use crate::supervisor::reload::{ReloadReport, Target, DEFAULT_RELOAD_PARALLEL};
 use crate::supervisor::{self, Control};
 
 /// Default time a stopping worker gets to finish its requests before its
@@ -78,6 +80,13 @@ pub(crate) struct Config {
     pub(crate) stop_signal: Signal,
     pub(crate) handle_signals: bool,
     pub(crate) log_events: bool,
+    pub(crate) readiness: Readiness,
+    pub(crate) start_timeout: Duration,
+    pub(crate) watchdog: Option<Duration>,
+    pub(crate) reload_parallel: usize,
+    /// The installed Node preload, when the program is Node and the preload
+    /// is on.
+    pub(crate) preload: Option<PathBuf>,
 }
 
 /// Configures a [`Cluster`]; [`Builder::build`] validates everything and
@@ -97,6 +106,11 @@ pub struct Builder {
     stop_signal: Signal,
     handle_signals: bool,
     log_events: bool,
+    readiness: Readiness,
+    start_timeout: Duration,
+    watchdog: Option<Duration>,
+    reload_parallel: usize,
+    node_preload: bool,
 }
 
 impl Default for Builder {
@@ -115,6 +129,11 @@ impl Default for Builder {
             stop_signal: DEFAULT_STOP_SIGNAL,
             handle_signals: true,
             log_events: true,
+            readiness: Readiness::Auto,
+            start_timeout: DEFAULT_START_TIMEOUT,
+            watchdog: None,
+            reload_parallel: DEFAULT_RELOAD_PARALLEL,
+            node_preload: true,
         }
     }
 }
@@ -239,6 +258,44 @@ impl Builder {
         self
     }
 
+    /// How the master learns that a new worker serves (default
+    /// [`Readiness::Auto`]). A reload waits for it before it stops the
+    /// predecessor.
+    pub fn readiness(mut self, readiness: Readiness) -> Self {
+        self.readiness = readiness;
+        self
+    }
+
+    /// How long a new worker may take to report readiness (default
+    /// [`DEFAULT_START_TIMEOUT`]). A successor that misses it aborts the
+    /// reload; a restarted worker that misses it is killed and restarted.
+    pub fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
+    }
+
+    /// Requires `WATCHDOG=1` pings on the notify socket at least this often
+    /// once a worker is ready (workers see `WATCHDOG_USEC`); a worker that
+    /// misses one is killed and restarted.
+    pub fn watchdog(mut self, interval: Duration) -> Self {
+        self.watchdog = Some(interval);
+        self
+    }
+
+    /// How many slots a reload replaces at the same time (default 1).
+    pub fn reload_parallel(mut self, n: usize) -> Self {
+        self.reload_parallel = n;
+        self
+    }
+
+    /// Whether Node workers get herd's preload (default true): it lets an
+    /// app that calls `listen(port)` serve on the inherited socket, reports
+    /// readiness when it listens, and drains on the stop signal.
+    pub fn node_preload(mut self, on: bool) -> Self {
+        self.node_preload = on;
+        self
+    }
+
     /// Validates the configuration and binds every listening address.
     /// Nothing is spawned yet.
     ///
@@ -272,8 +329,42 @@ impl Builder {
             }
         }
 
+        if self.start_timeout.is_zero() {
+            return Err(Error::InvalidSetting {
+                setting: "start-timeout",
+                reason: "must be longer than zero".into(),
+            });
+        }
+        if self.watchdog.is_some_and(|w| w.is_zero()) {
+            return Err(Error::InvalidSetting {
+                setting: "watchdog",
+                reason: "must be longer than zero".into(),
+            });
+        }
+        if self.reload_parallel == 0 {
+            return Err(Error::InvalidSetting {
+                setting: "reload-parallel",
+                reason: "must be at least 1".into(),
+            });
+        }
         let env = worker_env(&self.env);
         let path = resolve_program(&program, self.cwd.as_deref(), &env)?;
+        let preload = if self.node_preload
+            && (crate::node::is_node(Path::new(&program)) || crate::node::is_node(&path))
+        {
+            Some(crate::node::install_preload()?)
+        } else {
+            None
+        };
+        if self.readiness == Readiness::Ipc && preload.is_none() && !crate::node::is_node(&path) {
+            return Err(Error::InvalidSetting {
+                setting: "ready",
+                reason: format!(
+                    "ipc readiness needs a Node program, and `{}` is not node",
+                    program.to_string_lossy()
+                ),
+            });
+        }
         let program_text = program.to_string_lossy().into_owned();
         let cstring = |s: &OsStr, what: &'static str| {
             CString::new(s.as_bytes()).map_err(|_| Error::InvalidSetting {
@@ -300,6 +391,11 @@ impl Builder {
             stop_signal: self.stop_signal,
             handle_signals: self.handle_signals,
             log_events: self.log_events,
+            readiness: self.readiness,
+            start_timeout: self.start_timeout,
+            watchdog: self.watchdog,
+            reload_parallel: self.reload_parallel,
+            preload,
         };
 
         let backlog = self.backlog.unwrap_or_else(default_backlog);
@@ -485,6 +581,39 @@ impl Handle {
     /// [`Error::NotRunning`] if the cluster was dropped without stopping.
     pub async fn kill(&self) -> Result<()> {
         self.send_and_wait(Control::Stop { graceful: false }).await
+    }
+
+    /// Rolling reload: slot by slot, a successor starts on the same
+    /// sockets, and only once it is ready does the predecessor get the stop
+    /// signal and drain. Resolves to what happened. A reload asked for
+    /// during a reload runs once after it (requests are merged), never in
+    /// parallel. A successor that exits or misses the start timeout aborts
+    /// the reload: its predecessor and every slot not yet reached keep
+    /// their workers.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotRunning`] if the cluster is not running or stops first.
+    pub async fn reload(&self) -> Result<ReloadReport> {
+        self.reload_target(Target::All).await
+    }
+
+    /// Soft restart of one slot, successor first, as a reload does.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoSuchSlot`] for a slot out of range, [`Error::NotRunning`]
+    /// if the cluster is not running.
+    pub async fn restart(&self, slot: usize) -> Result<ReloadReport> {
+        self.reload_target(Target::Slot(slot)).await
+    }
+
+    async fn reload_target(&self, target: Target) -> Result<ReloadReport> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.control
+            .send(Control::Reload { target, reply })
+            .map_err(|_| Error::NotRunning)?;
+        rx.await.map_err(|_| Error::NotRunning)?
     }
 
     async fn send_and_wait(&self, control: Control) -> Result<()> {

@@ -103,6 +103,15 @@ pub enum Error {
         slots: Vec<SlotFailure>,
     },
 
+    /// A slot index out of range.
+    #[error("there is no slot {slot}: the cluster has {slots} (0 to {})", slots.saturating_sub(1))]
+    NoSuchSlot {
+        /// The slot asked for.
+        slot: usize,
+        /// How many slots there are.
+        slots: usize,
+    },
+
     /// The cluster's event loop is gone (the cluster was dropped or stopped).
     #[error("the cluster is not running")]
     NotRunning,

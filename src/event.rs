@@ -7,6 +7,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::process::Exit;
+use crate::supervisor::reload::ReloadReport;
 use crate::supervisor::slot::WorkerState;
 
 /// Something that happened to the cluster or one of its workers.
@@ -28,6 +29,39 @@ pub enum Event {
         slot: usize,
         /// What went wrong.
         error: String,
+    },
+    /// A worker reported (or was deemed) ready.
+    Ready {
+        /// Its slot.
+        slot: usize,
+        /// Its pid.
+        pid: u32,
+    },
+    /// A worker did not become ready in time and is killed.
+    StartTimeout {
+        /// Its slot.
+        slot: usize,
+        /// Its pid.
+        pid: u32,
+        /// The start timeout.
+        timeout: Duration,
+    },
+    /// A worker missed its watchdog deadline and is killed.
+    WatchdogTimeout {
+        /// Its slot.
+        slot: usize,
+        /// Its pid.
+        pid: u32,
+    },
+    /// A rolling reload (or soft restart) began.
+    ReloadStarted {
+        /// The slots it will replace, in order.
+        slots: Vec<usize>,
+    },
+    /// A rolling reload ended, completely or aborted.
+    ReloadFinished {
+        /// What it did.
+        report: ReloadReport,
     },
     /// A worker exited and was reaped.
     Exited {
@@ -94,6 +128,26 @@ impl fmt::Display for Event {
                 pid,
             } => write!(f, "slot {slot}: spawned pid {pid} (generation {generation})"),
             Event::SpawnFailed { slot, error } => write!(f, "slot {slot}: {error}"),
+            Event::Ready { slot, pid } => write!(f, "slot {slot}: pid {pid} is ready"),
+            Event::StartTimeout { slot, pid, timeout } => write!(
+                f,
+                "slot {slot}: pid {pid} not ready within {}; killing it",
+                Millis(*timeout)
+            ),
+            Event::WatchdogTimeout { slot, pid } => write!(
+                f,
+                "slot {slot}: pid {pid} missed its watchdog deadline; killing it"
+            ),
+            Event::ReloadStarted { slots } => write!(
+                f,
+                "reload started for slot(s) {}",
+                slots
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Event::ReloadFinished { report } => write!(f, "{report}"),
             Event::Exited {
                 slot,
                 pid,
@@ -182,6 +236,8 @@ pub struct WorkerInfo {
     pub restarts: u32,
     /// How the previous worker of this slot ended.
     pub last_exit: Option<Exit>,
+    /// Predecessors still draining after a reload.
+    pub draining: Vec<u32>,
 }
 
 #[cfg(test)]

@@ -70,7 +70,9 @@ mod cluster;
 mod error;
 mod event;
 pub mod net;
+mod node;
 mod process;
+pub mod ready;
 mod supervisor;
 pub mod worker;
 
@@ -80,9 +82,11 @@ pub use event::{Event, WorkerInfo};
 pub use net::Balance;
 pub use nix::sys::signal::Signal;
 pub use process::Exit;
+pub use ready::{Readiness, DEFAULT_START_TIMEOUT};
 pub use supervisor::policy::{
     Backoff, CrashLoop, Decision, RestartPolicy, Supervision, DEFAULT_BACKOFF_FACTOR,
     DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_JITTER, DEFAULT_BACKOFF_MAX, DEFAULT_CRASH_LIMIT,
     DEFAULT_CRASH_WINDOW, DEFAULT_MIN_UPTIME,
 };
+pub use supervisor::reload::{ReloadFailure, ReloadReport, Replacement, DEFAULT_RELOAD_PARALLEL};
 pub use supervisor::slot::WorkerState;

@@ -143,6 +143,10 @@ fn a_node_worker_gets_its_own_pid_slot_and_socket() {
             "NODE_APP_INSTANCE: {line}"
         );
         assert_eq!(field("fdnames"), "listen0", "{line}");
+        // The preload took itself and LISTEN_* out of the environment that
+        // the app's own children would inherit.
+        assert_eq!(field("later_listen_fds"), "gone", "{line}");
+        assert_eq!(field("node_options"), "gone", "{line}");
     }
 }
 

@@ -33,6 +33,9 @@ pub(crate) struct SpawnRequest {
     /// Listening sockets, in the order they become fds 3, 4, ...; borrowed
     /// from the master, which keeps them open for the cluster's lifetime.
     pub(crate) listen_fds: Vec<RawFd>,
+    /// Further fds after the sockets (Node's IPC channel), owned: the
+    /// master's copies close once the worker has them.
+    pub(crate) extra_fds: Vec<OwnedFd>,
     /// Working directory, if not the master's.
     pub(crate) cwd: Option<CString>,
 }
@@ -81,7 +84,7 @@ const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
 const PID_DIGITS: usize = 20;
 
 /// Forks and execs one worker. Must run on the spawner thread.
-pub(crate) fn spawn(req: &SpawnRequest) -> Result<Spawned, SpawnError> {
+pub(crate) fn spawn(req: SpawnRequest) -> Result<Spawned, SpawnError> {
     let fds_err = |e: nix::Error| SpawnError::new("preparing pipes", io::Error::from(e));
 
     // ---- Everything the child needs, allocated before the fork. ----
@@ -122,6 +125,7 @@ pub(crate) fn spawn(req: &SpawnRequest) -> Result<Spawned, SpawnError> {
     // fd i of the worker comes from sources[i].
     let mut sources: Vec<RawFd> = vec![devnull.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
     sources.extend_from_slice(&req.listen_fds);
+    sources.extend(req.extra_fds.iter().map(|fd| fd.as_raw_fd()));
     // Scratch space the child fills with high duplicates, allocated now.
     let mut scratch: Vec<RawFd> = vec![-1; sources.len()];
     let child = ChildPlan {
@@ -180,7 +184,7 @@ pub(crate) fn spawn(req: &SpawnRequest) -> Result<Spawned, SpawnError> {
         }
     };
     // Keep the prepared block alive until here; the child has its own copy.
-    drop((env_entries, envp, argv, scratch, sources));
+    drop((env_entries, envp, argv, scratch, sources, req));
     Ok(Spawned {
         pid,
         pidfd,

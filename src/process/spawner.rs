@@ -22,7 +22,7 @@ fn sender() -> Result<mpsc::Sender<Job>, SpawnError> {
             .name("herd-spawner".into())
             .spawn(move || {
                 for (req, reply) in rx {
-                    let _ = reply.send(spawn::spawn(&req));
+                    let _ = reply.send(spawn::spawn(req));
                 }
             });
         if let Err(e) = started {

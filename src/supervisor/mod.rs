@@ -1,15 +1,18 @@
-//! The event loop: slots, restarts, shutdown.
+//! The event loop: slots, restarts, readiness, reloads, shutdown.
 //!
-//! One task owns every slot. It reacts to four sources: a worker was reaped,
-//! a control came from a [`crate::Handle`], a signal reached the master, a
-//! slot's timer (restart after backoff, SIGKILL after the drain timeout)
-//! fired. Decisions are delegated to the pure [`slot`] and [`policy`] code;
-//! this file only carries them out.
+//! One task owns every slot. It reacts to these sources: a worker was
+//! reaped, a worker said something (ready, watchdog, status), a control
+//! came from a [`crate::Handle`], a signal reached the master, a slot's
+//! timer fired (restart after backoff, start timeout, watchdog, SIGKILL
+//! after the drain timeout). Decisions are delegated to the pure [`slot`],
+//! [`policy`] and [`reload`] code; this file carries them out.
 
 pub mod policy;
+pub mod reload;
 pub mod slot;
 
 use std::collections::hash_map::RandomState;
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::hash::{BuildHasher, Hasher};
 use std::io;
@@ -22,13 +25,16 @@ use tokio::sync::{mpsc, watch};
 
 use crate::cluster::{Config, Handle, Phase, Snapshot};
 use crate::error::{Error, Result};
-use crate::event::{Event, WorkerInfo};
+use crate::event::{Event, Millis, WorkerInfo};
 use crate::net::Listeners;
 use crate::process::output::{self, Stream, Tail};
 use crate::process::spawn::SpawnRequest;
 use crate::process::{reap, signal_group, spawner, Exit};
+use crate::ready::notify::NotifySocket;
+use crate::ready::{ipc, Note, Readiness};
 use policy::Decision;
-use slot::{Due, Slot, WorkerState};
+use reload::{ReloadFailure, ReloadRun, Replacement, Target, Waiter};
+use slot::{Due, ExitOutcome, Role, Slot};
 
 /// How long a reaped worker's output pipes may take to reach EOF before the
 /// exit is reported anyway (a grandchild that escaped the process group may
@@ -47,6 +53,7 @@ const SPAWN_FAILURE_EXIT: Exit = Exit::Code(127);
 #[derive(Debug)]
 pub(crate) enum Control {
     Stop { graceful: bool },
+    Reload { target: Target, reply: Waiter },
 }
 
 /// A worker that exited and was reaped.
@@ -63,6 +70,7 @@ struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     quit: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -74,6 +82,7 @@ impl Signals {
             term: kind(SignalKind::terminate(), "SIGTERM")?,
             int: kind(SignalKind::interrupt(), "SIGINT")?,
             quit: kind(SignalKind::quit(), "SIGQUIT")?,
+            hup: kind(SignalKind::hangup(), "SIGHUP")?,
         })
     }
 }
@@ -83,6 +92,7 @@ enum MasterSignal {
     Term,
     Int,
     Quit,
+    Hup,
 }
 
 async fn next_signal(signals: &mut Option<Signals>) -> MasterSignal {
@@ -91,9 +101,18 @@ async fn next_signal(signals: &mut Option<Signals>) -> MasterSignal {
             _ = s.term.recv() => MasterSignal::Term,
             _ = s.int.recv() => MasterSignal::Int,
             _ = s.quit.recv() => MasterSignal::Quit,
+            _ = s.hup.recv() => MasterSignal::Hup,
         },
         None => std::future::pending().await,
     }
+}
+
+/// How readiness works for this cluster, resolved from the configuration.
+#[derive(Debug, Clone, Copy)]
+struct ReadyPlan {
+    mode: Readiness,
+    slot: slot::Readiness,
+    watchdog: Option<Duration>,
 }
 
 struct Supervisor {
@@ -104,6 +123,9 @@ struct Supervisor {
     slots: Vec<Slot>,
     phase: Phase,
     reaped_tx: mpsc::UnboundedSender<Reaped>,
+    notes_tx: mpsc::UnboundedSender<Note>,
+    notify_env: Option<String>,
+    ready: ReadyPlan,
     /// Set when the cluster cannot start; returned once all is reaped.
     fatal: Option<Error>,
     /// The slots new connections are steered to now.
@@ -111,6 +133,11 @@ struct Supervisor {
     /// Steering failed once (old kernel, no permission): the kernel's own
     /// hash decides, and queues of empty slots wait for their next worker.
     steer_broken: bool,
+    reload: Option<ReloadRun>,
+    /// Reload requests that arrived during a reload: run once it ends.
+    queued: Vec<(Target, Option<Waiter>)>,
+    /// Successors killed for missing the start timeout.
+    timed_out: HashSet<Pid>,
 }
 
 pub(crate) async fn run(
@@ -126,6 +153,35 @@ pub(crate) async fn run(
         None
     };
     let (reaped_tx, mut reaped_rx) = mpsc::unbounded_channel();
+    let (notes_tx, mut notes_rx) = mpsc::unbounded_channel();
+
+    let mode = match config.readiness {
+        Readiness::Auto if config.preload.is_some() => Readiness::Ipc,
+        Readiness::Auto => Readiness::None,
+        other => other,
+    };
+    let notify_env = if mode == Readiness::Notify || config.watchdog.is_some() {
+        let socket =
+            NotifySocket::bind().map_err(|e| Error::io("creating the notify socket", e))?;
+        let env = socket.env_value.clone();
+        tokio::spawn(socket.serve(notes_tx.clone()));
+        Some(env)
+    } else {
+        None
+    };
+    let ready = ReadyPlan {
+        mode,
+        slot: slot::Readiness {
+            after: match mode {
+                Readiness::Delay(d) => Some(d),
+                _ => None,
+            },
+            reported: matches!(mode, Readiness::Notify | Readiness::Ipc),
+            start_timeout: config.start_timeout,
+        },
+        watchdog: config.watchdog,
+    };
+
     let mut sup = Supervisor {
         slots: (0..config.workers).map(Slot::new).collect(),
         config,
@@ -134,9 +190,15 @@ pub(crate) async fn run(
         snapshot,
         phase: Phase::Running,
         reaped_tx,
+        notes_tx,
+        notify_env,
+        ready,
         fatal: None,
         steered: Vec::new(),
         steer_broken: false,
+        reload: None,
+        queued: Vec::new(),
+        timed_out: HashSet::new(),
     };
     sup.changed().await;
 
@@ -146,7 +208,7 @@ pub(crate) async fn run(
             sup.stop(graceful).await;
             break;
         }
-        if let Err(e) = sup.start(i).await {
+        if let Err(e) = sup.start(i, Role::Current).await {
             // The program cannot start at all: undo what did start.
             sup.fatal = Some(e);
             sup.stop(false).await;
@@ -164,7 +226,11 @@ pub(crate) async fn run(
         };
         tokio::select! {
             Some(r) = reaped_rx.recv() => sup.on_reaped(r).await,
-            Some(Control::Stop { graceful }) = control_rx.recv() => sup.stop(graceful).await,
+            Some(n) = notes_rx.recv() => sup.on_note(n).await,
+            Some(c) = control_rx.recv() => match c {
+                Control::Stop { graceful } => sup.stop(graceful).await,
+                Control::Reload { target, reply } => sup.request_reload(target, Some(reply)).await,
+            },
             sig = next_signal(&mut signals) => match sig {
                 MasterSignal::Term => sup.stop(true).await,
                 // A second Ctrl-C means "now".
@@ -173,6 +239,7 @@ pub(crate) async fn run(
                     sup.stop(graceful).await;
                 }
                 MasterSignal::Quit => sup.stop(false).await,
+                MasterSignal::Hup => sup.request_reload(Target::All, None).await,
             },
             () = timer => sup.on_timers().await,
         }
@@ -200,10 +267,15 @@ impl Supervisor {
             .map(|s| WorkerInfo {
                 slot: s.index,
                 generation: s.generation,
-                pid: s.pid.map(|p| p.as_raw() as u32),
+                pid: s.pid().map(|p| p.as_raw() as u32),
                 state: s.state,
                 restarts: s.restarts,
                 last_exit: s.last_exit,
+                draining: s
+                    .retiring_pids()
+                    .iter()
+                    .map(|p| p.as_raw() as u32)
+                    .collect(),
             })
             .collect();
         self.snapshot.send_replace(Snapshot {
@@ -212,7 +284,18 @@ impl Supervisor {
         });
     }
 
-    fn spawn_request(&self, index: usize, generation: u64) -> SpawnRequest {
+    fn slot_of(&self, pid: Pid) -> Option<(usize, Role)> {
+        self.slots
+            .iter()
+            .find_map(|s| s.role_of(pid).map(|r| (s.index, r)))
+    }
+
+    fn spawn_request(
+        &self,
+        index: usize,
+        generation: u64,
+        ipc_child: Option<std::os::fd::OwnedFd>,
+    ) -> SpawnRequest {
         let listen_fds = self.listeners.fds_for_slot(index);
         let mut env = self.config.env.clone();
         if !listen_fds.is_empty() {
@@ -231,19 +314,60 @@ impl Supervisor {
         // PM2 sets NODE_APP_INSTANCE to the instance index; apps use it to
         // run a job on one instance only.
         env.push(("NODE_APP_INSTANCE".into(), slot));
+        if let Some(notify) = &self.notify_env {
+            env.push(("NOTIFY_SOCKET".into(), notify.into()));
+        }
+        if let Some(w) = self.ready.watchdog {
+            env.push(("WATCHDOG_USEC".into(), w.as_micros().to_string().into()));
+        }
+        if ipc_child.is_some() {
+            // The channel is the first fd after the sockets.
+            let fd = 3 + listen_fds.len();
+            env.push(("NODE_CHANNEL_FD".into(), fd.to_string().into()));
+            env.push(("NODE_CHANNEL_SERIALIZATION_MODE".into(), "json".into()));
+        }
+        if let Some(preload) = &self.config.preload {
+            let require = format!("--require \"{}\"", preload.display());
+            let options = match env.iter().position(|(k, _)| k == "NODE_OPTIONS") {
+                Some(i) => {
+                    let (_, old) = env.remove(i);
+                    format!("{} {require}", old.to_string_lossy())
+                }
+                None => require,
+            };
+            env.push(("NODE_OPTIONS".into(), options.into()));
+            env.push(("HERD_PRELOAD".into(), preload.clone().into_os_string()));
+            env.push((
+                "HERD_STOP_SIGNAL".into(),
+                self.config.stop_signal.as_str().into(),
+            ));
+        }
         SpawnRequest {
             path: self.config.path.clone(),
             argv: self.config.argv.clone(),
             env,
             listen_fds,
+            extra_fds: ipc_child.into_iter().collect(),
             cwd: self.config.cwd.clone(),
         }
     }
 
-    /// Starts the next generation of slot `index`.
-    async fn start(&mut self, index: usize) -> Result<()> {
+    /// Starts the next generation of slot `index` in `role` (the slot's
+    /// worker, or a reload's successor next to it).
+    async fn start(&mut self, index: usize, role: Role) -> Result<()> {
         let generation = self.slots[index].next_generation();
-        let req = self.spawn_request(index, generation);
+        let (ipc_master, ipc_child) = if self.ready.mode == Readiness::Ipc {
+            let (m, c) = ipc::channel().map_err(|e| Error::Spawn {
+                program: self.config.program.clone(),
+                slot: index,
+                stage: "creating the IPC channel",
+                source: e,
+            })?;
+            (Some(m), Some(c))
+        } else {
+            (None, None)
+        };
+        let req = self.spawn_request(index, generation, ipc_child);
         let spawned = match spawner::spawn(req).await {
             Ok(s) => s,
             Err(e) => {
@@ -257,7 +381,7 @@ impl Supervisor {
             }
         };
         let pid = spawned.pid;
-        self.slots[index].on_spawned(pid, generation, Instant::now());
+        self.slots[index].on_spawned(pid, generation, role, self.ready.slot, Instant::now());
         // State first, then the event: a subscriber that reacts to the event
         // finds the snapshot already up to date.
         self.changed().await;
@@ -268,6 +392,9 @@ impl Supervisor {
         })
         .await;
 
+        if let Some(master_end) = ipc_master {
+            tokio::spawn(ipc::serve(master_end, pid, self.notes_tx.clone()));
+        }
         let tx = self.reaped_tx.clone();
         tokio::spawn(async move {
             let tail = Tail::default();
@@ -300,15 +427,75 @@ impl Supervisor {
                 tail: tail.lines(),
             });
         });
+
         Ok(())
+    }
+
+    async fn on_note(&mut self, note: Note) {
+        let pid = match &note {
+            Note::Ready(p) | Note::Watchdog(p) | Note::Stopping(p) | Note::Status(p, _) => *p,
+        };
+        let Some((index, _)) = self.slot_of(pid) else {
+            output::log_line(&format!(
+                "ignored a readiness message from pid {pid}, which is not a worker's main process"
+            ))
+            .await;
+            return;
+        };
+        match note {
+            Note::Ready(pid) => self.on_ready(index, pid).await,
+            Note::Watchdog(pid) => {
+                self.slots[index].on_watchdog(pid, self.ready.watchdog, Instant::now());
+            }
+            Note::Stopping(pid) => {
+                output::log_line(&format!("slot {index}: pid {pid} says it is stopping")).await;
+            }
+            Note::Status(pid, text) => {
+                output::log_line(&format!("slot {index}: pid {pid} status: {text}")).await;
+            }
+        }
+    }
+
+    async fn on_ready(&mut self, index: usize, pid: Pid) {
+        let role = self.slots[index].on_ready(pid, self.ready.watchdog, Instant::now());
+        let Some(role) = role else {
+            return;
+        };
+        self.changed().await;
+        self.emit(Event::Ready {
+            slot: index,
+            pid: pid.as_raw() as u32,
+        })
+        .await;
+        if role == Role::Successor {
+            self.take_over(index).await;
+            self.advance_reload().await;
+        }
+    }
+
+    /// A reload's successor is ready: it takes the slot, the predecessor
+    /// gets the stop signal and drains.
+    async fn take_over(&mut self, index: usize) {
+        let now = Instant::now();
+        let new_pid = self.slots[index].successor.as_ref().map(|p| p.pid);
+        let old = self.slots[index].promote(now, self.config.drain_timeout);
+        if let Some(old) = old {
+            signal_group(old, self.config.stop_signal);
+        }
+        self.changed().await;
+        let (Some(new_pid), Some(run)) = (new_pid, self.reload.as_mut()) else {
+            return;
+        };
+        run.replaced(Replacement {
+            slot: index,
+            old_pid: old.map(|p| p.as_raw() as u32),
+            new_pid: new_pid.as_raw() as u32,
+            generation: self.slots[index].generation,
+        });
     }
 
     async fn on_reaped(&mut self, r: Reaped) {
         let stopping = self.phase == Phase::Stopping;
-        let slot = &mut self.slots[r.slot];
-        if slot.pid != Some(r.pid) {
-            return;
-        }
         let exit = match r.result {
             Ok(exit) => exit,
             Err(e) => {
@@ -317,12 +504,30 @@ impl Supervisor {
             }
         };
         let now = Instant::now();
-        let uptime = slot
-            .started
+        let slot = &mut self.slots[r.slot];
+        let Some(role) = slot.role_of(r.pid) else {
+            return;
+        };
+        let started = match role {
+            Role::Current => slot.current.as_ref().map(|p| p.started),
+            Role::Successor => slot.successor.as_ref().map(|p| p.started),
+            Role::Retiring => slot
+                .retiring
+                .iter()
+                .find(|p| p.pid == r.pid)
+                .map(|p| p.started),
+        };
+        let uptime = started
             .map(|s| now.saturating_duration_since(s))
             .unwrap_or_default();
-        let expected = stopping || slot.state == WorkerState::Stopping;
-        let decision = slot.on_exit(&self.config.supervision, now, exit, stopping, random_unit());
+        let outcome = slot.on_exit(
+            r.pid,
+            &self.config.supervision,
+            now,
+            exit,
+            stopping,
+            random_unit(),
+        );
         self.changed().await;
         self.emit(Event::Exited {
             slot: r.slot,
@@ -330,11 +535,32 @@ impl Supervisor {
             pid: r.pid.as_raw() as u32,
             exit,
             uptime,
-            expected,
+            expected: matches!(outcome, ExitOutcome::Expected),
         })
         .await;
-        if let Some(decision) = decision {
-            self.report(r.slot, decision, r.tail).await;
+        match outcome {
+            ExitOutcome::Current(decision) => self.report(r.slot, decision, r.tail).await,
+            ExitOutcome::Successor => {
+                let reason = if self.timed_out.remove(&r.pid) {
+                    format!(
+                        "not ready within {} (start timeout)",
+                        Millis(self.config.start_timeout)
+                    )
+                } else {
+                    format!("{exit} before it was ready")
+                };
+                self.successor_failed(r.slot, reason, r.tail).await;
+            }
+            ExitOutcome::Expected => {
+                self.timed_out.remove(&r.pid);
+                if let Some(run) = self.reload.as_mut() {
+                    if run.is_active(r.slot) && self.slots[r.slot].successor.is_none() {
+                        run.abandoned(r.slot);
+                        self.advance_reload().await;
+                    }
+                }
+            }
+            ExitOutcome::Unknown => {}
         }
     }
 
@@ -365,7 +591,7 @@ impl Supervisor {
         let live: Vec<usize> = self
             .slots
             .iter()
-            .filter(|s| s.state == WorkerState::Ready)
+            .filter(|s| s.is_serving())
             .map(|s| s.index)
             .collect();
         if !self.steer_broken && !live.is_empty() && live != self.steered {
@@ -411,24 +637,50 @@ impl Supervisor {
     async fn on_timers(&mut self) {
         let now = Instant::now();
         for index in 0..self.slots.len() {
-            match self.slots[index].take_due(now) {
-                Some(Due::Restart) => {
-                    if let Err(e) = self.start(index).await {
-                        self.on_spawn_failure(index, e).await;
-                    }
-                }
-                Some(Due::Kill(pid)) => {
-                    self.emit(Event::DrainTimeout {
-                        slot: index,
-                        pid: pid.as_raw() as u32,
-                    })
-                    .await;
-                    signal_group(pid, Signal::SIGKILL);
-                }
-                None => {}
+            for due in self.slots[index].take_due(now) {
+                self.on_due(index, due).await;
             }
         }
         self.changed().await;
+    }
+
+    async fn on_due(&mut self, index: usize, due: Due) {
+        match due {
+            Due::Restart => {
+                if let Err(e) = self.start(index, Role::Current).await {
+                    self.on_spawn_failure(index, e).await;
+                }
+            }
+            Due::Kill(pid) => {
+                self.emit(Event::DrainTimeout {
+                    slot: index,
+                    pid: pid.as_raw() as u32,
+                })
+                .await;
+                signal_group(pid, Signal::SIGKILL);
+            }
+            Due::DelayReady(pid) => self.on_ready(index, pid).await,
+            Due::StartTimeout(pid, role) => {
+                self.emit(Event::StartTimeout {
+                    slot: index,
+                    pid: pid.as_raw() as u32,
+                    timeout: self.config.start_timeout,
+                })
+                .await;
+                if role == Role::Successor {
+                    self.timed_out.insert(pid);
+                }
+                signal_group(pid, Signal::SIGKILL);
+            }
+            Due::Watchdog(pid) => {
+                self.emit(Event::WatchdogTimeout {
+                    slot: index,
+                    pid: pid.as_raw() as u32,
+                })
+                .await;
+                signal_group(pid, Signal::SIGKILL);
+            }
+        }
     }
 
     /// A restart could not even exec: count it like a crash, so that a
@@ -439,7 +691,7 @@ impl Supervisor {
             error: error.to_string(),
         })
         .await;
-        let decision = self.slots[index].on_exit(
+        let outcome = self.slots[index].on_start_failed(
             &self.config.supervision,
             Instant::now(),
             SPAWN_FAILURE_EXIT,
@@ -447,10 +699,131 @@ impl Supervisor {
             random_unit(),
         );
         self.changed().await;
-        if let Some(decision) = decision {
+        if let ExitOutcome::Current(decision) = outcome {
             self.report(index, decision, vec![error.to_string()]).await;
         }
     }
+
+    // ------------------------------------------------------------ reload
+
+    async fn request_reload(&mut self, target: Target, reply: Option<Waiter>) {
+        if self.phase != Phase::Running {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(Error::NotRunning));
+            }
+            return;
+        }
+        if let Target::Slot(s) = target {
+            if s >= self.slots.len() {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(Error::NoSuchSlot {
+                        slot: s,
+                        slots: self.slots.len(),
+                    }));
+                }
+                return;
+            }
+        }
+        if self.reload.is_some() {
+            // One more run after this one, not a parallel one, not lost.
+            if self.queued.is_empty() {
+                output::log_line("reload requested during a reload: it runs when this one ends")
+                    .await;
+            }
+            self.queued.push((target, reply));
+            return;
+        }
+        self.start_reload(vec![(target, reply)]).await;
+    }
+
+    async fn start_reload(&mut self, requests: Vec<(Target, Option<Waiter>)>) {
+        self.begin_run(requests).await;
+        self.advance_reload().await;
+    }
+
+    async fn begin_run(&mut self, requests: Vec<(Target, Option<Waiter>)>) {
+        let targets: Vec<Target> = requests.iter().map(|(t, _)| t.clone()).collect();
+        let waiters: Vec<Waiter> = requests.into_iter().filter_map(|(_, w)| w).collect();
+        let slots = reload::merge(&targets, self.slots.len());
+        self.emit(Event::ReloadStarted {
+            slots: slots.clone(),
+        })
+        .await;
+        self.reload = Some(ReloadRun::new(
+            slots,
+            self.config.reload_parallel,
+            waiters,
+            Instant::now(),
+        ));
+    }
+
+    /// Starts successors while the run allows, ends the run when nothing is
+    /// left to do, and starts the queued run after it.
+    async fn advance_reload(&mut self) {
+        loop {
+            let Some(run) = self.reload.as_mut() else {
+                return;
+            };
+            if run.is_done() {
+                let run = self.reload.take().expect("checked above");
+                let (report, waiters) = run.finish(Instant::now());
+                self.emit(Event::ReloadFinished {
+                    report: report.clone(),
+                })
+                .await;
+                for w in waiters {
+                    let _ = w.send(Ok(report.clone()));
+                }
+                if self.queued.is_empty() || self.phase != Phase::Running {
+                    return;
+                }
+                let next = std::mem::take(&mut self.queued);
+                self.begin_run(next).await;
+                continue;
+            }
+            let Some(slot) = run.next_slot() else {
+                return;
+            };
+            match self.start(slot, Role::Successor).await {
+                // Ready at exec: it takes over at once.
+                Ok(()) => {
+                    if self.slots[slot].successor.as_ref().is_some_and(|p| p.ready) {
+                        self.take_over(slot).await;
+                    }
+                }
+                Err(e) => self.record_successor_failure(slot, e.to_string(), Vec::new()),
+            }
+        }
+    }
+
+    /// A successor did not make it: the reload stops here; other
+    /// successors still starting are killed, their predecessors keep
+    /// serving.
+    async fn successor_failed(&mut self, slot: usize, reason: String, tail: Vec<String>) {
+        self.record_successor_failure(slot, reason, tail);
+        self.advance_reload().await;
+    }
+
+    fn record_successor_failure(&mut self, slot: usize, reason: String, tail: Vec<String>) {
+        let Some(run) = self.reload.as_mut() else {
+            return;
+        };
+        run.failed(ReloadFailure {
+            slot,
+            reason,
+            last_output: tail,
+        });
+        let others: Vec<usize> = run.active().to_vec();
+        let now = Instant::now();
+        for other in others {
+            if let Some(pid) = self.slots[other].successor.as_ref().map(|p| p.pid) {
+                self.slots[other].stop_proc(pid, now, Duration::ZERO);
+                signal_group(pid, Signal::SIGKILL);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------- stopping
 
     /// Stops every worker: gracefully (stop signal now, SIGKILL at the drain
     /// timeout) or at once.
@@ -465,11 +838,30 @@ impl Supervisor {
         for slot in &mut self.slots {
             let newly = slot.begin_stop(now, self.config.drain_timeout);
             if graceful {
-                if let Some(pid) = newly {
+                for pid in newly {
                     signal_group(pid, self.config.stop_signal);
                 }
-            } else if let Some(pid) = slot.pid {
-                signal_group(pid, Signal::SIGKILL);
+            } else {
+                for pid in slot.pids() {
+                    signal_group(pid, Signal::SIGKILL);
+                }
+            }
+        }
+        // A reload in progress ends here; queued ones never start.
+        if let Some(run) = self.reload.take() {
+            let (mut report, waiters) = run.finish(now);
+            report.failure.get_or_insert(ReloadFailure {
+                slot: 0,
+                reason: "the cluster is stopping".into(),
+                last_output: Vec::new(),
+            });
+            for w in waiters {
+                let _ = w.send(Ok(report.clone()));
+            }
+        }
+        for (_, w) in self.queued.drain(..) {
+            if let Some(w) = w {
+                let _ = w.send(Err(Error::NotRunning));
             }
         }
         self.changed().await;

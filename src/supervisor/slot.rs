@@ -3,6 +3,11 @@
 //! Pure: the event loop feeds it what happened and when, and it answers
 //! with what to do (which pid to signal, when to restart). Tests drive it
 //! without spawning anything.
+//!
+//! A slot holds up to three kinds of process: the *current* worker (the one
+//! that serves, or is starting after a crash), a reload's *successor*
+//! (starting next to the current one on the same sockets), and *retiring*
+//! predecessors that were told to stop and are draining.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -13,11 +18,11 @@ use super::policy::{Decision, RestartTracker, Supervision};
 use crate::error::SlotFailure;
 use crate::process::Exit;
 
-/// Where a slot is in its life.
+/// Where a slot is in its life (the state of its current worker).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum WorkerState {
-    /// Being spawned; not yet serving.
+    /// Spawned, not ready yet (readiness not reported).
     Starting,
     /// Running and serving.
     Ready,
@@ -44,30 +49,108 @@ impl fmt::Display for WorkerState {
     }
 }
 
+/// Which place in the slot a process holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// The slot's worker.
+    Current,
+    /// A reload's candidate for the slot.
+    Successor,
+    /// A predecessor that is draining.
+    Retiring,
+}
+
+/// One process of a slot.
+#[derive(Debug, Clone)]
+pub(crate) struct Proc {
+    pub(crate) pid: Pid,
+    pub(crate) generation: u64,
+    pub(crate) started: Instant,
+    pub(crate) ready: bool,
+    /// Becomes ready by itself at this moment (readiness by delay).
+    ready_at: Option<Instant>,
+    /// Must be ready by this moment (start timeout).
+    ready_by: Option<Instant>,
+    /// Must ping the watchdog by this moment.
+    watchdog_by: Option<Instant>,
+    /// Told to stop; SIGKILLed at this moment.
+    kill_at: Option<Instant>,
+    stopping: bool,
+}
+
+impl Proc {
+    fn deadlines(&self) -> impl Iterator<Item = Instant> {
+        [self.ready_at, self.ready_by, self.watchdog_by, self.kill_at]
+            .into_iter()
+            .flatten()
+    }
+}
+
+/// How a new process becomes ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Readiness {
+    /// None: ready once exec'd. Some(d): ready d after exec, if nothing
+    /// else said so first.
+    pub(crate) after: Option<Duration>,
+    /// Whether the worker reports readiness itself (notify, IPC).
+    pub(crate) reported: bool,
+    /// Deadline for a reported readiness.
+    pub(crate) start_timeout: Duration,
+}
+
+impl Readiness {
+    /// Ready as soon as exec'd.
+    #[cfg(test)]
+    pub(crate) const IMMEDIATE: Readiness = Readiness {
+        after: None,
+        reported: false,
+        start_timeout: Duration::from_secs(30),
+    };
+}
+
 /// What a timer of a slot asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Due {
     /// The backoff is over: start the next generation.
     Restart,
-    /// The drain timeout passed: SIGKILL this worker's process group.
+    /// The drain timeout passed: SIGKILL this process group.
     Kill(Pid),
+    /// The process did not become ready within the start timeout.
+    StartTimeout(Pid, Role),
+    /// The readiness delay passed: the process counts as ready.
+    DelayReady(Pid),
+    /// The process missed its watchdog deadline.
+    Watchdog(Pid),
+}
+
+/// What an exit meant for the slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ExitOutcome {
+    /// The current worker exited on its own; the policy decided this.
+    Current(Decision),
+    /// A process exited because it was told to (stop, drain, kill).
+    Expected,
+    /// A reload's successor exited before it took over.
+    Successor,
+    /// Not a process of this slot (already handled).
+    Unknown,
 }
 
 #[derive(Debug, Clone)]
 pub(crate) struct Slot {
     pub(crate) index: usize,
     pub(crate) state: WorkerState,
+    pub(crate) current: Option<Proc>,
+    pub(crate) successor: Option<Proc>,
+    pub(crate) retiring: Vec<Proc>,
     /// Generation of the current (or last) worker; the first is 0.
     pub(crate) generation: u64,
     /// How many workers this slot has had.
     spawns: u64,
-    pub(crate) pid: Option<Pid>,
-    pub(crate) started: Option<Instant>,
     pub(crate) restarts: u32,
     pub(crate) last_exit: Option<Exit>,
     pub(crate) failure: Option<SlotFailure>,
     restart_at: Option<Instant>,
-    kill_at: Option<Instant>,
     tracker: RestartTracker,
 }
 
@@ -76,22 +159,32 @@ impl Slot {
         Slot {
             index,
             state: WorkerState::Starting,
+            current: None,
+            successor: None,
+            retiring: Vec::new(),
             generation: 0,
             spawns: 0,
-            pid: None,
-            started: None,
             restarts: 0,
             last_exit: None,
             failure: None,
             restart_at: None,
-            kill_at: None,
             tracker: RestartTracker::default(),
         }
     }
 
-    /// A process occupies the slot (running or draining).
+    /// The current worker's pid.
+    pub(crate) fn pid(&self) -> Option<Pid> {
+        self.current.as_ref().map(|p| p.pid)
+    }
+
+    /// Any process of this slot is alive.
     pub(crate) fn is_live(&self) -> bool {
-        self.pid.is_some()
+        self.current.is_some() || self.successor.is_some() || !self.retiring.is_empty()
+    }
+
+    /// The slot's current worker accepts connections.
+    pub(crate) fn is_serving(&self) -> bool {
+        self.state == WorkerState::Ready
     }
 
     /// The slot will hold a worker again without outside help.
@@ -104,37 +197,193 @@ impl Slot {
         self.spawns
     }
 
-    pub(crate) fn on_spawned(&mut self, pid: Pid, generation: u64, now: Instant) {
-        self.pid = Some(pid);
-        self.generation = generation;
-        self.spawns = generation + 1;
-        self.started = Some(now);
-        self.restart_at = None;
-        // No readiness protocol yet: a worker that exec'd is serving.
-        self.state = WorkerState::Ready;
+    /// Which role `pid` holds here.
+    pub(crate) fn role_of(&self, pid: Pid) -> Option<Role> {
+        if self.current.as_ref().is_some_and(|p| p.pid == pid) {
+            Some(Role::Current)
+        } else if self.successor.as_ref().is_some_and(|p| p.pid == pid) {
+            Some(Role::Successor)
+        } else if self.retiring.iter().any(|p| p.pid == pid) {
+            Some(Role::Retiring)
+        } else {
+            None
+        }
     }
 
-    /// The worker of this slot exited. `stopping` is true while the cluster
+    fn proc_mut(&mut self, pid: Pid) -> Option<&mut Proc> {
+        if let Some(p) = self.current.as_mut().filter(|p| p.pid == pid) {
+            return Some(p);
+        }
+        if let Some(p) = self.successor.as_mut().filter(|p| p.pid == pid) {
+            return Some(p);
+        }
+        self.retiring.iter_mut().find(|p| p.pid == pid)
+    }
+
+    /// A process was spawned into `role` (Current or Successor).
+    pub(crate) fn on_spawned(
+        &mut self,
+        pid: Pid,
+        generation: u64,
+        role: Role,
+        readiness: Readiness,
+        now: Instant,
+    ) {
+        self.spawns = generation + 1;
+        let immediate = readiness.after.is_none() && !readiness.reported;
+        let proc = Proc {
+            pid,
+            generation,
+            started: now,
+            ready: immediate,
+            ready_at: readiness.after.map(|d| now + d),
+            ready_by: (readiness.reported && readiness.after.is_none())
+                .then(|| now + readiness.start_timeout),
+            watchdog_by: None,
+            kill_at: None,
+            stopping: false,
+        };
+        match role {
+            Role::Successor => self.successor = Some(proc),
+            _ => {
+                self.restart_at = None;
+                self.generation = generation;
+                self.state = if immediate {
+                    WorkerState::Ready
+                } else {
+                    WorkerState::Starting
+                };
+                self.current = Some(proc);
+            }
+        }
+    }
+
+    /// `pid` reported (or was deemed) ready. Returns its role when this
+    /// changed anything. A successor stays a successor until
+    /// [`Slot::promote`].
+    pub(crate) fn on_ready(
+        &mut self,
+        pid: Pid,
+        watchdog: Option<Duration>,
+        now: Instant,
+    ) -> Option<Role> {
+        let role = self.role_of(pid)?;
+        let proc = self.proc_mut(pid)?;
+        if proc.ready || proc.stopping {
+            return None;
+        }
+        proc.ready = true;
+        proc.ready_at = None;
+        proc.ready_by = None;
+        proc.watchdog_by = watchdog.map(|w| now + w);
+        if role == Role::Current {
+            self.state = WorkerState::Ready;
+        }
+        Some(role)
+    }
+
+    /// A watchdog ping from `pid`: its deadline moves on.
+    pub(crate) fn on_watchdog(&mut self, pid: Pid, watchdog: Option<Duration>, now: Instant) {
+        if let (Some(w), Some(p)) = (watchdog, self.proc_mut(pid)) {
+            if p.ready && !p.stopping {
+                p.watchdog_by = Some(now + w);
+            }
+        }
+    }
+
+    /// The successor takes over: it becomes current, the old current
+    /// retires (its pid is returned, to get the stop signal). A failed or
+    /// backing-off slot is revived with a clean restart history.
+    pub(crate) fn promote(&mut self, now: Instant, drain: Duration) -> Option<Pid> {
+        let successor = self.successor.take()?;
+        let old = self.current.take().map(|mut p| {
+            p.stopping = true;
+            p.kill_at = Some(now + drain);
+            p.ready_by = None;
+            p.ready_at = None;
+            p.watchdog_by = None;
+            let pid = p.pid;
+            self.retiring.push(p);
+            pid
+        });
+        self.generation = successor.generation;
+        self.state = if successor.ready {
+            WorkerState::Ready
+        } else {
+            WorkerState::Starting
+        };
+        self.current = Some(successor);
+        self.restart_at = None;
+        self.failure = None;
+        self.tracker = RestartTracker::default();
+        old
+    }
+
+    /// A process of this slot exited. `stopping` is true while the cluster
     /// shuts down, when no exit is restarted.
     pub(crate) fn on_exit(
+        &mut self,
+        pid: Pid,
+        policy: &Supervision,
+        now: Instant,
+        exit: Exit,
+        stopping: bool,
+        sample: f64,
+    ) -> ExitOutcome {
+        match self.role_of(pid) {
+            None => ExitOutcome::Unknown,
+            Some(Role::Retiring) => {
+                self.retiring.retain(|p| p.pid != pid);
+                ExitOutcome::Expected
+            }
+            Some(Role::Successor) => {
+                let was_stopping = self.successor.as_ref().is_some_and(|p| p.stopping);
+                self.successor = None;
+                if stopping || was_stopping {
+                    ExitOutcome::Expected
+                } else {
+                    ExitOutcome::Successor
+                }
+            }
+            Some(Role::Current) => {
+                let proc = self.current.take().expect("role_of found it");
+                self.last_exit = Some(exit);
+                if stopping || proc.stopping {
+                    self.state = WorkerState::Exited;
+                    return ExitOutcome::Expected;
+                }
+                let uptime = now.saturating_duration_since(proc.started);
+                self.decide(policy, now, uptime, exit, sample)
+            }
+        }
+    }
+
+    /// Starting the slot's worker failed before it ran (exec failed after
+    /// start-up): counted like an exit at once.
+    pub(crate) fn on_start_failed(
         &mut self,
         policy: &Supervision,
         now: Instant,
         exit: Exit,
         stopping: bool,
         sample: f64,
-    ) -> Option<Decision> {
-        let uptime = self
-            .started
-            .map(|s| now.saturating_duration_since(s))
-            .unwrap_or_default();
-        self.pid = None;
-        self.kill_at = None;
+    ) -> ExitOutcome {
         self.last_exit = Some(exit);
-        if stopping || self.state == WorkerState::Stopping {
+        if stopping {
             self.state = WorkerState::Exited;
-            return None;
+            return ExitOutcome::Expected;
         }
+        self.decide(policy, now, Duration::ZERO, exit, sample)
+    }
+
+    fn decide(
+        &mut self,
+        policy: &Supervision,
+        now: Instant,
+        uptime: Duration,
+        exit: Exit,
+        sample: f64,
+    ) -> ExitOutcome {
         let decision = self.tracker.on_exit(policy, now, uptime, exit, sample);
         match decision {
             Decision::Restart(delay) => {
@@ -152,53 +401,115 @@ impl Slot {
                 });
             }
         }
-        Some(decision)
+        ExitOutcome::Current(decision)
     }
 
-    /// Starts a graceful stop: returns the pid whose group gets the stop
-    /// signal, and arms the drain timer. A slot in backoff just ends.
-    pub(crate) fn begin_stop(&mut self, now: Instant, drain: Duration) -> Option<Pid> {
-        self.restart_at = None;
-        match self.pid {
-            Some(pid) if self.state != WorkerState::Stopping => {
-                self.state = WorkerState::Stopping;
-                self.kill_at = Some(now + drain);
-                Some(pid)
-            }
-            Some(_) => None,
-            None => {
-                if self.state == WorkerState::Backoff || self.state == WorkerState::Starting {
-                    self.state = WorkerState::Exited;
-                }
-                None
-            }
+    /// Tells `pid` to stop: arms its drain timer. Returns false if it was
+    /// already stopping or is not ours.
+    pub(crate) fn stop_proc(&mut self, pid: Pid, now: Instant, drain: Duration) -> bool {
+        let is_current = self.current.as_ref().is_some_and(|p| p.pid == pid);
+        let Some(p) = self.proc_mut(pid) else {
+            return false;
+        };
+        if p.stopping {
+            return false;
         }
+        p.stopping = true;
+        p.kill_at = Some(now + drain);
+        p.ready_by = None;
+        p.ready_at = None;
+        p.watchdog_by = None;
+        if is_current {
+            self.state = WorkerState::Stopping;
+        }
+        true
+    }
+
+    /// Starts a graceful stop of the whole slot: returns the pids that get
+    /// the stop signal now. A slot in backoff just ends.
+    pub(crate) fn begin_stop(&mut self, now: Instant, drain: Duration) -> Vec<Pid> {
+        self.restart_at = None;
+        let pids: Vec<Pid> = self
+            .current
+            .iter()
+            .chain(self.successor.iter())
+            .chain(self.retiring.iter())
+            .map(|p| p.pid)
+            .collect();
+        let newly: Vec<Pid> = pids
+            .into_iter()
+            .filter(|&pid| self.stop_proc(pid, now, drain))
+            .collect();
+        if self.current.is_none()
+            && matches!(self.state, WorkerState::Backoff | WorkerState::Starting)
+        {
+            self.state = WorkerState::Exited;
+        }
+        newly
+    }
+
+    /// Every live pid of the slot.
+    pub(crate) fn pids(&self) -> Vec<Pid> {
+        self.current
+            .iter()
+            .chain(self.successor.iter())
+            .chain(self.retiring.iter())
+            .map(|p| p.pid)
+            .collect()
+    }
+
+    /// Pids of the retiring predecessors.
+    pub(crate) fn retiring_pids(&self) -> Vec<Pid> {
+        self.retiring.iter().map(|p| p.pid).collect()
     }
 
     /// The earliest moment a timer of this slot fires.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        match (self.restart_at, self.kill_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.current
+            .iter()
+            .chain(self.successor.iter())
+            .chain(self.retiring.iter())
+            .flat_map(Proc::deadlines)
+            .chain(self.restart_at)
+            .min()
     }
 
-    /// Takes the timer that is due at `now`, if any.
-    pub(crate) fn take_due(&mut self, now: Instant) -> Option<Due> {
-        if let (Some(at), Some(pid)) = (self.kill_at, self.pid) {
-            if at <= now {
-                self.kill_at = None;
-                return Some(Due::Kill(pid));
+    /// Takes every timer that is due at `now`.
+    pub(crate) fn take_due(&mut self, now: Instant) -> Vec<Due> {
+        let mut due = Vec::new();
+        let index_role = |slot: &Slot, pid: Pid| slot.role_of(pid).unwrap_or(Role::Current);
+        let pids = self.pids();
+        for pid in pids {
+            let role = index_role(self, pid);
+            let Some(p) = self.proc_mut(pid) else {
+                continue;
+            };
+            if p.kill_at.is_some_and(|at| at <= now) {
+                p.kill_at = None;
+                due.push(Due::Kill(pid));
+            }
+            if p.ready_at.is_some_and(|at| at <= now) {
+                p.ready_at = None;
+                due.push(Due::DelayReady(pid));
+            }
+            if p.ready_by.is_some_and(|at| at <= now) {
+                p.ready_by = None;
+                due.push(Due::StartTimeout(pid, role));
+            }
+            if p.watchdog_by.is_some_and(|at| at <= now) {
+                p.watchdog_by = None;
+                due.push(Due::Watchdog(pid));
             }
         }
-        if let Some(at) = self.restart_at {
-            if at <= now {
-                self.restart_at = None;
+        if self.restart_at.is_some_and(|at| at <= now) {
+            self.restart_at = None;
+            // A reload's successor is about to take the slot over anyway.
+            if self.successor.is_none() && self.current.is_none() {
                 self.state = WorkerState::Starting;
-                return Some(Due::Restart);
+                due.push(Due::Restart);
             }
         }
-        None
+        due
     }
 }
 
@@ -212,28 +523,46 @@ mod tests {
         s
     }
 
+    fn pid(n: i32) -> Pid {
+        Pid::from_raw(n)
+    }
+
+    const DRAIN: Duration = Duration::from_secs(2);
+
+    fn reported() -> Readiness {
+        Readiness {
+            after: None,
+            reported: true,
+            start_timeout: Duration::from_secs(5),
+        }
+    }
+
     #[test]
     fn a_crash_schedules_a_restart_of_the_next_generation() {
         let p = policy();
         let t0 = Instant::now();
         let mut slot = Slot::new(1);
         assert_eq!(slot.next_generation(), 0);
-        slot.on_spawned(Pid::from_raw(100), 0, t0);
+        slot.on_spawned(pid(100), 0, Role::Current, Readiness::IMMEDIATE, t0);
         assert_eq!(slot.state, WorkerState::Ready);
-        let d = slot.on_exit(
+        let out = slot.on_exit(
+            pid(100),
             &p,
             t0 + Duration::from_millis(50),
             Exit::Code(1),
             false,
             0.0,
         );
-        assert_eq!(d, Some(Decision::Restart(Duration::from_millis(100))));
+        assert_eq!(
+            out,
+            ExitOutcome::Current(Decision::Restart(Duration::from_millis(100)))
+        );
         assert_eq!(slot.state, WorkerState::Backoff);
         assert!(!slot.is_live() && slot.is_pending());
-        assert_eq!(slot.take_due(t0 + Duration::from_millis(100)), None);
+        assert!(slot.take_due(t0 + Duration::from_millis(100)).is_empty());
         assert_eq!(
             slot.take_due(t0 + Duration::from_millis(150)),
-            Some(Due::Restart)
+            vec![Due::Restart]
         );
         assert_eq!(slot.state, WorkerState::Starting);
         assert_eq!(slot.next_generation(), 1);
@@ -245,13 +574,15 @@ mod tests {
         let p = policy();
         let t0 = Instant::now();
         let mut slot = Slot::new(0);
-        slot.on_spawned(Pid::from_raw(7), 0, t0);
-        let drain = Duration::from_secs(2);
-        assert_eq!(slot.begin_stop(t0, drain), Some(Pid::from_raw(7)));
-        assert_eq!(slot.begin_stop(t0, drain), None, "signalled once");
-        assert_eq!(slot.next_deadline(), Some(t0 + drain));
-        assert_eq!(slot.take_due(t0 + drain), Some(Due::Kill(Pid::from_raw(7))));
-        assert_eq!(slot.on_exit(&p, t0 + drain, Exit::Code(0), true, 0.0), None);
+        slot.on_spawned(pid(7), 0, Role::Current, Readiness::IMMEDIATE, t0);
+        assert_eq!(slot.begin_stop(t0, DRAIN), vec![pid(7)]);
+        assert!(slot.begin_stop(t0, DRAIN).is_empty(), "signalled once");
+        assert_eq!(slot.next_deadline(), Some(t0 + DRAIN));
+        assert_eq!(slot.take_due(t0 + DRAIN), vec![Due::Kill(pid(7))]);
+        assert_eq!(
+            slot.on_exit(pid(7), &p, t0 + DRAIN, Exit::Code(0), true, 0.0),
+            ExitOutcome::Expected
+        );
         assert_eq!(slot.state, WorkerState::Exited);
         assert_eq!(slot.next_deadline(), None);
     }
@@ -261,11 +592,11 @@ mod tests {
         let p = policy();
         let t0 = Instant::now();
         let mut slot = Slot::new(0);
-        slot.on_spawned(Pid::from_raw(7), 0, t0);
-        slot.on_exit(&p, t0, Exit::Code(1), false, 0.0);
-        assert_eq!(slot.begin_stop(t0, Duration::from_secs(1)), None);
+        slot.on_spawned(pid(7), 0, Role::Current, Readiness::IMMEDIATE, t0);
+        slot.on_exit(pid(7), &p, t0, Exit::Code(1), false, 0.0);
+        assert!(slot.begin_stop(t0, DRAIN).is_empty());
         assert_eq!(slot.state, WorkerState::Exited);
-        assert_eq!(slot.take_due(t0 + Duration::from_secs(60)), None);
+        assert!(slot.take_due(t0 + Duration::from_secs(60)).is_empty());
     }
 
     #[test]
@@ -273,14 +604,149 @@ mod tests {
         let p = policy();
         let t0 = Instant::now();
         let mut slot = Slot::new(3);
-        let mut last = None;
+        let mut last = ExitOutcome::Unknown;
         for i in 0..5 {
-            slot.on_spawned(Pid::from_raw(10 + i), i as u64, t0);
-            last = slot.on_exit(&p, t0, Exit::Code(2), false, 0.0);
+            slot.on_spawned(
+                pid(10 + i),
+                i as u64,
+                Role::Current,
+                Readiness::IMMEDIATE,
+                t0,
+            );
+            last = slot.on_exit(pid(10 + i), &p, t0, Exit::Code(2), false, 0.0);
         }
-        assert!(matches!(last, Some(Decision::Failed { exits: 5, .. })));
+        assert!(matches!(
+            last,
+            ExitOutcome::Current(Decision::Failed { exits: 5, .. })
+        ));
         assert_eq!(slot.state, WorkerState::Failed);
         assert_eq!(slot.failure.as_ref().map(|f| f.slot), Some(3));
         assert!(!slot.is_pending() && !slot.is_live());
+    }
+
+    #[test]
+    fn a_reported_worker_starts_then_becomes_ready_or_times_out() {
+        let t0 = Instant::now();
+        let mut slot = Slot::new(0);
+        slot.on_spawned(pid(5), 0, Role::Current, reported(), t0);
+        assert_eq!(slot.state, WorkerState::Starting);
+        assert!(!slot.is_serving());
+        assert_eq!(
+            slot.on_ready(pid(5), Some(Duration::from_secs(1)), t0),
+            Some(Role::Current)
+        );
+        assert!(slot.is_serving());
+        assert_eq!(slot.on_ready(pid(5), None, t0), None, "once");
+        // The watchdog deadline moves with each ping and fires when missed.
+        slot.on_watchdog(
+            pid(5),
+            Some(Duration::from_secs(1)),
+            t0 + Duration::from_millis(900),
+        );
+        assert!(slot.take_due(t0 + Duration::from_millis(1500)).is_empty());
+        assert_eq!(
+            slot.take_due(t0 + Duration::from_millis(1901)),
+            vec![Due::Watchdog(pid(5))]
+        );
+
+        let mut slow = Slot::new(1);
+        slow.on_spawned(pid(6), 0, Role::Current, reported(), t0);
+        assert_eq!(
+            slow.take_due(t0 + Duration::from_secs(5)),
+            vec![Due::StartTimeout(pid(6), Role::Current)]
+        );
+    }
+
+    #[test]
+    fn a_delay_makes_a_worker_ready_by_itself() {
+        let t0 = Instant::now();
+        let mut slot = Slot::new(0);
+        let delay = Readiness {
+            after: Some(Duration::from_secs(1)),
+            reported: false,
+            start_timeout: Duration::from_secs(30),
+        };
+        slot.on_spawned(pid(5), 0, Role::Current, delay, t0);
+        assert_eq!(slot.state, WorkerState::Starting);
+        assert_eq!(
+            slot.take_due(t0 + Duration::from_secs(1)),
+            vec![Due::DelayReady(pid(5))]
+        );
+    }
+
+    #[test]
+    fn a_successor_takes_over_and_its_predecessor_retires() {
+        let p = policy();
+        let t0 = Instant::now();
+        let mut slot = Slot::new(0);
+        slot.on_spawned(pid(1), 0, Role::Current, reported(), t0);
+        slot.on_ready(pid(1), None, t0);
+        slot.on_spawned(pid(2), 1, Role::Successor, reported(), t0);
+        assert_eq!(slot.pid(), Some(pid(1)), "the old one serves meanwhile");
+        assert!(slot.is_serving());
+        assert_eq!(slot.on_ready(pid(2), None, t0), Some(Role::Successor));
+        assert_eq!(slot.promote(t0, DRAIN), Some(pid(1)));
+        assert_eq!(slot.pid(), Some(pid(2)));
+        assert_eq!(slot.generation, 1);
+        assert_eq!(slot.retiring_pids(), vec![pid(1)]);
+        assert_eq!(slot.take_due(t0 + DRAIN), vec![Due::Kill(pid(1))]);
+        assert_eq!(
+            slot.on_exit(pid(1), &p, t0 + DRAIN, Exit::Code(0), false, 0.0),
+            ExitOutcome::Expected
+        );
+        assert!(slot.is_serving() && slot.retiring.is_empty());
+    }
+
+    #[test]
+    fn a_successor_that_dies_leaves_the_predecessor_serving() {
+        let p = policy();
+        let t0 = Instant::now();
+        let mut slot = Slot::new(0);
+        slot.on_spawned(pid(1), 0, Role::Current, Readiness::IMMEDIATE, t0);
+        slot.on_spawned(pid(2), 1, Role::Successor, reported(), t0);
+        assert_eq!(
+            slot.on_exit(pid(2), &p, t0, Exit::Code(1), false, 0.0),
+            ExitOutcome::Successor
+        );
+        assert_eq!(slot.pid(), Some(pid(1)));
+        assert!(slot.is_serving());
+        assert_eq!(slot.restarts, 0, "not a crash of the slot");
+    }
+
+    #[test]
+    fn a_reload_revives_a_failed_slot() {
+        let p = policy();
+        let t0 = Instant::now();
+        let mut slot = Slot::new(0);
+        for i in 0..5 {
+            slot.on_spawned(
+                pid(10 + i),
+                i as u64,
+                Role::Current,
+                Readiness::IMMEDIATE,
+                t0,
+            );
+            slot.on_exit(pid(10 + i), &p, t0, Exit::Code(2), false, 0.0);
+        }
+        assert_eq!(slot.state, WorkerState::Failed);
+        slot.on_spawned(pid(20), 5, Role::Successor, Readiness::IMMEDIATE, t0);
+        assert_eq!(slot.promote(t0, DRAIN), None, "nobody to retire");
+        assert!(slot.is_serving());
+        assert!(slot.failure.is_none());
+    }
+
+    #[test]
+    fn no_restart_while_a_successor_is_on_its_way() {
+        let p = policy();
+        let t0 = Instant::now();
+        let mut slot = Slot::new(0);
+        slot.on_spawned(pid(1), 0, Role::Current, Readiness::IMMEDIATE, t0);
+        slot.on_spawned(pid(2), 1, Role::Successor, reported(), t0);
+        slot.on_exit(pid(1), &p, t0, Exit::Code(1), false, 0.0);
+        assert_eq!(slot.state, WorkerState::Backoff);
+        assert!(slot.take_due(t0 + Duration::from_secs(1)).is_empty());
+        slot.on_ready(pid(2), None, t0);
+        assert_eq!(slot.promote(t0, DRAIN), None);
+        assert!(slot.is_serving());
     }
 }

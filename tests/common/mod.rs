@@ -164,7 +164,10 @@ impl Master {
         let log = self.log();
         self.spawned_pids()
             .into_iter()
-            .filter(|p| !log.contains(&format!(": pid {p} ")))
+            .filter(|p| {
+                !log.contains(&format!(": pid {p} exited with"))
+                    && !log.contains(&format!(": pid {p} was killed by"))
+            })
             .collect()
     }
 

@@ -1,0 +1,110 @@
+//! Support for Node programs: the preload that lets unmodified apps use the
+//! inherited sockets, report readiness and drain.
+//!
+//! The preload's source is compiled into herd and written, once per
+//! content, to a directory only this user can write to, so that
+//! `NODE_OPTIONS=--require <file>` cannot be made to load someone else's
+//! code.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// The preload's source.
+pub(crate) const PRELOAD_JS: &str = include_str!("preload.js");
+
+/// Whether `program` (as given, or resolved) is Node: `node`, `nodejs`,
+/// `node20`, ...
+pub(crate) fn is_node(program: &Path) -> bool {
+    let Some(name) = program.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let rest = name
+        .strip_prefix("nodejs")
+        .or_else(|| name.strip_prefix("node"));
+    rest.is_some_and(|r| {
+        r.chars()
+            .all(|c| c.is_ascii_digit() || c == '.' || c == '-')
+    })
+}
+
+/// Writes the preload where Node can `--require` it and returns its path.
+///
+/// # Errors
+///
+/// [`Error::Io`] if the private directory cannot be made or is not private.
+pub(crate) fn install_preload() -> Result<PathBuf> {
+    let dir = private_dir()?;
+    let hash = fnv1a(PRELOAD_JS.as_bytes());
+    let path = dir.join(format!("preload-{hash:016x}.js"));
+    if std::fs::read_to_string(&path).is_ok_and(|s| s == PRELOAD_JS) {
+        return Ok(path);
+    }
+    let tmp = dir.join(format!("preload-{hash:016x}.{}.tmp", std::process::id()));
+    let io = |what: &str, e| Error::io(format!("{what} {}", tmp.display()), e);
+    let mut f = std::fs::File::create(&tmp).map_err(|e| io("creating", e))?;
+    f.write_all(PRELOAD_JS.as_bytes())
+        .map_err(|e| io("writing", e))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| io("chmod", e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| io("renaming", e))?;
+    Ok(path)
+}
+
+/// `$XDG_RUNTIME_DIR/herd`, else `/tmp/herd-<uid>`: created 0700, and
+/// refused if someone else owns it or others can write to it.
+fn private_dir() -> Result<PathBuf> {
+    let uid = nix::unistd::getuid().as_raw();
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if Path::new(&d).is_dir() => PathBuf::from(d).join("herd"),
+        _ => std::env::temp_dir().join(format!("herd-{uid}")),
+    };
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(Error::io(format!("creating {}", dir.display()), e)),
+    }
+    let meta = std::fs::symlink_metadata(&dir)
+        .map_err(|e| Error::io(format!("checking {}", dir.display()), e))?;
+    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o022 != 0 {
+        return Err(Error::io(
+            format!("{} is not a private directory of this user", dir.display()),
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        ));
+    }
+    Ok(dir)
+}
+
+/// A stable content hash for the file name (not for security).
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_is_recognised_by_name() {
+        for yes in ["node", "/usr/bin/node", "nodejs", "node20", "node-20.1"] {
+            assert!(is_node(Path::new(yes)), "{yes}");
+        }
+        for no in ["nodemon", "python3", "/opt/node/bin/npm", "nodes"] {
+            assert!(!is_node(Path::new(no)), "{no}");
+        }
+    }
+
+    #[test]
+    fn the_preload_is_installed_once_in_a_private_directory() {
+        let a = install_preload().unwrap();
+        let b = install_preload().unwrap();
+        assert_eq!(a, b);
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), PRELOAD_JS);
+        let dir = std::fs::metadata(a.parent().unwrap()).unwrap();
+        assert_eq!(dir.mode() & 0o077, 0);
+    }
+}
