@@ -139,3 +139,77 @@ async fn the_embedding_programs_own_children_are_left_alone() {
     run.await.unwrap().unwrap();
     wait_dead(&spawned, "workers after shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_replaces_one_slot_and_reloads_coalesce() {
+    let cluster = hello_cluster(2)
+        .readiness(herd::Readiness::Notify)
+        .log_events(false)
+        .build()
+        .unwrap();
+    let handle = cluster.handle();
+    let mut events = handle.events();
+    let run = tokio::spawn(cluster.run());
+    next_spawned(&mut events).await;
+    next_spawned(&mut events).await;
+    let wait_ready = |h: herd::Handle| async move {
+        tokio::time::timeout(WAIT, async {
+            while !h.workers().iter().all(|w| w.state == WorkerState::Ready) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("workers ready");
+    };
+    wait_ready(handle.clone()).await;
+    let before = handle.workers();
+
+    // A soft restart of slot 1 leaves slot 0 alone.
+    let report = tokio::time::timeout(WAIT, handle.restart(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(report.is_complete(), "{report}");
+    assert_eq!(report.replaced.len(), 1);
+    let r = &report.replaced[0];
+    assert_eq!(r.slot, 1);
+    assert_eq!(r.old_pid, before[1].pid);
+    let after = handle.workers();
+    assert_eq!(after[0].pid, before[0].pid, "slot 0 untouched");
+    assert_eq!(after[1].pid, Some(r.new_pid));
+    assert_eq!(after[1].generation, 1);
+
+    // No such slot.
+    let err = handle.restart(7).await.unwrap_err();
+    assert!(
+        matches!(err, Error::NoSuchSlot { slot: 7, slots: 2 }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("slot 7"), "{err}");
+
+    // Three reloads at once: one runs, the other two merge into one more.
+    let mut starts = handle.events();
+    let (a, b, c) = tokio::join!(handle.reload(), handle.reload(), handle.reload());
+    let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+    assert!(a.is_complete() && b.is_complete() && c.is_complete());
+    assert_eq!(b, c, "merged requests share one report");
+    assert_ne!(a.replaced, b.replaced);
+    let mut runs = 0;
+    while let Ok(e) = starts.try_recv() {
+        if matches!(e, Event::ReloadStarted { .. }) {
+            runs += 1;
+        }
+    }
+    assert_eq!(
+        runs, 2,
+        "reloads ran one after the other, merged, not in parallel"
+    );
+
+    tokio::time::timeout(WAIT, handle.shutdown())
+        .await
+        .unwrap()
+        .unwrap();
+    run.await.unwrap().unwrap();
+    let err = handle.reload().await.unwrap_err();
+    assert!(matches!(err, Error::NotRunning), "{err:?}");
+}

@@ -339,3 +339,144 @@ pub fn args(opts: &[&str], program: &[String]) -> Vec<String> {
     a.extend(program.iter().cloned());
     a
 }
+
+/// What a load run saw.
+#[derive(Debug, Default)]
+pub struct LoadStats {
+    pub ok: u64,
+    pub errors: Vec<String>,
+    pub pids: std::collections::HashSet<u32>,
+}
+
+/// A load client inside the test: `concurrency` threads sending `GET /`
+/// until stopped, each error, reset and non-200 counted.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<LoadStats>>,
+}
+
+/// The most requests one load thread sends, so that a test that forgets to
+/// stop it still ends.
+const LOAD_MAX_REQUESTS: u64 = 2_000_000;
+
+impl Load {
+    pub fn start(addr: SocketAddr, concurrency: usize, keep_alive: bool) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..concurrency)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut stats = LoadStats::default();
+                    let mut conn: Option<KeepAlive> = None;
+                    let mut n = 0;
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) && n < LOAD_MAX_REQUESTS {
+                        n += 1;
+                        let result = if keep_alive {
+                            keep_alive_get(addr, &mut conn)
+                        } else {
+                            get(addr, "/")
+                        };
+                        match result {
+                            Ok(body) => {
+                                stats.ok += 1;
+                                stats.pids.insert(pid_of(&body));
+                            }
+                            Err(e) => stats.errors.push(e),
+                        }
+                    }
+                    stats
+                })
+            })
+            .collect();
+        Load { stop, threads }
+    }
+
+    pub fn finish(self) -> LoadStats {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut all = LoadStats::default();
+        for t in self.threads {
+            let s = t.join().expect("load thread");
+            all.ok += s.ok;
+            all.errors.extend(s.errors);
+            all.pids.extend(s.pids);
+        }
+        all
+    }
+}
+
+/// A kept-alive connection and what it has buffered.
+pub struct KeepAlive {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// One GET on a kept-alive connection (opened if needed); the connection is
+/// dropped when the server says `Connection: close`.
+pub fn keep_alive_get(addr: SocketAddr, conn: &mut Option<KeepAlive>) -> Result<String, String> {
+    if conn.is_none() {
+        *conn = Some(KeepAlive {
+            stream: connect(addr)?,
+            buf: Vec::new(),
+        });
+    }
+    let c = conn.as_mut().unwrap();
+    let result = exchange(c);
+    match &result {
+        Ok((_, close)) if !close => {}
+        _ => *conn = None,
+    }
+    result.map(|(body, _)| body)
+}
+
+fn exchange(c: &mut KeepAlive) -> Result<(String, bool), String> {
+    c.stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        .map_err(|e| format!("keep-alive write: {e}"))?;
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = find(&c.buf, b"\r\n\r\n") {
+            break i;
+        }
+        let n = c
+            .stream
+            .read(&mut chunk)
+            .map_err(|e| format!("keep-alive read: {e}"))?;
+        if n == 0 {
+            return Err(format!(
+                "keep-alive: closed after {} bytes of a response",
+                c.buf.len()
+            ));
+        }
+        c.buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&c.buf[..head_end]).to_ascii_lowercase();
+    if !head.starts_with("http/1.1 200") {
+        return Err(format!("status: {}", head.lines().next().unwrap_or("")));
+    }
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("no content-length in {head:?}"))?;
+    let close = head
+        .lines()
+        .any(|l| l.starts_with("connection:") && l.contains("close"));
+    let total = head_end + 4 + length;
+    while c.buf.len() < total {
+        let n = c
+            .stream
+            .read(&mut chunk)
+            .map_err(|e| format!("keep-alive body read: {e}"))?;
+        if n == 0 {
+            return Err("keep-alive: closed in the body".into());
+        }
+        c.buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = String::from_utf8_lossy(&c.buf[head_end + 4..total]).into_owned();
+    c.buf.drain(..total);
+    Ok((body, close))
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}

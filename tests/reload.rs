@@ -1,0 +1,288 @@
+//! Rolling reload, readiness and draining, with real masters, real workers
+//! and a load client inside the test that counts every failed request.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::Signal;
+
+/// Listens on a kernel-chosen loopback port, then `extra`, then `program`.
+fn cmd(extra: &[&str], program: &[String]) -> Vec<String> {
+    let mut v = s(&["-l", "127.0.0.1:0"]);
+    v.extend(s(extra));
+    v.extend(program.iter().cloned());
+    v
+}
+
+fn replaced_lines(log: &str, workers: usize) -> usize {
+    log.matches(&format!("reload replaced {workers} worker(s)"))
+        .count()
+}
+
+/// Five SIGHUPs under keep-alive and fresh-connection load: not one failed
+/// request, and every original worker replaced.
+fn reloads_under_load_fail_nothing(extra: &[&str], program: Vec<String>) {
+    const RELOADS: usize = 5;
+    let m = Master::start(&cmd(&[&["-w", "2"], extra].concat(), &program));
+    m.wait_log("two ready workers", |l| l.matches(" is ready").count() >= 2);
+    let first: HashSet<u32> = m.live_pids().into_iter().collect();
+    assert_eq!(first.len(), 2, "{}", m.log());
+
+    let keep_alive = Load::start(m.addr, 3, true);
+    let fresh = Load::start(m.addr, 2, false);
+    for i in 1..=RELOADS {
+        m.signal(Signal::SIGHUP);
+        m.wait_log(&format!("reload {i} to finish"), |l| {
+            replaced_lines(l, 2) >= i
+        });
+    }
+    // Let the last predecessors drain under load too.
+    m.wait_log("every predecessor to exit", |l| {
+        l.matches("exited with code 0").count() >= 2 * RELOADS
+    });
+    let ka = keep_alive.finish();
+    let fr = fresh.finish();
+    let log = m.log();
+    assert!(
+        ka.errors.is_empty(),
+        "keep-alive errors: {:?}\n{log}",
+        ka.errors
+    );
+    assert!(
+        fr.errors.is_empty(),
+        "fresh-connection errors: {:?}\n{log}",
+        fr.errors
+    );
+    assert!(ka.ok > 0 && fr.ok > 0);
+    let now: HashSet<u32> = m.live_pids().into_iter().collect();
+    assert_eq!(now.len(), 2, "{log}");
+    assert!(
+        now.is_disjoint(&first),
+        "every worker replaced: {first:?} -> {now:?}"
+    );
+    assert_eq!(m.spawned_pids().len(), 2 + 2 * RELOADS, "{log}");
+    let served: HashSet<u32> = ka.pids.union(&fr.pids).copied().collect();
+    assert!(served.len() > 2, "later generations served: {served:?}");
+}
+
+#[test]
+fn reloading_the_fd_aware_node_example_fails_no_request() {
+    reloads_under_load_fail_nothing(&[], node_server());
+}
+
+#[test]
+fn reloading_an_unmodified_node_app_fails_no_request() {
+    reloads_under_load_fail_nothing(
+        &[],
+        vec!["node".into(), fixture("tests/fixtures/plain_app.js")],
+    );
+}
+
+#[test]
+fn reloading_an_unmodified_node_app_with_a_shared_socket_fails_no_request() {
+    reloads_under_load_fail_nothing(
+        &["--balance", "shared"],
+        vec!["node".into(), fixture("tests/fixtures/plain_app.js")],
+    );
+}
+
+#[test]
+fn reloading_hello_fails_no_request() {
+    reloads_under_load_fail_nothing(&["--ready", "notify"], hello_server());
+}
+
+fn a_slow_request_in_flight_completes(program: Vec<String>, extra: &[&str]) {
+    let m = Master::start(&cmd(&[&["-w", "1"], extra].concat(), &program));
+    m.wait_log("a ready worker", |l| l.contains(" is ready"));
+    let old = m.live_pids()[0];
+    let addr = m.addr;
+    let client = std::thread::spawn(move || get(addr, "/sleep/2000"));
+    m.wait_log("the slow request to arrive", |l| {
+        l.contains("request /sleep/2000 started")
+    });
+    m.signal(Signal::SIGHUP);
+    m.wait_log("the reload", |l| replaced_lines(l, 1) >= 1);
+    let answer = client.join().unwrap();
+    let body = answer.unwrap_or_else(|e| panic!("{e}\n{}", m.log()));
+    assert_eq!(pid_of(&body), old, "the predecessor finished it");
+    m.wait_log("the predecessor to exit", |l| {
+        l.contains(&format!("pid {old} exited with code 0"))
+    });
+}
+
+#[test]
+fn a_two_second_request_survives_a_reload_of_an_unmodified_node_app() {
+    a_slow_request_in_flight_completes(
+        vec!["node".into(), fixture("tests/fixtures/plain_app.js")],
+        &[],
+    );
+}
+
+#[test]
+fn a_two_second_request_survives_a_reload_of_hello() {
+    a_slow_request_in_flight_completes(hello_server(), &["--ready", "notify"]);
+}
+
+#[test]
+fn a_broken_release_is_rolled_back_while_the_old_workers_serve() {
+    let release = std::env::temp_dir().join(format!("herd-release-{}", std::process::id()));
+    let set = |mode: &str| std::fs::write(&release, mode).unwrap();
+    set("good");
+    let program = vec!["node".into(), fixture("tests/fixtures/release.js")];
+    let release_env = format!("RELEASE_FILE={}", release.display());
+    let m = Master::start(&cmd(
+        &["-w", "2", "--start-timeout", "2s", "-e", &release_env],
+        &program,
+    ));
+    m.wait_log("two ready workers", |l| l.matches(" is ready").count() >= 2);
+    let old: HashSet<u32> = m.live_pids().into_iter().collect();
+    let keep_alive = Load::start(m.addr, 2, true);
+    let fresh = Load::start(m.addr, 2, false);
+
+    // New code that exits at once.
+    set("crash");
+    m.signal(Signal::SIGHUP);
+    let log = m.wait_log("the first abort", |l| {
+        l.contains("reload aborted at slot 0")
+    });
+    let line = log.lines().find(|l| l.contains("reload aborted")).unwrap();
+    assert!(
+        line.contains("exited with code 1 before it was ready"),
+        "{line}"
+    );
+    assert!(
+        line.contains("cannot start: config missing"),
+        "last output: {line}"
+    );
+
+    // New code that never becomes ready.
+    set("hang");
+    m.signal(Signal::SIGHUP);
+    let log = m.wait_log("the second abort", |l| {
+        l.matches("reload aborted at slot 0").count() >= 2
+    });
+    assert!(log.contains("not ready within 2s"), "{log}");
+    let now: HashSet<u32> = m.live_pids().into_iter().collect();
+    assert!(
+        old.is_subset(&now),
+        "the old workers still run: {old:?} {now:?}"
+    );
+
+    let ka = keep_alive.finish();
+    let fr = fresh.finish();
+    assert!(ka.errors.is_empty(), "{:?}\n{}", ka.errors, m.log());
+    assert!(fr.errors.is_empty(), "{:?}\n{}", fr.errors, m.log());
+    assert!(
+        ka.pids.is_subset(&old) && fr.pids.is_subset(&old),
+        "only old workers served"
+    );
+
+    // Fixed code: a later reload goes through.
+    set("good");
+    m.signal(Signal::SIGHUP);
+    m.wait_log("the good reload", |l| replaced_lines(l, 2) >= 1);
+    let _ = std::fs::remove_file(&release);
+}
+
+#[test]
+fn a_predecessor_ignoring_the_stop_signal_is_killed_with_its_child_after_a_reload() {
+    let program = vec!["node".into(), fixture("tests/fixtures/stubborn.js")];
+    let m = Master::start(&cmd(&["-w", "1", "--drain-timeout", "500ms"], &program));
+    let log = m.wait_log("the stubborn worker", |l| l.contains("child="));
+    let line = log.lines().find(|l| l.contains("child=")).unwrap();
+    let field = |k: &str| -> u32 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    let (worker, child) = (field("pid"), field("child"));
+    m.signal(Signal::SIGHUP);
+    m.wait_log("the drain timeout", |l| {
+        l.contains(&format!("pid {worker} still running at the drain timeout"))
+    });
+    wait_dead(&[worker, child], "the stubborn predecessor and its child");
+    assert!(m.log().contains("reload replaced 1 worker(s)"));
+}
+
+/// The master's notify socket, read from a worker's environment.
+fn notify_socket_of(pid: u32) -> String {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    environ
+        .split(|&b| b == 0)
+        .find_map(|kv| kv.strip_prefix(b"NOTIFY_SOCKET="))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .expect("NOTIFY_SOCKET in the worker's environment")
+}
+
+fn send_notify(socket: &str, message: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let name = socket.strip_prefix('@').expect("an abstract socket");
+    let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    UnixDatagram::unbound()
+        .unwrap()
+        .send_to_addr(message.as_bytes(), &addr)
+        .unwrap();
+}
+
+#[test]
+fn a_foreign_ready_message_changes_nothing() {
+    // The worker says READY=1 itself, but only after a while; a READY=1
+    // from another process before that must not count.
+    let script = "import os, socket, time\n\
+                  time.sleep(3)\n\
+                  s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+                  s.sendto(b'READY=1', '\\0' + os.environ['NOTIFY_SOCKET'][1:])\n\
+                  print('worker: sent READY=1', flush=True)\n\
+                  time.sleep(60)\n";
+    let m = Master::start(&cmd(
+        &["-w", "1", "--ready", "notify", "--start-timeout", "30s"],
+        &s(&["python3", "-c", script]),
+    ));
+    m.wait_log("the worker", |l| l.contains("spawned pid"));
+    let worker = m.spawned_pids()[0];
+    let socket = notify_socket_of(worker);
+    send_notify(&socket, "READY=1\nSTATUS=forged");
+    let me = std::process::id();
+    let log = m.wait_log("the forged message to be ignored", |l| {
+        l.contains(&format!("from pid {me}, which is not"))
+    });
+    assert!(
+        !log.contains(" is ready"),
+        "a forged READY=1 counted:\n{log}"
+    );
+    assert!(!log.contains("forged"), "{log}");
+    m.wait_log("the worker's own READY=1", |l| {
+        l.contains(&format!("pid {worker} is ready"))
+    });
+}
+
+#[test]
+fn a_worker_that_misses_its_watchdog_is_restarted() {
+    let m = Master::start(&cmd(
+        &["-w", "1", "--ready", "notify", "--watchdog", "500ms"],
+        &hello_server(),
+    ));
+    m.wait_log("a ready worker", |l| l.contains(" is ready"));
+    let hung = m.live_pids()[0];
+    // Keeps answering pings for a while: the deadline moves.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(!m.log().contains("watchdog"), "{}", m.log());
+    let addr = m.addr;
+    let client = std::thread::spawn(move || get(addr, "/hang/10000"));
+    m.wait_log("the watchdog", |l| {
+        l.contains(&format!("pid {hung} missed its watchdog deadline"))
+    });
+    m.wait_log("a replacement", |l| l.matches(" is ready").count() >= 2);
+    wait_dead(&[hung], "the hung worker");
+    assert!(
+        client.join().unwrap().is_err(),
+        "the hung request died with its worker"
+    );
+    let body = m.get("/").unwrap();
+    assert_ne!(pid_of(&body), hung);
+}
