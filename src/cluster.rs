@@ -80,6 +80,7 @@ pub(crate) struct Config {
     pub(crate) stop_signal: Signal,
     pub(crate) handle_signals: bool,
     pub(crate) log_events: bool,
+    pub(crate) forward_output: bool,
     pub(crate) readiness: Readiness,
     pub(crate) start_timeout: Duration,
     pub(crate) watchdog: Option<Duration>,
@@ -106,6 +107,7 @@ pub struct Builder {
     stop_signal: Signal,
     handle_signals: bool,
     log_events: bool,
+    forward_output: bool,
     readiness: Readiness,
     start_timeout: Duration,
     watchdog: Option<Duration>,
@@ -129,6 +131,7 @@ impl Default for Builder {
             stop_signal: DEFAULT_STOP_SIGNAL,
             handle_signals: true,
             log_events: true,
+            forward_output: true,
             readiness: Readiness::Auto,
             start_timeout: DEFAULT_START_TIMEOUT,
             watchdog: None,
@@ -255,6 +258,15 @@ impl Builder {
     /// Whether lifecycle events are logged to stderr (default true).
     pub fn log_events(mut self, on: bool) -> Self {
         self.log_events = on;
+        self
+    }
+
+    /// Whether worker output is written to the master's stdout and stderr
+    /// with a `[slot N pid P]` prefix (default true). Off, it is still read
+    /// (so workers never block on a full pipe) and its last lines still go
+    /// into crash and reload reports.
+    pub fn forward_output(mut self, on: bool) -> Self {
+        self.forward_output = on;
         self
     }
 
@@ -391,6 +403,7 @@ impl Builder {
             stop_signal: self.stop_signal,
             handle_signals: self.handle_signals,
             log_events: self.log_events,
+            forward_output: self.forward_output,
             readiness: self.readiness,
             start_timeout: self.start_timeout,
             watchdog: self.watchdog,

@@ -112,8 +112,9 @@ impl Tail {
     }
 }
 
-/// Reads `fd` until EOF and forwards each line with `prefix`.
-pub(crate) async fn pump(fd: OwnedFd, stream: Stream, prefix: Arc<str>, tail: Tail) {
+/// Reads `fd` until EOF and forwards each line with `prefix` (or, with
+/// `forward` off, only keeps the tail).
+pub(crate) async fn pump(fd: OwnedFd, stream: Stream, prefix: Arc<str>, tail: Tail, forward: bool) {
     let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
         return;
     };
@@ -125,16 +126,19 @@ pub(crate) async fn pump(fd: OwnedFd, stream: Stream, prefix: Arc<str>, tail: Ta
             Ok(n) => n,
         };
         for line in splitter.push(&buf[..n]) {
-            emit(stream, &prefix, &line, &tail).await;
+            emit(stream, &prefix, &line, &tail, forward).await;
         }
     }
     if let Some(rest) = splitter.finish() {
-        emit(stream, &prefix, &rest, &tail).await;
+        emit(stream, &prefix, &rest, &tail, forward).await;
     }
 }
 
-async fn emit(stream: Stream, prefix: &str, line: &[u8], tail: &Tail) {
+async fn emit(stream: Stream, prefix: &str, line: &[u8], tail: &Tail, forward: bool) {
     tail.push(line);
+    if !forward {
+        return;
+    }
     let mut out = Vec::with_capacity(prefix.len() + line.len() + 1);
     out.extend_from_slice(prefix.as_bytes());
     out.extend_from_slice(line);

@@ -396,6 +396,7 @@ impl Supervisor {
             tokio::spawn(ipc::serve(master_end, pid, self.notes_tx.clone()));
         }
         let tx = self.reaped_tx.clone();
+        let forward = self.config.forward_output;
         tokio::spawn(async move {
             let tail = Tail::default();
             let prefix: std::sync::Arc<str> = format!("[slot {index} pid {pid}] ").into();
@@ -404,12 +405,14 @@ impl Supervisor {
                 Stream::Stdout,
                 prefix.clone(),
                 tail.clone(),
+                forward,
             ));
             let err = tokio::spawn(output::pump(
                 spawned.stderr,
                 Stream::Stderr,
                 prefix,
                 tail.clone(),
+                forward,
             ));
             let result = reap::wait(pid, spawned.pidfd).await;
             // Let the last lines through before the exit is reported, so
