@@ -14,7 +14,6 @@
 //! machines.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::net::SocketAddr;
