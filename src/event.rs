@@ -53,6 +53,16 @@ pub enum Event {
         /// Its pid.
         pid: u32,
     },
+    /// A reload's successor took over the slot; the predecessor got the
+    /// stop signal and drains.
+    Replaced {
+        /// The slot.
+        slot: usize,
+        /// The predecessor, now draining.
+        old_pid: u32,
+        /// The successor, now serving.
+        new_pid: u32,
+    },
     /// A rolling reload (or soft restart) began.
     ReloadStarted {
         /// The slots it will replace, in order.
@@ -137,6 +147,14 @@ impl fmt::Display for Event {
             Event::WatchdogTimeout { slot, pid } => write!(
                 f,
                 "slot {slot}: pid {pid} missed its watchdog deadline; killing it"
+            ),
+            Event::Replaced {
+                slot,
+                old_pid,
+                new_pid,
+            } => write!(
+                f,
+                "slot {slot}: pid {new_pid} took over; pid {old_pid} drains"
             ),
             Event::ReloadStarted { slots } => write!(
                 f,

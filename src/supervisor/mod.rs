@@ -486,6 +486,14 @@ impl Supervisor {
             signal_group(old, self.config.stop_signal);
         }
         self.changed().await;
+        if let (Some(old), Some(new)) = (old, new_pid) {
+            self.emit(Event::Replaced {
+                slot: index,
+                old_pid: old.as_raw() as u32,
+                new_pid: new.as_raw() as u32,
+            })
+            .await;
+        }
         let (Some(new_pid), Some(run)) = (new_pid, self.reload.as_mut()) else {
             return;
         };
