@@ -30,10 +30,19 @@ struct Cli {
     #[arg(short, long = "listen", value_name = "ADDR", value_parser = parse_listen)]
     listen: Vec<Vec<SocketAddr>>,
 
-    /// How workers share the address: reuseport (a socket per worker slot)
-    /// or shared (one socket for all).
+    /// How workers share the address: reuseport (a socket per worker slot),
+    /// shared (one socket for all) or proxy (the master forwards).
     #[arg(long, value_name = "MODE", default_value = "reuseport", value_parser = parse_balance)]
     balance: Balance,
+
+    /// With --balance proxy: round-robin, least-conn, p2c or ip-hash.
+    #[arg(long, value_name = "STRATEGY", value_parser = parse_strategy)]
+    strategy: Option<herd::balance::Strategy>,
+
+    /// With --balance proxy: send a PROXY protocol header (v1 or v2) to
+    /// workers, so that apps see the client's address.
+    #[arg(long, value_name = "VERSION", value_parser = parse_proxy_protocol)]
+    proxy_protocol: Option<herd::proxy::ProxyProtocol>,
 
     /// Listen backlog [default: the kernel's somaxconn].
     #[arg(long, value_name = "N")]
@@ -127,6 +136,14 @@ fn parse_ready(s: &str) -> Result<Readiness, String> {
     s.parse().map_err(|e: herd::Error| e.to_string())
 }
 
+fn parse_strategy(s: &str) -> Result<herd::balance::Strategy, String> {
+    s.parse().map_err(|e: herd::Error| e.to_string())
+}
+
+fn parse_proxy_protocol(s: &str) -> Result<herd::proxy::ProxyProtocol, String> {
+    s.parse().map_err(|e: herd::Error| e.to_string())
+}
+
 fn parse_restart(s: &str) -> Result<RestartPolicy, String> {
     s.parse().map_err(|e: herd::Error| e.to_string())
 }
@@ -205,11 +222,18 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         cli.listen.into_iter().flatten().collect()
     };
+    let balance = match (cli.balance, cli.strategy) {
+        (Balance::Proxy { .. }, Some(strategy)) => Balance::Proxy { strategy },
+        (other, Some(_)) => {
+            return Err(format!("--strategy needs --balance proxy, not --balance {other}").into())
+        }
+        (other, None) => other,
+    };
     let (program, args) = cli.command.split_first().ok_or("no program given")?;
     let mut builder = Cluster::builder()
         .command(program)
         .args(args)
-        .balance(cli.balance)
+        .balance(balance)
         .drain_timeout(cli.drain_timeout)
         .stop_signal(cli.stop_signal)
         .restart(cli.restart)
@@ -229,6 +253,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         .node_preload(!cli.no_node_preload);
     if let Some(w) = cli.watchdog {
         builder = builder.watchdog(w);
+    }
+    if let Some(v) = cli.proxy_protocol {
+        builder = builder.proxy_protocol(v);
     }
     if let Some(n) = cli.workers {
         builder = builder.workers(n);
@@ -252,7 +279,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     for addr in cluster.local_addrs() {
         eprintln!(
             "herd: listening on {addr} ({}, {} worker{})",
-            cli.balance,
+            balance,
             cluster.worker_count(),
             if cluster.worker_count() == 1 { "" } else { "s" }
         );

@@ -16,6 +16,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use crate::error::{Error, Result};
 use crate::event::{Event, WorkerInfo};
 use crate::net::{default_backlog, Balance, Listeners};
+use crate::proxy::ProxyProtocol;
 use crate::ready::{Readiness, DEFAULT_START_TIMEOUT};
 use crate::supervisor::policy::{Backoff, CrashLoop, RestartPolicy, Supervision};
 use crate::supervisor::reload::{ReloadReport, Target, DEFAULT_RELOAD_PARALLEL};
@@ -85,6 +86,7 @@ pub(crate) struct Config {
     pub(crate) start_timeout: Duration,
     pub(crate) watchdog: Option<Duration>,
     pub(crate) reload_parallel: usize,
+    pub(crate) proxy_header: Option<ProxyProtocol>,
     /// The installed Node preload, when the program is Node and the preload
     /// is on.
     pub(crate) preload: Option<PathBuf>,
@@ -113,6 +115,7 @@ pub struct Builder {
     watchdog: Option<Duration>,
     reload_parallel: usize,
     node_preload: bool,
+    proxy_header: Option<ProxyProtocol>,
 }
 
 impl Default for Builder {
@@ -137,6 +140,7 @@ impl Default for Builder {
             watchdog: None,
             reload_parallel: DEFAULT_RELOAD_PARALLEL,
             node_preload: true,
+            proxy_header: None,
         }
     }
 }
@@ -308,6 +312,13 @@ impl Builder {
         self
     }
 
+    /// Proxy mode: send a PROXY protocol header before the client's bytes,
+    /// so that apps see the real client address.
+    pub fn proxy_protocol(mut self, version: ProxyProtocol) -> Self {
+        self.proxy_header = Some(version);
+        self
+    }
+
     /// Validates the configuration and binds every listening address.
     /// Nothing is spawned yet.
     ///
@@ -351,6 +362,12 @@ impl Builder {
             return Err(Error::InvalidSetting {
                 setting: "watchdog",
                 reason: "must be longer than zero".into(),
+            });
+        }
+        if self.proxy_header.is_some() && !self.balance.is_proxy() {
+            return Err(Error::InvalidSetting {
+                setting: "proxy-protocol",
+                reason: format!("a PROXY header needs --balance proxy, not {}", self.balance),
             });
         }
         if self.reload_parallel == 0 {
@@ -408,6 +425,7 @@ impl Builder {
             start_timeout: self.start_timeout,
             watchdog: self.watchdog,
             reload_parallel: self.reload_parallel,
+            proxy_header: self.proxy_header,
             preload,
         };
 
@@ -519,6 +537,7 @@ impl Cluster {
             snapshot: snapshot_rx,
             events,
             addrs: listeners.local_addrs().into(),
+            backends: Default::default(),
         };
         Cluster {
             config,
@@ -573,9 +592,27 @@ pub struct Handle {
     snapshot: watch::Receiver<Snapshot>,
     events: broadcast::Sender<Event>,
     addrs: Arc<[SocketAddr]>,
+    backends: crate::proxy::Registry,
 }
 
 impl Handle {
+    /// Proxy mode: the connections the master forwards to each worker now,
+    /// as (slot, pid, open connections), draining workers included. Empty
+    /// in the other modes.
+    pub fn proxied_connections(&self) -> Vec<(usize, u32, u32)> {
+        let backends = self.backends.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = backends
+            .values()
+            .map(|b| (b.slot, b.pid, b.active()))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    pub(crate) fn backends(&self) -> crate::proxy::Registry {
+        self.backends.clone()
+    }
+
     /// Stops every worker gracefully (stop signal, drain timeout, SIGKILL)
     /// and resolves when all are reaped.
     ///

@@ -118,6 +118,14 @@ pub enum Event {
         /// an immediate SIGKILL.
         graceful: bool,
     },
+    /// Proxy mode: a worker out of rotation has no connections left and
+    /// gets its stop signal.
+    Idle {
+        /// The slot.
+        slot: usize,
+        /// The worker's pid.
+        pid: u32,
+    },
     /// The drain timeout passed and the worker's process group is killed.
     DrainTimeout {
         /// The slot.
@@ -206,6 +214,10 @@ impl fmt::Display for Event {
             Event::DrainTimeout { slot, pid } => write!(
                 f,
                 "slot {slot}: pid {pid} still running at the drain timeout; killing its process group"
+            ),
+            Event::Idle { slot, pid } => write!(
+                f,
+                "slot {slot}: pid {pid} has no proxied connections left; stopping it"
             ),
             Event::Stopped => f.write_str("all workers stopped"),
         }

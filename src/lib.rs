@@ -66,12 +66,14 @@
 #![deny(missing_docs)]
 #![cfg(target_os = "linux")]
 
+pub mod balance;
 mod cluster;
 mod error;
 mod event;
 pub mod net;
 mod node;
 mod process;
+pub mod proxy;
 pub mod ready;
 mod supervisor;
 pub mod worker;

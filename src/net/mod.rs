@@ -16,6 +16,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 pub(crate) mod rescue;
 pub(crate) mod steer;
 
+use crate::balance::Strategy;
 use crate::error::{Error, Result};
 
 /// How workers share a listening address.
@@ -30,19 +31,36 @@ pub enum Balance {
     ReusePort,
     /// One socket inherited by every worker; the kernel wakes one acceptor.
     Shared,
+    /// The master accepts every connection and forwards it to a worker's
+    /// private loopback listener, chosen by `strategy`. The master knows
+    /// every connection: it can drain a worker without the worker's help,
+    /// keep a client on one worker, or avoid a busy one.
+    Proxy {
+        /// How a worker is chosen.
+        strategy: Strategy,
+    },
 }
 
 impl Balance {
     /// The names [`FromStr`] accepts, for error messages and `--help`.
-    pub const NAMES: &'static [&'static str] = &["reuseport", "shared"];
+    pub const NAMES: &'static [&'static str] = &["reuseport", "shared", "proxy"];
+
+    /// Whether the master forwards connections itself.
+    pub fn is_proxy(self) -> bool {
+        matches!(self, Balance::Proxy { .. })
+    }
 }
 
 impl fmt::Display for Balance {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Balance::ReusePort => "reuseport",
-            Balance::Shared => "shared",
-        })
+        match self {
+            Balance::ReusePort => f.write_str("reuseport"),
+            Balance::Shared => f.write_str("shared"),
+            Balance::Proxy {
+                strategy: Strategy::RoundRobin,
+            } => f.write_str("proxy"),
+            Balance::Proxy { strategy } => write!(f, "proxy:{strategy}"),
+        }
     }
 }
 
@@ -53,6 +71,12 @@ impl FromStr for Balance {
         match s.to_ascii_lowercase().as_str() {
             "reuseport" | "reuse-port" => Ok(Balance::ReusePort),
             "shared" => Ok(Balance::Shared),
+            "proxy" => Ok(Balance::Proxy {
+                strategy: Strategy::default(),
+            }),
+            other if other.starts_with("proxy:") => Ok(Balance::Proxy {
+                strategy: other["proxy:".len()..].parse()?,
+            }),
             _ => Err(Error::Parse {
                 what: "balance mode",
                 input: s.to_owned(),
@@ -135,7 +159,7 @@ impl Listeners {
         let mut local = Vec::with_capacity(addrs.len());
         for &addr in addrs {
             let group = match balance {
-                Balance::Shared => vec![bind_one(addr, false, backlog)?],
+                Balance::Shared | Balance::Proxy { .. } => vec![bind_one(addr, false, backlog)?],
                 Balance::ReusePort => bind_reuseport_group(addr, slots, backlog)?,
             };
             let bound = group[0]
@@ -162,14 +186,26 @@ impl Listeners {
     }
 
     /// The fds a worker in `slot` inherits, in address order (fd 3, 4, ...).
+    /// None in proxy mode: workers get private listeners there.
     pub(crate) fn fds_for_slot(&self, slot: usize) -> Vec<RawFd> {
         self.sockets
             .iter()
-            .map(|group| match self.balance {
-                Balance::Shared => group[0].as_raw_fd(),
-                Balance::ReusePort => group[slot].as_raw_fd(),
+            .filter_map(|group| match self.balance {
+                Balance::Shared => Some(group[0].as_raw_fd()),
+                Balance::ReusePort => Some(group[slot].as_raw_fd()),
+                Balance::Proxy { .. } => None,
             })
             .collect()
+    }
+
+    /// The public sockets, one per address, for the proxy's accept loops.
+    pub(crate) fn public(&self) -> impl Iterator<Item = &Socket> {
+        self.sockets.iter().map(|group| &group[0])
+    }
+
+    /// How workers share the addresses.
+    pub(crate) fn balance(&self) -> Balance {
+        self.balance
     }
 }
 
@@ -268,7 +304,16 @@ mod tests {
 
     #[test]
     fn balance_round_trips_through_text() {
-        for b in [Balance::ReusePort, Balance::Shared] {
+        for b in [
+            Balance::ReusePort,
+            Balance::Shared,
+            Balance::Proxy {
+                strategy: Strategy::RoundRobin,
+            },
+            Balance::Proxy {
+                strategy: Strategy::IpHash,
+            },
+        ] {
             assert_eq!(b.to_string().parse::<Balance>().unwrap(), b);
         }
         let err = "roundrobin".parse::<Balance>().unwrap_err().to_string();

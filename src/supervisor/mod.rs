@@ -30,6 +30,7 @@ use crate::net::Listeners;
 use crate::process::output::{self, Stream, Tail};
 use crate::process::spawn::SpawnRequest;
 use crate::process::{reap, signal_group, spawner, Exit};
+use crate::proxy::{self, Backend, ProxyConfig, Rotation};
 use crate::ready::notify::NotifySocket;
 use crate::ready::{ipc, Note, Readiness};
 use policy::Decision;
@@ -138,6 +139,10 @@ struct Supervisor {
     queued: Vec<(Target, Option<Waiter>)>,
     /// Successors killed for missing the start timeout.
     timed_out: HashSet<Pid>,
+    /// Proxy mode: every worker's backend (shared with handles), and which
+    /// are in rotation.
+    backends: proxy::Registry,
+    rotation: Option<std::sync::Arc<Rotation>>,
 }
 
 pub(crate) async fn run(
@@ -154,6 +159,7 @@ pub(crate) async fn run(
     };
     let (reaped_tx, mut reaped_rx) = mpsc::unbounded_channel();
     let (notes_tx, mut notes_rx) = mpsc::unbounded_channel();
+    let (idle_tx, mut idle_rx) = mpsc::unbounded_channel::<u32>();
 
     let mode = match config.readiness {
         Readiness::Auto if config.preload.is_some() => Readiness::Ipc,
@@ -182,6 +188,34 @@ pub(crate) async fn run(
         watchdog: config.watchdog,
     };
 
+    let rotation = match (listeners.balance(), config.proxy_header) {
+        (crate::Balance::Proxy { strategy }, header) => {
+            let rotation = std::sync::Arc::new(Rotation::default());
+            let proxy_config = ProxyConfig { strategy, header };
+            for (i, public) in listeners.public().enumerate() {
+                let std_listener: std::net::TcpListener = public
+                    .try_clone()
+                    .map_err(|e| Error::io("sharing a listening socket with the proxy", e))?
+                    .into();
+                std_listener
+                    .set_nonblocking(true)
+                    .map_err(|e| Error::io("setting the proxy socket non-blocking", e))?;
+                let listener = tokio::net::TcpListener::from_std(std_listener)
+                    .map_err(|e| Error::io("registering the proxy socket", e))?;
+                tokio::spawn(proxy::accept_loop(
+                    listener,
+                    rotation.clone(),
+                    proxy_config.clone(),
+                    idle_tx.clone(),
+                    (random_unit() * u64::MAX as f64) as u64 ^ i as u64,
+                ));
+            }
+            Some(rotation)
+        }
+        _ => None,
+    };
+
+    let sup_backends = handle.backends();
     let mut sup = Supervisor {
         slots: (0..config.workers).map(Slot::new).collect(),
         config,
@@ -199,6 +233,8 @@ pub(crate) async fn run(
         reload: None,
         queued: Vec::new(),
         timed_out: HashSet::new(),
+        backends: sup_backends,
+        rotation,
     };
     sup.changed().await;
 
@@ -227,6 +263,7 @@ pub(crate) async fn run(
         tokio::select! {
             Some(r) = reaped_rx.recv() => sup.on_reaped(r).await,
             Some(n) = notes_rx.recv() => sup.on_note(n).await,
+            Some(pid) = idle_rx.recv() => sup.on_idle(Pid::from_raw(pid as i32)).await,
             Some(c) = control_rx.recv() => match c {
                 Control::Stop { graceful } => sup.stop(graceful).await,
                 Control::Reload { target, reply } => sup.request_reload(target, Some(reply)).await,
@@ -294,9 +331,9 @@ impl Supervisor {
         &self,
         index: usize,
         generation: u64,
+        listen_fds: Vec<std::os::fd::RawFd>,
         ipc_child: Option<std::os::fd::OwnedFd>,
     ) -> SpawnRequest {
-        let listen_fds = self.listeners.fds_for_slot(index);
         let mut env = self.config.env.clone();
         if !listen_fds.is_empty() {
             let names: Vec<String> = (0..listen_fds.len())
@@ -367,7 +404,23 @@ impl Supervisor {
         } else {
             (None, None)
         };
-        let req = self.spawn_request(index, generation, ipc_child);
+        // Proxy mode: a private listener of its own, passed as fd 3.
+        let private = if self.rotation.is_some() {
+            let backlog = crate::net::default_backlog();
+            Some(proxy::private_listener(backlog).map_err(|e| Error::Spawn {
+                program: self.config.program.clone(),
+                slot: index,
+                stage: "creating the private listener",
+                source: e,
+            })?)
+        } else {
+            None
+        };
+        let listen_fds = match &private {
+            Some((socket, _)) => vec![std::os::fd::AsRawFd::as_raw_fd(socket)],
+            None => self.listeners.fds_for_slot(index),
+        };
+        let req = self.spawn_request(index, generation, listen_fds, ipc_child);
         let spawned = match spawner::spawn(req).await {
             Ok(s) => s,
             Err(e) => {
@@ -381,6 +434,12 @@ impl Supervisor {
             }
         };
         let pid = spawned.pid;
+        if let Some((socket, addr)) = private {
+            self.backends_mut().insert(
+                pid.as_raw() as u32,
+                Backend::new(index, pid.as_raw() as u32, socket, addr),
+            );
+        }
         self.slots[index].on_spawned(pid, generation, role, self.ready.slot, Instant::now());
         // State first, then the event: a subscriber that reacts to the event
         // finds the snapshot already up to date.
@@ -481,10 +540,9 @@ impl Supervisor {
     async fn take_over(&mut self, index: usize) {
         let now = Instant::now();
         let new_pid = self.slots[index].successor.as_ref().map(|p| p.pid);
-        let old = self.slots[index].promote(now, self.config.drain_timeout);
-        if let Some(old) = old {
-            signal_group(old, self.config.stop_signal);
-        }
+        let defer = self.rotation.is_some();
+        let old = self.slots[index].promote(now, self.config.drain_timeout, defer);
+        // Out of rotation first (proxy mode), then stopped.
         self.changed().await;
         if let (Some(old), Some(new)) = (old, new_pid) {
             self.emit(Event::Replaced {
@@ -493,6 +551,9 @@ impl Supervisor {
                 new_pid: new.as_raw() as u32,
             })
             .await;
+        }
+        if let Some(old) = old {
+            self.retire(old).await;
         }
         let (Some(new_pid), Some(run)) = (new_pid, self.reload.as_mut()) else {
             return;
@@ -514,6 +575,9 @@ impl Supervisor {
                 Exit::Signal(Signal::SIGKILL)
             }
         };
+        if let Some(backend) = self.backends_mut().remove(&(r.pid.as_raw() as u32)) {
+            backend.close();
+        }
         let now = Instant::now();
         let slot = &mut self.slots[r.slot];
         let Some(role) = slot.role_of(r.pid) else {
@@ -618,7 +682,54 @@ impl Supervisor {
                 }
             }
         }
+        if let Some(rotation) = &self.rotation {
+            let backends = self.backends_mut();
+            let serving: Vec<std::sync::Arc<Backend>> = self
+                .slots
+                .iter()
+                .filter(|s| s.is_serving())
+                .filter_map(|s| s.pid())
+                .filter_map(|pid| backends.get(&(pid.as_raw() as u32)).cloned())
+                .collect();
+            drop(backends);
+            rotation.replace(serving);
+        }
         self.publish_snapshot();
+    }
+
+    /// A process leaves service: its stop signal now, or, in proxy mode,
+    /// once its proxied connections end (or at the drain timeout).
+    async fn retire(&mut self, pid: Pid) {
+        let backend = self.backends_mut().get(&(pid.as_raw() as u32)).cloned();
+        match backend {
+            Some(backend) => {
+                if backend.start_draining() {
+                    self.on_idle(pid).await;
+                }
+            }
+            None => signal_group(pid, self.config.stop_signal),
+        }
+    }
+
+    fn backends_mut(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u32, std::sync::Arc<Backend>>> {
+        self.backends.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A draining backend has no connections left: it gets the stop signal.
+    async fn on_idle(&mut self, pid: Pid) {
+        let Some((index, _)) = self.slot_of(pid) else {
+            return;
+        };
+        if self.slots[index].signal_now(pid, Instant::now(), self.config.drain_timeout) {
+            self.emit(Event::Idle {
+                slot: index,
+                pid: pid.as_raw() as u32,
+            })
+            .await;
+            signal_group(pid, self.config.stop_signal);
+        }
     }
 
     /// Passes the connections queued on an empty slot's socket on to the
@@ -682,6 +793,14 @@ impl Supervisor {
                     self.timed_out.insert(pid);
                 }
                 signal_group(pid, Signal::SIGKILL);
+            }
+            Due::Signal(pid) => {
+                self.emit(Event::DrainTimeout {
+                    slot: index,
+                    pid: pid.as_raw() as u32,
+                })
+                .await;
+                signal_group(pid, self.config.stop_signal);
             }
             Due::Watchdog(pid) => {
                 self.emit(Event::WatchdogTimeout {
@@ -828,7 +947,7 @@ impl Supervisor {
         let now = Instant::now();
         for other in others {
             if let Some(pid) = self.slots[other].successor.as_ref().map(|p| p.pid) {
-                self.slots[other].stop_proc(pid, now, Duration::ZERO);
+                self.slots[other].stop_proc(pid, now, Duration::ZERO, false);
                 signal_group(pid, Signal::SIGKILL);
             }
         }
@@ -846,9 +965,13 @@ impl Supervisor {
         self.changed().await;
         self.emit(Event::Stopping { graceful }).await;
         let now = Instant::now();
+        let defer = graceful && self.rotation.is_some();
+        let mut held_back = Vec::new();
         for slot in &mut self.slots {
-            let newly = slot.begin_stop(now, self.config.drain_timeout);
-            if graceful {
+            let newly = slot.begin_stop(now, self.config.drain_timeout, defer);
+            if defer {
+                held_back.extend(slot.pids());
+            } else if graceful {
                 for pid in newly {
                     signal_group(pid, self.config.stop_signal);
                 }
@@ -857,6 +980,11 @@ impl Supervisor {
                     signal_group(pid, Signal::SIGKILL);
                 }
             }
+        }
+        // Proxy mode: out of rotation now, stopped once idle.
+        self.changed().await;
+        for pid in held_back {
+            self.retire(pid).await;
         }
         // A reload in progress ends here; queued ones never start.
         if let Some(run) = self.reload.take() {

@@ -73,6 +73,9 @@ pub(crate) struct Proc {
     ready_by: Option<Instant>,
     /// Must ping the watchdog by this moment.
     watchdog_by: Option<Instant>,
+    /// Out of service, its stop signal held back until its proxied
+    /// connections end or this moment passes (proxy mode).
+    signal_at: Option<Instant>,
     /// Told to stop; SIGKILLed at this moment.
     kill_at: Option<Instant>,
     stopping: bool,
@@ -80,9 +83,31 @@ pub(crate) struct Proc {
 
 impl Proc {
     fn deadlines(&self) -> impl Iterator<Item = Instant> {
-        [self.ready_at, self.ready_by, self.watchdog_by, self.kill_at]
-            .into_iter()
-            .flatten()
+        [
+            self.ready_at,
+            self.ready_by,
+            self.watchdog_by,
+            self.signal_at,
+            self.kill_at,
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// Marks the process as stopping. With `defer`, the stop signal waits
+    /// up to `drain` for its connections to end, and SIGKILL comes `drain`
+    /// after that.
+    fn retire(&mut self, now: Instant, drain: Duration, defer: bool) {
+        self.stopping = true;
+        self.ready_by = None;
+        self.ready_at = None;
+        self.watchdog_by = None;
+        if defer {
+            self.signal_at = Some(now + drain);
+            self.kill_at = Some(now + drain + drain);
+        } else {
+            self.kill_at = Some(now + drain);
+        }
     }
 }
 
@@ -121,6 +146,8 @@ pub(crate) enum Due {
     DelayReady(Pid),
     /// The process missed its watchdog deadline.
     Watchdog(Pid),
+    /// A held-back stop signal is due now.
+    Signal(Pid),
 }
 
 /// What an exit meant for the slot.
@@ -240,6 +267,7 @@ impl Slot {
             ready_by: (readiness.reported && readiness.after.is_none())
                 .then(|| now + readiness.start_timeout),
             watchdog_by: None,
+            signal_at: None,
             kill_at: None,
             stopping: false,
         };
@@ -294,14 +322,12 @@ impl Slot {
     /// The successor takes over: it becomes current, the old current
     /// retires (its pid is returned, to get the stop signal). A failed or
     /// backing-off slot is revived with a clean restart history.
-    pub(crate) fn promote(&mut self, now: Instant, drain: Duration) -> Option<Pid> {
+    /// With `defer` (proxy mode) the predecessor's stop signal is held
+    /// back until [`Slot::signal_now`] or the drain timeout.
+    pub(crate) fn promote(&mut self, now: Instant, drain: Duration, defer: bool) -> Option<Pid> {
         let successor = self.successor.take()?;
         let old = self.current.take().map(|mut p| {
-            p.stopping = true;
-            p.kill_at = Some(now + drain);
-            p.ready_by = None;
-            p.ready_at = None;
-            p.watchdog_by = None;
+            p.retire(now, drain, defer);
             let pid = p.pid;
             self.retiring.push(p);
             pid
@@ -406,7 +432,13 @@ impl Slot {
 
     /// Tells `pid` to stop: arms its drain timer. Returns false if it was
     /// already stopping or is not ours.
-    pub(crate) fn stop_proc(&mut self, pid: Pid, now: Instant, drain: Duration) -> bool {
+    pub(crate) fn stop_proc(
+        &mut self,
+        pid: Pid,
+        now: Instant,
+        drain: Duration,
+        defer: bool,
+    ) -> bool {
         let is_current = self.current.as_ref().is_some_and(|p| p.pid == pid);
         let Some(p) = self.proc_mut(pid) else {
             return false;
@@ -414,20 +446,31 @@ impl Slot {
         if p.stopping {
             return false;
         }
-        p.stopping = true;
-        p.kill_at = Some(now + drain);
-        p.ready_by = None;
-        p.ready_at = None;
-        p.watchdog_by = None;
+        p.retire(now, drain, defer);
         if is_current {
             self.state = WorkerState::Stopping;
         }
         true
     }
 
+    /// A process whose stop signal was held back may get it now (its
+    /// connections ended): returns true if it was waiting, and gives it
+    /// `drain` from now before SIGKILL.
+    pub(crate) fn signal_now(&mut self, pid: Pid, now: Instant, drain: Duration) -> bool {
+        match self.proc_mut(pid) {
+            Some(p) if p.signal_at.is_some() => {
+                p.signal_at = None;
+                p.kill_at = Some(now + drain);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Starts a graceful stop of the whole slot: returns the pids that get
-    /// the stop signal now. A slot in backoff just ends.
-    pub(crate) fn begin_stop(&mut self, now: Instant, drain: Duration) -> Vec<Pid> {
+    /// the stop signal now (with `defer`, they wait for
+    /// [`Slot::signal_now`] instead). A slot in backoff just ends.
+    pub(crate) fn begin_stop(&mut self, now: Instant, drain: Duration, defer: bool) -> Vec<Pid> {
         self.restart_at = None;
         let pids: Vec<Pid> = self
             .current
@@ -438,14 +481,18 @@ impl Slot {
             .collect();
         let newly: Vec<Pid> = pids
             .into_iter()
-            .filter(|&pid| self.stop_proc(pid, now, drain))
+            .filter(|&pid| self.stop_proc(pid, now, drain, defer))
             .collect();
         if self.current.is_none()
             && matches!(self.state, WorkerState::Backoff | WorkerState::Starting)
         {
             self.state = WorkerState::Exited;
         }
-        newly
+        if defer {
+            Vec::new()
+        } else {
+            newly
+        }
     }
 
     /// Every live pid of the slot.
@@ -499,6 +546,10 @@ impl Slot {
             if p.watchdog_by.is_some_and(|at| at <= now) {
                 p.watchdog_by = None;
                 due.push(Due::Watchdog(pid));
+            }
+            if p.signal_at.is_some_and(|at| at <= now) {
+                p.signal_at = None;
+                due.push(Due::Signal(pid));
             }
         }
         if self.restart_at.is_some_and(|at| at <= now) {
@@ -575,8 +626,11 @@ mod tests {
         let t0 = Instant::now();
         let mut slot = Slot::new(0);
         slot.on_spawned(pid(7), 0, Role::Current, Readiness::IMMEDIATE, t0);
-        assert_eq!(slot.begin_stop(t0, DRAIN), vec![pid(7)]);
-        assert!(slot.begin_stop(t0, DRAIN).is_empty(), "signalled once");
+        assert_eq!(slot.begin_stop(t0, DRAIN, false), vec![pid(7)]);
+        assert!(
+            slot.begin_stop(t0, DRAIN, false).is_empty(),
+            "signalled once"
+        );
         assert_eq!(slot.next_deadline(), Some(t0 + DRAIN));
         assert_eq!(slot.take_due(t0 + DRAIN), vec![Due::Kill(pid(7))]);
         assert_eq!(
@@ -594,7 +648,7 @@ mod tests {
         let mut slot = Slot::new(0);
         slot.on_spawned(pid(7), 0, Role::Current, Readiness::IMMEDIATE, t0);
         slot.on_exit(pid(7), &p, t0, Exit::Code(1), false, 0.0);
-        assert!(slot.begin_stop(t0, DRAIN).is_empty());
+        assert!(slot.begin_stop(t0, DRAIN, false).is_empty());
         assert_eq!(slot.state, WorkerState::Exited);
         assert!(slot.take_due(t0 + Duration::from_secs(60)).is_empty());
     }
@@ -685,7 +739,7 @@ mod tests {
         assert_eq!(slot.pid(), Some(pid(1)), "the old one serves meanwhile");
         assert!(slot.is_serving());
         assert_eq!(slot.on_ready(pid(2), None, t0), Some(Role::Successor));
-        assert_eq!(slot.promote(t0, DRAIN), Some(pid(1)));
+        assert_eq!(slot.promote(t0, DRAIN, false), Some(pid(1)));
         assert_eq!(slot.pid(), Some(pid(2)));
         assert_eq!(slot.generation, 1);
         assert_eq!(slot.retiring_pids(), vec![pid(1)]);
@@ -695,6 +749,27 @@ mod tests {
             ExitOutcome::Expected
         );
         assert!(slot.is_serving() && slot.retiring.is_empty());
+    }
+
+    #[test]
+    fn in_proxy_mode_the_stop_signal_waits_for_the_connections_or_the_drain_timeout() {
+        let t0 = Instant::now();
+        let mut slot = Slot::new(0);
+        slot.on_spawned(pid(1), 0, Role::Current, Readiness::IMMEDIATE, t0);
+        slot.on_spawned(pid(2), 1, Role::Successor, Readiness::IMMEDIATE, t0);
+        assert_eq!(slot.promote(t0, DRAIN, true), Some(pid(1)));
+        // Idle early: signalled at once, killed a drain later.
+        let t1 = t0 + Duration::from_millis(300);
+        assert!(slot.signal_now(pid(1), t1, DRAIN));
+        assert!(!slot.signal_now(pid(1), t1, DRAIN), "once");
+        assert_eq!(slot.next_deadline(), Some(t1 + DRAIN));
+
+        // Never idle: the signal at the drain timeout, SIGKILL a drain later.
+        let mut busy = Slot::new(1);
+        busy.on_spawned(pid(3), 0, Role::Current, Readiness::IMMEDIATE, t0);
+        assert!(busy.begin_stop(t0, DRAIN, true).is_empty(), "held back");
+        assert_eq!(busy.take_due(t0 + DRAIN), vec![Due::Signal(pid(3))]);
+        assert_eq!(busy.take_due(t0 + DRAIN + DRAIN), vec![Due::Kill(pid(3))]);
     }
 
     #[test]
@@ -730,7 +805,7 @@ mod tests {
         }
         assert_eq!(slot.state, WorkerState::Failed);
         slot.on_spawned(pid(20), 5, Role::Successor, Readiness::IMMEDIATE, t0);
-        assert_eq!(slot.promote(t0, DRAIN), None, "nobody to retire");
+        assert_eq!(slot.promote(t0, DRAIN, false), None, "nobody to retire");
         assert!(slot.is_serving());
         assert!(slot.failure.is_none());
     }
@@ -746,7 +821,7 @@ mod tests {
         assert_eq!(slot.state, WorkerState::Backoff);
         assert!(slot.take_due(t0 + Duration::from_secs(1)).is_empty());
         slot.on_ready(pid(2), None, t0);
-        assert_eq!(slot.promote(t0, DRAIN), None);
+        assert_eq!(slot.promote(t0, DRAIN, false), None);
         assert!(slot.is_serving());
     }
 }

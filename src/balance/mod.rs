@@ -1,0 +1,418 @@
+//! Choosing a worker for a new connection in proxy mode.
+//!
+//! Pure and allocation-free: [`Picker::pick`] reads the candidates' keys
+//! and active connection counts and returns an index. This is the hot path
+//! of proxy mode; `benches/balance.rs` measures it.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::error::{Error, Result};
+
+/// How proxy mode picks a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Strategy {
+    /// Each worker in turn.
+    #[default]
+    RoundRobin,
+    /// The worker with the fewest open connections (ties in turn).
+    LeastConnections,
+    /// Two workers at random, the less loaded of them: nearly as good as
+    /// least-connections, without a scan.
+    PowerOfTwo,
+    /// The client's IP address decides (rendezvous hashing over slots): a
+    /// client keeps its worker, and when a worker leaves or joins only the
+    /// clients of that worker move.
+    IpHash,
+}
+
+impl Strategy {
+    /// The names [`FromStr`] accepts.
+    pub const NAMES: &'static [&'static str] = &["round-robin", "least-conn", "p2c", "ip-hash"];
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Strategy::RoundRobin => "round-robin",
+            Strategy::LeastConnections => "least-conn",
+            Strategy::PowerOfTwo => "p2c",
+            Strategy::IpHash => "ip-hash",
+        })
+    }
+}
+
+impl FromStr for Strategy {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "round-robin" | "roundrobin" | "rr" => Ok(Strategy::RoundRobin),
+            "least-conn" | "least-connections" | "leastconn" => Ok(Strategy::LeastConnections),
+            "p2c" | "power-of-two" | "power-of-two-choices" => Ok(Strategy::PowerOfTwo),
+            "ip-hash" | "iphash" | "source" => Ok(Strategy::IpHash),
+            _ => Err(Error::Parse {
+                what: "proxy strategy",
+                input: s.to_owned(),
+                reason: format!("expected one of: {}", Strategy::NAMES.join(", ")),
+            }),
+        }
+    }
+}
+
+/// What a strategy needs to know of one worker.
+pub trait Candidate {
+    /// A key that stays the same across the worker's restarts (its slot),
+    /// for [`Strategy::IpHash`].
+    fn key(&self) -> u64;
+    /// Connections open to it now.
+    fn active(&self) -> u32;
+}
+
+/// A worker as plain numbers: for tests and benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    /// Its stable key.
+    pub key: u64,
+    /// Its open connections.
+    pub active: u32,
+}
+
+impl Candidate for Slot {
+    fn key(&self) -> u64 {
+        self.key
+    }
+    fn active(&self) -> u32 {
+        self.active
+    }
+}
+
+/// The per-listener state of a strategy: a turn counter and a random
+/// generator.
+#[derive(Debug, Clone)]
+pub struct Picker {
+    strategy: Strategy,
+    turn: usize,
+    rng: u64,
+}
+
+impl Picker {
+    /// A picker; `seed` feeds power-of-two's random choices.
+    pub fn new(strategy: Strategy, seed: u64) -> Self {
+        Picker {
+            strategy,
+            turn: 0,
+            // xorshift must not start at 0.
+            rng: mix(seed) | 1,
+        }
+    }
+
+    /// The strategy.
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    /// Chooses one of `candidates` for a client whose address hashes to
+    /// `client` (see [`hash_ip`]); None when there are none.
+    #[inline]
+    pub fn pick<C: Candidate>(&mut self, candidates: &[C], client: u64) -> Option<usize> {
+        let n = candidates.len();
+        if n <= 1 {
+            return if n == 1 { Some(0) } else { None };
+        }
+        Some(match self.strategy {
+            Strategy::RoundRobin => {
+                self.turn = self.turn.wrapping_add(1);
+                self.turn % n
+            }
+            Strategy::LeastConnections => {
+                // In circular order from just after the last choice, the
+                // first least-loaded wins, so equal loads are served in
+                // turn. Load and distance from the start share one key, so
+                // both loops are branch-free minimums.
+                let start = if self.turn + 1 >= n { 0 } else { self.turn + 1 };
+                let key = |load: u32, distance: usize| (u64::from(load) << 32) | distance as u64;
+                let tail = candidates[start..]
+                    .iter()
+                    .enumerate()
+                    .map(|(d, c)| key(c.active(), d))
+                    .min()
+                    .unwrap_or(u64::MAX);
+                let head = candidates[..start]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| key(c.active(), n - start + i))
+                    .min()
+                    .unwrap_or(u64::MAX);
+                let distance = (tail.min(head) & 0xffff_ffff) as usize;
+                let best = if start + distance >= n {
+                    start + distance - n
+                } else {
+                    start + distance
+                };
+                self.turn = best;
+                best
+            }
+            Strategy::PowerOfTwo => {
+                let r = self.next_random();
+                let a = reduce(r as u32, n);
+                // A second choice distinct from the first.
+                let b = (a + 1 + reduce((r >> 32) as u32, n - 1)) % n;
+                if candidates[b].active() < candidates[a].active() {
+                    b
+                } else {
+                    a
+                }
+            }
+            Strategy::IpHash => {
+                let mut best = 0;
+                let mut best_score = 0u64;
+                for (i, c) in candidates.iter().enumerate() {
+                    let score = mix(client ^ c.key().wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                    if i == 0 || score > best_score {
+                        best = i;
+                        best_score = score;
+                    }
+                }
+                best
+            }
+        })
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64*
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// Maps a random u32 onto 0..n without division bias worth noting
+/// (Lemire's multiply-shift).
+#[inline]
+fn reduce(x: u32, n: usize) -> usize {
+    ((u64::from(x) * n as u64) >> 32) as usize
+}
+
+/// splitmix64's finalizer: a fast, well-mixing 64-bit hash step.
+#[inline]
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A client address as [`Picker::pick`] takes it.
+pub fn hash_ip(ip: IpAddr) -> u64 {
+    match ip {
+        IpAddr::V4(v4) => mix(u64::from(u32::from(v4))),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return hash_ip(IpAddr::V4(v4));
+            }
+            let bits = u128::from(v6);
+            mix((bits >> 64) as u64 ^ mix(bits as u64))
+        }
+    }
+}
+
+/// An exact count of a worker's open connections: [`ActiveCount::open`]
+/// returns a guard that closes the count when dropped, however the
+/// connection ends.
+#[derive(Debug, Default)]
+pub struct ActiveCount(AtomicU32);
+
+impl ActiveCount {
+    /// Connections open now.
+    #[inline]
+    pub fn get(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Counts one more connection until the guard is dropped.
+    #[inline]
+    pub fn open(&self) -> Open<'_> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Open(&self.0)
+    }
+}
+
+/// One counted connection; see [`ActiveCount::open`].
+#[derive(Debug)]
+pub struct Open<'a>(&'a AtomicU32);
+
+impl Drop for Open<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slots(loads: &[u32]) -> Vec<Slot> {
+        loads
+            .iter()
+            .enumerate()
+            .map(|(i, &active)| Slot {
+                key: i as u64,
+                active,
+            })
+            .collect()
+    }
+
+    fn histogram(p: &mut Picker, c: &[Slot], picks: usize) -> Vec<usize> {
+        let mut h = vec![0; c.len()];
+        for i in 0..picks {
+            h[p.pick(c, hash_ip(IpAddr::from([10, 0, (i >> 8) as u8, i as u8])))
+                .unwrap()] += 1;
+        }
+        h
+    }
+
+    #[test]
+    fn no_candidate_no_pick_and_one_candidate_always() {
+        for s in [
+            Strategy::RoundRobin,
+            Strategy::LeastConnections,
+            Strategy::PowerOfTwo,
+            Strategy::IpHash,
+        ] {
+            let mut p = Picker::new(s, 7);
+            assert_eq!(p.pick::<Slot>(&[], 1), None, "{s}");
+            assert_eq!(p.pick(&slots(&[9]), 1), Some(0), "{s}");
+        }
+    }
+
+    #[test]
+    fn round_robin_is_exactly_even() {
+        let mut p = Picker::new(Strategy::RoundRobin, 0);
+        assert_eq!(
+            histogram(&mut p, &slots(&[0, 5, 0]), 300),
+            vec![100, 100, 100]
+        );
+    }
+
+    #[test]
+    fn round_robin_follows_workers_leaving_and_joining() {
+        let mut p = Picker::new(Strategy::RoundRobin, 0);
+        let three = slots(&[0, 0, 0]);
+        let two = slots(&[0, 0]);
+        for _ in 0..10 {
+            assert!(p.pick(&three, 0).unwrap() < 3);
+            assert!(p.pick(&two, 0).unwrap() < 2);
+        }
+    }
+
+    #[test]
+    fn least_connections_takes_the_idlest_and_shares_ties() {
+        let mut p = Picker::new(Strategy::LeastConnections, 0);
+        assert_eq!(p.pick(&slots(&[3, 1, 2]), 0), Some(1));
+        assert_eq!(
+            histogram(&mut p, &slots(&[2, 2, 9, 2]), 300),
+            vec![100, 100, 0, 100]
+        );
+    }
+
+    #[test]
+    fn power_of_two_avoids_the_busiest_and_spreads_the_rest() {
+        let mut p = Picker::new(Strategy::PowerOfTwo, 42);
+        let h = histogram(&mut p, &slots(&[0, 0, 0, 100]), 4000);
+        assert_eq!(h[3], 0, "the busiest loses every duel: {h:?}");
+        for &n in &h[..3] {
+            assert!((1100..1600).contains(&n), "{h:?}");
+        }
+        // With two, the less loaded one always wins.
+        let mut p = Picker::new(Strategy::PowerOfTwo, 1);
+        assert_eq!(histogram(&mut p, &slots(&[5, 1]), 100), vec![0, 100]);
+    }
+
+    #[test]
+    fn ip_hash_keeps_a_client_on_its_worker() {
+        let mut p = Picker::new(Strategy::IpHash, 0);
+        let c = slots(&[0, 50, 0, 7]);
+        for i in 0..200u8 {
+            let client = hash_ip(IpAddr::from([192, 168, 1, i]));
+            let first = p.pick(&c, client);
+            for _ in 0..5 {
+                assert_eq!(p.pick(&c, client), first);
+            }
+        }
+        let h = histogram(&mut p, &c, 4000);
+        for n in h {
+            assert!((800..1200).contains(&n), "spread: {n}");
+        }
+    }
+
+    #[test]
+    fn ip_hash_moves_only_about_one_in_n_plus_one_clients_when_a_worker_joins() {
+        let mut p = Picker::new(Strategy::IpHash, 0);
+        for n in [2usize, 4, 8] {
+            let before = slots(&vec![0; n]);
+            let after = slots(&vec![0; n + 1]);
+            let clients = 10_000u32;
+            let moved = (0..clients)
+                .filter(|&i| {
+                    let c = hash_ip(IpAddr::from(i.to_be_bytes()));
+                    p.pick(&before, c) != p.pick(&after, c)
+                })
+                .count();
+            let share = moved as f64 / f64::from(clients);
+            let ideal = 1.0 / (n as f64 + 1.0);
+            assert!(
+                (share - ideal).abs() < 0.03,
+                "{n} -> {}: {share:.3} moved, ideal {ideal:.3}",
+                n + 1
+            );
+        }
+    }
+
+    #[test]
+    fn ip_hash_keeps_clients_of_the_remaining_workers_when_one_leaves() {
+        let mut p = Picker::new(Strategy::IpHash, 0);
+        let all = slots(&[0, 0, 0, 0]);
+        let without_2: Vec<Slot> = all.iter().copied().filter(|s| s.key != 2).collect();
+        for i in 0..2000u32 {
+            let c = hash_ip(IpAddr::from(i.to_be_bytes()));
+            let a = all[p.pick(&all, c).unwrap()].key;
+            let b = without_2[p.pick(&without_2, c).unwrap()].key;
+            if a != 2 {
+                assert_eq!(a, b, "a client of a remaining worker moved");
+            }
+        }
+    }
+
+    #[test]
+    fn active_counts_close_with_their_guard() {
+        let count = ActiveCount::default();
+        let a = count.open();
+        let b = count.open();
+        assert_eq!(count.get(), 2);
+        drop(a);
+        assert_eq!(count.get(), 1);
+        drop(b);
+        assert_eq!(count.get(), 0);
+    }
+
+    #[test]
+    fn strategies_round_trip_through_text() {
+        for s in [
+            Strategy::RoundRobin,
+            Strategy::LeastConnections,
+            Strategy::PowerOfTwo,
+            Strategy::IpHash,
+        ] {
+            assert_eq!(s.to_string().parse::<Strategy>().unwrap(), s);
+        }
+        let e = "random".parse::<Strategy>().unwrap_err().to_string();
+        assert!(e.contains("random") && e.contains("least-conn"), "{e}");
+    }
+}

@@ -1,0 +1,276 @@
+//! Proxy mode: the master accepts every connection, chooses a worker and
+//! forwards the bytes.
+//!
+//! Each worker process gets a private listener on loopback, created by the
+//! master and passed as fd 3, so the same worker programs run unchanged in
+//! every balance mode. The master keeps a [`Backend`] per worker with an
+//! exact count of its open connections; the supervisor decides which
+//! backends are in [`Rotation`]. One accept task per public address picks
+//! with [`crate::balance::Picker`] and hands each connection to a task of
+//! its own, so a slow worker never blocks the accept loop.
+
+pub(crate) mod header;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Notify};
+
+use crate::balance::{hash_ip, Candidate, Picker, Strategy};
+pub use header::ProxyProtocol;
+
+/// Buffer size of each direction of a forwarded connection.
+const FORWARD_BUFFER: usize = 16 * 1024;
+
+/// One worker process as the proxy sees it.
+#[derive(Debug)]
+pub(crate) struct Backend {
+    pub(crate) slot: usize,
+    pub(crate) pid: u32,
+    pub(crate) addr: SocketAddr,
+    /// The slot mixed into a hash key, stable across the slot's workers.
+    key: u64,
+    active: AtomicU32,
+    /// Out of rotation and waiting for its connections to end.
+    draining: AtomicBool,
+    /// Told the supervisor it is idle (once).
+    idle_sent: AtomicBool,
+    /// The master's copy of the private listener, closed when the worker
+    /// is reaped so that connections still queued on it are reset at once
+    /// instead of waiting for a worker that is gone.
+    listener: Mutex<Option<Socket>>,
+}
+
+impl Backend {
+    /// Open connections.
+    pub(crate) fn active(&self) -> u32 {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Takes the backend out of service: once its count is zero the
+    /// supervisor hears of it on the idle channel. Returns true when it is
+    /// idle already.
+    pub(crate) fn start_draining(&self) -> bool {
+        self.draining.store(true, Ordering::Release);
+        self.active() == 0 && !self.idle_sent.swap(true, Ordering::AcqRel)
+    }
+}
+
+impl Candidate for Arc<Backend> {
+    #[inline]
+    fn key(&self) -> u64 {
+        self.key
+    }
+    #[inline]
+    fn active(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
+    }
+}
+
+/// A counted connection to a backend; the count drops with it, however the
+/// connection ends, and a draining backend that reaches zero is reported.
+struct Counted {
+    backend: Arc<Backend>,
+    idle: mpsc::UnboundedSender<u32>,
+}
+
+impl Counted {
+    fn new(backend: Arc<Backend>, idle: mpsc::UnboundedSender<u32>) -> Self {
+        backend.active.fetch_add(1, Ordering::AcqRel);
+        Counted { backend, idle }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let left = self.backend.active.fetch_sub(1, Ordering::AcqRel) - 1;
+        if left == 0
+            && self.backend.draining.load(Ordering::Acquire)
+            && !self.backend.idle_sent.swap(true, Ordering::AcqRel)
+        {
+            let _ = self.idle.send(self.backend.pid);
+        }
+    }
+}
+
+/// Creates a worker's private listener on loopback.
+pub(crate) fn private_listener(backlog: u32) -> std::io::Result<(Socket, SocketAddr)> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    let addr = socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| std::io::Error::other("private listener has no address"))?;
+    Ok((socket, addr))
+}
+
+impl Backend {
+    pub(crate) fn new(slot: usize, pid: u32, listener: Socket, addr: SocketAddr) -> Arc<Self> {
+        Arc::new(Backend {
+            slot,
+            pid,
+            addr,
+            key: (slot as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5851_f42d_4c95_7f2d,
+            active: AtomicU32::new(0),
+            draining: AtomicBool::new(false),
+            idle_sent: AtomicBool::new(false),
+            listener: Mutex::new(Some(listener)),
+        })
+    }
+
+    /// The worker is gone: close the master's copy of its listener.
+    pub(crate) fn close(&self) {
+        let mut l = self.listener.lock().unwrap_or_else(|p| p.into_inner());
+        l.take();
+    }
+}
+
+/// The backends new connections may go to; the supervisor replaces the set,
+/// the accept loops read it.
+#[derive(Debug, Default)]
+pub(crate) struct Rotation {
+    set: Mutex<Arc<Vec<Arc<Backend>>>>,
+    version: AtomicU64,
+    changed: Notify,
+}
+
+impl Rotation {
+    /// Replaces the set if it differs (by pid, in order).
+    pub(crate) fn replace(&self, backends: Vec<Arc<Backend>>) {
+        let mut set = self.set.lock().unwrap_or_else(|p| p.into_inner());
+        let same =
+            set.len() == backends.len() && set.iter().zip(&backends).all(|(a, b)| a.pid == b.pid);
+        if same {
+            return;
+        }
+        *set = Arc::new(backends);
+        self.version.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_waiters();
+    }
+
+    fn snapshot(&self) -> (u64, Arc<Vec<Arc<Backend>>>) {
+        let set = self.set.lock().unwrap_or_else(|p| p.into_inner());
+        (self.version.load(Ordering::Acquire), set.clone())
+    }
+}
+
+/// Every worker's backend by pid, shared by the supervisor (which adds and
+/// removes) and handles (which read the counts).
+pub(crate) type Registry = Arc<Mutex<std::collections::HashMap<u32, Arc<Backend>>>>;
+
+/// What every accept loop shares.
+#[derive(Debug, Clone)]
+pub(crate) struct ProxyConfig {
+    pub(crate) strategy: Strategy,
+    pub(crate) header: Option<ProxyProtocol>,
+}
+
+/// Accepts on `listener` for as long as the task lives. While no backend
+/// is in rotation it stops accepting, so new connections wait in the
+/// listen queue instead of being reset.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    rotation: Arc<Rotation>,
+    config: ProxyConfig,
+    idle: mpsc::UnboundedSender<u32>,
+    seed: u64,
+) {
+    let mut picker = Picker::new(config.strategy, seed);
+    let (mut version, mut backends) = rotation.snapshot();
+    loop {
+        if backends.is_empty() {
+            let notified = rotation.changed.notified();
+            let (v, b) = rotation.snapshot();
+            if b.is_empty() {
+                notified.await;
+            }
+            (version, backends) = (v, b);
+            continue;
+        }
+        let (client, peer) = match listener.accept().await {
+            Ok(c) => c,
+            // Out of fds and the like: wait a moment rather than spin.
+            Err(_) => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if rotation.version.load(Ordering::Acquire) != version {
+            (version, backends) = rotation.snapshot();
+        }
+        let Some(first) = picker.pick(backends.as_slice(), hash_ip(peer.ip())) else {
+            // The set emptied while we accepted: hand it to the first
+            // backend that comes back.
+            let rotation = rotation.clone();
+            let config = config.clone();
+            let idle = idle.clone();
+            tokio::spawn(async move {
+                loop {
+                    let notified = rotation.changed.notified();
+                    let (_, b) = rotation.snapshot();
+                    if !b.is_empty() {
+                        forward(client, peer, b, 0, config.header, idle).await;
+                        return;
+                    }
+                    notified.await;
+                }
+            });
+            continue;
+        };
+        tokio::spawn(forward(
+            client,
+            peer,
+            backends.clone(),
+            first,
+            config.header,
+            idle.clone(),
+        ));
+    }
+}
+
+/// Connects to `backends[first]`, or the next ones if that fails (no
+/// client byte has been read yet), then copies both ways until both sides
+/// are done; a half-close is passed on.
+async fn forward(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    backends: Arc<Vec<Arc<Backend>>>,
+    first: usize,
+    header: Option<ProxyProtocol>,
+    idle: mpsc::UnboundedSender<u32>,
+) {
+    let n = backends.len();
+    for attempt in 0..n {
+        let backend = backends[(first + attempt) % n].clone();
+        let counted = Counted::new(backend, idle.clone());
+        let Ok(mut upstream) = TcpStream::connect(counted.backend.addr).await else {
+            continue;
+        };
+        let _ = client.set_nodelay(true);
+        let _ = upstream.set_nodelay(true);
+        if let Some(version) = header {
+            let local = client.local_addr().unwrap_or(peer);
+            let bytes = header::encode(version, peer, local);
+            if tokio::io::AsyncWriteExt::write_all(&mut upstream, &bytes)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = tokio::io::copy_bidirectional_with_sizes(
+            &mut client,
+            &mut upstream,
+            FORWARD_BUFFER,
+            FORWARD_BUFFER,
+        )
+        .await;
+        drop(counted);
+        return;
+    }
+    // No backend took it: the client sees the connection close.
+}
