@@ -213,3 +213,49 @@ async fn restart_replaces_one_slot_and_reloads_coalesce() {
     let err = handle.reload().await.unwrap_err();
     assert!(matches!(err, Error::NotRunning), "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_counts_close_when_clients_leave_without_a_word() {
+    use std::io::Write;
+    let cluster = hello_cluster(1)
+        .balance(herd::Balance::Proxy {
+            strategy: herd::balance::Strategy::LeastConnections,
+        })
+        .log_events(false)
+        .forward_output(false)
+        .build()
+        .unwrap();
+    let addr = cluster.local_addrs()[0];
+    let handle = cluster.handle();
+    let mut events = handle.events();
+    let run = tokio::spawn(cluster.run());
+    next_spawned(&mut events).await;
+    let open = |h: &herd::Handle| -> u32 { h.proxied_connections().iter().map(|c| c.2).sum() };
+    let wait_open = |want: u32| {
+        let h = handle.clone();
+        async move {
+            tokio::time::timeout(WAIT, async {
+                while open(&h) != want {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("open connections never reached {want}: {}", open(&h)))
+        }
+    };
+    // Silent clients, and one that leaves in the middle of a request.
+    let silent: Vec<_> = (0..5)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    let mut partial = std::net::TcpStream::connect(addr).unwrap();
+    partial.write_all(b"GET / HTTP/1.1\r\nHo").unwrap();
+    wait_open(6).await;
+    drop(silent);
+    drop(partial);
+    wait_open(0).await;
+    tokio::time::timeout(WAIT, handle.shutdown())
+        .await
+        .unwrap()
+        .unwrap();
+    run.await.unwrap().unwrap();
+}

@@ -38,10 +38,6 @@ pub(crate) struct Backend {
     draining: AtomicBool,
     /// Told the supervisor it is idle (once).
     idle_sent: AtomicBool,
-    /// The master's copy of the private listener, closed when the worker
-    /// is reaped so that connections still queued on it are reset at once
-    /// instead of waiting for a worker that is gone.
-    listener: Mutex<Option<Socket>>,
 }
 
 impl Backend {
@@ -109,7 +105,10 @@ pub(crate) fn private_listener(backlog: u32) -> std::io::Result<(Socket, SocketA
 }
 
 impl Backend {
-    pub(crate) fn new(slot: usize, pid: u32, listener: Socket, addr: SocketAddr) -> Arc<Self> {
+    /// A backend for the worker `pid` listening on `addr`. The master
+    /// keeps no copy of the worker's private listener: once the worker is
+    /// gone, connecting is refused at once and the next worker is tried.
+    pub(crate) fn new(slot: usize, pid: u32, addr: SocketAddr) -> Arc<Self> {
         Arc::new(Backend {
             slot,
             pid,
@@ -118,14 +117,7 @@ impl Backend {
             active: AtomicU32::new(0),
             draining: AtomicBool::new(false),
             idle_sent: AtomicBool::new(false),
-            listener: Mutex::new(Some(listener)),
         })
-    }
-
-    /// The worker is gone: close the master's copy of its listener.
-    pub(crate) fn close(&self) {
-        let mut l = self.listener.lock().unwrap_or_else(|p| p.into_inner());
-        l.take();
     }
 }
 

@@ -435,9 +435,12 @@ impl Supervisor {
         };
         let pid = spawned.pid;
         if let Some((socket, addr)) = private {
+            // The worker has its copy; ours would only keep connections
+            // queued for a worker that died.
+            drop(socket);
             self.backends_mut().insert(
                 pid.as_raw() as u32,
-                Backend::new(index, pid.as_raw() as u32, socket, addr),
+                Backend::new(index, pid.as_raw() as u32, addr),
             );
         }
         self.slots[index].on_spawned(pid, generation, role, self.ready.slot, Instant::now());
@@ -575,9 +578,7 @@ impl Supervisor {
                 Exit::Signal(Signal::SIGKILL)
             }
         };
-        if let Some(backend) = self.backends_mut().remove(&(r.pid.as_raw() as u32)) {
-            backend.close();
-        }
+        self.backends_mut().remove(&(r.pid.as_raw() as u32));
         let now = Instant::now();
         let slot = &mut self.slots[r.slot];
         let Some(role) = slot.role_of(r.pid) else {

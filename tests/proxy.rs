@@ -1,0 +1,172 @@
+//! Proxy mode with real masters, real workers and real sockets.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Proxy mode on a kernel-chosen loopback port, then `extra`, then
+/// `program`.
+fn cmd(extra: &[&str], program: &[String]) -> Vec<String> {
+    let mut v = s(&["-l", "127.0.0.1:0", "--balance", "proxy"]);
+    v.extend(s(extra));
+    v.extend(program.iter().cloned());
+    v
+}
+
+const HELLO_READY: &str = "hello: pid=";
+
+#[test]
+fn round_robin_splits_forty_connections_exactly_evenly() {
+    let m = Master::start(&cmd(
+        &["-w", "2", "--strategy", "round-robin"],
+        &hello_server(),
+    ));
+    m.wait_ready(2, HELLO_READY);
+    let mut per_pid: HashMap<u32, usize> = HashMap::new();
+    for _ in 0..40 {
+        let body = m.get("/").unwrap_or_else(|e| panic!("{e}\n{}", m.log()));
+        *per_pid.entry(pid_of(&body)).or_default() += 1;
+    }
+    let mut counts: Vec<usize> = per_pid.values().copied().collect();
+    counts.sort_unstable();
+    assert_eq!(counts, vec![20, 20], "{per_pid:?}");
+}
+
+#[test]
+fn least_connections_sends_new_connections_away_from_a_busy_worker() {
+    let m = Master::start(&cmd(
+        &["-w", "2", "--strategy", "least-conn"],
+        &hello_server(),
+    ));
+    m.wait_ready(2, HELLO_READY);
+    let addr = m.addr;
+    let slow = std::thread::spawn(move || get(addr, "/sleep/3000"));
+    m.wait_log("the long request", |l| {
+        l.contains("request /sleep/3000 started")
+    });
+    let mut quick = Vec::new();
+    for _ in 0..20 {
+        quick.push(pid_of(&m.get("/").unwrap()));
+    }
+    let busy = pid_of(&slow.join().unwrap().unwrap());
+    assert!(
+        quick.iter().all(|&p| p != busy),
+        "the busy worker {busy} got new connections: {quick:?}"
+    );
+}
+
+#[test]
+fn kill9_under_load_fails_at_most_what_the_worker_had_in_flight() {
+    const CONCURRENCY: usize = 3;
+    let m = Master::start(&cmd(&["-w", "2"], &hello_server()));
+    let pids = m.wait_ready(2, HELLO_READY);
+    let load = Load::start(m.addr, CONCURRENCY, false);
+    std::thread::sleep(Duration::from_millis(300));
+    kill(Pid::from_raw(pids[0] as i32), Signal::SIGKILL).unwrap();
+    m.wait_log("the replacement", |l| l.matches(HELLO_READY).count() >= 3);
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = load.finish();
+    assert!(
+        stats.errors.len() <= CONCURRENCY,
+        "more failures than requests in flight: {:?}\n{}",
+        stats.errors,
+        m.log()
+    );
+    assert!(stats.ok > 0);
+    let replacement = *m.live_pids().iter().find(|p| !pids.contains(p)).unwrap();
+    assert!(stats.pids.contains(&replacement), "the replacement served");
+}
+
+#[test]
+fn a_worker_that_refuses_connections_is_skipped() {
+    // Slot 0 runs hello; slot 1 closes its listener and stays alive.
+    let script = format!(
+        "if [ \"$HERD_WORKER_SLOT\" = 1 ]; then exec node {}; else exec {}; fi",
+        fixture("tests/fixtures/refusing.js"),
+        hello()
+    );
+    let m = Master::start(&cmd(
+        &["-w", "2", "--ready", "none"],
+        &s(&["sh", "-c", &script]),
+    ));
+    m.wait_log("both workers", |l| {
+        l.contains("refusing: pid=") && l.contains(HELLO_READY)
+    });
+    for _ in 0..20 {
+        let body = m.get("/").unwrap_or_else(|e| panic!("{e}\n{}", m.log()));
+        assert!(body.contains("slot=0"), "{body}");
+    }
+}
+
+#[test]
+fn proxy_protocol_v1_carries_the_client_address() {
+    let program = vec!["node".into(), fixture("tests/fixtures/proxy_echo.js")];
+    let m = Master::start(&cmd(&["-w", "1", "--proxy-protocol", "v1"], &program));
+    m.wait_log("the echo worker", |l| l.contains("echo: pid="));
+    let mut c = std::net::TcpStream::connect(m.addr).unwrap();
+    c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    c.write_all(b"hello\r\n").unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    let me = c.local_addr().unwrap();
+    assert_eq!(
+        answer.trim_end(),
+        format!(
+            "PROXY TCP4 {} {} {} {}",
+            me.ip(),
+            m.addr.ip(),
+            me.port(),
+            m.addr.port()
+        )
+    );
+}
+
+#[test]
+fn reloading_an_unmodified_node_app_in_proxy_mode_fails_no_request() {
+    const RELOADS: usize = 3;
+    let program = vec!["node".into(), fixture("tests/fixtures/plain_app.js")];
+    let m = Master::start(&cmd(&["-w", "2", "--drain-timeout", "1s"], &program));
+    m.wait_log("two ready workers", |l| l.matches(" is ready").count() >= 2);
+    let first = m.live_pids();
+    let keep_alive = Load::start(m.addr, 3, true);
+    let fresh = Load::start(m.addr, 2, false);
+    for i in 1..=RELOADS {
+        m.signal(Signal::SIGHUP);
+        m.wait_log(&format!("reload {i}"), |l| {
+            l.matches("reload replaced 2 worker(s)").count() >= i
+        });
+    }
+    m.wait_log("every predecessor to exit", |l| {
+        l.matches("exited with code 0").count() >= 2 * RELOADS
+    });
+    let ka = keep_alive.finish();
+    let fr = fresh.finish();
+    assert!(ka.errors.is_empty(), "{:?}\n{}", ka.errors, m.log());
+    assert!(fr.errors.is_empty(), "{:?}\n{}", fr.errors, m.log());
+    let now = m.live_pids();
+    assert!(now.iter().all(|p| !first.contains(p)), "{first:?} {now:?}");
+}
+
+#[test]
+fn strategy_without_proxy_mode_is_refused() {
+    let mut m = Master::spawn(&{
+        let mut v = s(&["-l", "127.0.0.1:0", "--strategy", "p2c"]);
+        v.extend(hello_server());
+        v
+    });
+    assert_eq!(m.wait_exit().code(), Some(1));
+    assert!(
+        m.log().contains("--strategy needs --balance proxy"),
+        "{}",
+        m.log()
+    );
+    let mut m = Master::spawn(&cmd(&["--strategy", "fastest"], &hello_server()));
+    assert_eq!(m.wait_exit().code(), Some(2));
+    assert!(m.log().contains("fastest"), "{}", m.log());
+}
