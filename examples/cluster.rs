@@ -39,6 +39,12 @@ struct Cli {
     #[arg(long, value_name = "STRATEGY", value_parser = parse_strategy)]
     strategy: Option<herd::balance::Strategy>,
 
+    /// With --balance proxy, for programs that can only bind a port
+    /// themselves: set PORT to a free loopback port per worker and probe it
+    /// for readiness.
+    #[arg(long)]
+    proxy_port: bool,
+
     /// With --balance proxy: send a PROXY protocol header (v1 or v2) to
     /// workers, so that apps see the client's address.
     #[arg(long, value_name = "VERSION", value_parser = parse_proxy_protocol)]
@@ -85,7 +91,8 @@ struct Cli {
 
     /// How the master learns a new worker serves: auto (ipc for Node with
     /// the preload, else none), none, notify (sd_notify READY=1), ipc
-    /// (process.send('ready')), or delay:<duration>.
+    /// (process.send('ready')), probe (the port answers; with --proxy-port)
+    /// or delay:<duration>.
     #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_ready)]
     ready: Readiness,
 
@@ -181,12 +188,19 @@ fn default_listen() -> Result<Vec<SocketAddr>, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // One thread is plenty for the master: it only forks, reaps and forwards
-    // output, and a single-threaded runtime keeps its footprint small.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // One thread is plenty for a master that only forks, reaps and forwards
+    // output, and keeps its footprint small. In proxy mode the master is in
+    // the data path: a thread per CPU.
+    let runtime = if cli.balance.is_proxy() {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("herd: error: cannot start the runtime: {e}");
@@ -256,6 +270,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(v) = cli.proxy_protocol {
         builder = builder.proxy_protocol(v);
+    }
+    if cli.proxy_port {
+        builder = builder.port_contract(true);
     }
     if let Some(n) = cli.workers {
         builder = builder.workers(n);

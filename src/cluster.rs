@@ -87,6 +87,8 @@ pub(crate) struct Config {
     pub(crate) watchdog: Option<Duration>,
     pub(crate) reload_parallel: usize,
     pub(crate) proxy_header: Option<ProxyProtocol>,
+    /// Proxy mode: workers bind `PORT` themselves.
+    pub(crate) port_contract: bool,
     /// The installed Node preload, when the program is Node and the preload
     /// is on.
     pub(crate) preload: Option<PathBuf>,
@@ -116,6 +118,7 @@ pub struct Builder {
     reload_parallel: usize,
     node_preload: bool,
     proxy_header: Option<ProxyProtocol>,
+    port_contract: bool,
 }
 
 impl Default for Builder {
@@ -141,6 +144,7 @@ impl Default for Builder {
             reload_parallel: DEFAULT_RELOAD_PARALLEL,
             node_preload: true,
             proxy_header: None,
+            port_contract: false,
         }
     }
 }
@@ -319,6 +323,15 @@ impl Builder {
         self
     }
 
+    /// Proxy mode, for programs that can only bind a port themselves: each
+    /// worker gets `PORT` set to a free loopback port instead of an
+    /// inherited listener, and is ready once that port answers (unless
+    /// another readiness is chosen).
+    pub fn port_contract(mut self, on: bool) -> Self {
+        self.port_contract = on;
+        self
+    }
+
     /// Validates the configuration and binds every listening address.
     /// Nothing is spawned yet.
     ///
@@ -368,6 +381,21 @@ impl Builder {
             return Err(Error::InvalidSetting {
                 setting: "proxy-protocol",
                 reason: format!("a PROXY header needs --balance proxy, not {}", self.balance),
+            });
+        }
+        if self.port_contract && !self.balance.is_proxy() {
+            return Err(Error::InvalidSetting {
+                setting: "proxy-port",
+                reason: format!(
+                    "the PORT contract needs --balance proxy, not {}",
+                    self.balance
+                ),
+            });
+        }
+        if self.readiness == Readiness::Probe && !self.port_contract {
+            return Err(Error::InvalidSetting {
+                setting: "ready",
+                reason: "probe readiness needs the PORT contract (--proxy-port)".into(),
             });
         }
         if self.reload_parallel == 0 {
@@ -426,6 +454,7 @@ impl Builder {
             watchdog: self.watchdog,
             reload_parallel: self.reload_parallel,
             proxy_header: self.proxy_header,
+            port_contract: self.port_contract,
             preload,
         };
 

@@ -53,6 +53,9 @@ fn least_connections_sends_new_connections_away_from_a_busy_worker() {
     let mut quick = Vec::new();
     for _ in 0..20 {
         quick.push(pid_of(&m.get("/").unwrap()));
+        // Let the proxy finish closing the last one, so that the idle
+        // worker's count is back to zero: a pace, not a measurement.
+        std::thread::sleep(Duration::from_millis(20));
     }
     let busy = pid_of(&slow.join().unwrap().unwrap());
     assert!(
@@ -169,4 +172,29 @@ fn strategy_without_proxy_mode_is_refused() {
     let mut m = Master::spawn(&cmd(&["--strategy", "fastest"], &hello_server()));
     assert_eq!(m.wait_exit().code(), Some(2));
     assert!(m.log().contains("fastest"), "{}", m.log());
+}
+
+#[test]
+fn a_program_that_binds_port_itself_is_probed_and_served() {
+    // Without the preload, the app really binds $PORT itself.
+    let program = vec!["node".into(), fixture("tests/fixtures/plain_app.js")];
+    let m = Master::start(&cmd(
+        &["-w", "2", "--proxy-port", "--no-node-preload"],
+        &program,
+    ));
+    m.wait_log("two workers ready by probe", |l| {
+        l.matches(" is ready").count() >= 2
+    });
+    let pids = m.live_pids();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..10 {
+        seen.insert(pid_of(
+            &m.get("/").unwrap_or_else(|e| panic!("{e}\n{}", m.log())),
+        ));
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "round-robin reaches both: {seen:?} of {pids:?}"
+    );
 }

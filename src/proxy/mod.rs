@@ -71,12 +71,18 @@ impl Candidate for Arc<Backend> {
 struct Counted {
     backend: Arc<Backend>,
     idle: mpsc::UnboundedSender<u32>,
+    /// Its position in the rotation it was picked from.
+    index: usize,
 }
 
 impl Counted {
-    fn new(backend: Arc<Backend>, idle: mpsc::UnboundedSender<u32>) -> Self {
+    fn new(backend: Arc<Backend>, idle: mpsc::UnboundedSender<u32>, index: usize) -> Self {
         backend.active.fetch_add(1, Ordering::AcqRel);
-        Counted { backend, idle }
+        Counted {
+            backend,
+            idle,
+            index,
+        }
     }
 }
 
@@ -150,6 +156,34 @@ impl Rotation {
     }
 }
 
+/// A port on loopback that is free now, for a worker that binds `PORT`
+/// itself (the PORT contract).
+pub(crate) fn free_port() -> std::io::Result<SocketAddr> {
+    std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()
+}
+
+/// How often the readiness probe tries to connect.
+const PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Connects to `addr` until it answers, then reports `pid` ready. Gives up
+/// when nobody listens for the notes any more; the start timeout bounds it.
+pub(crate) async fn probe(
+    addr: SocketAddr,
+    pid: nix::unistd::Pid,
+    notes: mpsc::UnboundedSender<crate::ready::Note>,
+) {
+    loop {
+        if TcpStream::connect(addr).await.is_ok() {
+            let _ = notes.send(crate::ready::Note::Ready(pid));
+            return;
+        }
+        if notes.is_closed() {
+            return;
+        }
+        tokio::time::sleep(PROBE_INTERVAL).await;
+    }
+}
+
 /// Every worker's backend by pid, shared by the supervisor (which adds and
 /// removes) and handles (which read the counts).
 pub(crate) type Registry = Arc<Mutex<std::collections::HashMap<u32, Arc<Backend>>>>;
@@ -194,7 +228,10 @@ pub(crate) async fn accept_loop(
         if rotation.version.load(Ordering::Acquire) != version {
             (version, backends) = rotation.snapshot();
         }
-        let Some(first) = picker.pick(backends.as_slice(), hash_ip(peer.ip())) else {
+        let Some(first) = picker
+            .pick(backends.as_slice(), hash_ip(peer.ip()))
+            .map(|i| Counted::new(backends[i].clone(), idle.clone(), i))
+        else {
             // The set emptied while we accepted: hand it to the first
             // backend that comes back.
             let rotation = rotation.clone();
@@ -205,7 +242,8 @@ pub(crate) async fn accept_loop(
                     let notified = rotation.changed.notified();
                     let (_, b) = rotation.snapshot();
                     if !b.is_empty() {
-                        forward(client, peer, b, 0, config.header, idle).await;
+                        let first = Counted::new(b[0].clone(), idle.clone(), 0);
+                        forward(client, peer, b, first, config.header, idle).await;
                         return;
                     }
                     notified.await;
@@ -224,21 +262,30 @@ pub(crate) async fn accept_loop(
     }
 }
 
-/// Connects to `backends[first]`, or the next ones if that fails (no
-/// client byte has been read yet), then copies both ways until both sides
-/// are done; a half-close is passed on.
+/// Connects to the chosen backend (`first`, already counted at the pick, so
+/// that the next pick sees it), or the next ones if that fails (no client
+/// byte has been read yet), then copies both ways until both sides are
+/// done; a half-close is passed on.
 async fn forward(
     mut client: TcpStream,
     peer: SocketAddr,
     backends: Arc<Vec<Arc<Backend>>>,
-    first: usize,
+    first: Counted,
     header: Option<ProxyProtocol>,
     idle: mpsc::UnboundedSender<u32>,
 ) {
     let n = backends.len();
+    let start = first.index;
+    let mut chosen = Some(first);
     for attempt in 0..n {
-        let backend = backends[(first + attempt) % n].clone();
-        let counted = Counted::new(backend, idle.clone());
+        let counted = match chosen.take() {
+            Some(c) => c,
+            None => Counted::new(
+                backends[(start + attempt) % n].clone(),
+                idle.clone(),
+                (start + attempt) % n,
+            ),
+        };
         let Ok(mut upstream) = TcpStream::connect(counted.backend.addr).await else {
             continue;
         };

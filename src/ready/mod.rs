@@ -39,6 +39,9 @@ pub enum Readiness {
     Notify,
     /// `process.send('ready')` on Node's IPC channel (`NODE_CHANNEL_FD`).
     Ipc,
+    /// A TCP connect to the worker's port succeeds: for proxy mode's PORT
+    /// contract, where the worker binds the port itself.
+    Probe,
 }
 
 impl fmt::Display for Readiness {
@@ -49,6 +52,7 @@ impl fmt::Display for Readiness {
             Readiness::Delay(d) => write!(f, "delay:{}", crate::event::Millis(*d)),
             Readiness::Notify => f.write_str("notify"),
             Readiness::Ipc => f.write_str("ipc"),
+            Readiness::Probe => f.write_str("probe"),
         }
     }
 }
@@ -67,12 +71,13 @@ impl FromStr for Readiness {
             "none" => Ok(Readiness::None),
             "notify" | "sd_notify" => Ok(Readiness::Notify),
             "ipc" => Ok(Readiness::Ipc),
+            "probe" => Ok(Readiness::Probe),
             other => match other.strip_prefix("delay:") {
                 Some(d) => parse_duration(d)
                     .map(Readiness::Delay)
                     .ok_or_else(|| err("expected a delay like delay:500ms or delay:2s".into())),
                 None => Err(err(
-                    "expected one of: auto, none, notify, ipc, delay:<duration>".into(),
+                    "expected one of: auto, none, notify, ipc, probe, delay:<duration>".into(),
                 )),
             },
         }
@@ -132,6 +137,7 @@ mod tests {
             Readiness::None,
             Readiness::Notify,
             Readiness::Ipc,
+            Readiness::Probe,
             Readiness::Delay(Duration::from_millis(1500)),
         ] {
             assert_eq!(r.to_string().parse::<Readiness>().unwrap(), r);

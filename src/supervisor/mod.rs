@@ -162,6 +162,8 @@ pub(crate) async fn run(
     let (idle_tx, mut idle_rx) = mpsc::unbounded_channel::<u32>();
 
     let mode = match config.readiness {
+        // A worker that binds PORT itself is ready when the port answers.
+        Readiness::Auto if config.port_contract => Readiness::Probe,
         Readiness::Auto if config.preload.is_some() => Readiness::Ipc,
         Readiness::Auto => Readiness::None,
         other => other,
@@ -182,7 +184,7 @@ pub(crate) async fn run(
                 Readiness::Delay(d) => Some(d),
                 _ => None,
             },
-            reported: matches!(mode, Readiness::Notify | Readiness::Ipc),
+            reported: matches!(mode, Readiness::Notify | Readiness::Ipc | Readiness::Probe),
             start_timeout: config.start_timeout,
         },
         watchdog: config.watchdog,
@@ -404,8 +406,19 @@ impl Supervisor {
         } else {
             (None, None)
         };
-        // Proxy mode: a private listener of its own, passed as fd 3.
-        let private = if self.rotation.is_some() {
+        // Proxy mode: a private listener of its own, passed as fd 3, or
+        // with the PORT contract a free port the worker binds itself.
+        let port = if self.config.port_contract {
+            Some(proxy::free_port().map_err(|e| Error::Spawn {
+                program: self.config.program.clone(),
+                slot: index,
+                stage: "choosing a port",
+                source: e,
+            })?)
+        } else {
+            None
+        };
+        let private = if self.rotation.is_some() && port.is_none() {
             let backlog = crate::net::default_backlog();
             Some(proxy::private_listener(backlog).map_err(|e| Error::Spawn {
                 program: self.config.program.clone(),
@@ -420,7 +433,12 @@ impl Supervisor {
             Some((socket, _)) => vec![std::os::fd::AsRawFd::as_raw_fd(socket)],
             None => self.listeners.fds_for_slot(index),
         };
-        let req = self.spawn_request(index, generation, listen_fds, ipc_child);
+        let mut req = self.spawn_request(index, generation, listen_fds, ipc_child);
+        if let Some(addr) = port {
+            req.env.retain(|(k, _)| k != "PORT");
+            req.env
+                .push(("PORT".into(), addr.port().to_string().into()));
+        }
         let spawned = match spawner::spawn(req).await {
             Ok(s) => s,
             Err(e) => {
@@ -434,14 +452,23 @@ impl Supervisor {
             }
         };
         let pid = spawned.pid;
-        if let Some((socket, addr)) = private {
+        let backend_addr = match private {
             // The worker has its copy; ours would only keep connections
             // queued for a worker that died.
-            drop(socket);
+            Some((socket, addr)) => {
+                drop(socket);
+                Some(addr)
+            }
+            None => port,
+        };
+        if let Some(addr) = backend_addr {
             self.backends_mut().insert(
                 pid.as_raw() as u32,
                 Backend::new(index, pid.as_raw() as u32, addr),
             );
+            if self.ready.mode == Readiness::Probe {
+                tokio::spawn(proxy::probe(addr, pid, self.notes_tx.clone()));
+            }
         }
         self.slots[index].on_spawned(pid, generation, role, self.ready.slot, Instant::now());
         // State first, then the event: a subscriber that reacts to the event

@@ -1,0 +1,359 @@
+//! HTTP throughput: herd's balance modes against Node's own `cluster`
+//! module, PM2 and HAProxy, side by side on this machine.
+//!
+//! ```text
+//! apt-get install wrk haproxy      # wrk is required, haproxy optional
+//! npm install --no-save pm2        # optional
+//! cargo bench --bench throughput
+//! ```
+//!
+//! Every setup serves `examples/node/server.js` with the same number of
+//! workers. The setups take turns (round after round, so that a noisy
+//! neighbour hits all of them alike), each measured with wrk for a few
+//! seconds with keep-alive and with a fresh connection per request. The
+//! table shows median requests per second and the ratio to Node's
+//! `cluster` module. Compare ratios within one run, not numbers across
+//! machines.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const WORKERS: usize = 2;
+const ROUNDS: usize = 3;
+const SECONDS: u32 = 4;
+const CONNECTIONS: u32 = 32;
+const START_WAIT: Duration = Duration::from_secs(30);
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    let local = root().join("node_modules/.bin").join(name);
+    if local.exists() {
+        return Some(local);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.exists())
+    })
+}
+
+/// A running setup; everything it started dies with it.
+struct Running {
+    children: Vec<Child>,
+    cleanup: Option<Box<dyn FnOnce()>>,
+    addr: SocketAddr,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        for c in &mut self.children {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = c.wait();
+        }
+        if let Some(f) = self.cleanup.take() {
+            f();
+        }
+    }
+}
+
+fn spawn(cmd: &mut Command) -> Child {
+    use std::os::unix::process::CommandExt;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+}
+
+fn wait_serving(addr: SocketAddr) {
+    let deadline = Instant::now() + START_WAIT;
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+            use std::io::{Read, Write};
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n");
+            let mut out = String::new();
+            if s.read_to_string(&mut out).is_ok() && out.starts_with("HTTP/1.1 200") {
+                // Every worker up, not just the first.
+                std::thread::sleep(Duration::from_millis(500));
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "nothing answers on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn server_js() -> String {
+    root().join("examples/node/server.js").display().to_string()
+}
+
+fn herd(mode: &'static str) -> impl Fn() -> Running {
+    move || {
+        let port = free_port();
+        let cluster = root().join("target/release/examples/cluster");
+        let child = spawn(
+            Command::new(cluster)
+                .args([
+                    "-w",
+                    &WORKERS.to_string(),
+                    "-l",
+                    &format!("127.0.0.1:{port}"),
+                ])
+                .args(["--balance", mode])
+                .args(["node", &server_js()]),
+        );
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_serving(addr);
+        Running {
+            children: vec![child],
+            cleanup: None,
+            addr,
+        }
+    }
+}
+
+fn node_cluster() -> Running {
+    let port = free_port();
+    let child = spawn(
+        Command::new("node")
+            .arg(root().join("examples/node/cluster_baseline.js"))
+            .env("WORKERS", WORKERS.to_string())
+            .env("PORT", port.to_string()),
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_serving(addr);
+    Running {
+        children: vec![child],
+        cleanup: None,
+        addr,
+    }
+}
+
+fn single_worker() -> Running {
+    let port = free_port();
+    let child = spawn(
+        Command::new("node")
+            .arg(server_js())
+            .env("PORT", port.to_string()),
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_serving(addr);
+    Running {
+        children: vec![child],
+        cleanup: None,
+        addr,
+    }
+}
+
+fn pm2(bin: PathBuf) -> impl Fn() -> Running {
+    move || {
+        let home = std::env::temp_dir().join(format!("herd-tp-pm2-{}", std::process::id()));
+        let port = free_port();
+        let status = Command::new(&bin)
+            .args([
+                "start",
+                &server_js(),
+                "-i",
+                &WORKERS.to_string(),
+                "--name",
+                "tp",
+            ])
+            .env("PM2_HOME", &home)
+            .env("PORT", port.to_string())
+            .stdout(Stdio::null())
+            .status()
+            .expect("pm2 start");
+        assert!(status.success());
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_serving(addr);
+        let bin = bin.clone();
+        Running {
+            children: vec![],
+            cleanup: Some(Box::new(move || {
+                let _ = Command::new(&bin)
+                    .arg("kill")
+                    .env("PM2_HOME", &home)
+                    .stdout(Stdio::null())
+                    .status();
+                let _ = std::fs::remove_dir_all(&home);
+            })),
+            addr,
+        }
+    }
+}
+
+fn haproxy(bin: PathBuf) -> impl Fn() -> Running {
+    move || {
+        let mut children = Vec::new();
+        let mut servers = String::new();
+        for i in 0..WORKERS {
+            let port = free_port();
+            children.push(spawn(
+                Command::new("node")
+                    .arg(server_js())
+                    .env("PORT", port.to_string()),
+            ));
+            wait_serving(SocketAddr::from(([127, 0, 0, 1], port)));
+            servers.push_str(&format!("    server w{i} 127.0.0.1:{port}\n"));
+        }
+        let port = free_port();
+        let cfg = std::env::temp_dir().join(format!("herd-tp-haproxy-{}.cfg", std::process::id()));
+        std::fs::write(
+            &cfg,
+            format!(
+                "global\n    maxconn 4096\ndefaults\n    mode tcp\n    timeout connect 5s\n    \
+                 timeout client 30s\n    timeout server 30s\nfrontend f\n    bind 127.0.0.1:{port}\n    \
+                 default_backend b\nbackend b\n    balance roundrobin\n{servers}"
+            ),
+        )
+        .unwrap();
+        children.push(spawn(Command::new(&bin).args(["-db", "-f"]).arg(&cfg)));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_serving(addr);
+        Running {
+            children,
+            cleanup: Some(Box::new(move || {
+                let _ = std::fs::remove_file(&cfg);
+            })),
+            addr,
+        }
+    }
+}
+
+/// Requests per second that wrk measured, or 0 when it failed.
+fn wrk(addr: SocketAddr, keep_alive: bool) -> f64 {
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        "-t",
+        "1",
+        "-c",
+        &CONNECTIONS.to_string(),
+        "-d",
+        &format!("{SECONDS}s"),
+    ]);
+    if !keep_alive {
+        cmd.args(["-H", "Connection: close"]);
+    }
+    cmd.arg(format!("http://{addr}/"));
+    let out = cmd.output().expect("run wrk");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let errors = text
+        .lines()
+        .any(|l| l.contains("Socket errors") || l.contains("Non-2xx"));
+    if errors && keep_alive {
+        eprintln!("wrk reported errors for {addr}:\n{text}");
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+type Setup = (String, Box<dyn Fn() -> Running>);
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    if which("wrk").is_none() {
+        println!("wrk is not installed (apt-get install wrk): nothing measured");
+        return;
+    }
+    let built = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--example", "cluster"])
+        .current_dir(root())
+        .status()
+        .expect("cargo build");
+    assert!(built.success(), "building the cluster example failed");
+
+    let mut setups: Vec<Setup> = vec![
+        ("node cluster module".into(), Box::new(node_cluster)),
+        ("herd reuseport".into(), Box::new(herd("reuseport"))),
+        ("herd shared".into(), Box::new(herd("shared"))),
+        ("herd proxy".into(), Box::new(herd("proxy"))),
+        ("single node process".into(), Box::new(single_worker)),
+    ];
+    match which("pm2") {
+        Some(bin) => setups.push(("PM2 cluster mode".into(), Box::new(pm2(bin)))),
+        None => println!("(PM2 not installed: npm install --no-save pm2 to compare)"),
+    }
+    match which("haproxy") {
+        Some(bin) => setups.push(("HAProxy tcp mode".into(), Box::new(haproxy(bin)))),
+        None => println!("(HAProxy not installed: apt-get install haproxy to compare)"),
+    }
+
+    // HERD_BENCH_ONLY="herd proxy,HAProxy tcp mode" keeps the baseline
+    // and the setups named.
+    if let Ok(only) = std::env::var("HERD_BENCH_ONLY") {
+        let wanted: Vec<&str> = only.split(',').map(str::trim).collect();
+        let mut i = 0;
+        setups.retain(|(name, _)| {
+            i += 1;
+            i == 1 || wanted.contains(&name.as_str())
+        });
+    }
+    let mut keep = vec![Vec::new(); setups.len()];
+    let mut fresh = vec![Vec::new(); setups.len()];
+    for round in 0..ROUNDS {
+        for (i, (name, start)) in setups.iter().enumerate() {
+            let running = start();
+            keep[i].push(wrk(running.addr, true));
+            fresh[i].push(wrk(running.addr, false));
+            eprintln!(
+                "round {}: {name}: {:.0} keep-alive, {:.0} fresh req/s",
+                round + 1,
+                keep[i][round],
+                fresh[i][round]
+            );
+        }
+    }
+    let base_keep = median(keep[0].clone());
+    let base_fresh = median(fresh[0].clone());
+    println!(
+        "{WORKERS} workers of examples/node/server.js, wrk -t1 -c{CONNECTIONS} -d{SECONDS}s, \
+         median of {ROUNDS} alternating rounds"
+    );
+    println!(
+        "| setup | keep-alive req/s | vs node cluster | fresh connection req/s | vs node cluster |"
+    );
+    println!("|---|---|---|---|---|");
+    for (i, (name, _)) in setups.iter().enumerate() {
+        let k = median(keep[i].clone());
+        let f = median(fresh[i].clone());
+        println!(
+            "| {name} | {k:.0} | {:.2} | {f:.0} | {:.2} |",
+            k / base_keep,
+            f / base_fresh
+        );
+    }
+}
