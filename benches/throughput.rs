@@ -21,7 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const WORKERS: usize = 2;
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 const SECONDS: u32 = 4;
 const CONNECTIONS: u32 = 32;
 const START_WAIT: Duration = Duration::from_secs(30);

@@ -129,30 +129,17 @@ impl Picker {
                 self.turn % n
             }
             Strategy::LeastConnections => {
-                // In circular order from just after the last choice, the
-                // first least-loaded wins, so equal loads are served in
-                // turn. Load and distance from the start share one key, so
-                // both loops are branch-free minimums.
+                // The least load first, then, in circular order from just
+                // after the last choice, the first candidate with it: equal
+                // loads are served in turn.
+                let min = min_load(candidates);
                 let start = if self.turn + 1 >= n { 0 } else { self.turn + 1 };
-                let key = |load: u32, distance: usize| (u64::from(load) << 32) | distance as u64;
-                let tail = candidates[start..]
+                let best = candidates[start..]
                     .iter()
-                    .enumerate()
-                    .map(|(d, c)| key(c.active(), d))
-                    .min()
-                    .unwrap_or(u64::MAX);
-                let head = candidates[..start]
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| key(c.active(), n - start + i))
-                    .min()
-                    .unwrap_or(u64::MAX);
-                let distance = (tail.min(head) & 0xffff_ffff) as usize;
-                let best = if start + distance >= n {
-                    start + distance - n
-                } else {
-                    start + distance
-                };
+                    .position(|c| c.active() == min)
+                    .map(|p| start + p)
+                    .or_else(|| candidates[..start].iter().position(|c| c.active() == min))
+                    .unwrap_or(start);
                 self.turn = best;
                 best
             }
@@ -191,6 +178,24 @@ impl Picker {
         self.rng = x;
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
+}
+
+/// The least load among `candidates`, in four independent lanes so that
+/// the loop is not one long dependency chain.
+#[inline]
+fn min_load<C: Candidate>(candidates: &[C]) -> u32 {
+    let mut lanes = [u32::MAX; 4];
+    let chunks = candidates.chunks_exact(4);
+    for c in chunks.remainder() {
+        lanes[0] = lanes[0].min(c.active());
+    }
+    for chunk in chunks {
+        lanes[0] = lanes[0].min(chunk[0].active());
+        lanes[1] = lanes[1].min(chunk[1].active());
+        lanes[2] = lanes[2].min(chunk[2].active());
+        lanes[3] = lanes[3].min(chunk[3].active());
+    }
+    lanes[0].min(lanes[1]).min(lanes[2].min(lanes[3]))
 }
 
 /// Maps a random u32 onto 0..n without division bias worth noting
