@@ -3,9 +3,9 @@
 //!
 //! Each worker process gets a private listener on loopback, created by the
 //! master and passed as fd 3, so the same worker programs run unchanged in
-//! every balance mode. The master keeps a [`Backend`] per worker with an
+//! every balance mode. The master keeps a `Backend` per worker with an
 //! exact count of its open connections; the supervisor decides which
-//! backends are in [`Rotation`]. One accept task per public address picks
+//! backends are in the `Rotation`. One accept task per public address picks
 //! with [`crate::balance::Picker`] and hands each connection to a task of
 //! its own, so a slow worker never blocks the accept loop.
 

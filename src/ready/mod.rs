@@ -1,8 +1,8 @@
 //! How the master learns that a worker is ready to serve.
 //!
-//! One mechanism per file: [`notify`] is the systemd `NOTIFY_SOCKET`
+//! One mechanism per file: `notify` is the systemd `NOTIFY_SOCKET`
 //! protocol (`READY=1`, `WATCHDOG=1`, `STATUS=...`, `STOPPING=1`), with the
-//! sender's pid checked through `SO_PASSCRED`; [`ipc`] is Node's IPC channel
+//! sender's pid checked through `SO_PASSCRED`; `ipc` is Node's IPC channel
 //! (`process.send('ready')`, PM2's `wait_ready` contract). A fixed delay
 //! and "none" need no mechanism.
 
