@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{get, Load};
+use common::{free_port, get, Load};
 
 const RELOADS: usize = 3;
 const LOAD_CONNECTIONS: usize = 4;
@@ -116,14 +116,6 @@ fn pm2_binary() -> Option<PathBuf> {
             .map(|d| d.join("pm2"))
             .find(|p| p.exists())
     })
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn pm2(bin: &Path, workers: usize) -> Row {

@@ -15,10 +15,15 @@
 //! `cluster` module. Compare ratios within one run, not numbers across
 //! machines.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::free_port;
 
 const WORKERS: usize = 2;
 const ROUNDS: usize = 5;
@@ -28,14 +33,6 @@ const START_WAIT: Duration = Duration::from_secs(30);
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn which(name: &str) -> Option<PathBuf> {

@@ -108,12 +108,7 @@ fn a_hello_worker_sees_only_stdio_and_its_sockets() {
     let lines: Vec<&str> = log.lines().filter(|l| l.contains(HELLO_READY)).collect();
     let mut slots = HashSet::new();
     for line in lines {
-        let field = |k: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(&format!("{k}=")))
-                .unwrap_or_else(|| panic!("no {k} in {line}"))
-                .to_owned()
-        };
+        let field = |k: &str| field(line, k).to_owned();
         assert_eq!(field("fds"), "0,1,2,3", "{line}");
         assert_eq!(field("listen_pid"), field("pid"), "{line}");
         assert_eq!(field("listen_fds"), "1", "{line}");
@@ -129,12 +124,7 @@ fn a_node_worker_gets_its_own_pid_slot_and_socket() {
     let m = Master::start(&cmd(&["-w", "2"], &program));
     let log = m.wait_log("two reports", |l| l.matches("report: pid=").count() >= 2);
     for line in log.lines().filter(|l| l.contains("report: pid=")) {
-        let field = |k: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(&format!("{k}=")))
-                .unwrap_or("")
-                .to_owned()
-        };
+        let field = |k: &str| field(line, k);
         assert_eq!(field("listen_pid"), field("pid"), "{line}");
         assert_eq!(field("fd3"), "socket", "{line}");
         assert_eq!(
@@ -323,19 +313,6 @@ fn stubborn() -> (Vec<String>, &'static str) {
         vec!["node".into(), fixture("tests/fixtures/stubborn.js")],
         "stubborn: pid=",
     )
-}
-
-/// The worker's pid and its child's pid from the stubborn fixture's line.
-fn stubborn_pids(m: &Master) -> (u32, u32) {
-    let log = m.wait_log("the stubborn worker", |l| l.contains("child="));
-    let line = log.lines().find(|l| l.contains("child=")).unwrap();
-    let field = |k: &str| -> u32 {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{k}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap()
-    };
-    (field("pid"), field("child"))
 }
 
 #[test]

@@ -191,15 +191,7 @@ fn a_broken_release_is_rolled_back_while_the_old_workers_serve() {
 fn a_predecessor_ignoring_the_stop_signal_is_killed_with_its_child_after_a_reload() {
     let program = vec!["node".into(), fixture("tests/fixtures/stubborn.js")];
     let m = Master::start(&cmd(&["-w", "1", "--drain-timeout", "500ms"], &program));
-    let log = m.wait_log("the stubborn worker", |l| l.contains("child="));
-    let line = log.lines().find(|l| l.contains("child=")).unwrap();
-    let field = |k: &str| -> u32 {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{k}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap()
-    };
-    let (worker, child) = (field("pid"), field("child"));
+    let (worker, child) = stubborn_pids(&m);
     m.signal(Signal::SIGHUP);
     m.wait_log("the drain timeout", |l| {
         l.contains(&format!("pid {worker} still running at the drain timeout"))

@@ -329,6 +329,30 @@ pub fn fd_count(pid: Pid) -> usize {
         .unwrap_or(0)
 }
 
+/// The value of `key=value` in a log line; panics naming the line.
+pub fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+}
+
+/// The worker's pid and its child's pid from the stubborn fixture's line.
+pub fn stubborn_pids(m: &Master) -> (u32, u32) {
+    let log = m.wait_log("the stubborn worker", |l| l.contains("child="));
+    let line = log.lines().find(|l| l.contains("child=")).unwrap();
+    let pid = |k: &str| field(line, k).parse().unwrap();
+    (pid("pid"), pid("child"))
+}
+
+/// A loopback port that is free now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()
 }
