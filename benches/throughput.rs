@@ -110,6 +110,10 @@ fn server_js() -> String {
 }
 
 fn herd(mode: &'static str) -> impl Fn() -> Running {
+    herd_with(mode, &[])
+}
+
+fn herd_with(mode: &'static str, extra: &'static [&'static str]) -> impl Fn() -> Running {
     move || {
         let port = free_port();
         let cluster = root().join("target/release/examples/cluster");
@@ -122,6 +126,7 @@ fn herd(mode: &'static str) -> impl Fn() -> Running {
                     &format!("127.0.0.1:{port}"),
                 ])
                 .args(["--balance", mode])
+                .args(extra)
                 .args(["node", &server_js()]),
         );
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -256,7 +261,7 @@ fn wrk(addr: SocketAddr, keep_alive: bool) -> f64 {
     if !keep_alive {
         cmd.args(["-H", "Connection: close"]);
     }
-    cmd.arg(format!("http://{addr}/"));
+    cmd.arg(format!("http://{addr}{}", path()));
     let out = cmd.output().expect("run wrk");
     let text = String::from_utf8_lossy(&out.stdout);
     let errors = text
@@ -269,6 +274,12 @@ fn wrk(addr: SocketAddr, keep_alive: bool) -> f64 {
         .find_map(|l| l.strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+/// The path every request asks for: `HERD_BENCH_PATH`, e.g. `/bytes/65536`
+/// for large responses; `/` by default.
+fn path() -> String {
+    std::env::var("HERD_BENCH_PATH").unwrap_or_else(|_| "/".into())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -298,6 +309,10 @@ fn main() {
         ("herd reuseport".into(), Box::new(herd("reuseport"))),
         ("herd shared".into(), Box::new(herd("shared"))),
         ("herd proxy".into(), Box::new(herd("proxy"))),
+        (
+            "herd proxy (splice)".into(),
+            Box::new(herd_with("proxy", &["--proxy-splice"])),
+        ),
         ("single node process".into(), Box::new(single_worker)),
     ];
     match which("pm2") {
@@ -337,8 +352,9 @@ fn main() {
     let base_keep = median(keep[0].clone());
     let base_fresh = median(fresh[0].clone());
     println!(
-        "{WORKERS} workers of examples/node/server.js, wrk -t1 -c{CONNECTIONS} -d{SECONDS}s, \
-         median of {ROUNDS} alternating rounds"
+        "{WORKERS} workers of examples/node/server.js, GET {}, wrk -t1 -c{CONNECTIONS} -d{SECONDS}s, \
+         median of {ROUNDS} alternating rounds",
+        path()
     );
     println!(
         "| setup | keep-alive req/s | vs node cluster | fresh connection req/s | vs node cluster |"

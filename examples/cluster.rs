@@ -45,6 +45,11 @@ struct Cli {
     #[arg(long)]
     proxy_port: bool,
 
+    /// With --balance proxy: forward with splice(2) (pays off for large
+    /// responses).
+    #[arg(long)]
+    proxy_splice: bool,
+
     /// With --balance proxy: send a PROXY protocol header (v1 or v2) to
     /// workers, so that apps see the client's address.
     #[arg(long, value_name = "VERSION", value_parser = parse_proxy_protocol)]
@@ -273,6 +278,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
     if cli.proxy_port {
         builder = builder.port_contract(true);
+    }
+    if cli.proxy_splice {
+        builder = builder.proxy_splice(true);
     }
     if let Some(n) = cli.workers {
         builder = builder.workers(n);

@@ -89,6 +89,7 @@ pub(crate) struct Config {
     pub(crate) proxy_header: Option<ProxyProtocol>,
     /// Proxy mode: workers bind `PORT` themselves.
     pub(crate) port_contract: bool,
+    pub(crate) proxy_splice: bool,
     /// The installed Node preload, when the program is Node and the preload
     /// is on.
     pub(crate) preload: Option<PathBuf>,
@@ -119,6 +120,7 @@ pub struct Builder {
     node_preload: bool,
     proxy_header: Option<ProxyProtocol>,
     port_contract: bool,
+    proxy_splice: bool,
 }
 
 impl Default for Builder {
@@ -145,6 +147,7 @@ impl Default for Builder {
             node_preload: true,
             proxy_header: None,
             port_contract: false,
+            proxy_splice: false,
         }
     }
 }
@@ -332,6 +335,14 @@ impl Builder {
         self
     }
 
+    /// Proxy mode: move bytes with splice(2) through a pipe instead of
+    /// copying them through the master (default off: it pays off for large
+    /// transfers only; see `benches/throughput.rs`).
+    pub fn proxy_splice(mut self, on: bool) -> Self {
+        self.proxy_splice = on;
+        self
+    }
+
     /// Validates the configuration and binds every listening address.
     /// Nothing is spawned yet.
     ///
@@ -455,6 +466,7 @@ impl Builder {
             reload_parallel: self.reload_parallel,
             proxy_header: self.proxy_header,
             port_contract: self.port_contract,
+            proxy_splice: self.proxy_splice,
             preload,
         };
 

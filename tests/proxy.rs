@@ -198,3 +198,28 @@ fn a_program_that_binds_port_itself_is_probed_and_served() {
         "round-robin reaches both: {seen:?} of {pids:?}"
     );
 }
+
+#[test]
+fn splice_forwarding_moves_large_bodies_and_passes_half_closes_on() {
+    const BYTES: usize = 3_000_000;
+    let m = Master::start(&cmd(&["-w", "1", "--proxy-splice"], &node_server()));
+    m.wait_log("a ready worker", |l| l.contains(" is ready"));
+    for _ in 0..3 {
+        let body = m
+            .get(&format!("/bytes/{BYTES}"))
+            .unwrap_or_else(|e| panic!("{e}\n{}", m.log()));
+        assert_eq!(body.len(), BYTES);
+        assert!(body.bytes().all(|b| b == b'x'));
+    }
+    // The client says it is done writing; the answer still arrives whole.
+    let mut c = std::net::TcpStream::connect(m.addr).unwrap();
+    c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    c.write_all(b"GET /bytes/100000 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = Vec::new();
+    c.read_to_end(&mut answer).unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text:.80}");
+    assert!(answer.ends_with(&[b'x'; 100]), "whole body");
+}

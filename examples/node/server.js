@@ -4,7 +4,7 @@
 //
 // Under herd it serves on the inherited socket (fd 3, LISTEN_FDS); run alone
 // it listens on $PORT (default 3000). GET / answers "pid=<pid> slot=<slot>";
-// GET /sleep/<ms> answers after a delay.
+// GET /sleep/<ms> answers after a delay; GET /bytes/<n> answers n bytes.
 //
 // It reports readiness on Node's IPC channel when there is one
 // (process.send('ready'), as PM2's wait_ready). On SIGTERM it drains: it
@@ -22,10 +22,22 @@ const listenFds = process.env.LISTEN_FDS ?? '';
 const body = `pid=${process.pid} slot=${slot}\n`;
 const MAX_SLEEP_MS = 60000;
 const IDLE_GRACE_MS = 250;
+const MAX_BYTES = 16 * 1024 * 1024;
+const payloads = new Map();
+// GET /bytes/<n> answers n bytes (for throughput benchmarks).
+function payload(n) {
+  if (!payloads.has(n)) payloads.set(n, Buffer.alloc(n, 'x'));
+  return payloads.get(n);
+}
 let draining = false;
 
 const server = http.createServer((req, res) => {
   if (draining) res.setHeader('Connection', 'close');
+  const big = /^\/bytes\/(\d+)$/.exec(req.url);
+  if (big) {
+    res.end(payload(Math.min(Number(big[1]), MAX_BYTES)));
+    return;
+  }
   const m = /^\/sleep\/(\d+)$/.exec(req.url);
   if (m) {
     console.log(`node: pid=${process.pid} request ${req.url} started`);

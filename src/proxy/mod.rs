@@ -10,6 +10,7 @@
 //! its own, so a slow worker never blocks the accept loop.
 
 pub(crate) mod header;
+pub(crate) mod splice;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -193,6 +194,8 @@ pub(crate) type Registry = Arc<Mutex<std::collections::HashMap<u32, Arc<Backend>
 pub(crate) struct ProxyConfig {
     pub(crate) strategy: Strategy,
     pub(crate) header: Option<ProxyProtocol>,
+    /// Forward with splice(2) instead of copying through user space.
+    pub(crate) splice: bool,
 }
 
 /// Accepts on `listener` for as long as the task lives. While no backend
@@ -243,7 +246,7 @@ pub(crate) async fn accept_loop(
                     let (_, b) = rotation.snapshot();
                     if !b.is_empty() {
                         let first = Counted::new(b[0].clone(), idle.clone(), 0);
-                        forward(client, peer, b, first, config.header, idle).await;
+                        forward(client, peer, b, first, &config, idle).await;
                         return;
                     }
                     notified.await;
@@ -251,14 +254,10 @@ pub(crate) async fn accept_loop(
             });
             continue;
         };
-        tokio::spawn(forward(
-            client,
-            peer,
-            backends.clone(),
-            first,
-            config.header,
-            idle.clone(),
-        ));
+        let config = config.clone();
+        let idle = idle.clone();
+        let backends = backends.clone();
+        tokio::spawn(async move { forward(client, peer, backends, first, &config, idle).await });
     }
 }
 
@@ -271,7 +270,7 @@ async fn forward(
     peer: SocketAddr,
     backends: Arc<Vec<Arc<Backend>>>,
     first: Counted,
-    header: Option<ProxyProtocol>,
+    config: &ProxyConfig,
     idle: mpsc::UnboundedSender<u32>,
 ) {
     let n = backends.len();
@@ -291,7 +290,7 @@ async fn forward(
         };
         let _ = client.set_nodelay(true);
         let _ = upstream.set_nodelay(true);
-        if let Some(version) = header {
+        if let Some(version) = config.header {
             let local = client.local_addr().unwrap_or(peer);
             let bytes = header::encode(version, peer, local);
             if tokio::io::AsyncWriteExt::write_all(&mut upstream, &bytes)
@@ -301,13 +300,17 @@ async fn forward(
                 return;
             }
         }
-        let _ = tokio::io::copy_bidirectional_with_sizes(
-            &mut client,
-            &mut upstream,
-            FORWARD_BUFFER,
-            FORWARD_BUFFER,
-        )
-        .await;
+        if config.splice {
+            let _ = splice::bidirectional(&client, &upstream).await;
+        } else {
+            let _ = tokio::io::copy_bidirectional_with_sizes(
+                &mut client,
+                &mut upstream,
+                FORWARD_BUFFER,
+                FORWARD_BUFFER,
+            )
+            .await;
+        }
         drop(counted);
         return;
     }

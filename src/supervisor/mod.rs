@@ -193,7 +193,11 @@ pub(crate) async fn run(
     let rotation = match (listeners.balance(), config.proxy_header) {
         (crate::Balance::Proxy { strategy }, header) => {
             let rotation = std::sync::Arc::new(Rotation::default());
-            let proxy_config = ProxyConfig { strategy, header };
+            let proxy_config = ProxyConfig {
+                strategy,
+                header,
+                splice: config.proxy_splice,
+            };
             for (i, public) in listeners.public().enumerate() {
                 let std_listener: std::net::TcpListener = public
                     .try_clone()
