@@ -64,6 +64,10 @@ async fn handle_observes_and_stops_a_running_cluster() {
     assert_eq!(handle.phase(), Phase::Stopped);
     run.await.unwrap().unwrap();
     assert!(!alive(a) && !alive(b));
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "sockets closed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,4 +262,11 @@ async fn proxy_counts_close_when_clients_leave_without_a_word() {
         .unwrap()
         .unwrap();
     run.await.unwrap().unwrap();
+    // Nothing of the cluster outlives run(): the runtime goes on, but the
+    // address is closed.
+    let after = std::net::TcpStream::connect(addr);
+    assert!(
+        after.is_err(),
+        "the proxy still accepts after run() returned: {after:?}"
+    );
 }

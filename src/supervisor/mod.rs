@@ -143,6 +143,8 @@ struct Supervisor {
     /// are in rotation.
     backends: proxy::Registry,
     rotation: Option<std::sync::Arc<Rotation>>,
+    /// The notify socket's reader and the proxy's accept loops.
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 pub(crate) async fn run(
@@ -168,11 +170,14 @@ pub(crate) async fn run(
         Readiness::Auto => Readiness::None,
         other => other,
     };
+    // Tasks that live as long as the cluster runs, and no longer: an
+    // embedding program's runtime may go on after run() returns.
+    let mut background = Vec::new();
     let notify_env = if mode == Readiness::Notify || config.watchdog.is_some() {
         let socket =
             NotifySocket::bind().map_err(|e| Error::io("creating the notify socket", e))?;
         let env = socket.env_value.clone();
-        tokio::spawn(socket.serve(notes_tx.clone()));
+        background.push(tokio::spawn(socket.serve(notes_tx.clone())));
         Some(env)
     } else {
         None
@@ -208,13 +213,13 @@ pub(crate) async fn run(
                     .map_err(|e| Error::io("setting the proxy socket non-blocking", e))?;
                 let listener = tokio::net::TcpListener::from_std(std_listener)
                     .map_err(|e| Error::io("registering the proxy socket", e))?;
-                tokio::spawn(proxy::accept_loop(
+                background.push(tokio::spawn(proxy::accept_loop(
                     listener,
                     rotation.clone(),
                     proxy_config.clone(),
                     idle_tx.clone(),
                     (random_unit() * u64::MAX as f64) as u64 ^ i as u64,
-                ));
+                )));
             }
             Some(rotation)
         }
@@ -241,6 +246,7 @@ pub(crate) async fn run(
         timed_out: HashSet::new(),
         backends: sup_backends,
         rotation,
+        background,
     };
     sup.changed().await;
 
@@ -1045,6 +1051,14 @@ impl Supervisor {
             .filter_map(|s| s.failure.clone())
             .collect();
         let stopped_by_request = self.phase == Phase::Stopping;
+        for task in &self.background {
+            task.abort();
+        }
+        // Wait until each is dropped, so that its sockets are closed when
+        // run() returns.
+        for task in self.background.drain(..) {
+            let _ = task.await;
+        }
         self.phase = Phase::Stopped;
         self.emit(Event::Stopped).await;
         let _ = tokio::time::timeout(FINAL_FLUSH, output::flush()).await;
