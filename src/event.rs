@@ -126,6 +126,16 @@ pub enum Event {
         /// The worker's pid.
         pid: u32,
     },
+    /// Proxy mode: a worker out of rotation still has proxied connections
+    /// at the drain timeout and gets its stop signal now.
+    DrainSignal {
+        /// The slot.
+        slot: usize,
+        /// The worker's pid.
+        pid: u32,
+        /// Connections still open.
+        open: u32,
+    },
     /// The drain timeout passed and the worker's process group is killed.
     DrainTimeout {
         /// The slot.
@@ -218,6 +228,11 @@ impl fmt::Display for Event {
             Event::Idle { slot, pid } => write!(
                 f,
                 "slot {slot}: pid {pid} has no proxied connections left; stopping it"
+            ),
+            Event::DrainSignal { slot, pid, open } => write!(
+                f,
+                "slot {slot}: pid {pid} still has {open} proxied connection(s) at the drain timeout; \
+                 sending the stop signal"
             ),
             Event::Stopped => f.write_str("all workers stopped"),
         }

@@ -223,3 +223,53 @@ fn splice_forwarding_moves_large_bodies_and_passes_half_closes_on() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text:.80}");
     assert!(answer.ends_with(&[b'x'; 100]), "whole body");
 }
+
+#[test]
+fn with_no_ready_worker_new_connections_wait_instead_of_being_reset() {
+    let m = Master::start(&cmd(
+        &["-w", "1", "--ready", "delay:1500ms"],
+        &hello_server(),
+    ));
+    // The worker runs but is not ready yet: nothing is in rotation.
+    m.wait_log("the worker to start", |l| l.contains(HELLO_READY));
+    assert!(!m.log().contains(" is ready"), "{}", m.log());
+    // Connect now, 1.5 s before the worker is ready: the connection waits
+    // in the listen queue and is answered, not reset.
+    let body = m.get("/").unwrap_or_else(|e| panic!("{e}\n{}", m.log()));
+    m.wait_log("the readiness", |l| l.contains(" is ready"));
+    assert_eq!(pid_of(&body), m.live_pids()[0]);
+}
+
+#[test]
+fn a_replaced_worker_gets_its_stop_signal_only_when_its_connections_end() {
+    let m = Master::start(&cmd(
+        &["-w", "1", "--drain-timeout", "20s"],
+        &hello_server(),
+    ));
+    m.wait_ready(1, HELLO_READY);
+    let old = m.live_pids()[0];
+    let addr = m.addr;
+    let slow = std::thread::spawn(move || get(addr, "/sleep/1500"));
+    m.wait_log("the slow request", |l| {
+        l.contains("request /sleep/1500 started")
+    });
+    m.signal(Signal::SIGHUP);
+    m.wait_log("the successor to take over", |l| {
+        l.contains(&format!("pid {old} drains"))
+    });
+    let idle = format!("pid {old} has no proxied connections left");
+    assert!(
+        !m.log().contains(&idle),
+        "signalled with a request open:\n{}",
+        m.log()
+    );
+    let body = slow
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}\n{}", m.log()));
+    assert_eq!(pid_of(&body), old, "the old worker finished its request");
+    m.wait_log("the stop signal once idle", |l| l.contains(&idle));
+    m.wait_log("the old worker to exit", |l| {
+        l.contains(&format!("pid {old} exited with code 0"))
+    });
+}

@@ -833,9 +833,14 @@ impl Supervisor {
                 signal_group(pid, Signal::SIGKILL);
             }
             Due::Signal(pid) => {
-                self.emit(Event::DrainTimeout {
+                let open = self
+                    .backends_mut()
+                    .get(&(pid.as_raw() as u32))
+                    .map_or(0, |b| b.active());
+                self.emit(Event::DrainSignal {
                     slot: index,
                     pid: pid.as_raw() as u32,
+                    open,
                 })
                 .await;
                 signal_group(pid, self.config.stop_signal);
