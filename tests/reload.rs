@@ -256,13 +256,13 @@ fn a_foreign_ready_message_changes_nothing() {
 #[test]
 fn a_worker_that_misses_its_watchdog_is_restarted() {
     let m = Master::start(&cmd(
-        &["-w", "1", "--ready", "notify", "--watchdog", "500ms"],
+        &["-w", "1", "--ready", "notify", "--watchdog", "1s"],
         &hello_server(),
     ));
     m.wait_log("a ready worker", |l| l.contains(" is ready"));
     let hung = m.live_pids()[0];
     // Keeps answering pings for a while: the deadline moves.
-    std::thread::sleep(Duration::from_millis(1200));
+    std::thread::sleep(Duration::from_millis(2500));
     assert!(!m.log().contains("watchdog"), "{}", m.log());
     let addr = m.addr;
     let client = std::thread::spawn(move || get(addr, "/hang/10000"));
