@@ -1,0 +1,170 @@
+//! Carrying out rolling reloads: starting successors, handing slots over,
+//! aborting on a failed successor. The bookkeeping (which slots are left,
+//! the report) is the pure [`super::reload`]; this is the part with effects.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use super::reload::{self, ReloadFailure, ReloadRun, Replacement, Target, Waiter};
+use super::slot::Role;
+use super::Supervisor;
+use crate::cluster::Phase;
+use crate::error::Error;
+use crate::event::Event;
+use crate::process::{output, signal_group};
+
+impl Supervisor {
+    /// A reload's successor is ready: it takes the slot, the predecessor
+    /// gets the stop signal and drains.
+    pub(super) async fn take_over(&mut self, index: usize) {
+        let now = Instant::now();
+        let new_pid = self.slots[index].successor.as_ref().map(|p| p.pid);
+        let defer = self.rotation.is_some();
+        let old = self.slots[index].promote(now, self.config.drain_timeout, defer);
+        // Out of rotation first (proxy mode), then stopped.
+        self.changed().await;
+        if let (Some(old), Some(new)) = (old, new_pid) {
+            self.emit(Event::Replaced {
+                slot: index,
+                old_pid: old.as_raw() as u32,
+                new_pid: new.as_raw() as u32,
+            })
+            .await;
+        }
+        if let Some(old) = old {
+            self.retire(old).await;
+        }
+        let (Some(new_pid), Some(run)) = (new_pid, self.reload.as_mut()) else {
+            return;
+        };
+        run.replaced(Replacement {
+            slot: index,
+            old_pid: old.map(|p| p.as_raw() as u32),
+            new_pid: new_pid.as_raw() as u32,
+            generation: self.slots[index].generation,
+        });
+    }
+
+    pub(super) async fn request_reload(&mut self, target: Target, reply: Option<Waiter>) {
+        if self.phase != Phase::Running {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(Error::NotRunning));
+            }
+            return;
+        }
+        if let Target::Slot(s) = target {
+            if s >= self.slots.len() {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(Error::NoSuchSlot {
+                        slot: s,
+                        slots: self.slots.len(),
+                    }));
+                }
+                return;
+            }
+        }
+        if self.reload.is_some() {
+            // One more run after this one, not a parallel one, not lost.
+            if self.queued.is_empty() {
+                output::log_line("reload requested during a reload: it runs when this one ends")
+                    .await;
+            }
+            self.queued.push((target, reply));
+            return;
+        }
+        self.start_reload(vec![(target, reply)]).await;
+    }
+
+    async fn start_reload(&mut self, requests: Vec<(Target, Option<Waiter>)>) {
+        self.begin_run(requests).await;
+        self.advance_reload().await;
+    }
+
+    async fn begin_run(&mut self, requests: Vec<(Target, Option<Waiter>)>) {
+        let targets: Vec<Target> = requests.iter().map(|(t, _)| t.clone()).collect();
+        let waiters: Vec<Waiter> = requests.into_iter().filter_map(|(_, w)| w).collect();
+        let slots = reload::merge(&targets, self.slots.len());
+        self.emit(Event::ReloadStarted {
+            slots: slots.clone(),
+        })
+        .await;
+        self.reload = Some(ReloadRun::new(
+            slots,
+            self.config.reload_parallel,
+            waiters,
+            Instant::now(),
+        ));
+    }
+
+    /// Starts successors while the run allows, ends the run when nothing is
+    /// left to do, and starts the queued run after it.
+    pub(super) async fn advance_reload(&mut self) {
+        loop {
+            let Some(run) = self.reload.as_mut() else {
+                return;
+            };
+            if run.is_done() {
+                let run = self.reload.take().expect("checked above");
+                let (report, waiters) = run.finish(Instant::now());
+                self.emit(Event::ReloadFinished {
+                    report: report.clone(),
+                })
+                .await;
+                for w in waiters {
+                    let _ = w.send(Ok(report.clone()));
+                }
+                if self.queued.is_empty() || self.phase != Phase::Running {
+                    return;
+                }
+                let next = std::mem::take(&mut self.queued);
+                self.begin_run(next).await;
+                continue;
+            }
+            let Some(slot) = run.next_slot() else {
+                return;
+            };
+            match self.start(slot, Role::Successor).await {
+                // Ready at exec: it takes over at once.
+                Ok(()) => {
+                    if self.slots[slot].successor.as_ref().is_some_and(|p| p.ready) {
+                        self.take_over(slot).await;
+                    }
+                }
+                Err(e) => self.record_successor_failure(slot, e.to_string(), Vec::new()),
+            }
+        }
+    }
+
+    /// A successor did not make it: the reload stops here; other
+    /// successors still starting are killed, their predecessors keep
+    /// serving.
+    pub(super) async fn successor_failed(
+        &mut self,
+        slot: usize,
+        reason: String,
+        tail: Vec<String>,
+    ) {
+        self.record_successor_failure(slot, reason, tail);
+        self.advance_reload().await;
+    }
+
+    fn record_successor_failure(&mut self, slot: usize, reason: String, tail: Vec<String>) {
+        let Some(run) = self.reload.as_mut() else {
+            return;
+        };
+        run.failed(ReloadFailure {
+            slot,
+            reason,
+            last_output: tail,
+        });
+        let others: Vec<usize> = run.active().to_vec();
+        let now = Instant::now();
+        for other in others {
+            if let Some(pid) = self.slots[other].successor.as_ref().map(|p| p.pid) {
+                self.slots[other].stop_proc(pid, now, Duration::ZERO, false);
+                signal_group(pid, Signal::SIGKILL);
+            }
+        }
+    }
+}
