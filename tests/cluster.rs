@@ -564,3 +564,24 @@ fn bad_options_are_named() {
     );
     refused(&s(&["-w", "1"]), 2, &["PROGRAM"]);
 }
+
+#[test]
+fn a_program_deleted_while_running_ends_in_a_failed_slot_not_a_hot_loop() {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::temp_dir().join(format!("herd-vanishing-{}", std::process::id()));
+    std::fs::write(&path, "#!/bin/sh\necho running\nsleep 0.3\nexit 1\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let program = vec![path.display().to_string()];
+    let mut m = Master::start(&cmd(
+        &["-w", "1", "--restart-delay", "20ms", "--crash-limit", "4"],
+        &program,
+    ));
+    m.wait_log("the first run", |l| l.contains("running"));
+    std::fs::remove_file(&path).unwrap();
+    let status = m.wait_exit();
+    let log = m.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("exec: No such file or directory"), "{log}");
+    assert!(log.contains("slot 0: failed: crash loop"), "{log}");
+    assert!(m.spawned_pids().len() <= 4, "no hot loop: {log}");
+}

@@ -21,7 +21,12 @@ use super::{signal_group, Exit};
 pub(crate) async fn wait(pid: Pid, pidfd: OwnedFd) -> io::Result<Exit> {
     // SAFETY: OwnedFd's as_raw_fd always returns the same open fd, and the
     // AsyncFd owns it until it is dropped at the end of this function.
-    let fd = unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }?;
+    let fd = match unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) } {
+        Ok(fd) => fd,
+        // The reactor would not take it (out of resources): wait on a
+        // blocking thread instead, so the child is still reaped.
+        Err(_) => return wait_blocking(pid).await,
+    };
     loop {
         let mut ready = fd.readable().await?;
         // The child is a zombie now: its group id is still reserved, so the
@@ -34,5 +39,24 @@ pub(crate) async fn wait(pid: Pid, pidfd: OwnedFd) -> io::Result<Exit> {
             Err(nix::errno::Errno::EINTR) => ready.clear_ready(),
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+async fn wait_blocking(pid: Pid) -> io::Result<Exit> {
+    let status = tokio::task::spawn_blocking(move || loop {
+        match waitpid(pid, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => return other,
+        }
+    })
+    .await
+    .map_err(io::Error::other)??;
+    signal_group(pid, Signal::SIGKILL);
+    match status {
+        WaitStatus::Exited(_, code) => Ok(Exit::Code(code)),
+        WaitStatus::Signaled(_, sig, _) => Ok(Exit::Signal(sig)),
+        other => Err(io::Error::other(format!(
+            "unexpected wait status {other:?}"
+        ))),
     }
 }
