@@ -12,6 +12,7 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::io::AsyncReadExt;
@@ -71,13 +72,30 @@ fn writer() -> &'static mpsc::Sender<Msg> {
     })
 }
 
+/// Lifecycle lines dropped because nobody reads the master's output.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
 /// Writes one line of the master's own (a lifecycle event) to stderr.
+///
+/// Never waits: if whoever reads the master's output has stalled and the
+/// queue is full, the line is dropped (and the count reported with the next
+/// line that gets through), because the supervisor must not stop
+/// supervising for want of a reader.
 pub(crate) async fn log_line(text: &str) {
     let mut line = Vec::with_capacity(text.len() + 7);
+    let dropped = DROPPED.swap(0, Ordering::Relaxed);
+    if dropped > 0 {
+        line.extend_from_slice(
+            format!("herd: {dropped} log line(s) dropped: the master's output is not being read\n")
+                .as_bytes(),
+        );
+    }
     line.extend_from_slice(b"herd: ");
     line.extend_from_slice(text.as_bytes());
     line.push(b'\n');
-    let _ = writer().send(Msg::Line(Stream::Stderr, line)).await;
+    if writer().try_send(Msg::Line(Stream::Stderr, line)).is_err() {
+        DROPPED.fetch_add(dropped + 1, Ordering::Relaxed);
+    }
 }
 
 /// Waits until every line queued so far has been written.
