@@ -155,16 +155,28 @@ impl Picker {
                 }
             }
             Strategy::IpHash => {
-                let mut best = 0;
-                let mut best_score = 0u64;
-                for (i, c) in candidates.iter().enumerate() {
-                    let score = mix(client ^ c.key().wrapping_mul(0x9e37_79b9_7f4a_7c15));
-                    if i == 0 || score > best_score {
-                        best = i;
-                        best_score = score;
-                    }
+                // Rendezvous hashing: the highest score wins. Score and
+                // position share one key (positions break ties), in four
+                // independent lanes.
+                let score = |i: usize, c: &C| -> u128 {
+                    let s = mix(client ^ c.key().wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                    (u128::from(s) << 64) | (u64::MAX - i as u64) as u128
+                };
+                let mut lanes = [0u128; 4];
+                let chunks = candidates.chunks_exact(4);
+                let base = n - chunks.remainder().len();
+                for (i, c) in chunks.remainder().iter().enumerate() {
+                    lanes[0] = lanes[0].max(score(base + i, c));
                 }
-                best
+                for (k, chunk) in chunks.enumerate() {
+                    let i = k * 4;
+                    lanes[0] = lanes[0].max(score(i, &chunk[0]));
+                    lanes[1] = lanes[1].max(score(i + 1, &chunk[1]));
+                    lanes[2] = lanes[2].max(score(i + 2, &chunk[2]));
+                    lanes[3] = lanes[3].max(score(i + 3, &chunk[3]));
+                }
+                let best = lanes[0].max(lanes[1]).max(lanes[2].max(lanes[3]));
+                (u64::MAX - best as u64) as usize
             }
         })
     }
