@@ -115,61 +115,52 @@ fn herd(mode: &'static str) -> impl Fn() -> Running {
 
 fn herd_with(mode: &'static str, extra: &'static [&'static str]) -> impl Fn() -> Running {
     move || {
-        let port = free_port();
-        let cluster = root().join("target/release/examples/cluster");
-        let child = spawn(
-            Command::new(cluster)
-                .args([
-                    "-w",
-                    &WORKERS.to_string(),
-                    "-l",
-                    &format!("127.0.0.1:{port}"),
-                ])
-                .args(["--balance", mode])
-                .args(extra)
-                .args(["node", &server_js()]),
-        );
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        wait_serving(addr);
-        Running {
-            children: vec![child],
-            cleanup: None,
-            addr,
-        }
+        serving_on(|port| {
+            let mut cmd = Command::new(root().join("target/release/examples/cluster"));
+            cmd.args([
+                "-w",
+                &WORKERS.to_string(),
+                "-l",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .args(["--balance", mode])
+            .args(extra)
+            .args(["node", &server_js()]);
+            cmd
+        })
+    }
+}
+
+/// Starts the command `make(port)` builds on a free port and waits until
+/// it answers there.
+fn serving_on(make: impl FnOnce(u16) -> Command) -> Running {
+    let port = free_port();
+    let child = spawn(&mut make(port));
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_serving(addr);
+    Running {
+        children: vec![child],
+        cleanup: None,
+        addr,
     }
 }
 
 fn node_cluster() -> Running {
-    let port = free_port();
-    let child = spawn(
-        Command::new("node")
-            .arg(root().join("examples/node/cluster_baseline.js"))
+    serving_on(|port| {
+        let mut cmd = Command::new("node");
+        cmd.arg(root().join("examples/node/cluster_baseline.js"))
             .env("WORKERS", WORKERS.to_string())
-            .env("PORT", port.to_string()),
-    );
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_serving(addr);
-    Running {
-        children: vec![child],
-        cleanup: None,
-        addr,
-    }
+            .env("PORT", port.to_string());
+        cmd
+    })
 }
 
 fn single_worker() -> Running {
-    let port = free_port();
-    let child = spawn(
-        Command::new("node")
-            .arg(server_js())
-            .env("PORT", port.to_string()),
-    );
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_serving(addr);
-    Running {
-        children: vec![child],
-        cleanup: None,
-        addr,
-    }
+    serving_on(|port| {
+        let mut cmd = Command::new("node");
+        cmd.arg(server_js()).env("PORT", port.to_string());
+        cmd
+    })
 }
 
 fn pm2(bin: PathBuf) -> impl Fn() -> Running {
