@@ -76,13 +76,17 @@ fn herd(workers: usize) -> Row {
             .await
             .unwrap();
         // Every slot ready, not just one.
-        while handle
-            .workers()
-            .iter()
-            .any(|w| w.state != herd::WorkerState::Ready)
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        tokio::time::timeout(START_WAIT, async {
+            while handle
+                .workers()
+                .iter()
+                .any(|w| w.state != herd::WorkerState::Ready)
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("every worker ready");
         let load = Load::start(addr, LOAD_CONNECTIONS, true);
         let mut times = Vec::new();
         for _ in 0..RELOADS {

@@ -70,10 +70,15 @@ fn kill9_under_load_fails_at_most_what_the_worker_had_in_flight() {
     let m = Master::start(&cmd(&["-w", "2"], &hello_server()));
     let pids = m.wait_ready(2, HELLO_READY);
     let load = Load::start(m.addr, CONCURRENCY, false);
-    std::thread::sleep(Duration::from_millis(300));
+    load.wait_answered(50);
     kill(Pid::from_raw(pids[0] as i32), Signal::SIGKILL).unwrap();
     m.wait_log("the replacement", |l| l.matches(HELLO_READY).count() >= 3);
-    std::thread::sleep(Duration::from_millis(300));
+    let replacement = *m.live_pids().iter().find(|p| !pids.contains(p)).unwrap();
+    // Round-robin reaches the replacement within a few requests.
+    let mut reached = false;
+    for _ in 0..20 {
+        reached |= m.get("/").is_ok_and(|b| pid_of(&b) == replacement);
+    }
     let stats = load.finish();
     assert!(
         stats.errors.len() <= CONCURRENCY,
@@ -82,8 +87,10 @@ fn kill9_under_load_fails_at_most_what_the_worker_had_in_flight() {
         m.log()
     );
     assert!(stats.ok > 0);
-    let replacement = *m.live_pids().iter().find(|p| !pids.contains(p)).unwrap();
-    assert!(stats.pids.contains(&replacement), "the replacement served");
+    assert!(
+        reached || stats.pids.contains(&replacement),
+        "the replacement served"
+    );
 }
 
 #[test]

@@ -37,11 +37,34 @@ pub(crate) struct Backend {
     active: AtomicU32,
     /// Out of rotation and waiting for its connections to end.
     draining: AtomicBool,
-    /// Told the supervisor it is idle (once).
+    /// Told the supervisor it is idle (once), on this channel.
     idle_sent: AtomicBool,
+    idle: mpsc::UnboundedSender<u32>,
 }
 
 impl Backend {
+    /// A backend for the worker `pid` listening on `addr`; once it drains
+    /// to zero connections its pid is sent on `idle`. The master keeps no
+    /// copy of the worker's private listener: once the worker is gone,
+    /// connecting is refused at once and the next worker is tried.
+    pub(crate) fn new(
+        slot: usize,
+        pid: u32,
+        addr: SocketAddr,
+        idle: mpsc::UnboundedSender<u32>,
+    ) -> Arc<Self> {
+        Arc::new(Backend {
+            slot,
+            pid,
+            addr,
+            key: (slot as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5851_f42d_4c95_7f2d,
+            active: AtomicU32::new(0),
+            draining: AtomicBool::new(false),
+            idle_sent: AtomicBool::new(false),
+            idle,
+        })
+    }
+
     /// Open connections.
     pub(crate) fn active(&self) -> u32 {
         self.active.load(Ordering::Acquire)
@@ -71,19 +94,15 @@ impl Candidate for Arc<Backend> {
 /// connection ends, and a draining backend that reaches zero is reported.
 struct Counted {
     backend: Arc<Backend>,
-    idle: mpsc::UnboundedSender<u32>,
     /// Its position in the rotation it was picked from.
     index: usize,
 }
 
 impl Counted {
-    fn new(backend: Arc<Backend>, idle: mpsc::UnboundedSender<u32>, index: usize) -> Self {
+    fn new(backends: &[Arc<Backend>], index: usize) -> Self {
+        let backend = backends[index].clone();
         backend.active.fetch_add(1, Ordering::AcqRel);
-        Counted {
-            backend,
-            idle,
-            index,
-        }
+        Counted { backend, index }
     }
 }
 
@@ -94,7 +113,7 @@ impl Drop for Counted {
             && self.backend.draining.load(Ordering::Acquire)
             && !self.backend.idle_sent.swap(true, Ordering::AcqRel)
         {
-            let _ = self.idle.send(self.backend.pid);
+            let _ = self.backend.idle.send(self.backend.pid);
         }
     }
 }
@@ -109,23 +128,6 @@ pub(crate) fn private_listener(backlog: u32) -> std::io::Result<(Socket, SocketA
         .as_socket()
         .ok_or_else(|| std::io::Error::other("private listener has no address"))?;
     Ok((socket, addr))
-}
-
-impl Backend {
-    /// A backend for the worker `pid` listening on `addr`. The master
-    /// keeps no copy of the worker's private listener: once the worker is
-    /// gone, connecting is refused at once and the next worker is tried.
-    pub(crate) fn new(slot: usize, pid: u32, addr: SocketAddr) -> Arc<Self> {
-        Arc::new(Backend {
-            slot,
-            pid,
-            addr,
-            key: (slot as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5851_f42d_4c95_7f2d,
-            active: AtomicU32::new(0),
-            draining: AtomicBool::new(false),
-            idle_sent: AtomicBool::new(false),
-        })
-    }
 }
 
 /// The backends new connections may go to; the supervisor replaces the set,
@@ -190,7 +192,7 @@ pub(crate) async fn probe(
 pub(crate) type Registry = Arc<Mutex<std::collections::HashMap<u32, Arc<Backend>>>>;
 
 /// What every accept loop shares.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct ProxyConfig {
     pub(crate) strategy: Strategy,
     pub(crate) header: Option<ProxyProtocol>,
@@ -205,7 +207,6 @@ pub(crate) async fn accept_loop(
     listener: TcpListener,
     rotation: Arc<Rotation>,
     config: ProxyConfig,
-    idle: mpsc::UnboundedSender<u32>,
     seed: u64,
 ) {
     let mut picker = Picker::new(config.strategy, seed);
@@ -231,22 +232,17 @@ pub(crate) async fn accept_loop(
         if rotation.version.load(Ordering::Acquire) != version {
             (version, backends) = rotation.snapshot();
         }
-        let Some(first) = picker
-            .pick(backends.as_slice(), hash_ip(peer.ip()))
-            .map(|i| Counted::new(backends[i].clone(), idle.clone(), i))
-        else {
+        let Some(first) = picker.pick(backends.as_slice(), hash_ip(peer.ip())) else {
             // The set emptied while we accepted: hand it to the first
             // backend that comes back.
             let rotation = rotation.clone();
-            let config = config.clone();
-            let idle = idle.clone();
             tokio::spawn(async move {
                 loop {
                     let notified = rotation.changed.notified();
                     let (_, b) = rotation.snapshot();
                     if !b.is_empty() {
-                        let first = Counted::new(b[0].clone(), idle.clone(), 0);
-                        forward(client, peer, b, first, &config, idle).await;
+                        let first = Counted::new(&b, 0);
+                        forward(client, peer, b, first, config).await;
                         return;
                     }
                     notified.await;
@@ -254,24 +250,21 @@ pub(crate) async fn accept_loop(
             });
             continue;
         };
-        let config = config.clone();
-        let idle = idle.clone();
-        let backends = backends.clone();
-        tokio::spawn(async move { forward(client, peer, backends, first, &config, idle).await });
+        // Counted at the pick, so that the next pick sees it.
+        let first = Counted::new(&backends, first);
+        tokio::spawn(forward(client, peer, backends.clone(), first, config));
     }
 }
 
-/// Connects to the chosen backend (`first`, already counted at the pick, so
-/// that the next pick sees it), or the next ones if that fails (no client
-/// byte has been read yet), then copies both ways until both sides are
-/// done; a half-close is passed on.
+/// Connects to the chosen backend (`first`), or the next ones if that fails
+/// (no client byte has been read yet), then copies both ways until both
+/// sides are done; a half-close is passed on.
 async fn forward(
     mut client: TcpStream,
     peer: SocketAddr,
     backends: Arc<Vec<Arc<Backend>>>,
     first: Counted,
-    config: &ProxyConfig,
-    idle: mpsc::UnboundedSender<u32>,
+    config: ProxyConfig,
 ) {
     let n = backends.len();
     let start = first.index;
@@ -279,11 +272,7 @@ async fn forward(
     for attempt in 0..n {
         let counted = match chosen.take() {
             Some(c) => c,
-            None => Counted::new(
-                backends[(start + attempt) % n].clone(),
-                idle.clone(),
-                (start + attempt) % n,
-            ),
+            None => Counted::new(&backends, (start + attempt) % n),
         };
         let Ok(mut upstream) = TcpStream::connect(counted.backend.addr).await else {
             continue;

@@ -18,6 +18,7 @@ use std::collections::HashSet;
 use std::ffi::OsString;
 use std::hash::{BuildHasher, Hasher};
 use std::io;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -144,7 +145,9 @@ struct Supervisor {
     /// Proxy mode: every worker's backend (shared with handles), and which
     /// are in rotation.
     backends: proxy::Registry,
-    rotation: Option<std::sync::Arc<Rotation>>,
+    rotation: Option<Arc<Rotation>>,
+    /// Where draining backends report that they are idle.
+    idle_tx: mpsc::UnboundedSender<u32>,
     /// The notify socket's reader and the proxy's accept loops.
     background: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -218,8 +221,7 @@ pub(crate) async fn run(
                 background.push(tokio::spawn(proxy::accept_loop(
                     listener,
                     rotation.clone(),
-                    proxy_config.clone(),
-                    idle_tx.clone(),
+                    proxy_config,
                     (random_unit() * u64::MAX as f64) as u64 ^ i as u64,
                 )));
             }
@@ -248,6 +250,7 @@ pub(crate) async fn run(
         timed_out: HashSet::new(),
         backends: sup_backends,
         rotation,
+        idle_tx,
         background,
     };
     sup.changed().await;
@@ -403,17 +406,22 @@ impl Supervisor {
         }
     }
 
+    fn spawn_error(&self, slot: usize, stage: &'static str, source: io::Error) -> Error {
+        Error::Spawn {
+            program: self.config.program.clone(),
+            slot,
+            stage,
+            source,
+        }
+    }
+
     /// Starts the next generation of slot `index` in `role` (the slot's
     /// worker, or a reload's successor next to it).
     async fn start(&mut self, index: usize, role: Role) -> Result<()> {
         let generation = self.slots[index].next_generation();
         let (ipc_master, ipc_child) = if self.ready.mode == Readiness::Ipc {
-            let (m, c) = ipc::channel().map_err(|e| Error::Spawn {
-                program: self.config.program.clone(),
-                slot: index,
-                stage: "creating the IPC channel",
-                source: e,
-            })?;
+            let (m, c) = ipc::channel()
+                .map_err(|e| self.spawn_error(index, "creating the IPC channel", e))?;
             (Some(m), Some(c))
         } else {
             (None, None)
@@ -421,23 +429,16 @@ impl Supervisor {
         // Proxy mode: a private listener of its own, passed as fd 3, or
         // with the PORT contract a free port the worker binds itself.
         let port = if self.config.port_contract {
-            Some(proxy::free_port().map_err(|e| Error::Spawn {
-                program: self.config.program.clone(),
-                slot: index,
-                stage: "choosing a port",
-                source: e,
-            })?)
+            Some(proxy::free_port().map_err(|e| self.spawn_error(index, "choosing a port", e))?)
         } else {
             None
         };
         let private = if self.rotation.is_some() && port.is_none() {
             let backlog = crate::net::default_backlog();
-            Some(proxy::private_listener(backlog).map_err(|e| Error::Spawn {
-                program: self.config.program.clone(),
-                slot: index,
-                stage: "creating the private listener",
-                source: e,
-            })?)
+            Some(
+                proxy::private_listener(backlog)
+                    .map_err(|e| self.spawn_error(index, "creating the private listener", e))?,
+            )
         } else {
             None
         };
@@ -455,12 +456,7 @@ impl Supervisor {
             Ok(s) => s,
             Err(e) => {
                 self.changed().await;
-                return Err(Error::Spawn {
-                    program: self.config.program.clone(),
-                    slot: index,
-                    stage: e.stage,
-                    source: e.source,
-                });
+                return Err(self.spawn_error(index, e.stage, e.source));
             }
         };
         let pid = spawned.pid;
@@ -476,7 +472,7 @@ impl Supervisor {
         if let Some(addr) = backend_addr {
             self.backends_mut().insert(
                 pid.as_raw() as u32,
-                Backend::new(index, pid.as_raw() as u32, addr),
+                Backend::new(index, pid.as_raw() as u32, addr, self.idle_tx.clone()),
             );
             if self.ready.mode == Readiness::Probe {
                 tokio::spawn(proxy::probe(addr, pid, self.notes_tx.clone()));
@@ -500,7 +496,7 @@ impl Supervisor {
         let forward = self.config.forward_output;
         tokio::spawn(async move {
             let tail = Tail::default();
-            let prefix: std::sync::Arc<str> = format!("[slot {index} pid {pid}] ").into();
+            let prefix: Arc<str> = format!("[slot {index} pid {pid}] ").into();
             let out = tokio::spawn(output::pump(
                 spawned.stdout,
                 Stream::Stdout,
@@ -589,21 +585,10 @@ impl Supervisor {
         self.backends_mut().remove(&(r.pid.as_raw() as u32));
         let now = Instant::now();
         let slot = &mut self.slots[r.slot];
-        let Some(role) = slot.role_of(r.pid) else {
+        let Some(started) = slot.started_of(r.pid) else {
             return;
         };
-        let started = match role {
-            Role::Current => slot.current.as_ref().map(|p| p.started),
-            Role::Successor => slot.successor.as_ref().map(|p| p.started),
-            Role::Retiring => slot
-                .retiring
-                .iter()
-                .find(|p| p.pid == r.pid)
-                .map(|p| p.started),
-        };
-        let uptime = started
-            .map(|s| now.saturating_duration_since(s))
-            .unwrap_or_default();
+        let uptime = now.saturating_duration_since(started);
         let outcome = slot.on_exit(
             r.pid,
             &self.config.supervision,
@@ -680,7 +665,7 @@ impl Supervisor {
             .collect();
         if !self.steer_broken && !live.is_empty() && live != self.steered {
             match self.listeners.steer(&live) {
-                Ok(()) => self.steered = live,
+                Ok(()) => self.steered.clone_from(&live),
                 Err(e) => {
                     self.steer_broken = true;
                     output::log_line(&format!(
@@ -693,11 +678,9 @@ impl Supervisor {
         }
         if let Some(rotation) = &self.rotation {
             let backends = self.backends_mut();
-            let serving: Vec<std::sync::Arc<Backend>> = self
-                .slots
+            let serving: Vec<Arc<Backend>> = live
                 .iter()
-                .filter(|s| s.is_serving())
-                .filter_map(|s| s.pid())
+                .filter_map(|&i| self.slots[i].pid())
                 .filter_map(|pid| backends.get(&(pid.as_raw() as u32)).cloned())
                 .collect();
             drop(backends);
@@ -722,7 +705,7 @@ impl Supervisor {
 
     fn backends_mut(
         &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u32, std::sync::Arc<Backend>>> {
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u32, Arc<Backend>>> {
         self.backends.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -2,7 +2,7 @@
 //! aborting on a failed successor. The bookkeeping (which slots are left,
 //! the report) is the pure [`super::reload`]; this is the part with effects.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use nix::sys::signal::Signal;
 
@@ -162,7 +162,8 @@ impl Supervisor {
         let now = Instant::now();
         for other in others {
             if let Some(pid) = self.slots[other].successor.as_ref().map(|p| p.pid) {
-                self.slots[other].stop_proc(pid, now, Duration::ZERO, false);
+                // Killed now; the drain timer only backs that up.
+                self.slots[other].stop_proc(pid, now, self.config.drain_timeout, false);
                 signal_group(pid, Signal::SIGKILL);
             }
         }

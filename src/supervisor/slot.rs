@@ -224,27 +224,35 @@ impl Slot {
         self.spawns
     }
 
+    /// Every process of the slot with its role.
+    fn procs(&self) -> impl Iterator<Item = (Role, &Proc)> {
+        let current = self.current.iter().map(|p| (Role::Current, p));
+        let successor = self.successor.iter().map(|p| (Role::Successor, p));
+        let retiring = self.retiring.iter().map(|p| (Role::Retiring, p));
+        current.chain(successor).chain(retiring)
+    }
+
+    fn procs_mut(&mut self) -> impl Iterator<Item = (Role, &mut Proc)> {
+        let current = self.current.iter_mut().map(|p| (Role::Current, p));
+        let successor = self.successor.iter_mut().map(|p| (Role::Successor, p));
+        let retiring = self.retiring.iter_mut().map(|p| (Role::Retiring, p));
+        current.chain(successor).chain(retiring)
+    }
+
     /// Which role `pid` holds here.
     pub(crate) fn role_of(&self, pid: Pid) -> Option<Role> {
-        if self.current.as_ref().is_some_and(|p| p.pid == pid) {
-            Some(Role::Current)
-        } else if self.successor.as_ref().is_some_and(|p| p.pid == pid) {
-            Some(Role::Successor)
-        } else if self.retiring.iter().any(|p| p.pid == pid) {
-            Some(Role::Retiring)
-        } else {
-            None
-        }
+        self.procs().find(|(_, p)| p.pid == pid).map(|(r, _)| r)
+    }
+
+    /// When `pid` was started, if it is a process of this slot.
+    pub(crate) fn started_of(&self, pid: Pid) -> Option<Instant> {
+        self.procs()
+            .find(|(_, p)| p.pid == pid)
+            .map(|(_, p)| p.started)
     }
 
     fn proc_mut(&mut self, pid: Pid) -> Option<&mut Proc> {
-        if let Some(p) = self.current.as_mut().filter(|p| p.pid == pid) {
-            return Some(p);
-        }
-        if let Some(p) = self.successor.as_mut().filter(|p| p.pid == pid) {
-            return Some(p);
-        }
-        self.retiring.iter_mut().find(|p| p.pid == pid)
+        self.procs_mut().find(|(_, p)| p.pid == pid).map(|(_, p)| p)
     }
 
     /// A process was spawned into `role` (Current or Successor).
@@ -472,13 +480,7 @@ impl Slot {
     /// [`Slot::signal_now`] instead). A slot in backoff just ends.
     pub(crate) fn begin_stop(&mut self, now: Instant, drain: Duration, defer: bool) -> Vec<Pid> {
         self.restart_at = None;
-        let pids: Vec<Pid> = self
-            .current
-            .iter()
-            .chain(self.successor.iter())
-            .chain(self.retiring.iter())
-            .map(|p| p.pid)
-            .collect();
+        let pids = self.pids();
         let newly: Vec<Pid> = pids
             .into_iter()
             .filter(|&pid| self.stop_proc(pid, now, drain, defer))
@@ -497,12 +499,7 @@ impl Slot {
 
     /// Every live pid of the slot.
     pub(crate) fn pids(&self) -> Vec<Pid> {
-        self.current
-            .iter()
-            .chain(self.successor.iter())
-            .chain(self.retiring.iter())
-            .map(|p| p.pid)
-            .collect()
+        self.procs().map(|(_, p)| p.pid).collect()
     }
 
     /// Pids of the retiring predecessors.
@@ -512,11 +509,8 @@ impl Slot {
 
     /// The earliest moment a timer of this slot fires.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.current
-            .iter()
-            .chain(self.successor.iter())
-            .chain(self.retiring.iter())
-            .flat_map(Proc::deadlines)
+        self.procs()
+            .flat_map(|(_, p)| p.deadlines())
             .chain(self.restart_at)
             .min()
     }
@@ -524,13 +518,8 @@ impl Slot {
     /// Takes every timer that is due at `now`.
     pub(crate) fn take_due(&mut self, now: Instant) -> Vec<Due> {
         let mut due = Vec::new();
-        let index_role = |slot: &Slot, pid: Pid| slot.role_of(pid).unwrap_or(Role::Current);
-        let pids = self.pids();
-        for pid in pids {
-            let role = index_role(self, pid);
-            let Some(p) = self.proc_mut(pid) else {
-                continue;
-            };
+        for (role, p) in self.procs_mut() {
+            let pid = p.pid;
             if p.kill_at.is_some_and(|at| at <= now) {
                 p.kill_at = None;
                 due.push(Due::Kill(pid));

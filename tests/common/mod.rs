@@ -173,10 +173,9 @@ impl Master {
 
     /// Waits for `n` workers whose start-up line contains `ready_marker`.
     pub fn wait_ready(&self, n: usize, ready_marker: &str) -> Vec<u32> {
-        let log = self.wait_log(&format!("{n} workers ready"), |l| {
+        self.wait_log(&format!("{n} workers ready"), |l| {
             l.matches(ready_marker).count() >= n
         });
-        let _ = log;
         self.live_pids()
     }
 
@@ -376,6 +375,7 @@ pub struct LoadStats {
 /// until stopped, each error, reset and non-200 counted.
 pub struct Load {
     stop: Arc<std::sync::atomic::AtomicBool>,
+    answered: Arc<std::sync::atomic::AtomicU64>,
     threads: Vec<std::thread::JoinHandle<LoadStats>>,
 }
 
@@ -386,9 +386,11 @@ const LOAD_MAX_REQUESTS: u64 = 2_000_000;
 impl Load {
     pub fn start(addr: SocketAddr, concurrency: usize, keep_alive: bool) -> Load {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let threads = (0..concurrency)
             .map(|_| {
                 let stop = stop.clone();
+                let answered = answered.clone();
                 std::thread::spawn(move || {
                     let mut stats = LoadStats::default();
                     let mut conn: Option<KeepAlive> = None;
@@ -403,6 +405,7 @@ impl Load {
                         match result {
                             Ok(body) => {
                                 stats.ok += 1;
+                                answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 stats.pids.insert(pid_of(&body));
                             }
                             Err(e) => stats.errors.push(e),
@@ -412,7 +415,20 @@ impl Load {
                 })
             })
             .collect();
-        Load { stop, threads }
+        Load {
+            stop,
+            answered,
+            threads,
+        }
+    }
+
+    /// Waits until `n` requests have been answered so far.
+    pub fn wait_answered(&self, n: u64) {
+        let deadline = Instant::now() + WAIT;
+        while self.answered.load(std::sync::atomic::Ordering::Relaxed) < n {
+            assert!(Instant::now() < deadline, "the load got no {n} answers");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     pub fn finish(self) -> LoadStats {
