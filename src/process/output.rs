@@ -81,7 +81,7 @@ static DROPPED: AtomicU64 = AtomicU64::new(0);
 /// queue is full, the line is dropped (and the count reported with the next
 /// line that gets through), because the supervisor must not stop
 /// supervising for want of a reader.
-pub(crate) async fn log_line(text: &str) {
+pub(crate) fn log_line(text: &str) {
     let mut line = Vec::with_capacity(text.len() + 7);
     let dropped = DROPPED.swap(0, Ordering::Relaxed);
     if dropped > 0 {

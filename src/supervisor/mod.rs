@@ -253,18 +253,18 @@ pub(crate) async fn run(
         idle_tx,
         background,
     };
-    sup.changed().await;
+    sup.changed();
 
     for i in 0..sup.slots.len() {
         // A stop may already be queued (shutdown() before run()).
         if let Ok(Control::Stop { graceful }) = control_rx.try_recv() {
-            sup.stop(graceful).await;
+            sup.stop(graceful);
             break;
         }
         if let Err(e) = sup.start(i, Role::Current).await {
             // The program cannot start at all: undo what did start.
             sup.fatal = Some(e);
-            sup.stop(false).await;
+            sup.stop(false);
             break;
         }
     }
@@ -280,19 +280,19 @@ pub(crate) async fn run(
         tokio::select! {
             Some(r) = reaped_rx.recv() => sup.on_reaped(r).await,
             Some(n) = notes_rx.recv() => sup.on_note(n).await,
-            Some(pid) = idle_rx.recv() => sup.on_idle(Pid::from_raw(pid as i32)).await,
+            Some(pid) = idle_rx.recv() => sup.on_idle(Pid::from_raw(pid as i32)),
             Some(c) = control_rx.recv() => match c {
-                Control::Stop { graceful } => sup.stop(graceful).await,
+                Control::Stop { graceful } => sup.stop(graceful),
                 Control::Reload { target, reply } => sup.request_reload(target, Some(reply)).await,
             },
             sig = next_signal(&mut signals) => match sig {
-                MasterSignal::Term => sup.stop(true).await,
+                MasterSignal::Term => sup.stop(true),
                 // A second Ctrl-C means "now".
                 MasterSignal::Int => {
                     let graceful = sup.phase != Phase::Stopping;
-                    sup.stop(graceful).await;
+                    sup.stop(graceful);
                 }
-                MasterSignal::Quit => sup.stop(false).await,
+                MasterSignal::Quit => sup.stop(false),
                 MasterSignal::Hup => sup.request_reload(Target::All, None).await,
             },
             () = timer => sup.on_timers().await,
@@ -307,9 +307,9 @@ impl Supervisor {
         !self.slots.iter().any(|s| s.is_live() || s.is_pending())
     }
 
-    async fn emit(&self, event: Event) {
+    fn emit(&self, event: Event) {
         if self.config.log_events {
-            output::log_line(&event.to_string()).await;
+            output::log_line(&event.to_string());
         }
         self.handle.publish(event);
     }
@@ -455,7 +455,7 @@ impl Supervisor {
         let spawned = match spawner::spawn(req).await {
             Ok(s) => s,
             Err(e) => {
-                self.changed().await;
+                self.changed();
                 return Err(self.spawn_error(index, e.stage, e.source));
             }
         };
@@ -481,13 +481,12 @@ impl Supervisor {
         self.slots[index].on_spawned(pid, generation, role, self.ready.slot, Instant::now());
         // State first, then the event: a subscriber that reacts to the event
         // finds the snapshot already up to date.
-        self.changed().await;
+        self.changed();
         self.emit(Event::Spawned {
             slot: index,
             generation,
             pid: pid.as_raw() as u32,
-        })
-        .await;
+        });
 
         if let Some(master_end) = ipc_master {
             tokio::spawn(ipc::serve(master_end, pid, self.notes_tx.clone()));
@@ -538,8 +537,7 @@ impl Supervisor {
         let Some((index, _)) = self.slot_of(pid) else {
             output::log_line(&format!(
                 "ignored a readiness message from pid {pid}, which is not a worker's main process"
-            ))
-            .await;
+            ));
             return;
         };
         match note {
@@ -548,10 +546,10 @@ impl Supervisor {
                 self.slots[index].on_watchdog(pid, self.ready.watchdog, Instant::now());
             }
             Note::Stopping(pid) => {
-                output::log_line(&format!("slot {index}: pid {pid} says it is stopping")).await;
+                output::log_line(&format!("slot {index}: pid {pid} says it is stopping"));
             }
             Note::Status(pid, text) => {
-                output::log_line(&format!("slot {index}: pid {pid} status: {text}")).await;
+                output::log_line(&format!("slot {index}: pid {pid} status: {text}"));
             }
         }
     }
@@ -561,14 +559,13 @@ impl Supervisor {
         let Some(role) = role else {
             return;
         };
-        self.changed().await;
+        self.changed();
         self.emit(Event::Ready {
             slot: index,
             pid: pid.as_raw() as u32,
-        })
-        .await;
+        });
         if role == Role::Successor {
-            self.take_over(index).await;
+            self.take_over(index);
             self.advance_reload().await;
         }
     }
@@ -578,7 +575,7 @@ impl Supervisor {
         let exit = match r.result {
             Ok(exit) => exit,
             Err(e) => {
-                output::log_line(&format!("slot {}: cannot reap pid {}: {e}", r.slot, r.pid)).await;
+                output::log_line(&format!("slot {}: cannot reap pid {}: {e}", r.slot, r.pid));
                 Exit::Signal(Signal::SIGKILL)
             }
         };
@@ -597,7 +594,7 @@ impl Supervisor {
             stopping,
             random_unit(),
         );
-        self.changed().await;
+        self.changed();
         self.emit(Event::Exited {
             slot: r.slot,
             generation: r.generation,
@@ -605,10 +602,9 @@ impl Supervisor {
             exit,
             uptime,
             expected: matches!(outcome, ExitOutcome::Expected),
-        })
-        .await;
+        });
         match outcome {
-            ExitOutcome::Current(decision) => self.report(r.slot, decision, r.tail).await,
+            ExitOutcome::Current(decision) => self.report(r.slot, decision, r.tail),
             ExitOutcome::Successor => {
                 let reason = if self.timed_out.remove(&r.pid) {
                     format!(
@@ -633,7 +629,7 @@ impl Supervisor {
         }
     }
 
-    async fn report(&mut self, slot: usize, decision: Decision, tail: Vec<String>) {
+    fn report(&mut self, slot: usize, decision: Decision, tail: Vec<String>) {
         let rescue = match decision {
             Decision::Restart(delay) => delay >= RESCUE_AFTER,
             Decision::Done | Decision::Failed { .. } => true,
@@ -648,15 +644,15 @@ impl Supervisor {
                 last_output: tail,
             },
         };
-        self.emit(event).await;
+        self.emit(event);
         if rescue {
-            self.rescue_queue(slot).await;
+            self.rescue_queue(slot);
         }
     }
 
     /// Steers new connections to the slots that have a ready worker, when
     /// that set changed, and publishes the new snapshot.
-    async fn changed(&mut self) {
+    fn changed(&mut self) {
         let live: Vec<usize> = self
             .slots
             .iter()
@@ -671,8 +667,7 @@ impl Supervisor {
                     output::log_line(&format!(
                         "cannot steer connections away from empty slots ({e}); \
                          their queues wait for the next worker"
-                    ))
-                    .await;
+                    ));
                 }
             }
         }
@@ -691,12 +686,12 @@ impl Supervisor {
 
     /// A process leaves service: its stop signal now, or, in proxy mode,
     /// once its proxied connections end (or at the drain timeout).
-    async fn retire(&mut self, pid: Pid) {
+    fn retire(&mut self, pid: Pid) {
         let backend = self.backends_mut().get(&(pid.as_raw() as u32)).cloned();
         match backend {
             Some(backend) => {
                 if backend.start_draining() {
-                    self.on_idle(pid).await;
+                    self.on_idle(pid);
                 }
             }
             None => signal_group(pid, self.config.stop_signal),
@@ -710,7 +705,7 @@ impl Supervisor {
     }
 
     /// A draining backend has no connections left: it gets the stop signal.
-    async fn on_idle(&mut self, pid: Pid) {
+    fn on_idle(&mut self, pid: Pid) {
         let Some((index, _)) = self.slot_of(pid) else {
             return;
         };
@@ -718,15 +713,14 @@ impl Supervisor {
             self.emit(Event::Idle {
                 slot: index,
                 pid: pid.as_raw() as u32,
-            })
-            .await;
+            });
             signal_group(pid, self.config.stop_signal);
         }
     }
 
     /// Passes the connections queued on an empty slot's socket on to the
     /// live slots, so that they do not wait for a worker that is far off.
-    async fn rescue_queue(&mut self, slot: usize) {
+    fn rescue_queue(&mut self, slot: usize) {
         let slot_is_out = !self.steer_broken
             && !self.steered.is_empty()
             && !self.steered.contains(&slot)
@@ -741,8 +735,7 @@ impl Supervisor {
         output::log_line(&format!(
             "slot {slot}: passing {} queued connection(s) on to live slots",
             queued.len()
-        ))
-        .await;
+        ));
         for (conn, target) in queued {
             tokio::spawn(crate::net::rescue::forward(conn, target));
         }
@@ -755,22 +748,21 @@ impl Supervisor {
                 self.on_due(index, due).await;
             }
         }
-        self.changed().await;
+        self.changed();
     }
 
     async fn on_due(&mut self, index: usize, due: Due) {
         match due {
             Due::Restart => {
                 if let Err(e) = self.start(index, Role::Current).await {
-                    self.on_spawn_failure(index, e).await;
+                    self.on_spawn_failure(index, e);
                 }
             }
             Due::Kill(pid) => {
                 self.emit(Event::DrainTimeout {
                     slot: index,
                     pid: pid.as_raw() as u32,
-                })
-                .await;
+                });
                 signal_group(pid, Signal::SIGKILL);
             }
             Due::DelayReady(pid) => self.on_ready(index, pid).await,
@@ -779,8 +771,7 @@ impl Supervisor {
                     slot: index,
                     pid: pid.as_raw() as u32,
                     timeout: self.config.start_timeout,
-                })
-                .await;
+                });
                 if role == Role::Successor {
                     self.timed_out.insert(pid);
                 }
@@ -795,16 +786,14 @@ impl Supervisor {
                     slot: index,
                     pid: pid.as_raw() as u32,
                     open,
-                })
-                .await;
+                });
                 signal_group(pid, self.config.stop_signal);
             }
             Due::Watchdog(pid) => {
                 self.emit(Event::WatchdogTimeout {
                     slot: index,
                     pid: pid.as_raw() as u32,
-                })
-                .await;
+                });
                 signal_group(pid, Signal::SIGKILL);
             }
         }
@@ -812,12 +801,11 @@ impl Supervisor {
 
     /// A restart could not even exec: count it like a crash, so that a
     /// program deleted while running ends in a failed slot, not a hot loop.
-    async fn on_spawn_failure(&mut self, index: usize, error: Error) {
+    fn on_spawn_failure(&mut self, index: usize, error: Error) {
         self.emit(Event::SpawnFailed {
             slot: index,
             error: error.to_string(),
-        })
-        .await;
+        });
         let outcome = self.slots[index].on_start_failed(
             &self.config.supervision,
             Instant::now(),
@@ -825,9 +813,9 @@ impl Supervisor {
             self.phase == Phase::Stopping,
             random_unit(),
         );
-        self.changed().await;
+        self.changed();
         if let ExitOutcome::Current(decision) = outcome {
-            self.report(index, decision, vec![error.to_string()]).await;
+            self.report(index, decision, vec![error.to_string()]);
         }
     }
 
@@ -835,13 +823,13 @@ impl Supervisor {
 
     /// Stops every worker: gracefully (stop signal now, SIGKILL at the drain
     /// timeout) or at once.
-    async fn stop(&mut self, graceful: bool) {
+    fn stop(&mut self, graceful: bool) {
         if graceful && self.phase == Phase::Stopping {
             return;
         }
         self.phase = Phase::Stopping;
-        self.changed().await;
-        self.emit(Event::Stopping { graceful }).await;
+        self.changed();
+        self.emit(Event::Stopping { graceful });
         let now = Instant::now();
         let defer = graceful && self.rotation.is_some();
         let mut held_back = Vec::new();
@@ -860,9 +848,9 @@ impl Supervisor {
             }
         }
         // Proxy mode: out of rotation now, stopped once idle.
-        self.changed().await;
+        self.changed();
         for pid in held_back {
-            self.retire(pid).await;
+            self.retire(pid);
         }
         // A reload in progress ends here; queued ones never start.
         if let Some(run) = self.reload.take() {
@@ -881,7 +869,7 @@ impl Supervisor {
                 let _ = w.send(Err(Error::NotRunning));
             }
         }
-        self.changed().await;
+        self.changed();
     }
 
     async fn finish(mut self) -> Result<()> {
@@ -900,7 +888,7 @@ impl Supervisor {
             let _ = task.await;
         }
         self.phase = Phase::Stopped;
-        self.emit(Event::Stopped).await;
+        self.emit(Event::Stopped);
         let _ = tokio::time::timeout(FINAL_FLUSH, output::flush()).await;
         // Last: Handle::shutdown resolves on this, after the final lines.
         self.publish_snapshot();

@@ -17,23 +17,22 @@ use crate::process::{output, signal_group};
 impl Supervisor {
     /// A reload's successor is ready: it takes the slot, the predecessor
     /// gets the stop signal and drains.
-    pub(super) async fn take_over(&mut self, index: usize) {
+    pub(super) fn take_over(&mut self, index: usize) {
         let now = Instant::now();
         let new_pid = self.slots[index].successor.as_ref().map(|p| p.pid);
         let defer = self.rotation.is_some();
         let old = self.slots[index].promote(now, self.config.drain_timeout, defer);
         // Out of rotation first (proxy mode), then stopped.
-        self.changed().await;
+        self.changed();
         if let (Some(old), Some(new)) = (old, new_pid) {
             self.emit(Event::Replaced {
                 slot: index,
                 old_pid: old.as_raw() as u32,
                 new_pid: new.as_raw() as u32,
-            })
-            .await;
+            });
         }
         if let Some(old) = old {
-            self.retire(old).await;
+            self.retire(old);
         }
         let (Some(new_pid), Some(run)) = (new_pid, self.reload.as_mut()) else {
             return;
@@ -67,8 +66,7 @@ impl Supervisor {
         if self.reload.is_some() {
             // One more run after this one, not a parallel one, not lost.
             if self.queued.is_empty() {
-                output::log_line("reload requested during a reload: it runs when this one ends")
-                    .await;
+                output::log_line("reload requested during a reload: it runs when this one ends");
             }
             self.queued.push((target, reply));
             return;
@@ -77,18 +75,17 @@ impl Supervisor {
     }
 
     async fn start_reload(&mut self, requests: Vec<(Target, Option<Waiter>)>) {
-        self.begin_run(requests).await;
+        self.begin_run(requests);
         self.advance_reload().await;
     }
 
-    async fn begin_run(&mut self, requests: Vec<(Target, Option<Waiter>)>) {
+    fn begin_run(&mut self, requests: Vec<(Target, Option<Waiter>)>) {
         let targets: Vec<Target> = requests.iter().map(|(t, _)| t.clone()).collect();
         let waiters: Vec<Waiter> = requests.into_iter().filter_map(|(_, w)| w).collect();
         let slots = reload::merge(&targets, self.slots.len());
         self.emit(Event::ReloadStarted {
             slots: slots.clone(),
-        })
-        .await;
+        });
         self.reload = Some(ReloadRun::new(
             slots,
             self.config.reload_parallel,
@@ -109,8 +106,7 @@ impl Supervisor {
                 let (report, waiters) = run.finish(Instant::now());
                 self.emit(Event::ReloadFinished {
                     report: report.clone(),
-                })
-                .await;
+                });
                 for w in waiters {
                     let _ = w.send(Ok(report.clone()));
                 }
@@ -118,7 +114,7 @@ impl Supervisor {
                     return;
                 }
                 let next = std::mem::take(&mut self.queued);
-                self.begin_run(next).await;
+                self.begin_run(next);
                 continue;
             }
             let Some(slot) = run.next_slot() else {
@@ -128,7 +124,7 @@ impl Supervisor {
                 // Ready at exec: it takes over at once.
                 Ok(()) => {
                     if self.slots[slot].successor.as_ref().is_some_and(|p| p.ready) {
-                        self.take_over(slot).await;
+                        self.take_over(slot);
                     }
                 }
                 Err(e) => self.record_successor_failure(slot, e.to_string(), Vec::new()),
