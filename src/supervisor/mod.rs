@@ -350,8 +350,14 @@ impl Supervisor {
         generation: u64,
         listen_fds: Vec<std::os::fd::RawFd>,
         ipc_child: Option<std::os::fd::OwnedFd>,
+        port: Option<u16>,
     ) -> SpawnRequest {
         let mut env = self.config.env.clone();
+        if let Some(port) = port {
+            // The PORT contract: the worker binds this port itself.
+            env.retain(|(k, _)| k != "PORT");
+            env.push(("PORT".into(), port.to_string().into()));
+        }
         if !listen_fds.is_empty() {
             let names: Vec<String> = (0..listen_fds.len())
                 .map(|i| format!("listen{i}"))
@@ -446,12 +452,13 @@ impl Supervisor {
             Some((socket, _)) => vec![std::os::fd::AsRawFd::as_raw_fd(socket)],
             None => self.listeners.fds_for_slot(index),
         };
-        let mut req = self.spawn_request(index, generation, listen_fds, ipc_child);
-        if let Some(addr) = port {
-            req.env.retain(|(k, _)| k != "PORT");
-            req.env
-                .push(("PORT".into(), addr.port().to_string().into()));
-        }
+        let req = self.spawn_request(
+            index,
+            generation,
+            listen_fds,
+            ipc_child,
+            port.map(|a| a.port()),
+        );
         let spawned = match spawner::spawn(req).await {
             Ok(s) => s,
             Err(e) => {
