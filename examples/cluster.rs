@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use herd::{Backoff, Balance, Cluster, CrashLoop, Readiness, RestartPolicy, Signal};
+use herd::{Backoff, Balance, Cluster, CrashLoop, KillMode, Readiness, RestartPolicy, Signal};
 
 /// Run N copies of a program behind one listening address, keep them alive,
 /// and stop them gracefully.
@@ -94,12 +94,34 @@ struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     min_uptime: Duration,
 
-    /// How the master learns a new worker serves: auto (ipc for Node with
-    /// the preload, else none), none, notify (sd_notify READY=1), ipc
-    /// (process.send('ready')), probe (the port answers; with --proxy-port)
-    /// or delay:<duration>.
+    /// How the master learns a new worker serves: auto (listen for Node
+    /// with the preload, else none), none, notify (sd_notify READY=1), ipc
+    /// (process.send('ready')), listen (the preload: the app listens),
+    /// probe (the port answers; with --proxy-port) or delay:<duration>.
     #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_ready)]
     ready: Readiness,
+
+    /// PM2's wait_ready: a new Node worker is ready when the app calls
+    /// process.send('ready'), not when it listens (--ready ipc).
+    #[arg(long)]
+    wait_ready: bool,
+
+    /// Which processes of a worker get the stop signal: mixed (its main
+    /// process; the rest of its group is killed once that has exited) or
+    /// group (the whole process group at once).
+    #[arg(long, value_name = "MODE", default_value = "mixed", value_parser = parse_kill_mode)]
+    kill_mode: KillMode,
+
+    /// A reload's successor that cannot report readiness (--ready none)
+    /// must stay up this long before it replaces its predecessor; one that
+    /// exits sooner aborts the reload (0 turns it off).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    settle: Duration,
+
+    /// The master's own lines: text, or json (one object per line and
+    /// event, for scripts and tests).
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 
     /// Time a new worker gets to become ready.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
@@ -145,6 +167,10 @@ fn parse_balance(s: &str) -> Result<Balance, String> {
 }
 
 fn parse_ready(s: &str) -> Result<Readiness, String> {
+    s.parse().map_err(|e: herd::Error| e.to_string())
+}
+
+fn parse_kill_mode(s: &str) -> Result<KillMode, String> {
     s.parse().map_err(|e: herd::Error| e.to_string())
 }
 
@@ -248,6 +274,17 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         (other, None) => other,
     };
+    let ready = match (cli.wait_ready, cli.ready) {
+        (false, r) => r,
+        (true, Readiness::Auto | Readiness::Ipc) => Readiness::Ipc,
+        (true, other) => {
+            return Err(format!(
+                "--wait-ready waits for process.send('ready') and cannot go with --ready {other}"
+            )
+            .into())
+        }
+    };
+    let json = cli.log_format == "json";
     let (program, args) = cli.command.split_first().ok_or("no program given")?;
     let mut builder = Cluster::builder()
         .command(program)
@@ -266,7 +303,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             window: cli.crash_window,
         })
         .min_uptime(cli.min_uptime)
-        .readiness(cli.ready)
+        .readiness(ready)
+        .kill_mode(cli.kill_mode)
+        .settle(cli.settle)
+        .log_events(!json)
         .start_timeout(cli.start_timeout)
         .reload_parallel(cli.reload_parallel)
         .node_preload(!cli.no_node_preload);
@@ -302,13 +342,45 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
     let cluster = builder.build()?;
     for addr in cluster.local_addrs() {
-        eprintln!(
-            "herd: listening on {addr} ({}, {} worker{})",
-            balance,
-            cluster.worker_count(),
-            if cluster.worker_count() == 1 { "" } else { "s" }
-        );
+        if json {
+            eprintln!(
+                "{{\"event\":\"listening\",\"addr\":\"{addr}\",\"balance\":\"{balance}\",\"workers\":{}}}",
+                cluster.worker_count()
+            );
+        } else {
+            eprintln!(
+                "herd: listening on {addr} ({}, {} worker{})",
+                balance,
+                cluster.worker_count(),
+                if cluster.worker_count() == 1 { "" } else { "s" }
+            );
+        }
     }
-    cluster.run().await?;
+    if !json {
+        cluster.run().await?;
+        return Ok(());
+    }
+    // Every event as a JSON line, in order, the last ones included.
+    let mut events = cluster.handle().events();
+    let printer = tokio::spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match events.recv().await {
+                Ok(e) => {
+                    eprintln!("{}", e.to_json());
+                    if matches!(e, herd::Event::Stopped) {
+                        return;
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    eprintln!("{{\"event\":\"lagged\",\"missed\":{n}}}")
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
+    let result = cluster.run().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), printer).await;
+    result?;
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::process::Exit;
+use crate::ready::Readiness;
 use crate::supervisor::reload::ReloadReport;
 use crate::supervisor::slot::WorkerState;
 
@@ -45,6 +46,18 @@ pub enum Event {
         pid: u32,
         /// The start timeout.
         timeout: Duration,
+        /// What it was expected to do to be ready.
+        readiness: Readiness,
+    },
+    /// A worker exited after failing to bind one of herd's ports itself
+    /// (`EADDRINUSE`): it must use the socket herd passes instead.
+    PortConflict {
+        /// Its slot.
+        slot: usize,
+        /// Its pid.
+        pid: u32,
+        /// The port it tried to bind.
+        port: u16,
     },
     /// A worker missed its watchdog deadline and is killed.
     WatchdogTimeout {
@@ -157,10 +170,40 @@ impl fmt::Display for Event {
             } => write!(f, "slot {slot}: spawned pid {pid} (generation {generation})"),
             Event::SpawnFailed { slot, error } => write!(f, "slot {slot}: {error}"),
             Event::Ready { slot, pid } => write!(f, "slot {slot}: pid {pid} is ready"),
-            Event::StartTimeout { slot, pid, timeout } => write!(
+            Event::StartTimeout {
+                slot,
+                pid,
+                timeout,
+                readiness,
+            } => {
+                let t = Millis(*timeout);
+                match readiness {
+                    Readiness::Ipc => write!(
+                        f,
+                        "slot {slot}: pid {pid} did not call process.send('ready') within {t} \
+                         (--wait-ready); killing it. Send it once the app is ready, or raise \
+                         --start-timeout"
+                    ),
+                    Readiness::Listen => write!(
+                        f,
+                        "slot {slot}: pid {pid} did not listen on herd's socket(s) within {t}; \
+                         killing it"
+                    ),
+                    Readiness::Notify => write!(
+                        f,
+                        "slot {slot}: pid {pid} did not send READY=1 to NOTIFY_SOCKET within \
+                         {t} (--ready notify); killing it"
+                    ),
+                    _ => write!(f, "slot {slot}: pid {pid} not ready within {t}; killing it"),
+                }
+            }
+            Event::PortConflict { slot, pid, port } => write!(
                 f,
-                "slot {slot}: pid {pid} not ready within {}; killing it",
-                Millis(*timeout)
+                "slot {slot}: pid {pid} failed to bind port {port} itself (EADDRINUSE): herd \
+                 already listens there and passes the socket as fd 3 (LISTEN_FDS). Serve on \
+                 that fd (Node apps get it by the preload; Python: socket.socket(fileno=3); \
+                 gunicorn: --bind fd://3), or let the worker bind a port of its own with \
+                 --balance proxy --proxy-port"
             ),
             Event::WatchdogTimeout { slot, pid } => write!(
                 f,
@@ -239,6 +282,212 @@ impl fmt::Display for Event {
     }
 }
 
+impl Event {
+    /// The event as one line of JSON: `event` names the variant in
+    /// snake_case, the other keys are its fields (durations in
+    /// milliseconds as `*_ms`, an exit as `{"code": N}` or
+    /// `{"signal": "SIGKILL"}`). Unlike the `Display` text, whose wording
+    /// may improve, this form is for programs and stays stable.
+    pub fn to_json(&self) -> String {
+        let j = Json::new(self.name());
+        match self {
+            Event::Spawned {
+                slot,
+                generation,
+                pid,
+            } => j
+                .num("slot", *slot)
+                .num("generation", *generation)
+                .num("pid", *pid),
+            Event::SpawnFailed { slot, error } => j.num("slot", *slot).str("error", error),
+            Event::Ready { slot, pid } | Event::WatchdogTimeout { slot, pid } => {
+                j.num("slot", *slot).num("pid", *pid)
+            }
+            Event::Idle { slot, pid } | Event::DrainTimeout { slot, pid } => {
+                j.num("slot", *slot).num("pid", *pid)
+            }
+            Event::StartTimeout {
+                slot,
+                pid,
+                timeout,
+                readiness,
+            } => j
+                .num("slot", *slot)
+                .num("pid", *pid)
+                .num("timeout_ms", timeout.as_millis())
+                .str("readiness", &readiness.to_string()),
+            Event::PortConflict { slot, pid, port } => {
+                j.num("slot", *slot).num("pid", *pid).num("port", *port)
+            }
+            Event::Replaced {
+                slot,
+                old_pid,
+                new_pid,
+            } => j
+                .num("slot", *slot)
+                .num("old_pid", *old_pid)
+                .num("new_pid", *new_pid),
+            Event::ReloadStarted { slots } => {
+                j.raw("slots", &json_list(slots.iter().map(|s| s.to_string())))
+            }
+            Event::ReloadFinished { report } => {
+                let replaced = report.replaced.iter().map(|r| {
+                    Json::object()
+                        .num("slot", r.slot)
+                        .raw(
+                            "old_pid",
+                            &r.old_pid.map_or("null".into(), |p| p.to_string()),
+                        )
+                        .num("new_pid", r.new_pid)
+                        .num("generation", r.generation)
+                        .finish()
+                });
+                let failure = match &report.failure {
+                    None => "null".to_string(),
+                    Some(f) => Json::object()
+                        .num("slot", f.slot)
+                        .str("reason", &f.reason)
+                        .raw(
+                            "last_output",
+                            &json_list(f.last_output.iter().map(|l| json_string(l))),
+                        )
+                        .finish(),
+                };
+                j.raw("replaced", &json_list(replaced))
+                    .raw("failure", &failure)
+                    .num("duration_ms", report.duration.as_millis())
+            }
+            Event::Exited {
+                slot,
+                generation,
+                pid,
+                exit,
+                uptime,
+                expected,
+            } => j
+                .num("slot", *slot)
+                .num("generation", *generation)
+                .num("pid", *pid)
+                .raw("exit", &exit_json(*exit))
+                .num("uptime_ms", uptime.as_millis())
+                .raw("expected", if *expected { "true" } else { "false" }),
+            Event::RestartScheduled { slot, delay } => {
+                j.num("slot", *slot).num("delay_ms", delay.as_millis())
+            }
+            Event::SlotDone { slot } => j.num("slot", *slot),
+            Event::SlotFailed {
+                slot,
+                exits,
+                window,
+                last_output,
+            } => j
+                .num("slot", *slot)
+                .num("exits", *exits)
+                .num("window_ms", window.as_millis())
+                .raw(
+                    "last_output",
+                    &json_list(last_output.iter().map(|l| json_string(l))),
+                ),
+            Event::Stopping { graceful } => {
+                j.raw("graceful", if *graceful { "true" } else { "false" })
+            }
+            Event::DrainSignal { slot, pid, open } => {
+                j.num("slot", *slot).num("pid", *pid).num("open", *open)
+            }
+            Event::Stopped => j,
+        }
+        .finish()
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Event::Spawned { .. } => "spawned",
+            Event::SpawnFailed { .. } => "spawn_failed",
+            Event::Ready { .. } => "ready",
+            Event::StartTimeout { .. } => "start_timeout",
+            Event::PortConflict { .. } => "port_conflict",
+            Event::WatchdogTimeout { .. } => "watchdog_timeout",
+            Event::Replaced { .. } => "replaced",
+            Event::ReloadStarted { .. } => "reload_started",
+            Event::ReloadFinished { .. } => "reload_finished",
+            Event::Exited { .. } => "exited",
+            Event::RestartScheduled { .. } => "restart_scheduled",
+            Event::SlotDone { .. } => "slot_done",
+            Event::SlotFailed { .. } => "slot_failed",
+            Event::Stopping { .. } => "stopping",
+            Event::Idle { .. } => "idle",
+            Event::DrainSignal { .. } => "drain_signal",
+            Event::DrainTimeout { .. } => "drain_timeout",
+            Event::Stopped => "stopped",
+        }
+    }
+}
+
+/// A JSON object written field by field.
+struct Json(String);
+
+impl Json {
+    fn object() -> Self {
+        Json(String::from("{"))
+    }
+
+    fn new(event: &str) -> Self {
+        Json::object().str("event", event)
+    }
+
+    fn raw(mut self, key: &str, value: &str) -> Self {
+        if self.0.len() > 1 {
+            self.0.push(',');
+        }
+        self.0.push_str(&json_string(key));
+        self.0.push(':');
+        self.0.push_str(value);
+        self
+    }
+
+    fn str(self, key: &str, value: &str) -> Self {
+        self.raw(key, &json_string(value))
+    }
+
+    fn num(self, key: &str, value: impl fmt::Display) -> Self {
+        self.raw(key, &value.to_string())
+    }
+
+    fn finish(mut self) -> String {
+        self.0.push('}');
+        self.0
+    }
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json_list(items: impl Iterator<Item = String>) -> String {
+    format!("[{}]", items.collect::<Vec<_>>().join(","))
+}
+
+fn exit_json(exit: Exit) -> String {
+    match exit {
+        Exit::Code(c) => format!("{{\"code\":{c}}}"),
+        Exit::Signal(s) => format!("{{\"signal\":\"{}\"}}", s.as_str()),
+    }
+}
+
 /// Formats a duration the way the CLI takes it: `250ms`, `1.5s`, `2m5s`.
 pub(crate) struct Millis(pub(crate) Duration);
 
@@ -297,6 +546,33 @@ mod tests {
         assert_eq!(s(1500), "1.5s");
         assert_eq!(s(125_000), "2m5s");
         assert_eq!(s(60_000), "1m");
+    }
+
+    #[test]
+    fn events_have_a_stable_json_form() {
+        let e = Event::Exited {
+            slot: 1,
+            generation: 2,
+            pid: 42,
+            exit: Exit::Signal(nix::sys::signal::Signal::SIGKILL),
+            uptime: Duration::from_millis(20),
+            expected: true,
+        };
+        assert_eq!(
+            e.to_json(),
+            r#"{"event":"exited","slot":1,"generation":2,"pid":42,"exit":{"signal":"SIGKILL"},"uptime_ms":20,"expected":true}"#
+        );
+        let failed = Event::SlotFailed {
+            slot: 0,
+            exits: 5,
+            window: Duration::from_secs(60),
+            last_output: vec!["Error: \"x\"\tat\\".into()],
+        };
+        assert_eq!(
+            failed.to_json(),
+            r#"{"event":"slot_failed","slot":0,"exits":5,"window_ms":60000,"last_output":["Error: \"x\"\tat\\"]}"#
+        );
+        assert_eq!(Event::Stopped.to_json(), r#"{"event":"stopped"}"#);
     }
 
     #[test]

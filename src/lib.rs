@@ -78,12 +78,14 @@ pub mod ready;
 mod supervisor;
 pub mod worker;
 
-pub use cluster::{Builder, Cluster, Handle, Phase, DEFAULT_DRAIN_TIMEOUT, DEFAULT_STOP_SIGNAL};
+pub use cluster::{
+    Builder, Cluster, Handle, Phase, DEFAULT_DRAIN_TIMEOUT, DEFAULT_SETTLE, DEFAULT_STOP_SIGNAL,
+};
 pub use error::{Error, Result, SlotFailure};
 pub use event::{Event, WorkerInfo};
 pub use net::Balance;
 pub use nix::sys::signal::Signal;
-pub use process::Exit;
+pub use process::{Exit, KillMode};
 pub use ready::{Readiness, DEFAULT_START_TIMEOUT};
 pub use supervisor::policy::{
     Backoff, CrashLoop, Decision, RestartPolicy, Supervision, DEFAULT_BACKOFF_FACTOR,

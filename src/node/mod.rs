@@ -30,6 +30,40 @@ pub(crate) fn is_node(program: &Path) -> bool {
     })
 }
 
+/// Whether the resolved program runs Node: it is `node`, or a script whose
+/// `#!` line starts node (`#!/usr/bin/env node`, `#!/usr/bin/node`,
+/// `#!/usr/bin/env -S node --flags`). npm, npx, yarn, pnpm and tsx are such
+/// scripts, and so is an app made executable with that line.
+pub(crate) fn runs_node(path: &Path) -> bool {
+    if is_node(path) {
+        return true;
+    }
+    let mut head = [0u8; 256];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .unwrap_or(0);
+    shebang_runs_node(&head[..n])
+}
+
+fn shebang_runs_node(head: &[u8]) -> bool {
+    let Some(rest) = head.strip_prefix(b"#!") else {
+        return false;
+    };
+    let line = rest.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut words = line.split_whitespace();
+    let Some(interpreter) = words.next() else {
+        return false;
+    };
+    if Path::new(interpreter).file_name().and_then(|n| n.to_str()) != Some("env") {
+        return is_node(Path::new(interpreter));
+    }
+    // env's own options and VAR=value assignments come before the command.
+    words
+        .find(|w| !w.starts_with('-') && !w.contains('='))
+        .is_some_and(|w| is_node(Path::new(w)))
+}
+
 /// Writes the preload where Node can `--require` it and returns its path.
 ///
 /// # Errors
@@ -96,6 +130,40 @@ mod tests {
         for no in ["nodemon", "python3", "/opt/node/bin/npm", "nodes"] {
             assert!(!is_node(Path::new(no)), "{no}");
         }
+    }
+
+    #[test]
+    fn scripts_that_start_node_are_recognised_by_their_shebang() {
+        for yes in [
+            &b"#!/usr/bin/env node\nrequire('x')"[..],
+            b"#!/usr/bin/node",
+            b"#! /usr/bin/env -S node --max-old-space-size=512\n",
+            b"#!/usr/bin/env NODE_ENV=production node\n",
+        ] {
+            assert!(shebang_runs_node(yes), "{}", String::from_utf8_lossy(yes));
+        }
+        for no in [
+            &b"#!/bin/sh\nexec node app.js"[..],
+            b"#!/usr/bin/env python3",
+            b"\x7fELF",
+            b"",
+            b"#!/usr/bin/env nodemon",
+        ] {
+            assert!(!shebang_runs_node(no), "{}", String::from_utf8_lossy(no));
+        }
+    }
+
+    #[test]
+    fn npm_itself_runs_node() {
+        // Where npm is installed (it is on the test machines), the file
+        // behind the name is a node script.
+        if let Some(npm) = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .map(|d| d.join("npm"))
+            .find(|p| p.is_file())
+        {
+            assert!(runs_node(&npm), "{}", npm.display());
+        }
+        assert!(!runs_node(Path::new("/bin/sh")));
     }
 
     #[test]

@@ -1,105 +1,221 @@
 // herd's preload for unmodified Node apps, injected with
-// NODE_OPTIONS=--require. It makes an app that calls `listen(port)` serve
-// on the sockets the herd master passed (fds 3, 4, ...), tells the master
-// when the app listens (Node's IPC channel, PM2's `process.send('ready')`),
-// and on the stop signal drains: stop accepting, answer every further
-// request with `Connection: close`, close keep-alive connections that stay
-// idle, and exit once all are closed.
+// NODE_OPTIONS=--require. Every Node process of a worker's tree loads it:
+// the program herd started (`node app.js`, `npm start`, `npx tsx app.ts`,
+// a `#!/usr/bin/env node` script) and the Node processes it starts.
 //
-// It removes itself from NODE_OPTIONS at once and the LISTEN_* variables
-// once the app has taken every inherited socket, so that processes the app
-// starts are not affected.
+// - Sockets: the master passes its listening sockets and a readiness pipe.
+//   They are found by inode (HERD_LISTEN, HERD_READY_PIPE), not by fd
+//   number, because a launcher in between (npm, tsx) may hand them on at
+//   other numbers. A process that has not taken them passes them on to the
+//   processes it spawns; the first process that listens takes them.
+// - listen(port): a port equal to a herd address's port gets that socket;
+//   other ports get what is left in call order; a second listen on a port
+//   already served (Fastify's 127.0.0.1 and ::1) is absorbed.
+// - Readiness: `ready <pid>` on the pipe once the app listens on every
+//   socket, or, with HERD_WAIT_READY, when the app calls
+//   process.send('ready') (PM2's wait_ready).
+// - Stop (the stop signal, whoever handles it): responses say
+//   `Connection: close`, idle keep-alive connections are closed only after
+//   a grace (a client about to send its next request would otherwise be
+//   cut, whether Node's server.close() or the app closes them), WebSockets
+//   get a close frame (1001, going away), and when the app has no handler
+//   of its own the servers close and the process exits once they are
+//   drained.
+//
+// The process that takes the sockets removes the preload and every HERD_*
+// and LISTEN_* variable from its environment, so that what it starts is
+// not affected.
 'use strict';
 (function herdPreload() {
   const env = process.env;
-  const self = env.HERD_PRELOAD;
-  if (self && env.NODE_OPTIONS) {
-    const rest = env.NODE_OPTIONS.split(`--require "${self}"`).join('').trim();
-    if (rest) env.NODE_OPTIONS = rest;
-    else delete env.NODE_OPTIONS;
-  }
-  let count = 0;
-  if (env.LISTEN_FDS && env.LISTEN_PID === String(process.pid)) {
-    count = parseInt(env.LISTEN_FDS, 10) || 0;
-  }
-  const stopSignal = env.HERD_STOP_SIGNAL || 'SIGTERM';
-  const idleGraceMs = parseInt(env.HERD_IDLE_GRACE_MS || '', 10) || 250;
-  delete env.HERD_PRELOAD;
-  delete env.HERD_STOP_SIGNAL;
-  delete env.HERD_IDLE_GRACE_MS;
-
+  if (env.HERD_LISTEN === undefined) return;
+  const fs = require('fs');
   const net = require('net');
   const http = require('http');
-  const FIRST_FD = 3;
-  const claimed = new Set();
-  const servers = new Set();
-  let listening = 0;
-  let readySent = false;
-  let draining = false;
+  const childProcess = require('child_process');
 
-  function isPortListen(args) {
-    const a = args[0];
-    if (a === undefined || a === null || typeof a === 'function') return true;
-    if (typeof a === 'number') return true;
-    if (typeof a === 'string') return /^\d+$/.test(a);
-    if (typeof a === 'object') {
-      return a.fd === undefined && a.path === undefined && a.handle === undefined && !(a instanceof net.Server);
+  const self = env.HERD_PRELOAD;
+  const stopSignal = env.HERD_STOP_SIGNAL || 'SIGTERM';
+  const idleGraceMs = parseInt(env.HERD_IDLE_GRACE_MS || '', 10) || 250;
+  const waitReady = env.HERD_WAIT_READY === '1';
+  const wanted = env.HERD_LISTEN.split(',').filter(Boolean).map((item) => {
+    const [ino, port] = item.split(':');
+    return { ino: Number(ino), port: Number(port), fd: null, claimed: false };
+  });
+  const pipeIno = Number(env.HERD_READY_PIPE || 0);
+
+  // Find the master's sockets and pipe among this process's fds.
+  let readyFd = null;
+  let fds = [];
+  try {
+    fds = fs.readdirSync('/proc/self/fd').map(Number).filter((fd) => fd > 2);
+  } catch (_) { /* no /proc: nothing to find */ }
+  for (const fd of fds) {
+    let st;
+    try { st = fs.fstatSync(fd); } catch (_) { continue; }
+    if (st.isSocket()) {
+      const w = wanted.find((x) => x.fd === null && x.ino === st.ino);
+      if (w) w.fd = fd;
+    } else if (st.isFIFO() && st.ino === pipeIno && readyFd === null) {
+      readyFd = fd;
     }
-    return false;
+  }
+  const sockets = wanted.filter((w) => w.fd !== null);
+
+  function forgetHerd() {
+    if (self && env.NODE_OPTIONS) {
+      const rest = env.NODE_OPTIONS.split(`--require "${self}"`).join('').trim();
+      if (rest) env.NODE_OPTIONS = rest;
+      else delete env.NODE_OPTIONS;
+    }
+    for (const k of Object.keys(env)) {
+      if (k.startsWith('HERD_') && k !== 'HERD_WORKER_SLOT' && k !== 'HERD_WORKER_GENERATION') delete env[k];
+      if (k.startsWith('LISTEN_')) delete env[k];
+    }
   }
 
-  function nextFree() {
-    for (let fd = FIRST_FD; fd < FIRST_FD + count; fd++) {
-      if (!claimed.has(fd)) return fd;
+  if (sockets.length === 0) {
+    // Started by something that kept the sockets (or by the app itself):
+    // nothing to take, nothing to pass on.
+    forgetHerd();
+    return;
+  }
+
+  function report(line) {
+    if (readyFd === null) return;
+    try { fs.writeSync(readyFd, `${line}\n`); } catch (_) { /* master gone */ }
+  }
+
+  let readySent = false;
+  function sendReady() {
+    if (readySent) return;
+    readySent = true;
+    report(`ready ${process.pid}`);
+  }
+
+  if (waitReady) {
+    // PM2's wait_ready: the app says when it is ready. Its process.send
+    // may be missing (no IPC channel) or lead to a launcher (tsx): either
+    // way the master hears it on the pipe.
+    const send = typeof process.send === 'function' ? process.send : null;
+    process.send = function herdSend(message, ...rest) {
+      if (message === 'ready' || (message && message.type === 'ready')) sendReady();
+      if (send) return send.call(this, message, ...rest);
+      const cb = rest.find((a) => typeof a === 'function');
+      if (cb) process.nextTick(cb, null);
+      return true;
+    };
+  }
+
+  // ---- passing the sockets on, until this process takes them ----
+  let claimedAny = false;
+  const spawn = childProcess.ChildProcess.prototype.spawn;
+  childProcess.ChildProcess.prototype.spawn = function herdSpawn(options) {
+    if (!claimedAny && options && typeof options === 'object') {
+      let stdio = options.stdio;
+      if (stdio === undefined || stdio === null) stdio = ['pipe', 'pipe', 'pipe'];
+      else if (typeof stdio === 'string') stdio = [stdio, stdio, stdio];
+      else stdio = Array.from(stdio);
+      while (stdio.length < 3) stdio.push('pipe');
+      for (let i = 0; i < stdio.length; i++) if (stdio[i] === undefined || stdio[i] === null) stdio[i] = 'ignore';
+      for (const s of sockets) if (!s.claimed) stdio.push(s.fd);
+      if (readyFd !== null) stdio.push(readyFd);
+      options = Object.assign({}, options, { stdio });
+    }
+    return spawn.call(this, options);
+  };
+
+  // ---- listen ----
+  const servers = new Set();
+  const absorbed = new Set();
+  const portOf = new Map(); // port the app asked for -> socket entry
+  let listening = 0;
+
+  function requestedPort(args) {
+    const a = args[0];
+    if (a === undefined || a === null || typeof a === 'function') return 0;
+    if (typeof a === 'number') return a;
+    if (typeof a === 'string') return /^\d+$/.test(a) ? Number(a) : null;
+    if (typeof a === 'object') {
+      if (a.fd !== undefined || a.path !== undefined || a.handle !== undefined || a instanceof net.Server || a._handle) return null;
+      return a.port === undefined ? 0 : Number(a.port);
     }
     return null;
   }
 
-  function sendReady() {
-    if (readySent) return;
-    readySent = true;
-    if (typeof process.send === 'function') {
-      process.send('ready');
-      // The channel must not keep an app alive that wants to exit.
-      if (process.channel && typeof process.channel.unref === 'function') process.channel.unref();
+  function requestedHost(args) {
+    const a = args[0];
+    if (a && typeof a === 'object') return a.host;
+    return typeof args[1] === 'string' ? args[1] : undefined;
+  }
+
+  function claim(entry) {
+    entry.claimed = true;
+    if (!claimedAny) {
+      claimedAny = true;
+      forgetHerd();
     }
   }
 
   function track(server) {
-    // An fd-aware app reads LISTEN_* before it listens; once every
-    // inherited socket is taken they go, so that processes the app starts
-    // do not see them (they would ignore them anyway: LISTEN_PID is not
-    // their pid).
-    if (claimed.size >= count) {
-      delete env.LISTEN_FDS;
-      delete env.LISTEN_PID;
-      delete env.LISTEN_FDNAMES;
-    }
     servers.add(server);
     server.once('listening', () => {
       listening += 1;
-      if (listening >= count) sendReady();
+      if (!waitReady && listening >= sockets.length) sendReady();
     });
+    trackUpgrades(server);
+  }
+
+  function warn(text) {
+    process.emitWarning(text, { code: 'HERD_LISTEN' });
   }
 
   const listen = net.Server.prototype.listen;
   net.Server.prototype.listen = function herdListen(...args) {
+    if (servers.has(this) || absorbed.has(this)) return listen.apply(this, args);
     const first = args[0];
-    if (first && typeof first === 'object' && typeof first.fd === 'number' &&
-        first.fd >= FIRST_FD && first.fd < FIRST_FD + count) {
-      claimed.add(first.fd);
-      track(this);
-    } else if (count > 0 && isPortListen(args)) {
-      const fd = nextFree();
-      if (fd !== null) {
-        claimed.add(fd);
-        const callback = args.find((a) => typeof a === 'function');
-        args = callback ? [{ fd }, callback] : [{ fd }];
+    const callback = args.find((a) => typeof a === 'function');
+    if (first && typeof first === 'object' && typeof first.fd === 'number') {
+      const entry = sockets.find((s) => s.fd === first.fd);
+      if (entry) {
+        claim(entry);
         track(this);
       }
+      return listen.apply(this, args);
     }
-    return listen.apply(this, args);
+    const port = requestedPort(args);
+    if (port === null) return listen.apply(this, args);
+    const exact = port > 0 ? sockets.find((s) => s.port === port) : undefined;
+    if ((exact && exact.claimed) || (!exact && portOf.has(port))) {
+      // The same port again on another host (127.0.0.1 and ::1): herd's
+      // socket already serves it. Listen somewhere private so that the
+      // server behaves as listening, and report the address asked for.
+      absorbed.add(this);
+      const host = requestedHost(args);
+      const family = host && host.includes(':') ? 'IPv6' : 'IPv4';
+      this.address = () => ({ address: host || '::', family, port });
+      return listen.call(this, { port: 0, host: '127.0.0.1' }, ...(callback ? [callback] : []));
+    }
+    const entry = exact || sockets.find((s) => !s.claimed);
+    if (!entry) {
+      if (port > 0 && claimedAny) {
+        warn(`listen(${port}) matches none of herd's addresses (ports ${sockets.map((s) => s.port).join(', ')}), ` +
+          'so every worker binds it itself and all but one fail with EADDRINUSE; ' +
+          `give herd -l :${port} as well to serve it through herd`);
+      }
+      return listen.apply(this, args);
+    }
+    claim(entry);
+    if (port > 0) portOf.set(port, entry);
+    track(this);
+    return listen.call(this, { fd: entry.fd }, ...(callback ? [callback] : []));
   };
+
+  // ---- draining ----
+  let draining = false;
+  let graceEnds = 0;
+  const kLast = Symbol('herdLast');
+  const kDeferred = Symbol('herdDeferred');
 
   const writeHead = http.ServerResponse.prototype.writeHead;
   http.ServerResponse.prototype.writeHead = function herdWriteHead(...args) {
@@ -107,30 +223,119 @@
     return writeHead.apply(this, args);
   };
 
-  process.on(stopSignal, function herdStop() {
-    draining = true;
-    // An app with its own handler drains and exits by itself; its
-    // responses still carry Connection: close from here on.
-    if (process.listenerCount(stopSignal) > 1) return;
-    let open = servers.size;
-    if (open === 0) process.exit(0);
+  const destroySoon = net.Socket.prototype.destroySoon;
+  net.Socket.prototype.destroySoon = function herdDestroySoon(...args) {
+    // Node ends the connection after a last response: not an idle close.
+    this[kLast] = true;
+    return destroySoon.apply(this, args);
+  };
+
+  // An idle keep-alive connection of a draining server is closed after the
+  // grace, not now; whoever closes it (Node's server.close(), the app,
+  // http-terminator, stoppable). A request that arrives meanwhile is
+  // answered with Connection: close.
+  function deferIdleClose(socket, original, args) {
+    if (!draining || args[0] instanceof Error || socket[kLast] || socket.destroyed ||
+        !socket.parser || socket._httpMessage || !servers.has(socket.server)) {
+      return false;
+    }
+    const wait = graceEnds - Date.now();
+    if (wait <= 0) return false;
+    if (!socket[kDeferred]) {
+      socket[kDeferred] = true;
+      setTimeout(() => {
+        if (!socket.destroyed && !socket._httpMessage) original.call(socket);
+      }, wait);
+    }
+    return true;
+  }
+
+  const destroy = net.Socket.prototype.destroy;
+  net.Socket.prototype.destroy = function herdDestroy(...args) {
+    if (deferIdleClose(this, destroy, args)) return this;
+    return destroy.apply(this, args);
+  };
+  const end = net.Socket.prototype.end;
+  net.Socket.prototype.end = function herdEnd(...args) {
+    if (typeof args[0] !== 'function' && args[0] !== undefined) return end.apply(this, args);
+    if (deferIdleClose(this, end, [])) return this;
+    return end.apply(this, args);
+  };
+
+  // ---- WebSockets and other upgrades ----
+  const upgraded = new Set();
+  function trackUpgrades(server) {
+    const emit = server.emit;
+    server.emit = function herdEmit(event, ...args) {
+      if (event === 'upgrade') {
+        const [req, socket] = args;
+        if (socket && /websocket/i.test(String(req.headers.upgrade || ''))) {
+          upgraded.add(socket);
+          socket.once('close', () => upgraded.delete(socket));
+        }
+      }
+      return emit.call(this, event, ...args);
+    };
+  }
+
+  // 1001 "going away": clients reconnect, and reach the new worker.
+  const CLOSE_FRAME = (() => {
+    const reason = Buffer.from('server restarting');
+    return Buffer.concat([Buffer.from([0x88, 2 + reason.length, 0x03, 0xe9]), reason]);
+  })();
+
+  function closeWebSockets() {
+    for (const socket of upgraded) {
+      if (socket.destroyed) continue;
+      const ws = Object.getOwnPropertySymbols(socket)
+        .filter((s) => s.description === 'websocket')
+        .map((s) => socket[s])
+        .find((w) => w && typeof w.close === 'function');
+      if (ws) {
+        // The library knows the connection's state; it runs the closing
+        // handshake and ends the socket.
+        if (ws.readyState === 0 || ws.readyState === 1) ws.close(1001, 'server restarting');
+      } else if (socket.bytesWritten > 0 && socket.writable) {
+        // A library we do not know: a close frame between its frames.
+        socket.write(CLOSE_FRAME);
+      }
+    }
+  }
+
+  let exitWhenClosed = false;
+  function closeServersAndExit() {
+    if (exitWhenClosed) return;
+    exitWhenClosed = true;
+    const all = [...servers, ...absorbed];
+    let open = all.length;
     const closed = () => {
       open -= 1;
       if (open === 0) process.exit(0);
     };
-    for (const server of servers) {
-      const closeIdle = server.closeIdleConnections;
-      if (typeof closeIdle === 'function') {
-        // Node >= 19 closes idle keep-alive connections inside close(); a
-        // client about to send its next request would be cut. Keep them for
-        // a moment: a request now gets Connection: close instead.
-        server.closeIdleConnections = () => {};
-        setTimeout(() => {
-          server.closeIdleConnections = closeIdle;
-          closeIdle.call(server);
-        }, idleGraceMs).unref();
+    if (open === 0) process.exit(0);
+    for (const server of all) {
+      if (server.listening || server._handle) {
+        server.close(closed);
+        // Node < 19 does not close idle connections in close().
+        if (typeof server.closeIdleConnections === 'function') server.closeIdleConnections();
+      } else if (server._connections > 0) {
+        server.once('close', closed);
+      } else {
+        closed();
       }
-      server.close(closed);
     }
+  }
+
+  process.on(stopSignal, function herdStop() {
+    if (!draining) {
+      draining = true;
+      graceEnds = Date.now() + idleGraceMs;
+      // After the app's own handlers, which may close WebSockets their way.
+      setImmediate(closeWebSockets);
+    }
+    // An app with a handler of its own drains and exits by itself; the
+    // protection above holds either way.
+    if (process.listenerCount(stopSignal) > 1) return;
+    closeServersAndExit();
   });
 })();

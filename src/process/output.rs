@@ -106,9 +106,35 @@ pub(crate) async fn flush() {
     }
 }
 
-/// The last lines a worker wrote, on either stream.
+/// How many earlier lines that explain a failure are kept besides the last
+/// lines (Node prints `Error: Cannot find module` above ten lines of stack).
+pub(crate) const TAIL_NOTABLE: usize = 3;
+
+/// The last lines a worker wrote, on either stream, and the last few lines
+/// that look like they explain a failure.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Tail(Arc<Mutex<VecDeque<String>>>);
+pub(crate) struct Tail(Arc<Mutex<TailLines>>);
+
+#[derive(Debug, Default)]
+pub(crate) struct TailLines {
+    /// Every kept line with its sequence number, oldest first.
+    last: VecDeque<(u64, String)>,
+    notable: VecDeque<(u64, String)>,
+    seen: u64,
+}
+
+/// Whether a line looks like it says why a program failed (an error or
+/// exception line, not a stack frame).
+fn explains(line: &str) -> bool {
+    let trimmed = line.trim_start();
+    if trimmed.starts_with("at ") || trimmed.starts_with("File \"") {
+        return false;
+    }
+    let lower = trimmed.to_ascii_lowercase();
+    ["error", "exception", "cannot find", "panicked", "fatal"]
+        .iter()
+        .any(|w| lower.contains(w))
+}
 
 impl Tail {
     fn push(&self, line: &[u8]) {
@@ -116,18 +142,58 @@ impl Tail {
             .chars()
             .take(TAIL_LINE_CHARS)
             .collect();
-        let mut lines = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if lines.len() == TAIL_LINES {
-            lines.pop_front();
+        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        t.seen += 1;
+        let n = t.seen;
+        if explains(&text) {
+            if t.notable.len() == TAIL_NOTABLE {
+                t.notable.pop_front();
+            }
+            t.notable.push_back((n, text.clone()));
         }
-        lines.push_back(text);
+        if t.last.len() == TAIL_LINES {
+            t.last.pop_front();
+        }
+        t.last.push_back((n, text));
     }
 
-    /// The kept lines, oldest first.
+    /// The kept lines in the order they were written: the explaining lines
+    /// that scrolled out of the last lines, then the last lines.
     pub(crate) fn lines(&self) -> Vec<String> {
-        let lines = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        lines.iter().cloned().collect()
+        let t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let first_last = t.last.front().map_or(u64::MAX, |(n, _)| *n);
+        t.notable
+            .iter()
+            .filter(|(n, _)| *n < first_last)
+            .chain(t.last.iter())
+            .map(|(_, l)| l.clone())
+            .collect()
     }
+}
+
+/// The port of `ports` that the output says could not be bound because it
+/// is in use (Node's `EADDRINUSE`, Python's and C's "Address already in
+/// use"), if any.
+pub(crate) fn port_conflict(lines: &[String], ports: &[u16]) -> Option<u16> {
+    let in_use = |l: &String| {
+        let l = l.to_ascii_lowercase();
+        l.contains("eaddrinuse")
+            || l.contains("address already in use")
+            || l.contains("connection in use")
+    };
+    if !lines.iter().any(in_use) {
+        return None;
+    }
+    // The port as a number of its own (":3000", " 3000)", "port 3000"),
+    // in the error or in the source line a traceback quotes.
+    let mentions = |l: &String, port: u16| {
+        l.split(|c: char| !c.is_ascii_digit())
+            .any(|w| w == port.to_string())
+    };
+    ports
+        .iter()
+        .copied()
+        .find(|&p| lines.iter().any(|l| mentions(l, p)))
 }
 
 /// Reads `fd` until EOF and forwards each line with `prefix` (or, with
@@ -217,6 +283,45 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert!(lines.iter().all(|l| l.len() == MAX_LINE));
         assert_eq!(s.finish().map(|r| r.len()), Some(5));
+    }
+
+    #[test]
+    fn a_bind_of_a_herd_port_is_recognised_in_node_python_and_gunicorn_output() {
+        let node = [
+            "Error: listen EADDRINUSE: address already in use :::3000".to_string(),
+            "    at Server.setupListenHandle [as _listen2] (node:net:1817:16)".to_string(),
+        ];
+        assert_eq!(port_conflict(&node, &[8080, 3000]), Some(3000));
+        let python = [
+            "    s.bind(('0.0.0.0', 3000))".to_string(),
+            "OSError: [Errno 98] Address already in use".to_string(),
+        ];
+        assert_eq!(port_conflict(&python, &[3000]), Some(3000));
+        let gunicorn = ["[ERROR] Connection in use: ('0.0.0.0', 3000)".to_string()];
+        assert_eq!(port_conflict(&gunicorn, &[3000]), Some(3000));
+        // Another port, or no conflict at all: nothing to say about herd's.
+        let other = ["Error: listen EADDRINUSE: address already in use :::9100".to_string()];
+        assert_eq!(port_conflict(&other, &[3000]), None);
+        let fine = ["listening on 3000".to_string()];
+        assert_eq!(port_conflict(&fine, &[3000]), None);
+    }
+
+    #[test]
+    fn the_line_that_explains_a_node_crash_is_kept_above_its_stack() {
+        let t = Tail::default();
+        t.push(b"node:internal/modules/cjs/loader:1228");
+        t.push(b"  throw err;");
+        t.push(b"Error: Cannot find module '/srv/app/missing.js'");
+        for i in 0..12 {
+            t.push(
+                format!("    at Module._load (node:internal/modules/cjs/loader:{i})").as_bytes(),
+            );
+        }
+        t.push(b"Node.js v20.20.2");
+        let lines = t.lines();
+        assert_eq!(lines[0], "Error: Cannot find module '/srv/app/missing.js'");
+        assert_eq!(lines.len(), TAIL_LINES + 1);
+        assert_eq!(lines.last().unwrap(), "Node.js v20.20.2");
     }
 
     #[test]

@@ -3,11 +3,14 @@
 //! One mechanism per file: `notify` is the systemd `NOTIFY_SOCKET`
 //! protocol (`READY=1`, `WATCHDOG=1`, `STATUS=...`, `STOPPING=1`), with the
 //! sender's pid checked through `SO_PASSCRED`; `ipc` is Node's IPC channel
-//! (`process.send('ready')`, PM2's `wait_ready` contract). A fixed delay
+//! (`process.send('ready')`, PM2's `wait_ready` contract) for Node apps
+//! run without the preload; `pipe` is the line the preload writes for Node
+//! apps, wherever in the worker's process tree the app runs. A fixed delay
 //! and "none" need no mechanism.
 
 pub(crate) mod ipc;
 pub(crate) mod notify;
+pub(crate) mod pipe;
 
 use std::fmt;
 use std::str::FromStr;
@@ -24,8 +27,10 @@ pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Readiness {
-    /// Node's IPC channel when the program is Node and the preload is on
-    /// (the preload reports `ready` once the app listens), else `None`.
+    /// [`Readiness::Listen`] when the program is Node (directly or through
+    /// a launcher such as npm, npx, tsx or a `#!/usr/bin/env node` script)
+    /// and the preload is on, else [`Readiness::None`] (with the settle
+    /// window for a reload's successors).
     #[default]
     Auto,
     /// Ready as soon as it exec'd. A restarted worker's queue still waits
@@ -37,8 +42,13 @@ pub enum Readiness {
     Delay(Duration),
     /// `sd_notify(READY=1)` on `NOTIFY_SOCKET`.
     Notify,
-    /// `process.send('ready')` on Node's IPC channel (`NODE_CHANNEL_FD`).
+    /// The app calls `process.send('ready')` (PM2's `wait_ready`): with
+    /// the preload, wherever the app runs in the worker's tree; without
+    /// it, on Node's IPC channel (`NODE_CHANNEL_FD`).
     Ipc,
+    /// The Node preload reports readiness once the app listens on every
+    /// socket herd passed.
+    Listen,
     /// A TCP connect to the worker's port succeeds: for proxy mode's PORT
     /// contract, where the worker binds the port itself.
     Probe,
@@ -52,6 +62,7 @@ impl fmt::Display for Readiness {
             Readiness::Delay(d) => write!(f, "delay:{}", crate::event::Millis(*d)),
             Readiness::Notify => f.write_str("notify"),
             Readiness::Ipc => f.write_str("ipc"),
+            Readiness::Listen => f.write_str("listen"),
             Readiness::Probe => f.write_str("probe"),
         }
     }
@@ -70,14 +81,16 @@ impl FromStr for Readiness {
             "auto" => Ok(Readiness::Auto),
             "none" => Ok(Readiness::None),
             "notify" | "sd_notify" => Ok(Readiness::Notify),
-            "ipc" => Ok(Readiness::Ipc),
+            "ipc" | "wait-ready" => Ok(Readiness::Ipc),
+            "listen" => Ok(Readiness::Listen),
             "probe" => Ok(Readiness::Probe),
             other => match other.strip_prefix("delay:") {
                 Some(d) => parse_duration(d)
                     .map(Readiness::Delay)
                     .ok_or_else(|| err("expected a delay like delay:500ms or delay:2s".into())),
                 None => Err(err(
-                    "expected one of: auto, none, notify, ipc, probe, delay:<duration>".into(),
+                    "expected one of: auto, none, notify, ipc, listen, probe, delay:<duration>"
+                        .into(),
                 )),
             },
         }
@@ -110,6 +123,14 @@ pub(crate) enum Note {
     Stopping(Pid),
     /// A free-form status line.
     Status(Pid, String),
+    /// The worker's app runs in this process of its tree (the preload
+    /// said so): the stop signal goes there.
+    Serving {
+        /// The worker's main process.
+        worker: Pid,
+        /// The process that took the sockets.
+        app: Pid,
+    },
 }
 
 /// Turns one sd_notify datagram into notes (it may carry several fields).
@@ -137,6 +158,7 @@ mod tests {
             Readiness::None,
             Readiness::Notify,
             Readiness::Ipc,
+            Readiness::Listen,
             Readiness::Probe,
             Readiness::Delay(Duration::from_millis(1500)),
         ] {

@@ -14,7 +14,7 @@ mod rolling;
 pub mod slot;
 
 use std::collections::hash_map::RandomState;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::hash::{BuildHasher, Hasher};
 use std::io;
@@ -32,10 +32,12 @@ use crate::event::{Event, Millis, WorkerInfo};
 use crate::net::Listeners;
 use crate::process::output::{self, Stream, Tail};
 use crate::process::spawn::SpawnRequest;
-use crate::process::{reap, signal_group, spawner, Exit};
+use crate::process::{
+    process_group_of, reap, signal_group, signal_process, spawner, Exit, KillMode,
+};
 use crate::proxy::{self, Backend, ProxyConfig, Rotation};
 use crate::ready::notify::NotifySocket;
-use crate::ready::{ipc, Note, Readiness};
+use crate::ready::{ipc, pipe, Note, Readiness};
 use policy::Decision;
 use reload::{ReloadFailure, ReloadRun, Target, Waiter};
 use slot::{Due, ExitOutcome, Role, Slot};
@@ -150,6 +152,9 @@ struct Supervisor {
     idle_tx: mpsc::UnboundedSender<u32>,
     /// The notify socket's reader and the proxy's accept loops.
     background: Vec<tokio::task::JoinHandle<()>>,
+    /// Workers whose app runs in another process of their tree (`npm
+    /// start`): worker pid -> the app's pid, which gets the stop signal.
+    serving: HashMap<Pid, Pid>,
 }
 
 pub(crate) async fn run(
@@ -171,7 +176,7 @@ pub(crate) async fn run(
     let mode = match config.readiness {
         // A worker that binds PORT itself is ready when the port answers.
         Readiness::Auto if config.port_contract => Readiness::Probe,
-        Readiness::Auto if config.preload.is_some() => Readiness::Ipc,
+        Readiness::Auto if config.preload.is_some() => Readiness::Listen,
         Readiness::Auto => Readiness::None,
         other => other,
     };
@@ -194,8 +199,16 @@ pub(crate) async fn run(
                 Readiness::Delay(d) => Some(d),
                 _ => None,
             },
-            reported: matches!(mode, Readiness::Notify | Readiness::Ipc | Readiness::Probe),
+            reported: matches!(
+                mode,
+                Readiness::Notify | Readiness::Ipc | Readiness::Listen | Readiness::Probe
+            ),
             start_timeout: config.start_timeout,
+            settle: if mode == Readiness::None {
+                config.settle
+            } else {
+                None
+            },
         },
         watchdog: config.watchdog,
     };
@@ -252,6 +265,7 @@ pub(crate) async fn run(
         rotation,
         idle_tx,
         background,
+        serving: HashMap::new(),
     };
     sup.changed();
 
@@ -352,6 +366,7 @@ impl Supervisor {
         ipc_child: Option<std::os::fd::OwnedFd>,
         port: Option<u16>,
     ) -> SpawnRequest {
+        let mut extra_fds = Vec::new();
         let mut env = self.config.env.clone();
         if let Some(port) = port {
             // The PORT contract: the worker binds this port itself.
@@ -380,13 +395,35 @@ impl Supervisor {
         if let Some(w) = self.ready.watchdog {
             env.push(("WATCHDOG_USEC".into(), w.as_micros().to_string().into()));
         }
-        if ipc_child.is_some() {
-            // The channel is the first fd after the sockets.
-            let fd = 3 + listen_fds.len();
-            env.push(("NODE_CHANNEL_FD".into(), fd.to_string().into()));
-            env.push(("NODE_CHANNEL_SERIALIZATION_MODE".into(), "json".into()));
+        if let Some(child_end) = ipc_child {
+            if self.config.preload.is_some() {
+                // The preload's readiness pipe, found by its inode.
+                env.push(("HERD_READY_PIPE".into(), inode(&child_end).into()));
+            } else {
+                // Node's IPC channel: the first fd after the sockets.
+                let fd = 3 + listen_fds.len();
+                env.push(("NODE_CHANNEL_FD".into(), fd.to_string().into()));
+                env.push(("NODE_CHANNEL_SERIALIZATION_MODE".into(), "json".into()));
+            }
+            extra_fds.push(child_end);
         }
         if let Some(preload) = &self.config.preload {
+            // Each socket by inode, with the public port an app would ask
+            // for: the preload matches listen(port) by port.
+            let sockets: Vec<String> = listen_fds
+                .iter()
+                .zip(self.listeners.local_addrs())
+                .map(|(&fd, addr)| {
+                    // SAFETY: the master keeps every listening fd open for
+                    // the cluster's lifetime; the borrow ends here.
+                    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                    format!("{}:{}", inode(&fd), addr.port())
+                })
+                .collect();
+            env.push(("HERD_LISTEN".into(), sockets.join(",").into()));
+            if self.ready.mode == Readiness::Ipc {
+                env.push(("HERD_WAIT_READY".into(), "1".into()));
+            }
             let require = format!("--require \"{}\"", preload.display());
             let options = match env.iter().position(|(k, _)| k == "NODE_OPTIONS") {
                 Some(i) => {
@@ -407,7 +444,7 @@ impl Supervisor {
             argv: self.config.argv.clone(),
             env,
             listen_fds,
-            extra_fds: ipc_child.into_iter().collect(),
+            extra_fds,
             cwd: self.config.cwd.clone(),
         }
     }
@@ -425,7 +462,13 @@ impl Supervisor {
     /// worker, or a reload's successor next to it).
     async fn start(&mut self, index: usize, role: Role) -> Result<()> {
         let generation = self.slots[index].next_generation();
-        let (ipc_master, ipc_child) = if self.ready.mode == Readiness::Ipc {
+        // The preload's pipe, or Node's IPC channel for a Node app without
+        // the preload that says process.send('ready').
+        let (ipc_master, ipc_child) = if self.config.preload.is_some() {
+            let (m, c) = pipe::channel()
+                .map_err(|e| self.spawn_error(index, "creating the readiness pipe", e))?;
+            (Some(m), Some(c))
+        } else if self.ready.mode == Readiness::Ipc {
             let (m, c) = ipc::channel()
                 .map_err(|e| self.spawn_error(index, "creating the IPC channel", e))?;
             (Some(m), Some(c))
@@ -496,7 +539,12 @@ impl Supervisor {
         });
 
         if let Some(master_end) = ipc_master {
-            tokio::spawn(ipc::serve(master_end, pid, self.notes_tx.clone()));
+            if self.config.preload.is_some() {
+                let counts = matches!(self.ready.mode, Readiness::Listen | Readiness::Ipc);
+                tokio::spawn(pipe::serve(master_end, pid, counts, self.notes_tx.clone()));
+            } else {
+                tokio::spawn(ipc::serve(master_end, pid, self.notes_tx.clone()));
+            }
         }
         let tx = self.reaped_tx.clone();
         let forward = self.config.forward_output;
@@ -540,6 +588,7 @@ impl Supervisor {
     async fn on_note(&mut self, note: Note) {
         let pid = match &note {
             Note::Ready(p) | Note::Watchdog(p) | Note::Stopping(p) | Note::Status(p, _) => *p,
+            Note::Serving { worker, .. } => *worker,
         };
         let Some((index, _)) = self.slot_of(pid) else {
             output::log_line(&format!(
@@ -557,6 +606,13 @@ impl Supervisor {
             }
             Note::Status(pid, text) => {
                 output::log_line(&format!("slot {index}: pid {pid} status: {text}"));
+            }
+            Note::Serving { worker, app } => {
+                // Only a process of the worker's own group: the stop signal
+                // must never reach a stranger.
+                if app != worker && process_group_of(app) == Some(worker) {
+                    self.serving.insert(worker, app);
+                }
             }
         }
     }
@@ -587,6 +643,7 @@ impl Supervisor {
             }
         };
         self.backends_mut().remove(&(r.pid.as_raw() as u32));
+        self.serving.remove(&r.pid);
         let now = Instant::now();
         let slot = &mut self.slots[r.slot];
         let Some(started) = slot.started_of(r.pid) else {
@@ -610,6 +667,21 @@ impl Supervisor {
             uptime,
             expected: matches!(outcome, ExitOutcome::Expected),
         });
+        if !matches!(outcome, ExitOutcome::Expected | ExitOutcome::Unknown) {
+            let ports: Vec<u16> = self
+                .listeners
+                .local_addrs()
+                .iter()
+                .map(|a| a.port())
+                .collect();
+            if let Some(port) = output::port_conflict(&r.tail, &ports) {
+                self.emit(Event::PortConflict {
+                    slot: r.slot,
+                    pid: r.pid.as_raw() as u32,
+                    port,
+                });
+            }
+        }
         match outcome {
             ExitOutcome::Current(decision) => self.report(r.slot, decision, r.tail),
             ExitOutcome::Successor => {
@@ -701,7 +773,20 @@ impl Supervisor {
                     self.on_idle(pid);
                 }
             }
-            None => signal_group(pid, self.config.stop_signal),
+            None => self.ask_to_stop(pid),
+        }
+    }
+
+    /// Sends the stop signal to a worker: to the process that runs its app
+    /// ([`KillMode::Mixed`]; the rest of the group goes when the main
+    /// process has exited or at the drain timeout), or to its whole group.
+    fn ask_to_stop(&self, pid: Pid) {
+        match self.config.kill_mode {
+            KillMode::Group => signal_group(pid, self.config.stop_signal),
+            _ => {
+                let app = self.serving.get(&pid).copied().unwrap_or(pid);
+                signal_process(app, self.config.stop_signal);
+            }
         }
     }
 
@@ -721,7 +806,7 @@ impl Supervisor {
                 slot: index,
                 pid: pid.as_raw() as u32,
             });
-            signal_group(pid, self.config.stop_signal);
+            self.ask_to_stop(pid);
         }
     }
 
@@ -778,6 +863,7 @@ impl Supervisor {
                     slot: index,
                     pid: pid.as_raw() as u32,
                     timeout: self.config.start_timeout,
+                    readiness: self.ready.mode,
                 });
                 if role == Role::Successor {
                     self.timed_out.insert(pid);
@@ -794,7 +880,7 @@ impl Supervisor {
                     pid: pid.as_raw() as u32,
                     open,
                 });
-                signal_group(pid, self.config.stop_signal);
+                self.ask_to_stop(pid);
             }
             Due::Watchdog(pid) => {
                 self.emit(Event::WatchdogTimeout {
@@ -840,19 +926,21 @@ impl Supervisor {
         let now = Instant::now();
         let defer = graceful && self.rotation.is_some();
         let mut held_back = Vec::new();
+        let mut ask = Vec::new();
         for slot in &mut self.slots {
             let newly = slot.begin_stop(now, self.config.drain_timeout, defer);
             if defer {
                 held_back.extend(slot.pids());
             } else if graceful {
-                for pid in newly {
-                    signal_group(pid, self.config.stop_signal);
-                }
+                ask.extend(newly);
             } else {
                 for pid in slot.pids() {
                     signal_group(pid, Signal::SIGKILL);
                 }
             }
+        }
+        for pid in ask {
+            self.ask_to_stop(pid);
         }
         // Proxy mode: out of rotation now, stopped once idle.
         self.changed();
@@ -907,6 +995,14 @@ impl Supervisor {
         }
         Ok(())
     }
+}
+
+/// The inode of an fd (0 if it cannot be read): how the preload recognises
+/// the fds the master passed, whatever their numbers in its process.
+fn inode(fd: &impl std::os::fd::AsFd) -> String {
+    nix::sys::stat::fstat(fd)
+        .map_or(0, |st| st.st_ino)
+        .to_string()
 }
 
 /// A random number in `[0, 1)` for backoff jitter, without a dependency:

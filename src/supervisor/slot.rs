@@ -121,6 +121,10 @@ pub(crate) struct Readiness {
     pub(crate) reported: bool,
     /// Deadline for a reported readiness.
     pub(crate) start_timeout: Duration,
+    /// For a reload's successor that would be ready at exec: it counts as
+    /// ready only after this, so that one that dies at start-up (an import
+    /// error) aborts the reload instead of replacing a working worker.
+    pub(crate) settle: Option<Duration>,
 }
 
 impl Readiness {
@@ -130,6 +134,7 @@ impl Readiness {
         after: None,
         reported: false,
         start_timeout: Duration::from_secs(30),
+        settle: None,
     };
 }
 
@@ -265,13 +270,17 @@ impl Slot {
         now: Instant,
     ) {
         self.spawns = generation + 1;
-        let immediate = readiness.after.is_none() && !readiness.reported;
+        let after = match role {
+            Role::Successor if readiness.after.is_none() && !readiness.reported => readiness.settle,
+            _ => readiness.after,
+        };
+        let immediate = after.is_none() && !readiness.reported;
         let proc = Proc {
             pid,
             generation,
             started: now,
             ready: immediate,
-            ready_at: readiness.after.map(|d| now + d),
+            ready_at: after.map(|d| now + d),
             ready_by: (readiness.reported && readiness.after.is_none())
                 .then(|| now + readiness.start_timeout),
             watchdog_by: None,
@@ -574,6 +583,7 @@ mod tests {
             after: None,
             reported: true,
             start_timeout: Duration::from_secs(5),
+            settle: None,
         }
     }
 
@@ -708,6 +718,7 @@ mod tests {
             after: Some(Duration::from_secs(1)),
             reported: false,
             start_timeout: Duration::from_secs(30),
+            settle: None,
         };
         slot.on_spawned(pid(5), 0, Role::Current, delay, t0);
         assert_eq!(slot.state, WorkerState::Starting);
@@ -715,6 +726,32 @@ mod tests {
             slot.take_due(t0 + Duration::from_secs(1)),
             vec![Due::DelayReady(pid(5))]
         );
+    }
+
+    #[test]
+    fn a_successor_that_would_be_ready_at_exec_settles_first() {
+        let p = policy();
+        let t0 = Instant::now();
+        let settle = Duration::from_millis(800);
+        let none = Readiness {
+            settle: Some(settle),
+            ..Readiness::IMMEDIATE
+        };
+        let mut slot = Slot::new(0);
+        // A restart after a crash is ready at once, as before.
+        slot.on_spawned(pid(1), 0, Role::Current, none, t0);
+        assert!(slot.is_serving());
+        slot.on_spawned(pid(2), 1, Role::Successor, none, t0);
+        assert!(!slot.successor.as_ref().unwrap().ready);
+        assert!(slot.take_due(t0 + settle / 2).is_empty());
+        // Dying within the window is a failed successor, not a takeover.
+        assert_eq!(
+            slot.on_exit(pid(2), &p, t0 + settle / 2, Exit::Code(1), false, 0.0),
+            ExitOutcome::Successor
+        );
+        assert_eq!(slot.pid(), Some(pid(1)));
+        slot.on_spawned(pid(3), 2, Role::Successor, none, t0);
+        assert_eq!(slot.take_due(t0 + settle), vec![Due::DelayReady(pid(3))]);
     }
 
     #[test]

@@ -1,0 +1,85 @@
+//! The preload's readiness pipe: one per worker, its write end passed
+//! among the worker's fds and found by the preload by inode.
+//!
+//! Only the worker's own process tree holds the write end, so whatever
+//! arrives on it speaks for that worker, from whichever process the app runs
+//! in (`npm start` runs it two processes below the worker). The preload
+//! writes `ready <pid>`: the app is ready, and `<pid>` is the process that
+//! took the sockets, which gets the stop signal.
+
+use std::io;
+use std::os::fd::OwnedFd;
+
+use nix::fcntl::OFlag;
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+use tokio::sync::mpsc;
+
+use super::Note;
+
+/// The longest line kept; longer lines are skipped.
+const MAX_LINE: usize = 256;
+
+/// A new pipe: (the master's read end, the worker's write end), both
+/// close-on-exec; the spawn moves the write end into place.
+pub(crate) fn channel() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    // Only the master's end: the worker's writes stay blocking.
+    nix::fcntl::fcntl(&read_end, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+    Ok((read_end, write_end))
+}
+
+/// What one line says: the pid of the process that is ready.
+pub(crate) fn parse(line: &str) -> Option<Pid> {
+    let pid: i32 = line.trim().strip_prefix("ready ")?.parse().ok()?;
+    (pid > 0).then(|| Pid::from_raw(pid))
+}
+
+/// Reads the master's end until every writer is gone, forwarding which
+/// process runs the app and, when `counts` (the cluster's readiness is the
+/// preload's), readiness for `worker`.
+pub(crate) async fn serve(
+    read_end: OwnedFd,
+    worker: Pid,
+    counts: bool,
+    tx: mpsc::UnboundedSender<Note>,
+) {
+    let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(read_end) else {
+        return;
+    };
+    let mut lines = tokio::io::BufReader::new(pipe);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match (&mut lines)
+            .take(MAX_LINE as u64)
+            .read_line(&mut line)
+            .await
+        {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let Some(app) = parse(&line) else { continue };
+                let ready = counts.then_some(Note::Ready(worker));
+                for note in std::iter::once(Note::Serving { worker, app }).chain(ready) {
+                    if tx.send(note).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_ready_lines_with_a_pid_count() {
+        assert_eq!(parse("ready 42\n"), Some(Pid::from_raw(42)));
+        assert_eq!(parse("ready 0"), None);
+        assert_eq!(parse("ready -1"), None);
+        assert_eq!(parse("ready"), None);
+        assert_eq!(parse("steady 42"), None);
+    }
+}
