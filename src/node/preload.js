@@ -93,13 +93,46 @@
     report(`ready ${process.pid}`);
   }
 
+  // PM2's wait_ready: until the app says it is ready, its servers listen
+  // on a private port and leave herd's sockets alone, so that connections
+  // keep going to the worker that serves; then they move to herd's socket.
+  let appReady = false;
+  const parked = new Map(); // server -> herd fd it moves to once ready
+  function appSaysReady() {
+    if (appReady) return;
+    appReady = true;
+    let moving = parked.size;
+    if (moving === 0) {
+      if (listening >= sockets.length) sendReady();
+      return;
+    }
+    for (const [server, fd] of parked) {
+      parked.delete(server);
+      const handle = server._handle;
+      server._handle = null;
+      if (handle) handle.close();
+      delete server.address;
+      // The app heard 'listening' once already.
+      const emit = server.emit;
+      server.emit = function herdQuietListening(event, ...args) {
+        if (event === 'listening') {
+          server.emit = emit;
+          moving -= 1;
+          if (moving === 0) sendReady();
+          return true;
+        }
+        return emit.call(this, event, ...args);
+      };
+      listen.call(server, { fd });
+    }
+  }
+
   if (waitReady) {
-    // PM2's wait_ready: the app says when it is ready. Its process.send
-    // may be missing (no IPC channel) or lead to a launcher (tsx): either
-    // way the master hears it on the pipe.
+    // Its process.send may be missing (no IPC channel) or lead to a
+    // launcher (tsx): either way the master hears it on the pipe.
     const send = typeof process.send === 'function' ? process.send : null;
     process.send = function herdSend(message, ...rest) {
-      if (message === 'ready' || (message && message.type === 'ready')) sendReady();
+      if (message === 'ready' || (message && message.type === 'ready')) appSaysReady();
       if (send) return send.call(this, message, ...rest);
       const cb = rest.find((a) => typeof a === 'function');
       if (cb) process.nextTick(cb, null);
@@ -208,6 +241,13 @@
     claim(entry);
     if (port > 0) portOf.set(port, entry);
     track(this);
+    if (waitReady && !appReady) {
+      parked.set(this, entry.fd);
+      const host = requestedHost(args);
+      const family = host && host.includes(':') ? 'IPv6' : 'IPv4';
+      this.address = () => ({ address: host || '::', family, port });
+      return listen.call(this, { port: 0, host: '127.0.0.1' }, ...(callback ? [callback] : []));
+    }
     return listen.call(this, { fd: entry.fd }, ...(callback ? [callback] : []));
   };
 

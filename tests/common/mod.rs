@@ -93,6 +93,58 @@ impl Master {
         m
     }
 
+    /// Starts the master with `--log-format json` (then `args`), in `dir`
+    /// when given, and waits until it says where it listens.
+    pub fn start_json(args: &[String], dir: Option<&Path>) -> Master {
+        let mut all = s(&["--log-format", "json"]);
+        all.extend(args.iter().cloned());
+        let mut m = Self::spawn_with(&all, |c| {
+            if let Some(d) = dir {
+                c.current_dir(d);
+            }
+        });
+        let events = m.wait_events("the listening event", |e| {
+            of_kind(e, "listening").count() > 0
+        });
+        let addr = of_kind(&events, "listening").next().unwrap()["addr"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in the listening event:\n{}", m.log()));
+        m.addr = addr;
+        m
+    }
+
+    /// Every JSON event the master printed so far, in order.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.log()
+            .lines()
+            .filter(|l| l.starts_with("{\"event\""))
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits until `pred` holds for the events so far; panics with the log.
+    pub fn wait_events(
+        &self,
+        what: &str,
+        pred: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let events = self.events();
+            if pred(&events) {
+                return events;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; the cluster logged:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Starts the master without waiting for anything (for bad input).
     pub fn spawn(args: &[String]) -> Master {
         Self::spawn_with(args, |_| {})
@@ -152,6 +204,12 @@ impl Master {
 
     /// Pids of every worker the master reported spawning, in order.
     pub fn spawned_pids(&self) -> Vec<u32> {
+        let events = self.events();
+        if !events.is_empty() {
+            return of_kind(&events, "spawned")
+                .map(|e| pid_field(e, "pid"))
+                .collect();
+        }
         self.log()
             .lines()
             .filter_map(|l| l.split(": spawned pid ").nth(1))
@@ -161,6 +219,17 @@ impl Master {
 
     /// Pids of workers that are running now (spawned, not reported exited).
     pub fn live_pids(&self) -> Vec<u32> {
+        let events = self.events();
+        if !events.is_empty() {
+            let exited: Vec<u32> = of_kind(&events, "exited")
+                .map(|e| pid_field(e, "pid"))
+                .collect();
+            return self
+                .spawned_pids()
+                .into_iter()
+                .filter(|p| !exited.contains(p))
+                .collect();
+        }
         let log = self.log();
         self.spawned_pids()
             .into_iter()
@@ -341,6 +410,35 @@ pub fn stubborn_pids(m: &Master) -> (u32, u32) {
     let line = log.lines().find(|l| l.contains("child=")).unwrap();
     let pid = |k: &str| field(line, k).parse().unwrap();
     (pid("pid"), pid("child"))
+}
+
+/// The events of one kind.
+pub fn of_kind<'a>(
+    events: &'a [serde_json::Value],
+    kind: &'a str,
+) -> impl Iterator<Item = &'a serde_json::Value> + 'a {
+    events.iter().filter(move |e| e["event"] == kind)
+}
+
+/// A pid field of an event; panics naming the event.
+pub fn pid_field(event: &serde_json::Value, key: &str) -> u32 {
+    event[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {key} in {event}")) as u32
+}
+
+/// Reloads that finished without a failure.
+pub fn complete_reloads(events: &[serde_json::Value]) -> usize {
+    of_kind(events, "reload_finished")
+        .filter(|e| e["failure"].is_null())
+        .count()
+}
+
+/// Reloads that were aborted.
+pub fn aborted_reloads(events: &[serde_json::Value]) -> Vec<&serde_json::Value> {
+    of_kind(events, "reload_finished")
+        .filter(|e| !e["failure"].is_null())
+        .collect()
 }
 
 /// A loopback port that is free now.
