@@ -274,6 +274,43 @@ fn each_listen_gets_the_socket_of_its_own_port_whatever_the_order() {
 }
 
 #[test]
+fn a_helper_the_app_starts_before_it_listens_does_not_take_the_socket() {
+    let extra = free_port();
+    let extra_env = format!("EXTRA_PORT={extra}");
+    let mut m = Master::start_json(
+        &s(&[
+            "-l",
+            "127.0.0.1:0",
+            "-w",
+            "1",
+            "-e",
+            &extra_env,
+            "node",
+            &app("helper_first.js"),
+        ]),
+        None,
+    );
+    m.wait_events("a ready worker", |e| of_kind(e, "ready").count() >= 1);
+    m.wait_log("the helper", |l| l.contains("helper: listening"));
+    for _ in 0..20 {
+        let body = m.get("/").unwrap();
+        assert!(
+            body.starts_with("pid="),
+            "herd's port answered {body:?}\n{}",
+            m.log()
+        );
+    }
+    // The port herd does not serve is the app's own, with a warning that
+    // every worker would bind it.
+    assert_eq!(get_text("127.0.0.1", extra).unwrap(), "extra\n");
+    m.wait_log("the warning", |l| {
+        l.contains("HERD_LISTEN") && l.contains(&extra.to_string())
+    });
+    m.signal(Signal::SIGTERM);
+    assert!(m.wait_exit().success(), "{}", m.log());
+}
+
+#[test]
 fn fastify_on_localhost_is_served_by_herd_alone_and_reloads_without_errors() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");

@@ -6,8 +6,9 @@
 // - Sockets: the master passes its listening sockets and a readiness pipe.
 //   They are found by inode (HERD_LISTEN, HERD_READY_PIPE), not by fd
 //   number, because a launcher in between (npm, tsx) may hand them on at
-//   other numbers. A process that has not taken them passes them on to the
-//   processes it spawns; the first process that listens takes them.
+//   other numbers. A launcher (a package's bin, in node_modules) passes
+//   them on to the processes it spawns; the process that listens takes
+//   them.
 // - listen(port): a port equal to a herd address's port gets that socket;
 //   other ports get what is left in call order; a second listen on a port
 //   already served (Fastify's 127.0.0.1 and ::1) is absorbed.
@@ -141,10 +142,17 @@
   }
 
   // ---- passing the sockets on, until this process takes them ----
+  // Only a tool passes them on (npm, npx, yarn, tsx, nodemon: a package's
+  // bin, inside node_modules); an app that spawns a helper before it
+  // listens keeps them, so that the helper cannot take them.
   let claimedAny = false;
+  let tool = false;
+  try {
+    tool = /[\\/]node_modules[\\/]/.test(fs.realpathSync(process.argv[1] || ''));
+  } catch (_) { /* -e, the REPL, stdin: not a tool */ }
   const spawn = childProcess.ChildProcess.prototype.spawn;
   childProcess.ChildProcess.prototype.spawn = function herdSpawn(options) {
-    if (!claimedAny && options && typeof options === 'object') {
+    if (tool && !claimedAny && options && typeof options === 'object') {
       let stdio = options.stdio;
       if (stdio === undefined || stdio === null) stdio = ['pipe', 'pipe', 'pipe'];
       else if (typeof stdio === 'string') stdio = [stdio, stdio, stdio];
