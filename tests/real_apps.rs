@@ -416,8 +416,21 @@ impl Drop for WsClients {
 
 #[test]
 fn websocket_clients_get_a_normal_close_and_reconnect_to_the_new_workers() {
+    websockets_close_normally_on_reload(&[]);
+}
+
+#[test]
+fn websocket_clients_in_proxy_mode_get_a_normal_close_without_waiting_the_drain_timeout() {
+    // socket.io's long-polling needs stickiness: ip-hash.
+    websockets_close_normally_on_reload(&["--balance", "proxy", "--strategy", "ip-hash"]);
+}
+
+fn websockets_close_normally_on_reload(extra: &[&str]) {
     let mut m = Master::start_json(
-        &cmd(&["--drain-timeout", "20s"], &["node", &app("ws_app.js")]),
+        &cmd(
+            &[&["--drain-timeout", "20s"], extra].concat(),
+            &["node", &app("ws_app.js")],
+        ),
         None,
     );
     m.wait_events("two ready workers", |e| of_kind(e, "ready").count() >= 2);

@@ -768,13 +768,23 @@ impl Supervisor {
     fn retire(&mut self, pid: Pid) {
         let backend = self.backends_mut().get(&(pid.as_raw() as u32)).cloned();
         match backend {
-            Some(backend) => {
+            Some(backend) if self.defers_stop_signal() => {
                 if backend.start_draining() {
                     self.on_idle(pid);
                 }
             }
-            None => self.ask_to_stop(pid),
+            _ => self.ask_to_stop(pid),
         }
+    }
+
+    /// Proxy mode holds a retiring worker's stop signal back until its
+    /// proxied connections end, because the stop signal makes many servers
+    /// cut idle keep-alive connections. Not for Node apps with the preload:
+    /// they drain safely by themselves, and must hear the signal to close
+    /// their WebSockets, which would otherwise hold them until the drain
+    /// timeout.
+    pub(super) fn defers_stop_signal(&self) -> bool {
+        self.rotation.is_some() && self.config.preload.is_none()
     }
 
     /// Sends the stop signal to a worker: to the process that runs its app
@@ -924,7 +934,7 @@ impl Supervisor {
         self.changed();
         self.emit(Event::Stopping { graceful });
         let now = Instant::now();
-        let defer = graceful && self.rotation.is_some();
+        let defer = graceful && self.defers_stop_signal();
         let mut held_back = Vec::new();
         let mut ask = Vec::new();
         for slot in &mut self.slots {

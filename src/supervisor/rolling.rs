@@ -20,7 +20,7 @@ impl Supervisor {
     pub(super) fn take_over(&mut self, index: usize) {
         let now = Instant::now();
         let new_pid = self.slots[index].successor.as_ref().map(|p| p.pid);
-        let defer = self.rotation.is_some();
+        let defer = self.defers_stop_signal();
         let old = self.slots[index].promote(now, self.config.drain_timeout, defer);
         // Out of rotation first (proxy mode), then stopped.
         self.changed();
