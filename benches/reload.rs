@@ -12,6 +12,11 @@
 //! keep-alive load ran through three reloads. Times are medians of those
 //! three reloads; compare the two columns of one run, not runs across
 //! machines.
+//!
+//! A second table runs, at 2 workers, the patterns real apps use (the test
+//! apps in tests/fixtures/apps, with `npm ci` run there): Express with the
+//! production guide's stop handler (under PM2 it handles SIGINT, PM2's stop
+//! signal) and PM2's wait_ready (`--wait-ready` for both).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -35,8 +40,39 @@ struct Row {
     ok: u64,
 }
 
-fn app() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/plain_app.js")
+/// One app and how each side runs it.
+struct Case {
+    name: &'static str,
+    app: &'static str,
+    wait_ready: bool,
+    /// The signal the app handles under PM2 (its default stop signal).
+    pm2_env: &'static [(&'static str, &'static str)],
+}
+
+const PLAIN: Case = Case {
+    name: "plain http app",
+    app: "tests/fixtures/plain_app.js",
+    wait_ready: false,
+    pm2_env: &[],
+};
+
+const PATTERNS: [Case; 2] = [
+    Case {
+        name: "Express, own stop handler",
+        app: "tests/fixtures/apps/express_stop_handler.js",
+        wait_ready: false,
+        pm2_env: &[("APP_STOP_SIGNAL", "SIGINT")],
+    },
+    Case {
+        name: "wait_ready (1.5 s async init)",
+        app: "tests/fixtures/apps/wait_ready.js",
+        wait_ready: true,
+        pm2_env: &[],
+    },
+];
+
+fn app(case: &Case) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(case.app)
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -52,7 +88,7 @@ fn wait_serving(addr: SocketAddr) {
     }
 }
 
-fn herd(workers: usize) -> Row {
+fn herd(case: &Case, workers: usize) -> Row {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -61,7 +97,9 @@ fn herd(workers: usize) -> Row {
     rt.block_on(async {
         let cluster = herd::Cluster::builder()
             .command("node")
-            .arg(app())
+            .arg(app(case))
+            .wait_ready(case.wait_ready)
+            .start_timeout(Duration::from_secs(10))
             .workers(workers)
             .listen("127.0.0.1:0".parse().unwrap())
             .handle_signals(false)
@@ -122,7 +160,7 @@ fn pm2_binary() -> Option<PathBuf> {
     })
 }
 
-fn pm2(bin: &Path, workers: usize) -> Row {
+fn pm2(bin: &Path, case: &Case, workers: usize) -> Row {
     let home = std::env::temp_dir().join(format!("herd-bench-pm2-{}", std::process::id()));
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -131,6 +169,7 @@ fn pm2(bin: &Path, workers: usize) -> Row {
             .args(args)
             .env("PM2_HOME", &home)
             .env("PORT", port.to_string())
+            .envs(case.pm2_env.iter().copied())
             .output()
             .expect("run pm2");
         assert!(
@@ -139,16 +178,20 @@ fn pm2(bin: &Path, workers: usize) -> Row {
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    let app = app();
+    let app = app(case);
     let n = workers.to_string();
-    run(&[
+    let mut start = vec![
         "start",
         app.to_str().unwrap(),
         "-i",
         &n,
         "--name",
         "herd-bench",
-    ]);
+    ];
+    if case.wait_ready {
+        start.extend(["--wait-ready", "--listen-timeout", "10000"]);
+    }
+    run(&start);
     wait_serving(addr);
     // PM2 starts its cluster workers one after the other.
     std::thread::sleep(Duration::from_secs(2));
@@ -183,14 +226,33 @@ fn main() {
     println!("| workers | herd reload | herd failed / ok | PM2 reload | PM2 failed / ok |");
     println!("|---|---|---|---|---|");
     for n in WORKER_COUNTS {
-        let h = herd(n);
-        let p = pm2_bin.as_deref().map(|b| pm2(b, n));
+        let h = herd(&PLAIN, n);
+        let p = pm2_bin.as_deref().map(|b| pm2(b, &PLAIN, n));
         let pm2_cols = match p {
             Some(p) => format!("{} ms | {} / {}", p.median.as_millis(), p.failed, p.ok),
             None => "not installed | -".into(),
         };
         println!(
             "| {n} | {} ms | {} / {} | {pm2_cols} |",
+            h.median.as_millis(),
+            h.failed,
+            h.ok
+        );
+    }
+    println!();
+    println!("patterns of real apps, 2 workers, {RELOADS} reloads under {LOAD_CONNECTIONS} keep-alive connections");
+    println!("| app | herd reload | herd failed / ok | PM2 reload | PM2 failed / ok |");
+    println!("|---|---|---|---|---|");
+    for case in &PATTERNS {
+        let h = herd(case, 2);
+        let p = pm2_bin.as_deref().map(|b| pm2(b, case, 2));
+        let pm2_cols = match p {
+            Some(p) => format!("{} ms | {} / {}", p.median.as_millis(), p.failed, p.ok),
+            None => "not installed | -".into(),
+        };
+        println!(
+            "| {} | {} ms | {} / {} | {pm2_cols} |",
+            case.name,
             h.median.as_millis(),
             h.failed,
             h.ok

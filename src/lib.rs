@@ -52,13 +52,23 @@
 //! with a fake clock.
 //!
 //! **Stopping.** SIGTERM or SIGINT (or [`Handle::shutdown`]) sends the stop
-//! signal to each worker's process group and SIGKILLs the group at the drain
-//! timeout; a second SIGINT, or SIGQUIT, kills at once. When a worker's
-//! main process exits, whatever is left of its process group is killed
-//! before it is reaped, so no generation leaves orphans behind.
+//! signal to each worker's main process ([`KillMode::Mixed`]; for a Node app
+//! under a launcher such as `npm start`, to the app's process) and SIGKILLs
+//! its process group at the drain timeout; a second SIGINT, or SIGQUIT,
+//! kills at once. When a worker's main process exits, whatever is left of
+//! its process group is killed before it is reaped, so no generation leaves
+//! orphans behind.
+//!
+//! **Node apps.** For a program that runs Node (`node`, or a script whose
+//! `#!` line starts it: npm, npx, tsx, `./app.js`), a preload injected with
+//! `NODE_OPTIONS` finds herd's sockets by inode wherever the app runs in the
+//! worker's tree, maps `listen(port)` onto them, reports readiness on a
+//! per-worker pipe ([`Readiness::Listen`], or [`Readiness::Ipc`] for PM2's
+//! `wait_ready`), and drains on the stop signal without cutting a
+//! keep-alive client, whether or not the app handles the signal itself.
 //!
 //! **Observing.** Every lifecycle step is an [`Event`] on a broadcast
-//! channel and one line on stderr; worker output is forwarded line by line
+//! channel and one line on stderr ([`Event::to_json`] for programs); worker output is forwarded line by line
 //! with a `[slot N pid P]` prefix; [`Handle::workers`] is a snapshot of
 //! every slot.
 //!

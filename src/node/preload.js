@@ -202,7 +202,7 @@
     servers.add(server);
     server.once('listening', () => {
       listening += 1;
-      if (!waitReady && listening >= sockets.length) sendReady();
+      if ((!waitReady || appReady) && listening >= sockets.length) sendReady();
     });
     trackUpgrades(server);
   }
@@ -375,6 +375,11 @@
   }
 
   process.on(stopSignal, function herdStop() {
+    // A launcher (npm, tsx) that got the signal too (--kill-mode group)
+    // outlives its app: it exits when the app has drained and exited, as
+    // it does when its script ends. Dying now would take the app's whole
+    // process group with it.
+    if (tool && !claimedAny) return;
     if (!draining) {
       draining = true;
       graceEnds = Date.now() + idleGraceMs;

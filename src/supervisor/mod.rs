@@ -152,8 +152,9 @@ struct Supervisor {
     idle_tx: mpsc::UnboundedSender<u32>,
     /// The notify socket's reader and the proxy's accept loops.
     background: Vec<tokio::task::JoinHandle<()>>,
-    /// Workers whose app runs in another process of their tree (`npm
-    /// start`): worker pid -> the app's pid, which gets the stop signal.
+    /// Where each Node worker's app runs, as the preload reported it: the
+    /// worker itself, or another process of its tree (`npm start`). Worker
+    /// pid -> the app's pid, which gets the stop signal.
     serving: HashMap<Pid, Pid>,
 }
 
@@ -610,7 +611,7 @@ impl Supervisor {
             Note::Serving { worker, app } => {
                 // Only a process of the worker's own group: the stop signal
                 // must never reach a stranger.
-                if app != worker && process_group_of(app) == Some(worker) {
+                if app == worker || process_group_of(app) == Some(worker) {
                     self.serving.insert(worker, app);
                 }
             }
@@ -791,12 +792,17 @@ impl Supervisor {
     /// ([`KillMode::Mixed`]; the rest of the group goes when the main
     /// process has exited or at the drain timeout), or to its whole group.
     fn ask_to_stop(&self, pid: Pid) {
-        match self.config.kill_mode {
-            KillMode::Group => signal_group(pid, self.config.stop_signal),
-            _ => {
-                let app = self.serving.get(&pid).copied().unwrap_or(pid);
-                signal_process(app, self.config.stop_signal);
+        let app = self.serving.get(&pid).copied();
+        match (self.config.kill_mode, app) {
+            (KillMode::Group, _) => signal_group(pid, self.config.stop_signal),
+            (_, Some(app)) => signal_process(app, self.config.stop_signal),
+            // A Node app under a launcher that has not said where it runs
+            // (it is not ready yet): the launcher would not pass the signal
+            // on, so the whole tree hears it.
+            (_, None) if self.config.preload.is_some() => {
+                signal_group(pid, self.config.stop_signal)
             }
+            (_, None) => signal_process(pid, self.config.stop_signal),
         }
     }
 
