@@ -505,31 +505,11 @@ fn child_requests(addr: std::net::SocketAddr, n: usize, until: Instant) -> Vec<S
         .collect()
 }
 
-#[test]
-fn a_child_process_of_a_request_finishes_during_a_reload() {
-    let m = Master::start_json(&cmd(&[], &["node", &app("express_stop_handler.js")]), None);
-    m.wait_events("two ready workers", |e| of_kind(e, "ready").count() >= 2);
-    let until = Instant::now() + Duration::from_secs(6);
-    let addr = m.addr;
-    let load = std::thread::spawn(move || child_requests(addr, 4, until));
-    std::thread::sleep(Duration::from_millis(1200));
-    m.signal(Signal::SIGHUP);
-    m.wait_events("the reload", |e| complete_reloads(e) >= 1);
-    let bad = load.join().unwrap();
-    assert!(
-        bad.is_empty(),
-        "requests whose child was killed: {bad:?}\n{}",
-        m.log()
-    );
-}
-
-#[test]
-fn kill_mode_group_still_stops_the_whole_group_at_once() {
+/// Requests to a route that runs `sleep 1` while a reload replaces both
+/// workers: the ones that failed.
+fn child_requests_over_a_reload(extra: &[&str]) -> (Master, Vec<String>) {
     let m = Master::start_json(
-        &cmd(
-            &["--kill-mode", "group"],
-            &["node", &app("express_stop_handler.js")],
-        ),
+        &cmd(extra, &["node", &app("express_stop_handler.js")]),
         None,
     );
     m.wait_events("two ready workers", |e| of_kind(e, "ready").count() >= 2);
@@ -540,6 +520,22 @@ fn kill_mode_group_still_stops_the_whole_group_at_once() {
     m.signal(Signal::SIGHUP);
     m.wait_events("the reload", |e| complete_reloads(e) >= 1);
     let bad = load.join().unwrap();
+    (m, bad)
+}
+
+#[test]
+fn a_child_process_of_a_request_finishes_during_a_reload() {
+    let (m, bad) = child_requests_over_a_reload(&[]);
+    assert!(
+        bad.is_empty(),
+        "requests whose child was killed: {bad:?}\n{}",
+        m.log()
+    );
+}
+
+#[test]
+fn kill_mode_group_still_stops_the_whole_group_at_once() {
+    let (m, bad) = child_requests_over_a_reload(&["--kill-mode", "group"]);
     // The old behaviour, kept as an option: the sleep gets SIGTERM too.
     assert!(
         bad.iter().any(|e| e.contains("500")),
@@ -548,38 +544,55 @@ fn kill_mode_group_still_stops_the_whole_group_at_once() {
     );
 }
 
-#[test]
-fn a_broken_release_of_a_python_server_is_rolled_back_while_the_old_workers_serve() {
-    let release = std::env::temp_dir().join(format!("herd-py-release-{}", std::process::id()));
-    std::fs::write(&release, "good").unwrap();
-    let release_env = format!("RELEASE_FILE={}", release.display());
-    let m = Master::start_json(
-        &cmd(
-            &["-e", &release_env],
-            &["python3", &fixture("tests/fixtures/py_release.py")],
-        ),
-        None,
-    );
-    // Ready at exec (it cannot say so): wait until both answer.
-    m.wait_log("both to serve", |l| l.matches("mode=good").count() >= 2);
+/// A file the release fixtures read at start: the code "deployed" before
+/// a reload. Removed when dropped.
+struct Release(PathBuf);
+
+impl Release {
+    fn new(name: &str) -> Release {
+        let path = std::env::temp_dir().join(format!("herd-{name}-{}", std::process::id()));
+        let r = Release(path);
+        r.set("good");
+        r
+    }
+
+    fn set(&self, mode: &str) {
+        std::fs::write(&self.0, mode).unwrap();
+    }
+
+    fn env(&self) -> String {
+        format!("RELEASE_FILE={}", self.0.display())
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Deploys `bad_mode` of a release fixture and reloads under load: the
+/// reload is aborted with `explaining` among the reported lines, no request
+/// fails, and only the old workers serve.
+fn a_broken_release_is_rolled_back(name: &str, program: &[&str], bad_mode: &str, explaining: &str) {
+    let release = Release::new(name);
+    let m = Master::start_json(&cmd(&["-e", &release.env()], program), None);
+    // Some programs cannot say they are ready: wait until both started.
+    m.wait_log("both to start", |l| l.matches("mode=good").count() >= 2);
     let old: HashSet<u32> = m.live_pids().into_iter().collect();
     let keep_alive = Load::start(m.addr, 2, true);
     let fresh = Load::start(m.addr, 2, false);
     keep_alive.wait_answered(20);
 
-    std::fs::write(&release, "crash").unwrap();
+    release.set(bad_mode);
     m.signal(Signal::SIGHUP);
     let events = m.wait_events("the abort", |e| !aborted_reloads(e).is_empty());
     let report = aborted_reloads(&events)[0].clone();
     let lines = report["failure"]["last_output"].to_string();
-    assert!(
-        lines.contains("ModuleNotFoundError"),
-        "the explaining line: {report}"
-    );
+    assert!(lines.contains(explaining), "the explaining line: {report}");
     std::thread::sleep(Duration::from_millis(500));
     let ka = keep_alive.finish();
     let fr = fresh.finish();
-    let _ = std::fs::remove_file(&release);
     assert!(
         ka.errors.is_empty() && fr.errors.is_empty(),
         "{} / {}\n{}",
@@ -592,32 +605,29 @@ fn a_broken_release_of_a_python_server_is_rolled_back_while_the_old_workers_serv
         old.is_subset(&now),
         "the old workers still serve: {old:?} {now:?}"
     );
-    assert!(ka.pids.iter().all(|p| old.contains(p)));
+    assert!(ka.pids.iter().chain(&fr.pids).all(|p| old.contains(p)));
+}
+
+#[test]
+fn a_broken_release_of_a_python_server_is_rolled_back_while_the_old_workers_serve() {
+    // No readiness: the settle window catches the import error.
+    let py = fixture("tests/fixtures/py_release.py");
+    a_broken_release_is_rolled_back(
+        "py-release",
+        &["python3", &py],
+        "crash",
+        "ModuleNotFoundError",
+    );
 }
 
 #[test]
 fn a_node_release_with_a_missing_module_is_reported_with_the_cannot_find_module_line() {
-    let release = std::env::temp_dir().join(format!("herd-node-release-{}", std::process::id()));
-    std::fs::write(&release, "good").unwrap();
-    let release_env = format!("RELEASE_FILE={}", release.display());
-    let m = Master::start_json(
-        &cmd(
-            &["-e", &release_env],
-            &["node", &fixture("tests/fixtures/release.js")],
-        ),
-        None,
-    );
-    m.wait_events("two ready workers", |e| of_kind(e, "ready").count() >= 2);
-    std::fs::write(&release, "missing").unwrap();
-    m.signal(Signal::SIGHUP);
-    let events = m.wait_events("the abort", |e| !aborted_reloads(e).is_empty());
-    let _ = std::fs::remove_file(&release);
-    let report = aborted_reloads(&events)[0].clone();
-    assert!(
-        report["failure"]["last_output"]
-            .to_string()
-            .contains("Cannot find module"),
-        "{report}"
+    let js = fixture("tests/fixtures/release.js");
+    a_broken_release_is_rolled_back(
+        "node-release",
+        &["node", &js],
+        "missing",
+        "Cannot find module",
     );
 }
 

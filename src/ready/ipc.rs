@@ -11,7 +11,6 @@ use std::os::fd::OwnedFd;
 
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 use tokio::sync::mpsc;
 
 use super::Note;
@@ -44,23 +43,10 @@ pub(crate) async fn serve(master_end: OwnedFd, pid: Pid, tx: mpsc::UnboundedSend
     let Ok(stream) = tokio::net::UnixStream::from_std(std_stream) else {
         return;
     };
-    let mut lines = tokio::io::BufReader::new(stream);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        match (&mut lines)
-            .take(MAX_LINE as u64)
-            .read_line(&mut line)
-            .await
-        {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                if is_ready(&line) && tx.send(Note::Ready(pid)).is_err() {
-                    return;
-                }
-            }
-        }
-    }
+    super::for_each_line(stream, MAX_LINE, |line| {
+        !is_ready(line) || tx.send(Note::Ready(pid)).is_ok()
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -112,6 +112,28 @@ pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
 }
 
+/// Reads `source` line by line (each cut at `max` bytes) until EOF, an
+/// error, or `on_line` returns false.
+pub(crate) async fn for_each_line<R>(source: R, max: usize, mut on_line: impl FnMut(&str) -> bool)
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut lines = tokio::io::BufReader::new(source);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match (&mut lines).take(max as u64).read_line(&mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                if !on_line(&line) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// What a worker told the master about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Note {

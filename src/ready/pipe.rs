@@ -12,7 +12,6 @@ use std::os::fd::OwnedFd;
 
 use nix::fcntl::OFlag;
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 use tokio::sync::mpsc;
 
 use super::Note;
@@ -47,27 +46,16 @@ pub(crate) async fn serve(
     let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(read_end) else {
         return;
     };
-    let mut lines = tokio::io::BufReader::new(pipe);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        match (&mut lines)
-            .take(MAX_LINE as u64)
-            .read_line(&mut line)
-            .await
-        {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                let Some(app) = parse(&line) else { continue };
-                let ready = counts.then_some(Note::Ready(worker));
-                for note in std::iter::once(Note::Serving { worker, app }).chain(ready) {
-                    if tx.send(note).is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    }
+    super::for_each_line(pipe, MAX_LINE, |line| {
+        let Some(app) = parse(line) else {
+            return true;
+        };
+        let ready = counts.then_some(Note::Ready(worker));
+        std::iter::once(Note::Serving { worker, app })
+            .chain(ready)
+            .all(|note| tx.send(note).is_ok())
+    })
+    .await;
 }
 
 #[cfg(test)]
