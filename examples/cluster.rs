@@ -33,7 +33,7 @@ struct Cli {
     /// How workers share the address: reuseport (a socket per worker slot),
     /// shared (one socket for all) or proxy (the master forwards).
     #[arg(long, value_name = "MODE", default_value = "reuseport", value_parser = parse_balance)]
-    balance: Balance,
+    balance: (Balance, bool),
 
     /// With --balance proxy: round-robin, least-conn, p2c or ip-hash.
     #[arg(long, value_name = "STRATEGY", value_parser = parse_strategy)]
@@ -162,8 +162,10 @@ fn parse_listen(s: &str) -> Result<Vec<SocketAddr>, String> {
     herd::net::parse_listen_addr(s).map_err(|e| e.to_string())
 }
 
-fn parse_balance(s: &str) -> Result<Balance, String> {
-    s.parse().map_err(|e: herd::Error| e.to_string())
+/// The mode, and whether the text named a strategy (`proxy:least-conn`).
+fn parse_balance(s: &str) -> Result<(Balance, bool), String> {
+    let balance = s.parse().map_err(|e: herd::Error| e.to_string())?;
+    Ok((balance, s.contains(':')))
 }
 
 fn parse_ready(s: &str) -> Result<Readiness, String> {
@@ -222,7 +224,7 @@ fn main() -> ExitCode {
     // One thread is plenty for a master that only forks, reaps and forwards
     // output, and keeps its footprint small. In proxy mode the master is in
     // the data path: a thread per CPU.
-    let runtime = if cli.balance.is_proxy() {
+    let runtime = if cli.balance.0.is_proxy() {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -242,9 +244,43 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("herd: error: {}", chain(e.as_ref()));
-            ExitCode::FAILURE
+            if is_usage(e.as_ref()) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+/// A bad combination of options, found after parsing: exit status 2, like
+/// the errors clap finds.
+#[derive(Debug)]
+struct Usage(String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// Whether an error is about the command line (exit 2) rather than the
+/// cluster (exit 1).
+fn is_usage(e: &(dyn std::error::Error + 'static)) -> bool {
+    if e.is::<Usage>() {
+        return true;
+    }
+    matches!(
+        e.downcast_ref::<herd::Error>(),
+        Some(
+            herd::Error::InvalidSetting { .. }
+                | herd::Error::Parse { .. }
+                | herd::Error::ZeroWorkers
+                | herd::Error::NoProgram
+        )
+    )
 }
 
 fn chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -268,24 +304,36 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         cli.listen.into_iter().flatten().collect()
     };
     let balance = match (cli.balance, cli.strategy) {
-        (Balance::Proxy { .. }, Some(strategy)) => Balance::Proxy { strategy },
-        (other, Some(_)) => {
-            return Err(format!("--strategy needs --balance proxy, not --balance {other}").into())
+        ((Balance::Proxy { strategy: named }, true), Some(strategy)) if named != strategy => {
+            return Err(Usage(format!(
+                "--balance proxy:{named} and --strategy {strategy} name two strategies; give one"
+            ))
+            .into())
         }
-        (other, None) => other,
+        ((Balance::Proxy { .. }, _), Some(strategy)) => Balance::Proxy { strategy },
+        ((other, _), Some(_)) => {
+            return Err(Usage(format!(
+                "--strategy needs --balance proxy, not --balance {other}"
+            ))
+            .into())
+        }
+        ((other, _), None) => other,
     };
     let ready = match (cli.wait_ready, cli.ready) {
         (false, r) => r,
         (true, Readiness::Auto | Readiness::Ipc) => Readiness::Ipc,
         (true, other) => {
-            return Err(format!(
+            return Err(Usage(format!(
                 "--wait-ready waits for process.send('ready') and cannot go with --ready {other}"
-            )
+            ))
             .into())
         }
     };
     let json = cli.log_format == "json";
-    let (program, args) = cli.command.split_first().ok_or("no program given")?;
+    let (program, args) = cli
+        .command
+        .split_first()
+        .ok_or_else(|| Usage("no program given".into()))?;
     let mut builder = Cluster::builder()
         .command(program)
         .args(args)

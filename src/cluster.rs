@@ -37,6 +37,16 @@ pub const DEFAULT_STOP_SIGNAL: Signal = Signal::SIGTERM;
 pub const DEFAULT_SETTLE: Duration = Duration::from_secs(1);
 /// How many events a slow [`Handle::events`] subscriber may fall behind.
 const EVENT_CAPACITY: usize = 1024;
+/// The longest duration a setting takes: deadlines are `now + setting`
+/// (twice the drain timeout in proxy mode), which must not overflow.
+const MAX_SETTING: Duration = Duration::from_secs(365 * 24 * 3600);
+/// File descriptors the master keeps per worker: its pidfd, the stdout and
+/// stderr pipes, the readiness pipe or IPC channel, and one slot socket per
+/// address (reuseport mode).
+const FDS_PER_WORKER: u64 = 4;
+/// File descriptors the master needs besides its workers' (runtime,
+/// signals, the notify socket, forking), with room to spare.
+const FDS_BASE: u64 = 64;
 
 /// Variables herd sets for each worker itself, or that belong to the
 /// master's own supervisor and must not leak into workers (a worker that
@@ -305,9 +315,16 @@ impl Builder {
         }
     }
 
-    /// Whether `run()` handles SIGTERM, SIGINT and SIGQUIT sent to the
-    /// master (default true). Turn off when the embedding program handles
-    /// signals itself and calls [`Handle::shutdown`].
+    /// Whether `run()` handles SIGTERM, SIGINT, SIGQUIT and SIGHUP sent to
+    /// the master (default true). Turn off when the embedding program
+    /// handles signals itself and calls [`Handle::shutdown`].
+    ///
+    /// tokio never gives a signal back once it listened for it: after
+    /// `run()` returns, these four signals stay caught, and a SIGTERM or
+    /// Ctrl-C does nothing to the process (a later `run()` in the same
+    /// process still gets them). A program that goes on after its cluster
+    /// and must stay stoppable by those signals handles them itself (and
+    /// turns this off).
     pub fn handle_signals(mut self, on: bool) -> Self {
         self.handle_signals = on;
         self
@@ -408,6 +425,93 @@ impl Builder {
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
         self.supervision.validate()?;
+        let durations = [
+            ("drain-timeout", self.drain_timeout),
+            ("start-timeout", self.start_timeout),
+            ("settle", self.settle),
+            ("restart-delay", self.supervision.backoff.initial),
+            ("restart-delay-max", self.supervision.backoff.max),
+            ("crash-window", self.supervision.crash_loop.window),
+            ("min-uptime", self.supervision.min_uptime),
+            ("watchdog", self.watchdog.unwrap_or_default()),
+            (
+                "ready",
+                match self.readiness {
+                    Readiness::Delay(d) => d,
+                    _ => Duration::ZERO,
+                },
+            ),
+        ];
+        for (setting, d) in durations {
+            if d > MAX_SETTING {
+                return Err(Error::InvalidSetting {
+                    setting,
+                    reason: format!("{} is longer than a year", crate::event::Millis(d)),
+                });
+            }
+        }
+        if self.balance == Balance::ReusePort && workers > crate::net::steer::MAX_STEERED_SLOTS {
+            return Err(Error::InvalidSetting {
+                setting: "workers",
+                reason: format!(
+                    "reuseport mode steers connections between at most {} slots, not {workers}; \
+                     use fewer workers or --balance shared",
+                    crate::net::steer::MAX_STEERED_SLOTS
+                ),
+            });
+        }
+        let listens = self.listen.len().max(1) as u64;
+        ensure_fd_limit(
+            workers as u64 * (FDS_PER_WORKER + listens) + FDS_BASE,
+            workers,
+        )?;
+        if self.proxy_splice && !self.balance.is_proxy() {
+            return Err(Error::InvalidSetting {
+                setting: "proxy-splice",
+                reason: format!(
+                    "splice forwarding needs --balance proxy, not {}",
+                    self.balance
+                ),
+            });
+        }
+        let mut seen = std::collections::HashSet::new();
+        for addr in self.listen.iter().filter(|a| a.port() != 0) {
+            if !seen.insert(addr) {
+                return Err(Error::InvalidSetting {
+                    setting: "listen",
+                    reason: format!("{addr} is listed twice"),
+                });
+            }
+        }
+        for (key, _) in &self.env {
+            let name = key.to_string_lossy();
+            if name.is_empty() || name.contains('=') {
+                return Err(Error::InvalidSetting {
+                    setting: "env",
+                    reason: format!("`{name}` is not a variable name"),
+                });
+            }
+            if RESERVED_ENV.iter().any(|r| *r == name)
+                || INHERITED_ONLY_ENV.iter().any(|r| *r == name)
+            {
+                return Err(Error::InvalidSetting {
+                    setting: "env",
+                    reason: format!(
+                        "`{name}` is herd's to set for each worker (or the master's own), not yours"
+                    ),
+                });
+            }
+        }
+        if IGNORED_BY_DEFAULT.contains(&self.stop_signal) {
+            return Err(Error::InvalidSetting {
+                setting: "stop-signal",
+                reason: format!(
+                    "{} does nothing to a program that does not handle it, so it could not stop \
+                     a worker",
+                    self.stop_signal.as_str()
+                ),
+            });
+        }
         if self.stop_signal == Signal::SIGKILL || self.stop_signal == Signal::SIGSTOP {
             return Err(Error::InvalidSetting {
                 setting: "stop-signal",
@@ -545,11 +649,59 @@ impl Builder {
     }
 }
 
+/// Variables a worker must not inherit from the master, and that are not
+/// the builder's to set either: a master started by a Node parent over IPC
+/// has `NODE_CHANNEL_FD`, and a worker that inherited it would talk to the
+/// master's parent (and time out its readiness).
+const INHERITED_ONLY_ENV: &[&str] = &["NODE_CHANNEL_FD", "NODE_CHANNEL_SERIALIZATION_MODE"];
+
+/// Signals whose default action is to do nothing (or to stop, not end, the
+/// process): a worker that does not handle them would never stop.
+const IGNORED_BY_DEFAULT: &[Signal] = &[
+    Signal::SIGCHLD,
+    Signal::SIGCONT,
+    Signal::SIGURG,
+    Signal::SIGWINCH,
+    Signal::SIGTSTP,
+    Signal::SIGTTIN,
+    Signal::SIGTTOU,
+];
+
+/// Makes sure the master may open `needed` file descriptors, raising its
+/// soft limit towards the hard one if it must (as nginx and systemd do),
+/// so that a large cluster fails at build time, not halfway through
+/// spawning.
+fn ensure_fd_limit(needed: u64, workers: usize) -> Result<()> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return Ok(());
+    };
+    if needed <= soft {
+        return Ok(());
+    }
+    if needed <= hard && setrlimit(Resource::RLIMIT_NOFILE, hard.min(needed * 2), hard).is_ok() {
+        return Ok(());
+    }
+    Err(Error::InvalidSetting {
+        setting: "workers",
+        reason: format!(
+            "{workers} workers need about {needed} file descriptors in the master, and its limit \
+             is {} (ulimit -n); raise it or use fewer workers",
+            soft.max(hard.min(needed))
+        ),
+    })
+}
+
 /// The master's environment less [`RESERVED_ENV`], with the builder's
 /// additions and removals applied in order.
 fn worker_env(ops: &[(OsString, Option<OsString>)]) -> Vec<(OsString, OsString)> {
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
-        .filter(|(k, _)| !RESERVED_ENV.iter().any(|r| OsStr::new(r) == k))
+        .filter(|(k, _)| {
+            !RESERVED_ENV
+                .iter()
+                .chain(INHERITED_ONLY_ENV)
+                .any(|r| OsStr::new(r) == k)
+        })
         .collect();
     for (key, value) in ops {
         env.retain(|(k, _)| k != key);
@@ -572,6 +724,9 @@ fn resolve_program(
         return Err(Error::ProgramNotFound { program: name });
     }
     let check = |p: PathBuf| -> Result<PathBuf> {
+        if p.is_dir() {
+            return Err(Error::ProgramIsDirectory { path: p });
+        }
         if !p.is_file() {
             return Err(Error::ProgramNotFound {
                 program: name.clone(),

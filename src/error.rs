@@ -31,6 +31,13 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// The program path names a directory.
+    #[error("program `{}` is a directory, not a program", path.display())]
+    ProgramIsDirectory {
+        /// The path.
+        path: PathBuf,
+    },
+
     /// The worker's working directory does not exist or is not a directory.
     #[error("working directory `{}` is not a directory", path.display())]
     BadWorkingDirectory {
@@ -103,6 +110,14 @@ pub enum Error {
         slots: Vec<SlotFailure>,
     },
 
+    /// Every worker has exited, none is restarted (the restart policy is
+    /// `never` or `on-failure`), and these slots' last workers failed.
+    #[error("every worker has exited and none is restarted; failed: {}", describe_exits(.slots))]
+    WorkersFailed {
+        /// Each failed slot with how its last worker ended.
+        slots: Vec<(usize, crate::process::Exit)>,
+    },
+
     /// A slot index out of range.
     #[error("there is no slot {slot}: the cluster has {slots} (0 to {})", slots.saturating_sub(1))]
     NoSuchSlot {
@@ -141,6 +156,14 @@ pub struct SlotFailure {
     pub exits: u32,
     /// The window those exits happened in.
     pub window: Duration,
+}
+
+fn describe_exits(slots: &[(usize, crate::process::Exit)]) -> String {
+    slots
+        .iter()
+        .map(|(slot, exit)| format!("slot {slot} {exit}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn describe_failures(slots: &[SlotFailure]) -> String {

@@ -537,7 +537,8 @@ fn bad_options_are_named() {
         2,
         &["127.0.0.1:99999"],
     );
-    refused(&cmd(&["-w", "0"], &hello_server()), 1, &["at least 1"]);
+    // Bad values are usage errors too (exit 2), like the ones clap finds.
+    refused(&cmd(&["-w", "0"], &hello_server()), 2, &["at least 1"]);
     refused(
         &args(&["--frobnicate"], &hello_server()),
         2,
@@ -565,7 +566,7 @@ fn bad_options_are_named() {
     );
     refused(
         &cmd(&["--stop-signal", "KILL"], &hello_server()),
-        1,
+        2,
         &["SIGKILL"],
     );
     refused(&s(&["-w", "1"]), 2, &["PROGRAM"]);

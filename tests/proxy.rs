@@ -170,7 +170,7 @@ fn strategy_without_proxy_mode_is_refused() {
         v.extend(hello_server());
         v
     });
-    assert_eq!(m.wait_exit().code(), Some(1));
+    assert_eq!(m.wait_exit().code(), Some(2));
     assert!(
         m.log().contains("--strategy needs --balance proxy"),
         "{}",

@@ -447,8 +447,20 @@ fn websockets_close_normally_on_reload(extra: &[&str]) {
         of_kind(e, "exited").count() >= 4
     });
     let took = started.elapsed();
-    // Reconnected clients, then stop them.
-    clients.wait_opened(12);
+    // Clients reconnected to the workers that serve now, then stop them.
+    let now: HashSet<u32> = m.live_pids().into_iter().collect();
+    let deadline = Instant::now() + WAIT;
+    while !clients.last()["pids"].as_array().is_some_and(|p| {
+        p.iter()
+            .any(|p| p.as_u64().is_some_and(|p| now.contains(&(p as u32))))
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "no client reached the new workers {now:?}: {}",
+            clients.last()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let seen = clients.finish();
     let ka = keep_alive.finish();
     let log = m.log();

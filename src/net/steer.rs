@@ -22,6 +22,9 @@ use socket2::Socket;
 
 /// The kernel's limit on a classic BPF program's length.
 const BPF_MAXINSNS: usize = 4096;
+/// The most slots a steering program can name: two instructions each, plus
+/// three (load the hash, take it modulo, the fallback return).
+pub(crate) const MAX_STEERED_SLOTS: usize = (BPF_MAXINSNS - 3) / 2;
 
 fn stmt(code: u32, k: u32) -> libc::sock_filter {
     libc::sock_filter {
@@ -120,6 +123,14 @@ mod tests {
             n += 1;
         }
         n
+    }
+
+    #[test]
+    fn the_largest_program_fits_the_kernels_limit() {
+        let all: Vec<u32> = (0..MAX_STEERED_SLOTS as u32).collect();
+        assert!(program(&all).len() <= BPF_MAXINSNS);
+        let one_more: Vec<u32> = (0..=MAX_STEERED_SLOTS as u32).collect();
+        assert!(program(&one_more).len() > BPF_MAXINSNS);
     }
 
     #[test]

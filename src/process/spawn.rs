@@ -30,9 +30,9 @@ pub(crate) struct SpawnRequest {
     pub(crate) argv: Vec<CString>,
     /// The complete environment except `LISTEN_PID`, which the child writes.
     pub(crate) env: Vec<(OsString, OsString)>,
-    /// Listening sockets, in the order they become fds 3, 4, ...; borrowed
-    /// from the master, which keeps them open for the cluster's lifetime.
-    pub(crate) listen_fds: Vec<RawFd>,
+    /// Listening sockets, in the order they become fds 3, 4, ...: the
+    /// request's own duplicates of the master's.
+    pub(crate) listen_fds: Vec<OwnedFd>,
     /// Further fds after the sockets (Node's IPC channel), owned: the
     /// master's copies close once the worker has them.
     pub(crate) extra_fds: Vec<OwnedFd>,
@@ -124,7 +124,7 @@ pub(crate) fn spawn(req: SpawnRequest) -> Result<Spawned, SpawnError> {
 
     // fd i of the worker comes from sources[i].
     let mut sources: Vec<RawFd> = vec![devnull.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
-    sources.extend_from_slice(&req.listen_fds);
+    sources.extend(req.listen_fds.iter().map(|fd| fd.as_raw_fd()));
     sources.extend(req.extra_fds.iter().map(|fd| fd.as_raw_fd()));
     // Scratch space the child fills with high duplicates, allocated now.
     let mut scratch: Vec<RawFd> = vec![-1; sources.len()];

@@ -22,7 +22,15 @@ fn sender() -> Result<mpsc::Sender<Job>, SpawnError> {
             .name("herd-spawner".into())
             .spawn(move || {
                 for (req, reply) in rx {
-                    let _ = reply.send(spawn::spawn(req));
+                    // Whoever asked is gone (run() was dropped): start
+                    // nothing that nobody would supervise.
+                    if reply.is_closed() {
+                        continue;
+                    }
+                    if let Err(Ok(orphan)) = reply.send(spawn::spawn(req)) {
+                        super::signal_group(orphan.pid, nix::sys::signal::Signal::SIGKILL);
+                        let _ = nix::sys::wait::waitpid(orphan.pid, None);
+                    }
                 }
             });
         if let Err(e) = started {

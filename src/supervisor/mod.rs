@@ -363,7 +363,7 @@ impl Supervisor {
         &self,
         index: usize,
         generation: u64,
-        listen_fds: Vec<std::os::fd::RawFd>,
+        listen_fds: Vec<std::os::fd::OwnedFd>,
         ipc_child: Option<std::os::fd::OwnedFd>,
         port: Option<u16>,
     ) -> SpawnRequest {
@@ -414,12 +414,7 @@ impl Supervisor {
             let sockets: Vec<String> = listen_fds
                 .iter()
                 .zip(self.listeners.local_addrs())
-                .map(|(&fd, addr)| {
-                    // SAFETY: the master keeps every listening fd open for
-                    // the cluster's lifetime; the borrow ends here.
-                    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-                    format!("{}:{}", inode(&fd), addr.port())
-                })
+                .map(|(fd, addr)| format!("{}:{}", inode(fd), addr.port()))
                 .collect();
             env.push(("HERD_LISTEN".into(), sockets.join(",").into()));
             if self.ready.mode == Readiness::Ipc {
@@ -492,10 +487,23 @@ impl Supervisor {
         } else {
             None
         };
-        let listen_fds = match &private {
+        let raw_fds = match &private {
             Some((socket, _)) => vec![std::os::fd::AsRawFd::as_raw_fd(socket)],
             None => self.listeners.fds_for_slot(index),
         };
+        // The spawn request owns duplicates: if run() is dropped while the
+        // spawner thread works on it, the master's sockets may close and
+        // their numbers be reused, and the worker must not get another
+        // socket under a reused number.
+        let listen_fds = raw_fds
+            .iter()
+            .map(|&fd| {
+                // SAFETY: every fd here is a socket the master (or `private`)
+                // keeps open at least until this statement ends.
+                unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()
+            })
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(|e| self.spawn_error(index, "duplicating a listening socket", e))?;
         let req = self.spawn_request(
             index,
             generation,
@@ -990,6 +998,11 @@ impl Supervisor {
             .filter_map(|s| s.failure.clone())
             .collect();
         let stopped_by_request = self.phase == Phase::Stopping;
+        let exits_failed: Vec<(usize, Exit)> = self
+            .slots
+            .iter()
+            .filter_map(|s| s.last_exit.filter(|e| !e.success()).map(|e| (s.index, e)))
+            .collect();
         for task in &self.background {
             task.abort();
         }
@@ -1009,7 +1022,38 @@ impl Supervisor {
         if !stopped_by_request && !failures.is_empty() {
             return Err(Error::AllSlotsFailed { slots: failures });
         }
+        // The workers ended by themselves and none is restarted: the
+        // cluster failed if any of them failed (systemd and Kubernetes
+        // read the exit status).
+        if !stopped_by_request && !exits_failed.is_empty() {
+            return Err(Error::WorkersFailed {
+                slots: exits_failed,
+            });
+        }
         Ok(())
+    }
+}
+
+impl Drop for Supervisor {
+    /// `run()` was dropped before it finished (the losing arm of a
+    /// `select!`, a timeout): like tokio's `kill_on_drop`, nothing it started
+    /// may go on without supervision. Every worker's process group is
+    /// killed (their reaper tasks still reap them), every background task
+    /// stops, and handles see the cluster stopped.
+    fn drop(&mut self) {
+        if self.phase == Phase::Stopped {
+            return;
+        }
+        for slot in &self.slots {
+            for pid in slot.pids() {
+                signal_group(pid, Signal::SIGKILL);
+            }
+        }
+        for task in &self.background {
+            task.abort();
+        }
+        self.phase = Phase::Stopped;
+        self.publish_snapshot();
     }
 }
 

@@ -130,7 +130,10 @@ impl Backoff {
     }
 }
 
-/// How many exits within which window mark a slot as failed.
+/// How many exits within which window mark a slot as failed. Only exits
+/// of workers that ran shorter than the minimum uptime count: a worker that
+/// ran that long was healthy, whatever ended it (an OOM kill, an operator's
+/// `kill`), and restarting it is what supervision is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CrashLoop {
     /// The number of exits that trips the limit; 0 turns the limit off.
@@ -241,7 +244,7 @@ impl RestartTracker {
             return Decision::Done;
         }
         let CrashLoop { limit, window } = policy.crash_loop;
-        if limit > 0 {
+        if limit > 0 && uptime < policy.min_uptime {
             self.exits.push_back(now);
             while let Some(&oldest) = self.exits.front() {
                 if now.saturating_duration_since(oldest) > window {
@@ -350,6 +353,33 @@ mod tests {
                 window: DEFAULT_CRASH_WINDOW
             }
         );
+    }
+
+    #[test]
+    fn exits_after_the_minimum_uptime_never_trip_the_crash_loop_limit() {
+        // A worker killed every 0.5 s after it ran 6 s (min uptime 5 s):
+        // healthy each time, so the slot is never given up on.
+        let policy = no_jitter();
+        let mut t = RestartTracker::default();
+        let start = Instant::now();
+        for i in 0..50 {
+            let now = start + ms(500 * i);
+            let d = t.on_exit(
+                &policy,
+                now,
+                Duration::from_secs(6),
+                Exit::Signal(Signal::SIGKILL),
+                0.0,
+            );
+            assert_eq!(d, Decision::Restart(policy.backoff.initial), "exit {i}");
+        }
+        // Quick exits still count.
+        for i in 0..4 {
+            let d = t.on_exit(&policy, start + ms(30_000 + i), ms(5), Exit::Code(1), 0.0);
+            assert!(matches!(d, Decision::Restart(_)), "{d:?}");
+        }
+        let d = t.on_exit(&policy, start + ms(30_010), ms(5), Exit::Code(1), 0.0);
+        assert!(matches!(d, Decision::Failed { exits: 5, .. }), "{d:?}");
     }
 
     #[test]

@@ -96,13 +96,18 @@ impl Master {
     /// Starts the master with `--log-format json` (then `args`), in `dir`
     /// when given, and waits until it says where it listens.
     pub fn start_json(args: &[String], dir: Option<&Path>) -> Master {
-        let mut all = s(&["--log-format", "json"]);
-        all.extend(args.iter().cloned());
-        let mut m = Self::spawn_with(&all, |c| {
+        Self::start_json_with(args, |c| {
             if let Some(d) = dir {
                 c.current_dir(d);
             }
-        });
+        })
+    }
+
+    /// [`Master::start_json`] with the command adjusted by `tweak`.
+    pub fn start_json_with(args: &[String], tweak: impl FnOnce(&mut Command)) -> Master {
+        let mut all = s(&["--log-format", "json"]);
+        all.extend(args.iter().cloned());
+        let mut m = Self::spawn_with(&all, tweak);
         let events = m.wait_events("the listening event", |e| {
             of_kind(e, "listening").count() > 0
         });

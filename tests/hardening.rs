@@ -1,0 +1,196 @@
+//! Faults and bad input that once broke the master, each with the
+//! behaviour it must have now. Real masters, real workers, JSON events.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Runs the master with `args` and returns its exit code and log, for bad
+/// input that must be refused before anything starts.
+fn refused(args: &[&str]) -> (i32, String) {
+    let mut m = Master::spawn(&s(args));
+    let status = m.wait_exit();
+    let log = m.log();
+    assert!(m.spawned_pids().is_empty(), "nothing may start: {log}");
+    (status.code().unwrap_or(-1), log)
+}
+
+#[test]
+fn workers_that_all_fail_under_restart_never_make_the_master_fail() {
+    let mut m = Master::spawn(&s(&[
+        "--log-format",
+        "json",
+        "-l",
+        "127.0.0.1:0",
+        "-w",
+        "2",
+        "--restart",
+        "never",
+        "sh",
+        "-c",
+        "exit 3",
+    ]));
+    let status = m.wait_exit();
+    assert_eq!(status.code(), Some(1), "{}", m.log());
+    let events = m.events();
+    assert_eq!(of_kind(&events, "slot_done").count(), 2, "{}", m.log());
+    // Workers that end well leave the master's status at 0.
+    let mut ok = Master::spawn(&s(&[
+        "-l",
+        "127.0.0.1:0",
+        "-w",
+        "2",
+        "--restart",
+        "on-failure",
+        "sh",
+        "-c",
+        "exit 0",
+    ]));
+    assert_eq!(ok.wait_exit().code(), Some(0), "{}", ok.log());
+}
+
+#[test]
+fn a_healthy_service_whose_workers_are_killed_now_and_then_is_never_given_up_on() {
+    // Every kill hits a worker that ran longer than --min-uptime: each is a
+    // healthy worker dying, not a crash loop, however many there are.
+    let m = Master::start_json(
+        &s(&[
+            "-l",
+            "127.0.0.1:0",
+            "-w",
+            "2",
+            "--min-uptime",
+            "200ms",
+            "--crash-limit",
+            "3",
+            "--restart-delay",
+            "10ms",
+            "sleep",
+            "1000",
+        ]),
+        None,
+    );
+    for round in 0..8 {
+        let events = m.wait_events("two live workers", |e| {
+            of_kind(e, "spawned").count() >= 2 + round
+        });
+        let _ = events;
+        std::thread::sleep(Duration::from_millis(400));
+        let live = m.live_pids();
+        let victim = live[round % live.len()];
+        kill(Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
+        m.wait_events("the exit", |e| {
+            of_kind(e, "exited").any(|x| pid_field(x, "pid") == victim)
+        });
+    }
+    let events = m.wait_events("the last restart", |e| of_kind(e, "spawned").count() >= 10);
+    assert_eq!(of_kind(&events, "slot_failed").count(), 0, "{}", m.log());
+    assert_eq!(m.live_pids().len(), 2, "{}", m.log());
+}
+
+#[test]
+fn bad_options_are_refused_naming_the_culprit_with_exit_status_2() {
+    let tmp = std::env::temp_dir();
+    let dir = tmp.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--stop-signal", "CHLD", "sleep", "1"], "SIGCHLD"),
+        (&["--stop-signal", "WINCH", "sleep", "1"], "SIGWINCH"),
+        (&["-u", "", "sleep", "1"], "not a variable name"),
+        (&["-e", "LISTEN_FDS=3", "sleep", "1"], "LISTEN_FDS"),
+        (
+            &["-e", "HERD_WORKER_SLOT=1", "sleep", "1"],
+            "HERD_WORKER_SLOT",
+        ),
+        (
+            &["-e", "NODE_CHANNEL_FD=3", "sleep", "1"],
+            "NODE_CHANNEL_FD",
+        ),
+        (&["--proxy-splice", "sleep", "1"], "proxy-splice"),
+        (
+            &[
+                "--balance",
+                "proxy:p2c",
+                "--strategy",
+                "ip-hash",
+                "sleep",
+                "1",
+            ],
+            "two strategies",
+        ),
+        (&["--strategy", "p2c", "sleep", "1"], "--strategy"),
+        (
+            &["--drain-timeout", "1000000000s", "sleep", "1"],
+            "drain-timeout",
+        ),
+        (&["--ready", "delay:10000000m", "sleep", "1"], "ready"),
+        (&["-w", "3000", "-l", "127.0.0.1:0", "sleep", "1"], "2046"),
+    ];
+    for (args, culprit) in cases {
+        let (code, log) = refused(args);
+        assert_eq!(code, 2, "{args:?}: {log}");
+        assert!(log.contains(culprit), "{args:?} must name {culprit}: {log}");
+    }
+    // A program that is not there, or is a directory: exit 1, as for any
+    // program that cannot run.
+    let (code, log) = refused(&["-l", "127.0.0.1:0", dir]);
+    assert_eq!(code, 1, "{log}");
+    assert!(log.contains("is a directory") && log.contains(dir), "{log}");
+}
+
+#[test]
+fn the_same_address_twice_is_refused_as_listed_twice() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let (code, log) = refused(&["-l", &addr, "-l", &addr, "sleep", "1"]);
+    assert_eq!(code, 2, "{log}");
+    assert!(log.contains("listed twice") && log.contains(&addr), "{log}");
+}
+
+#[test]
+fn a_master_started_by_a_node_parent_does_not_pass_its_ipc_channel_on() {
+    // NODE_CHANNEL_FD in the master's environment (a Node parent that
+    // spawned it with 'ipc') must not reach the workers.
+    let m = Master::start_json_with(
+        &s(&[
+            "-l",
+            "127.0.0.1:0",
+            "-w",
+            "1",
+            "--restart",
+            "never",
+            "sh",
+            "-c",
+            "env; sleep 5",
+        ]),
+        |c| {
+            c.env("NODE_CHANNEL_FD", "7")
+                .env("NODE_CHANNEL_SERIALIZATION_MODE", "json");
+        },
+    );
+    let log = m.wait_log("the environment", |l| l.contains("HERD_WORKER_SLOT="));
+    assert!(!log.contains("NODE_CHANNEL_FD="), "{log}");
+}
+
+#[test]
+fn more_workers_than_the_fd_limit_allows_are_refused_before_any_starts() {
+    let cluster = example("cluster").display().to_string();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 256 && exec {cluster} -w 200 --balance shared -l 127.0.0.1:0 sleep 100"
+        ))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("sh");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{log}");
+    assert!(
+        log.contains("file descriptors") && log.contains("256"),
+        "{log}"
+    );
+    assert!(!log.contains("spawned"), "{log}");
+}
