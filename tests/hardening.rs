@@ -194,3 +194,141 @@ fn more_workers_than_the_fd_limit_allows_are_refused_before_any_starts() {
     );
     assert!(!log.contains("spawned"), "{log}");
 }
+
+/// Pids of processes whose command line is `sleep <mark>` or
+/// `sleep <mark + 1>`.
+fn marked(mark: u32) -> Vec<u32> {
+    let wanted = [format!("sleep\0{mark}\0"), format!("sleep\0{}\0", mark + 1)];
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| wanted.iter().any(|w| c == w.as_bytes()))
+        })
+        .filter(|&p| alive(p))
+        .collect()
+}
+
+/// Whether this machine lets the master put workers in cgroups (cgroup v2,
+/// writable); the escape tests need it.
+fn cgroups_here() -> bool {
+    let Ok(cgroup) = std::fs::read_to_string("/proc/self/cgroup") else {
+        return false;
+    };
+    let Some(rel) = cgroup.lines().find_map(|l| l.strip_prefix("0::")) else {
+        return false;
+    };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    info.lines()
+        .filter(|l| l.contains(" - cgroup2 "))
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .any(|point| {
+            let dir = std::path::Path::new(point).join(rel.trim_start_matches('/'));
+            static PROBES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let probe = dir.join(format!("herd-probe-{}-{n}", std::process::id()));
+            let ok = std::fs::create_dir(&probe).is_ok();
+            let _ = std::fs::remove_dir(&probe);
+            ok
+        })
+}
+
+/// A marker no other test uses.
+fn mark(offset: u32) -> u32 {
+    200_000 + (std::process::id() % 10_000) * 10 + offset
+}
+
+/// Starts an escaper worker and waits until both of its escaped
+/// descendants run; None (with the reason printed) without cgroups.
+fn escaper(mark: u32, extra: &[&str]) -> Option<Master> {
+    if !cgroups_here() {
+        eprintln!("skipped: no writable cgroup v2 on this machine");
+        return None;
+    }
+    let mut args = s(&[
+        "-l",
+        "127.0.0.1:0",
+        "-w",
+        "1",
+        "-e",
+        &format!("MARK={mark}"),
+    ]);
+    args.extend(s(extra));
+    args.push(fixture("tests/fixtures/escaper.sh"));
+    let m = Master::start_json(&args, None);
+    m.wait_log("the escaper", |l| l.contains("escaper: pid="));
+    let deadline = std::time::Instant::now() + WAIT;
+    while marked(mark).len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the escaped sleeps never ran"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(m)
+}
+
+/// Waits until no marked process is left; panics naming the survivors.
+fn wait_no_marked(mark: u32, what: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let left = marked(mark);
+        if left.is_empty() {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            for p in &left {
+                let _ = kill(Pid::from_raw(*p as i32), Signal::SIGKILL);
+            }
+            panic!("{what}: escaped descendants still run: {left:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn descendants_that_left_the_process_group_end_with_a_stopped_cluster() {
+    let mark = mark(0);
+    let Some(mut m) = escaper(mark, &[]) else {
+        return;
+    };
+    let addr = m.addr;
+    m.signal(Signal::SIGTERM);
+    assert!(m.wait_exit().success(), "{}", m.log());
+    wait_no_marked(mark, "after a stop");
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "the port is closed"
+    );
+}
+
+#[test]
+fn descendants_that_left_the_process_group_end_with_a_crashed_worker() {
+    let mark = mark(2);
+    let Some(m) = escaper(mark, &["--restart", "never", "-e", "EXIT_AFTER=1"]) else {
+        return;
+    };
+    m.wait_events("the crash", |e| of_kind(e, "exited").count() >= 1);
+    wait_no_marked(mark, "after the worker crashed");
+}
+
+#[test]
+fn descendants_that_left_the_process_group_end_with_a_master_killed_by_sigkill() {
+    let mark = mark(4);
+    let Some(mut m) = escaper(mark, &[]) else {
+        return;
+    };
+    let addr = m.addr;
+    m.signal(Signal::SIGKILL);
+    m.wait_exit();
+    wait_no_marked(mark, "after SIGKILL of the master");
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::net::TcpStream::connect(addr).is_ok() {
+        assert!(std::time::Instant::now() < deadline, "the port stays open");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

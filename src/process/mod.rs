@@ -1,10 +1,12 @@
 //! OS effects for worker processes: spawn, reap, signal, capture output.
 //!
 //! One mechanism per file: [`spawn`] forks and execs with the fd contract,
+//! [`cgroup`] keeps each worker's tree in a cgroup it cannot leave,
 //! [`spawner`] owns the long-lived thread every fork happens on, [`reap`]
 //! waits for exactly one child through its pidfd, [`output`] turns worker
 //! output into prefixed lines.
 
+pub(crate) mod cgroup;
 pub(crate) mod output;
 pub(crate) mod reap;
 pub(crate) mod spawn;

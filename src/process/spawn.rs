@@ -38,6 +38,8 @@ pub(crate) struct SpawnRequest {
     pub(crate) extra_fds: Vec<OwnedFd>,
     /// Working directory, if not the master's.
     pub(crate) cwd: Option<CString>,
+    /// `cgroup.procs` of the worker's cgroup: the child moves itself there.
+    pub(crate) cgroup_procs: Option<OwnedFd>,
 }
 
 /// A worker that has been exec'd.
@@ -138,6 +140,7 @@ pub(crate) fn spawn(req: SpawnRequest) -> Result<Spawned, SpawnError> {
         status_w: status_w.as_raw_fd(),
         cwd: req.cwd.as_ref().map(|c| c.as_ptr()),
         parent: nix::unistd::getpid().as_raw(),
+        cgroup_procs: req.cgroup_procs.as_ref().map(|fd| fd.as_raw_fd()),
     };
 
     // SAFETY: fork in a multi-threaded process is sound as long as the child
@@ -241,6 +244,7 @@ struct ChildPlan<'a> {
     status_w: RawFd,
     cwd: Option<*const libc::c_char>,
     parent: libc::pid_t,
+    cgroup_procs: Option<RawFd>,
 }
 
 /// The child between fork and exec.
@@ -248,7 +252,7 @@ struct ChildPlan<'a> {
 /// # Safety
 ///
 /// Must only be called in the child right after `fork`. Every call below is
-/// async-signal-safe (setpgid, prctl, getppid, getpid, fcntl, dup2,
+/// async-signal-safe (setpgid, write to cgroup.procs, prctl, getppid, getpid, fcntl, dup2,
 /// syscall(close_range), sigprocmask, sigaction via `signal`, chdir, execve,
 /// write, _exit), and all memory it writes (the pid slot, the scratch array)
 /// is the child's private copy of buffers the parent allocated before fork.
@@ -256,6 +260,12 @@ unsafe fn run_child(plan: &ChildPlan<'_>) -> ! {
     unsafe {
         // Own process group: stopping a worker signals its whole tree.
         libc::setpgid(0, 0);
+        // Its own cgroup, which no descendant can leave (before the fd
+        // shuffle below reuses the number). Without it the worker still
+        // runs, held by its process group only.
+        if let Some(fd) = plan.cgroup_procs {
+            super::cgroup::enter(fd);
+        }
 
         // Die with the master. If the master already died between fork and
         // here, the signal will never come, so check by hand.

@@ -30,6 +30,7 @@ use crate::cluster::{Config, Handle, Phase, Snapshot};
 use crate::error::{Error, Result};
 use crate::event::{Event, Millis, WorkerInfo};
 use crate::net::Listeners;
+use crate::process::cgroup::{ClusterCgroup, WorkerCgroup};
 use crate::process::output::{self, Stream, Tail};
 use crate::process::spawn::SpawnRequest;
 use crate::process::{
@@ -152,6 +153,11 @@ struct Supervisor {
     idle_tx: mpsc::UnboundedSender<u32>,
     /// The notify socket's reader and the proxy's accept loops.
     background: Vec<tokio::task::JoinHandle<()>>,
+    /// The cluster's cgroup, where cgroup v2 is writable: each worker's
+    /// tree in a cgroup of its own, killed whole.
+    cgroup: Option<ClusterCgroup>,
+    /// Each live worker's cgroup.
+    worker_cgroups: HashMap<Pid, WorkerCgroup>,
     /// Where each Node worker's app runs, as the preload reported it: the
     /// worker itself, or another process of its tree (`npm start`). Worker
     /// pid -> the app's pid, which gets the stop signal.
@@ -244,6 +250,16 @@ pub(crate) async fn run(
         _ => None,
     };
 
+    let cgroup = match ClusterCgroup::create() {
+        Ok(c) => c,
+        Err(e) => {
+            output::log_line(&format!(
+                "cannot create a cgroup for the workers ({e}); a descendant that leaves a \
+                 worker's process group may outlive it"
+            ));
+            None
+        }
+    };
     let sup_backends = handle.backends();
     let mut sup = Supervisor {
         slots: (0..config.workers).map(Slot::new).collect(),
@@ -266,6 +282,8 @@ pub(crate) async fn run(
         rotation,
         idle_tx,
         background,
+        cgroup,
+        worker_cgroups: HashMap::new(),
         serving: HashMap::new(),
     };
     sup.changed();
@@ -442,6 +460,7 @@ impl Supervisor {
             listen_fds,
             extra_fds,
             cwd: self.config.cwd.clone(),
+            cgroup_procs: None,
         }
     }
 
@@ -504,13 +523,29 @@ impl Supervisor {
             })
             .collect::<io::Result<Vec<_>>>()
             .map_err(|e| self.spawn_error(index, "duplicating a listening socket", e))?;
-        let req = self.spawn_request(
+        let mut req = self.spawn_request(
             index,
             generation,
             listen_fds,
             ipc_child,
             port.map(|a| a.port()),
         );
+        let worker_cgroup = match &self.cgroup {
+            Some(c) => match c.worker(index, generation) {
+                Ok(w) => {
+                    req.cgroup_procs = w.procs_fd().ok();
+                    Some(w)
+                }
+                Err(e) => {
+                    output::log_line(&format!(
+                        "slot {index}: cannot create the worker's cgroup ({e}); its process \
+                         group alone holds its tree"
+                    ));
+                    None
+                }
+            },
+            None => None,
+        };
         let spawned = match spawner::spawn(req).await {
             Ok(s) => s,
             Err(e) => {
@@ -519,6 +554,9 @@ impl Supervisor {
             }
         };
         let pid = spawned.pid;
+        if let Some(w) = &worker_cgroup {
+            self.worker_cgroups.insert(pid, w.clone());
+        }
         let backend_addr = match private {
             // The worker has its copy; ours would only keep connections
             // queued for a worker that died.
@@ -575,6 +613,11 @@ impl Supervisor {
                 forward,
             ));
             let result = reap::wait(pid, spawned.pidfd).await;
+            // The main process is gone: so is everything it started, in
+            // its group or not.
+            if let Some(w) = worker_cgroup {
+                w.remove().await;
+            }
             // Let the last lines through before the exit is reported, so
             // the log reads in order.
             let _ = tokio::time::timeout(OUTPUT_GRACE, async {
@@ -653,6 +696,7 @@ impl Supervisor {
         };
         self.backends_mut().remove(&(r.pid.as_raw() as u32));
         self.serving.remove(&r.pid);
+        self.worker_cgroups.remove(&r.pid);
         let now = Instant::now();
         let slot = &mut self.slots[r.slot];
         let Some(started) = slot.started_of(r.pid) else {
@@ -796,6 +840,15 @@ impl Supervisor {
         self.rotation.is_some() && self.config.preload.is_none()
     }
 
+    /// SIGKILLs a worker's whole tree: its process group, and its cgroup
+    /// (which also holds descendants that left the group).
+    pub(super) fn kill_tree(&self, pid: Pid) {
+        signal_group(pid, Signal::SIGKILL);
+        if let Some(w) = self.worker_cgroups.get(&pid) {
+            w.kill();
+        }
+    }
+
     /// Sends the stop signal to a worker: to the process that runs its app
     /// ([`KillMode::Mixed`]; the rest of the group goes when the main
     /// process has exited or at the drain timeout), or to its whole group.
@@ -879,7 +932,7 @@ impl Supervisor {
                     slot: index,
                     pid: pid.as_raw() as u32,
                 });
-                signal_group(pid, Signal::SIGKILL);
+                self.kill_tree(pid);
             }
             Due::DelayReady(pid) => self.on_ready(index, pid).await,
             Due::StartTimeout(pid, role) => {
@@ -892,7 +945,7 @@ impl Supervisor {
                 if role == Role::Successor {
                     self.timed_out.insert(pid);
                 }
-                signal_group(pid, Signal::SIGKILL);
+                self.kill_tree(pid);
             }
             Due::Signal(pid) => {
                 let open = self
@@ -911,7 +964,7 @@ impl Supervisor {
                     slot: index,
                     pid: pid.as_raw() as u32,
                 });
-                signal_group(pid, Signal::SIGKILL);
+                self.kill_tree(pid);
             }
         }
     }
@@ -951,6 +1004,7 @@ impl Supervisor {
         let defer = graceful && self.defers_stop_signal();
         let mut held_back = Vec::new();
         let mut ask = Vec::new();
+        let mut killed = Vec::new();
         for slot in &mut self.slots {
             let newly = slot.begin_stop(now, self.config.drain_timeout, defer);
             if defer {
@@ -958,13 +1012,14 @@ impl Supervisor {
             } else if graceful {
                 ask.extend(newly);
             } else {
-                for pid in slot.pids() {
-                    signal_group(pid, Signal::SIGKILL);
-                }
+                killed.extend(slot.pids());
             }
         }
         for pid in ask {
             self.ask_to_stop(pid);
+        }
+        for pid in killed {
+            self.kill_tree(pid);
         }
         // Proxy mode: out of rotation now, stopped once idle.
         self.changed();
@@ -1011,6 +1066,9 @@ impl Supervisor {
         for task in self.background.drain(..) {
             let _ = task.await;
         }
+        if let Some(cgroup) = self.cgroup.take() {
+            let _ = tokio::task::spawn_blocking(move || cgroup.finish()).await;
+        }
         self.phase = Phase::Stopped;
         self.emit(Event::Stopped);
         let _ = tokio::time::timeout(FINAL_FLUSH, output::flush()).await;
@@ -1046,7 +1104,7 @@ impl Drop for Supervisor {
         }
         for slot in &self.slots {
             for pid in slot.pids() {
-                signal_group(pid, Signal::SIGKILL);
+                self.kill_tree(pid);
             }
         }
         for task in &self.background {

@@ -4,15 +4,13 @@
 
 use std::time::Instant;
 
-use nix::sys::signal::Signal;
-
 use super::reload::{self, ReloadFailure, ReloadRun, Replacement, Target, Waiter};
 use super::slot::Role;
 use super::Supervisor;
 use crate::cluster::Phase;
 use crate::error::Error;
 use crate::event::Event;
-use crate::process::{output, signal_group};
+use crate::process::output;
 
 impl Supervisor {
     /// A reload's successor is ready: it takes the slot, the predecessor
@@ -160,7 +158,7 @@ impl Supervisor {
             if let Some(pid) = self.slots[other].successor.as_ref().map(|p| p.pid) {
                 // Killed now; the drain timer only backs that up.
                 self.slots[other].stop_proc(pid, now, self.config.drain_timeout, false);
-                signal_group(pid, Signal::SIGKILL);
+                self.kill_tree(pid);
             }
         }
     }
