@@ -11,11 +11,11 @@
 //! master opened), and `cgroup.kill` ends the worker's whole tree when its
 //! main process has exited, at the drain timeout, or on a forced stop.
 //!
-//! The master itself may die by SIGKILL. A sentinel process, forked at
-//! start in a session of its own and deaf to every catchable signal, holds
-//! the read end of a pipe whose only write end is the master's: when the
-//! master is gone, for whatever reason, it reads EOF and writes
-//! `cgroup.kill` of the cluster's cgroup, which ends every worker tree.
+//! The master itself may die by SIGKILL. A sentinel (a `/bin/sh` started
+//! at start in a session of its own, deaf to every catchable signal) reads
+//! a pipe whose only write end is the master's: when the master is gone,
+//! for whatever reason, it reads EOF and writes `cgroup.kill` of the
+//! cluster's cgroup, which ends every worker tree.
 //!
 //! Why not a child subreaper: orphans would become the master's children,
 //! and an embedding program may own children of its own; telling them
@@ -129,27 +129,39 @@ impl ClusterCgroup {
     }
 
     fn start_sentinel(&mut self) -> io::Result<()> {
+        // Everything the child needs, prepared before the fork. It execs a
+        // shell rather than living on as a copy of the master, which would
+        // pin every page the master (an embedding program, maybe large)
+        // had at the fork.
+        let sh = CString::new(SENTINEL_SHELL).map_err(io::Error::other)?;
         let kill_path = CString::new(self.dir.join("cgroup.kill").as_os_str().as_bytes())
             .map_err(io::Error::other)?;
-        let kill_fd = nix::fcntl::open(
-            kill_path.as_c_str(),
-            OFlag::O_WRONLY | OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        )?;
+        let argv_owned = [
+            CString::new("herd-sentinel").map_err(io::Error::other)?,
+            CString::new("-c").map_err(io::Error::other)?,
+            CString::new(SENTINEL_SCRIPT).map_err(io::Error::other)?,
+            kill_path,
+        ];
+        let mut argv: Vec<*const libc::c_char> = argv_owned.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+        if !Path::new(SENTINEL_SHELL).exists() {
+            return Err(io::Error::new(io::ErrorKind::NotFound, SENTINEL_SHELL));
+        }
         let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-        let (r, k) = (read_end.as_raw_fd(), kill_fd.as_raw_fd());
+        let r = read_end.as_raw_fd();
         // SAFETY: the child runs only async-signal-safe calls (setsid,
-        // signal, dup2, close_range, read, write, _exit) on fds the parent
-        // opened before the fork, and never returns.
+        // signal, fcntl, dup2, close_range, execve, _exit) on memory and fds
+        // prepared before the fork, and never returns.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
             return Err(io::Error::last_os_error());
         }
         if pid == 0 {
             // SAFETY: we are the child of a fork; see `sentinel`.
-            unsafe { sentinel(r, k) }
+            unsafe { sentinel(r, sh.as_ptr(), argv.as_ptr(), envp.as_ptr()) }
         }
-        drop((read_end, kill_fd));
+        drop(read_end);
         self.sentinel_pipe = Some(write_end);
         self.sentinel = Some(Pid::from_raw(pid));
         Ok(())
@@ -271,40 +283,44 @@ fn remove_tree(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
-/// The sentinel: waits for EOF on `pipe` (the master is gone) and kills
-/// the cluster's cgroup through `kill_fd`.
+/// The sentinel's shell, present on every Linux system herd runs on.
+const SENTINEL_SHELL: &str = "/bin/sh";
+/// Reads stdin (the master's pipe) until EOF, then kills the cgroup whose
+/// `cgroup.kill` is `$0`.
+const SENTINEL_SCRIPT: &str = "while read -r _; do :; done; echo 1 > \"$0\"";
+
+/// The sentinel, between fork and exec: out of the master's session,
+/// deaf to catchable signals (ignored dispositions survive exec), the pipe
+/// as stdin, nothing else of the master's open, then the shell.
 ///
 /// # Safety
 ///
-/// Child side of fork only: async-signal-safe calls on fds that the parent
-/// opened before the fork.
-unsafe fn sentinel(pipe: libc::c_int, kill_fd: libc::c_int) -> ! {
+/// Child side of fork only: async-signal-safe calls on memory and fds the
+/// parent prepared before the fork.
+unsafe fn sentinel(
+    pipe: libc::c_int,
+    sh: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+) -> ! {
     unsafe {
-        // Out of the master's session and process group: a Ctrl-C or a
-        // killpg meant for the master's group does not reach it.
+        // A Ctrl-C or a killpg meant for the master's group must not
+        // reach it.
         libc::setsid();
         for sig in 1..32 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP && sig != libc::SIGCHLD {
                 libc::signal(sig, libc::SIG_IGN);
             }
         }
-        // fds 0 and 1 become the pipe and cgroup.kill; everything else of
-        // the master's (its listening sockets above all) is closed.
-        let r = libc::fcntl(pipe, libc::F_DUPFD_CLOEXEC, 64);
-        let k = libc::fcntl(kill_fd, libc::F_DUPFD_CLOEXEC, 64);
-        if r < 0 || k < 0 || libc::dup2(r, 0) < 0 || libc::dup2(k, 1) < 0 {
+        let high = libc::fcntl(pipe, libc::F_DUPFD_CLOEXEC, 64);
+        if high < 0 || libc::dup2(high, 0) < 0 {
             libc::_exit(1);
         }
-        libc::syscall(libc::SYS_close_range, 2u32, u32::MAX, 0u32);
-        let mut buf = [0u8; 16];
-        loop {
-            let n = libc::read(0, buf.as_mut_ptr().cast(), buf.len());
-            if n == 0 || (n < 0 && *libc::__errno_location() != libc::EINTR) {
-                break;
-            }
-        }
-        libc::write(1, b"1".as_ptr().cast(), 1);
-        libc::_exit(0)
+        // Not even its stdout and stderr: the master's may be pipes whose
+        // readers wait for EOF.
+        libc::syscall(libc::SYS_close_range, 1u32, u32::MAX, 0u32);
+        libc::execve(sh, argv, envp);
+        libc::_exit(127)
     }
 }
 
