@@ -332,3 +332,45 @@ fn descendants_that_left_the_process_group_end_with_a_master_killed_by_sigkill()
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn connections_queued_on_a_dead_slot_are_passed_on_at_once_whatever_the_restart_delay() {
+    // Slot 1 never accepts, so about half of the connections wait in its
+    // queue; its worker is killed and restarted within a short delay (into
+    // a worker that never accepts either). The queue must go to slot 0 at
+    // the exit, not wait for a restart that will not serve.
+    let m = Master::start_json(
+        &s(&[
+            "-l",
+            "127.0.0.1:0",
+            "-w",
+            "2",
+            "--restart-delay",
+            "300ms",
+            &fixture("tests/fixtures/slot1_never_accepts.sh"),
+            &hello(),
+        ]),
+        None,
+    );
+    let events = m.wait_events("both workers", |e| of_kind(e, "spawned").count() >= 2);
+    let sleeper = of_kind(&events, "spawned")
+        .find(|e| e["slot"] == 1)
+        .map(|e| pid_field(e, "pid"))
+        .unwrap();
+    m.wait_log("hello in slot 0", |l| l.contains("hello: pid="));
+    let addr = m.addr;
+    let clients: Vec<_> = (0..20)
+        .map(|_| std::thread::spawn(move || get(addr, "/")))
+        .collect();
+    // Let the connections queue up, then kill the slot that holds some.
+    std::thread::sleep(Duration::from_millis(500));
+    kill(Pid::from_raw(sleeper as i32), Signal::SIGKILL).unwrap();
+    let results: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let failed: Vec<_> = results.iter().filter(|r| r.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 20 failed: {failed:?}\n{}",
+        failed.len(),
+        m.log()
+    );
+}

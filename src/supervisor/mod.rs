@@ -49,9 +49,6 @@ use slot::{Due, ExitOutcome, Role, Slot};
 const OUTPUT_GRACE: Duration = Duration::from_millis(500);
 /// How long `run()` waits for queued output lines to be written at the end.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
-/// A slot whose next worker is further away than this has the connections
-/// queued on its socket passed on to live slots instead of waiting.
-const RESCUE_AFTER: Duration = Duration::from_secs(1);
 /// The exit reported for a spawn that failed after start-up, so that it
 /// counts towards the crash-loop limit like any failed start.
 const SPAWN_FAILURE_EXIT: Exit = Exit::Code(127);
@@ -762,10 +759,6 @@ impl Supervisor {
     }
 
     fn report(&mut self, slot: usize, decision: Decision, tail: Vec<String>) {
-        let rescue = match decision {
-            Decision::Restart(delay) => delay >= RESCUE_AFTER,
-            Decision::Done | Decision::Failed { .. } => true,
-        };
         let event = match decision {
             Decision::Restart(delay) => Event::RestartScheduled { slot, delay },
             Decision::Done => Event::SlotDone { slot },
@@ -777,9 +770,11 @@ impl Supervisor {
             },
         };
         self.emit(event);
-        if rescue {
-            self.rescue_queue(slot);
-        }
+        // Whatever comes next for the slot (a restart after a backoff, a
+        // start that takes its time, nothing), the connections queued on
+        // its socket are passed on now: a slot without a ready worker
+        // holds nobody.
+        self.rescue_queue(slot);
     }
 
     /// Steers new connections to the slots that have a ready worker, when
