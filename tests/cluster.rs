@@ -10,7 +10,8 @@ use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-const NODE_READY: &str = "listening";
+// The node example's start-up line ends so; the master's own "listening on" must not count.
+const NODE_READY: &str = " listening\n";
 const HELLO_READY: &str = "hello: pid=";
 
 /// Listens on a kernel-chosen loopback port, then `extra`, then `program`.

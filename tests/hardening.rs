@@ -374,3 +374,101 @@ fn connections_queued_on_a_dead_slot_are_passed_on_at_once_whatever_the_restart_
         m.log()
     );
 }
+
+#[test]
+fn a_full_stdout_does_not_hold_back_the_masters_own_lines_on_stderr() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    // The worker floods stdout, which nobody reads: the pipe fills up.
+    let mut child = Command::new(example("cluster"))
+        .args([
+            "-w",
+            "1",
+            "-l",
+            "127.0.0.1:0",
+            "--restart-delay",
+            "10ms",
+            "sh",
+            "-c",
+        ])
+        .arg("while :; do echo flood flood flood flood; done")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let master = Pid::from_raw(child.id() as i32);
+    struct Guard(Pid);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::killpg(self.0, Signal::SIGKILL);
+        }
+    }
+    let _guard = Guard(master);
+    let lines = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = lines.clone();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.starts_with("herd: ") {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = lines.load(std::sync::atomic::Ordering::SeqCst);
+    // Make the master say something: its worker dies and is restarted.
+    for (worker, _) in children(master) {
+        let _ = nix::sys::signal::killpg(Pid::from_raw(worker as i32), Signal::SIGKILL);
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while lines.load(std::sync::atomic::Ordering::SeqCst) <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no line of the master's reached stderr while stdout was full"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = kill(master, Signal::SIGKILL);
+    let _ = child.wait();
+}
+
+#[test]
+fn a_flood_of_foreign_notify_messages_is_not_a_flood_of_log_lines() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let m = Master::start(&s(&[
+        "-l",
+        "127.0.0.1:0",
+        "-w",
+        "1",
+        "--ready",
+        "notify",
+        &hello(),
+    ]));
+    let pids = m.wait_ready(1, " is ready");
+    let environ = std::fs::read(format!("/proc/{}/environ", pids[0])).unwrap();
+    let socket = environ
+        .split(|&b| b == 0)
+        .find_map(|kv| kv.strip_prefix(b"NOTIFY_SOCKET=@"))
+        .map(|v| v.to_vec())
+        .expect("NOTIFY_SOCKET");
+    let addr = SocketAddr::from_abstract_name(&socket).unwrap();
+    let sender = UnixDatagram::unbound().unwrap();
+    let before = m.log().lines().filter(|l| l.starts_with("herd: ")).count();
+    for _ in 0..20_000 {
+        let _ = sender.send_to_addr(b"READY=1", &addr);
+    }
+    // The master is still responsive, and logged a handful of lines.
+    std::thread::sleep(Duration::from_millis(500));
+    m.get("/").unwrap();
+    let after = m.log().lines().filter(|l| l.starts_with("herd: ")).count();
+    assert!(after > before, "the foreign messages are reported");
+    assert!(
+        after - before <= 5,
+        "{} lines for 20,000 messages",
+        after - before
+    );
+}

@@ -4,7 +4,7 @@
 //! complete line is written to the master's own stdout or stderr with a
 //! prefix naming the slot and pid, in a single `write` under the stream's
 //! lock, so lines of different workers never interleave mid-line. Writing
-//! happens on one thread: a slow terminal or a full pipe downstream applies
+//! happens on one thread per stream: a slow terminal or a full pipe downstream applies
 //! back-pressure to the workers (as a terminal would) without stalling the
 //! supervisor's event loop. The last lines of each worker are kept, so that
 //! a crash report can show them.
@@ -36,30 +36,42 @@ const TAIL_LINE_CHARS: usize = 300;
 const QUEUE: usize = 1024;
 
 enum Msg {
-    Line(Stream, Vec<u8>),
+    Line(Vec<u8>),
     Flush(oneshot::Sender<()>),
 }
 
-static WRITER: OnceLock<mpsc::Sender<Msg>> = OnceLock::new();
+/// One writer thread per stream: a stdout that nobody reads (a full pipe)
+/// must not hold back the master's own lines on stderr.
+static WRITERS: [OnceLock<mpsc::Sender<Msg>>; 2] = [OnceLock::new(), OnceLock::new()];
 
-fn writer() -> &'static mpsc::Sender<Msg> {
-    WRITER.get_or_init(|| {
+fn writer(stream: Stream) -> &'static mpsc::Sender<Msg> {
+    let index = match stream {
+        Stream::Stdout => 0,
+        Stream::Stderr => 1,
+    };
+    WRITERS[index].get_or_init(|| {
         let (tx, mut rx) = mpsc::channel::<Msg>(QUEUE);
         let spawned = std::thread::Builder::new()
-            .name("herd-output".into())
+            .name(format!(
+                "herd-{}",
+                if index == 0 { "stdout" } else { "stderr" }
+            ))
             .spawn(move || {
+                let write = |l: &[u8]| match stream {
+                    Stream::Stdout => std::io::stdout().lock().write_all(l),
+                    Stream::Stderr => std::io::stderr().lock().write_all(l),
+                };
                 while let Some(msg) = rx.blocking_recv() {
                     match msg {
                         // A failed write (closed stdout) is not worth dying
                         // for: the workers keep serving.
-                        Msg::Line(Stream::Stdout, l) => {
-                            let _ = std::io::stdout().lock().write_all(&l);
-                        }
-                        Msg::Line(Stream::Stderr, l) => {
-                            let _ = std::io::stderr().lock().write_all(&l);
+                        Msg::Line(l) => {
+                            let _ = write(&l);
                         }
                         Msg::Flush(done) => {
-                            let _ = std::io::stdout().flush();
+                            if stream == Stream::Stdout {
+                                let _ = std::io::stdout().flush();
+                            }
                             let _ = done.send(());
                         }
                     }
@@ -93,16 +105,18 @@ pub(crate) fn log_line(text: &str) {
     line.extend_from_slice(b"herd: ");
     line.extend_from_slice(text.as_bytes());
     line.push(b'\n');
-    if writer().try_send(Msg::Line(Stream::Stderr, line)).is_err() {
+    if writer(Stream::Stderr).try_send(Msg::Line(line)).is_err() {
         DROPPED.fetch_add(dropped + 1, Ordering::Relaxed);
     }
 }
 
 /// Waits until every line queued so far has been written.
 pub(crate) async fn flush() {
-    let (tx, rx) = oneshot::channel();
-    if writer().send(Msg::Flush(tx)).await.is_ok() {
-        let _ = rx.await;
+    for stream in [Stream::Stdout, Stream::Stderr] {
+        let (tx, rx) = oneshot::channel();
+        if writer(stream).send(Msg::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
     }
 }
 
@@ -227,7 +241,7 @@ async fn emit(stream: Stream, prefix: &str, line: &[u8], tail: &Tail, forward: b
     out.extend_from_slice(prefix.as_bytes());
     out.extend_from_slice(line);
     out.push(b'\n');
-    let _ = writer().send(Msg::Line(stream, out)).await;
+    let _ = writer(stream).send(Msg::Line(out)).await;
 }
 
 /// Cuts a byte stream into lines (without their `\n`), at most

@@ -150,6 +150,8 @@ struct Supervisor {
     idle_tx: mpsc::UnboundedSender<u32>,
     /// The notify socket's reader and the proxy's accept loops.
     background: Vec<tokio::task::JoinHandle<()>>,
+    /// Foreign notify messages are logged once a second at most.
+    foreign_notes: policy::LogThrottle,
     /// The cluster's cgroup, where cgroup v2 is writable: each worker's
     /// tree in a cgroup of its own, killed whole.
     cgroup: Option<ClusterCgroup>,
@@ -279,6 +281,7 @@ pub(crate) async fn run(
         rotation,
         idle_tx,
         background,
+        foreign_notes: policy::LogThrottle::default(),
         cgroup,
         worker_cgroups: HashMap::new(),
         serving: HashMap::new(),
@@ -640,9 +643,17 @@ impl Supervisor {
             Note::Serving { worker, .. } => *worker,
         };
         let Some((index, _)) = self.slot_of(pid) else {
-            output::log_line(&format!(
-                "ignored a readiness message from pid {pid}, which is not a worker's main process"
-            ));
+            if let Some(held_back) = self.foreign_notes.admit(Instant::now()) {
+                let more = if held_back > 0 {
+                    format!(" ({held_back} more ignored since the last such line)")
+                } else {
+                    String::new()
+                };
+                output::log_line(&format!(
+                    "ignored a readiness message from pid {pid}, which is not a worker's main \
+                     process{more}"
+                ));
+            }
             return;
         };
         match note {
