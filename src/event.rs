@@ -156,6 +156,16 @@ pub enum Event {
         /// The worker's pid.
         pid: u32,
     },
+    /// A listening socket stopped listening (a worker shut its copy down)
+    /// and the master put a new one in its place; the workers that had the
+    /// old one are replaced as a reload replaces them.
+    ListenerReplaced {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The slot whose socket it was (reuseport), or None (one socket
+        /// for all).
+        slot: Option<usize>,
+    },
     /// Every worker has been reaped; `run()` is about to return.
     Stopped,
 }
@@ -277,6 +287,16 @@ impl fmt::Display for Event {
                 "slot {slot}: pid {pid} still has {open} proxied connection(s) at the drain timeout; \
                  sending the stop signal"
             ),
+            Event::ListenerReplaced { addr, slot } => {
+                write!(f, "the listening socket on {addr}")?;
+                if let Some(slot) = slot {
+                    write!(f, " of slot {slot}")?;
+                }
+                f.write_str(
+                    " stopped listening (a worker shut it down); a new one takes its place and \
+                     the workers move onto it",
+                )
+            }
             Event::Stopped => f.write_str("all workers stopped"),
         }
     }
@@ -394,6 +414,9 @@ impl Event {
             Event::DrainSignal { slot, pid, open } => {
                 j.num("slot", *slot).num("pid", *pid).num("open", *open)
             }
+            Event::ListenerReplaced { addr, slot } => j
+                .str("addr", &addr.to_string())
+                .raw("slot", &slot.map_or("null".into(), |s| s.to_string())),
             Event::Stopped => j,
         }
         .finish()
@@ -418,6 +441,7 @@ impl Event {
             Event::Idle { .. } => "idle",
             Event::DrainSignal { .. } => "drain_signal",
             Event::DrainTimeout { .. } => "drain_timeout",
+            Event::ListenerReplaced { .. } => "listener_replaced",
             Event::Stopped => "stopped",
         }
     }

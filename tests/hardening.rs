@@ -472,3 +472,69 @@ fn a_flood_of_foreign_notify_messages_is_not_a_flood_of_log_lines() {
         after - before
     );
 }
+
+/// A worker shuts the listening socket down (`shutdown(fd 3)`): the master
+/// notices, puts a new socket in its place and moves the workers onto it.
+/// What the shutdown itself destroys (connections refused in that moment,
+/// and those queued on the socket, which the kernel resets) is the
+/// kernel's doing; from the replacement on, nothing fails.
+fn a_shut_down_listener_is_replaced(balance: &str) {
+    let release = std::env::temp_dir().join(format!("herd-shut-{balance}-{}", std::process::id()));
+    std::fs::write(&release, "good").unwrap();
+    let m = Master::start_json(
+        &s(&[
+            "-l",
+            "127.0.0.1:0",
+            "-w",
+            "2",
+            "--balance",
+            balance,
+            "-e",
+            &format!("RELEASE_FILE={}", release.display()),
+            "python3",
+            &fixture("tests/fixtures/py_release.py"),
+        ]),
+        None,
+    );
+    m.wait_log("both workers", |l| l.matches("mode=good").count() >= 2);
+    let before = Load::start(m.addr, 2, false);
+    before.wait_answered(20);
+    let _ = m.get("/shutdown-listener");
+    let events = m.wait_events("the replacement", |e| {
+        of_kind(e, "listener_replaced").count() >= 1
+    });
+    let e = of_kind(&events, "listener_replaced")
+        .next()
+        .unwrap()
+        .clone();
+    // From here on, through the reload that moves the workers, nothing fails.
+    let during = Load::start(m.addr, 2, false);
+    let _ = before.finish();
+    m.wait_events("the workers moved", |e| complete_reloads(e) >= 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let during = during.finish();
+    let _ = std::fs::remove_file(&release);
+    assert!(
+        during.errors.is_empty(),
+        "{} failed after the replacement: {:?}\n{}",
+        during.errors.len(),
+        &during.errors[..during.errors.len().min(5)],
+        m.log()
+    );
+    assert!(during.ok > 0);
+    assert_eq!(e["addr"], m.addr.to_string(), "{e}");
+    assert_eq!(e["slot"].is_null(), balance == "shared", "{e}");
+    for _ in 0..20 {
+        m.get("/").unwrap_or_else(|e| panic!("{e}\n{}", m.log()));
+    }
+}
+
+#[test]
+fn a_shared_socket_that_a_worker_shut_down_is_replaced() {
+    a_shut_down_listener_is_replaced("shared");
+}
+
+#[test]
+fn a_reuseport_slot_socket_that_a_worker_shut_down_is_replaced() {
+    a_shut_down_listener_is_replaced("reuseport");
+}

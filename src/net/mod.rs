@@ -15,6 +15,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 pub(crate) mod rescue;
 pub(crate) mod steer;
+pub(crate) mod watch;
 
 use crate::balance::Strategy;
 use crate::error::{Error, Result};
@@ -145,6 +146,12 @@ pub(crate) struct Listeners {
     /// port 0 was asked for).
     local: Vec<SocketAddr>,
     balance: Balance,
+    backlog: u32,
+    /// Reuseport: `order[address][position]` is the slot whose socket sits
+    /// at that position of the kernel's group, which the steering program
+    /// names. Slot order at first; a replaced socket leaves its place (the
+    /// kernel moves the last one there) and joins at the end.
+    order: Vec<Vec<usize>>,
 }
 
 impl Listeners {
@@ -173,10 +180,13 @@ impl Listeners {
             local.push(bound);
             sockets.push(group);
         }
+        let order = sockets.iter().map(|g| (0..g.len()).collect()).collect();
         Ok(Listeners {
             sockets,
             local,
             balance,
+            backlog,
+            order,
         })
     }
 
@@ -221,11 +231,61 @@ impl Listeners {
         if !self.per_slot() || live.is_empty() {
             return Ok(());
         }
-        let live: Vec<u32> = live.iter().map(|&s| s as u32).collect();
-        for group in &self.sockets {
-            steer::steer(&group[0], &live)?;
+        for (group, order) in self.sockets.iter().zip(&self.order) {
+            let positions: Vec<u32> = live
+                .iter()
+                .filter_map(|&slot| order.iter().position(|&s| s == slot))
+                .map(|p| p as u32)
+                .collect();
+            // Attached through a socket that is surely in the group.
+            steer::steer(&group[live[0]], &positions)?;
         }
         Ok(())
+    }
+
+    /// The sockets that no longer listen (a worker called `shutdown` on
+    /// its copy): (address index, slot or 0).
+    pub(crate) fn dead(&self) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        for (a, group) in self.sockets.iter().enumerate() {
+            for (k, socket) in group.iter().enumerate() {
+                if !socket.is_listener().unwrap_or(true) {
+                    out.push((a, k));
+                }
+            }
+        }
+        out
+    }
+
+    /// Replaces socket `k` of address `a` with a new one bound the same
+    /// way; the next workers of the slot (of every slot, when shared) get
+    /// it. The old one is closed here; workers still holding it accept
+    /// nothing more from it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AddressInUse`] or [`Error::Listen`] naming the address.
+    pub(crate) fn replace(&mut self, a: usize, k: usize) -> Result<()> {
+        let reuse_port = self.per_slot();
+        let socket = bind_one(self.local[a], reuse_port, self.backlog)?;
+        self.sockets[a][k] = socket;
+        if reuse_port {
+            let order = &mut self.order[a];
+            if let Some(i) = order.iter().position(|&s| s == k) {
+                order.swap_remove(i);
+            }
+            order.push(k);
+        }
+        Ok(())
+    }
+
+    /// Duplicates of every socket, for watching them.
+    pub(crate) fn duplicates(&self) -> Vec<std::os::fd::OwnedFd> {
+        self.sockets
+            .iter()
+            .flatten()
+            .filter_map(|s| s.try_clone().ok().map(std::os::fd::OwnedFd::from))
+            .collect()
     }
 
     /// Accepts whatever is queued on `slot`'s own sockets, with the

@@ -134,6 +134,39 @@ mod tests {
     }
 
     #[test]
+    fn after_a_slot_socket_is_replaced_steering_still_names_the_right_slots() {
+        let mut l = Listeners::bind(
+            &["127.0.0.1:0".parse().unwrap()],
+            Balance::ReusePort,
+            4,
+            256,
+        )
+        .unwrap();
+        let addr = l.local_addrs()[0];
+        // A worker shuts slot 1's socket down (the kernel moves the last
+        // socket into its place in the group); the master replaces it
+        // (the new one joins at the end).
+        l.sockets[0][1]
+            .try_clone()
+            .unwrap()
+            .shutdown(std::net::Shutdown::Both)
+            .unwrap();
+        assert_eq!(l.dead(), vec![(0, 1)]);
+        l.replace(0, 1).unwrap();
+        assert!(l.dead().is_empty());
+        l.steer(&[1, 3]).unwrap();
+        let clients: Vec<_> = (0..60).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        let counts: Vec<usize> = l.sockets[0].iter().map(pending).collect();
+        drop(clients);
+        assert_eq!(counts.iter().sum::<usize>(), 60, "{counts:?}");
+        assert_eq!((counts[0], counts[2]), (0, 0), "steered out: {counts:?}");
+        assert!(
+            counts[1] > 0 && counts[3] > 0,
+            "both live slots get some: {counts:?}"
+        );
+    }
+
+    #[test]
     fn program_maps_every_position_to_a_live_socket() {
         let p = program(&[0, 2, 5]);
         assert_eq!(p.len(), 2 + 2 * 3 + 1);

@@ -150,6 +150,9 @@ struct Supervisor {
     idle_tx: mpsc::UnboundedSender<u32>,
     /// The notify socket's reader and the proxy's accept loops.
     background: Vec<tokio::task::JoinHandle<()>>,
+    /// Tasks that notice a listening socket hanging up.
+    listen_watch: Vec<tokio::task::JoinHandle<()>>,
+    listen_tx: mpsc::UnboundedSender<()>,
     /// Foreign notify messages are logged once a second at most.
     foreign_notes: policy::LogThrottle,
     /// The cluster's cgroup, where cgroup v2 is writable: each worker's
@@ -178,6 +181,7 @@ pub(crate) async fn run(
     let (reaped_tx, mut reaped_rx) = mpsc::unbounded_channel();
     let (notes_tx, mut notes_rx) = mpsc::unbounded_channel();
     let (idle_tx, mut idle_rx) = mpsc::unbounded_channel::<u32>();
+    let (listen_tx, mut listen_rx) = mpsc::unbounded_channel::<()>();
 
     let mode = match config.readiness {
         // A worker that binds PORT itself is ready when the port answers.
@@ -281,12 +285,15 @@ pub(crate) async fn run(
         rotation,
         idle_tx,
         background,
+        listen_watch: Vec::new(),
+        listen_tx,
         foreign_notes: policy::LogThrottle::default(),
         cgroup,
         worker_cgroups: HashMap::new(),
         serving: HashMap::new(),
     };
     sup.changed();
+    sup.watch_listeners();
 
     for i in 0..sup.slots.len() {
         // A stop may already be queued (shutdown() before run()).
@@ -314,6 +321,7 @@ pub(crate) async fn run(
             Some(r) = reaped_rx.recv() => sup.on_reaped(r).await,
             Some(n) = notes_rx.recv() => sup.on_note(n).await,
             Some(pid) = idle_rx.recv() => sup.on_idle(Pid::from_raw(pid as i32)),
+            Some(()) = listen_rx.recv() => sup.on_listener_hangup().await,
             Some(c) = control_rx.recv() => match c {
                 Control::Stop { graceful } => sup.stop(graceful),
                 Control::Reload { target, reply } => sup.request_reload(target, Some(reply)).await,
@@ -846,6 +854,57 @@ impl Supervisor {
         self.rotation.is_some() && self.config.preload.is_none()
     }
 
+    /// Watches every listening socket for a hang-up (from now on).
+    fn watch_listeners(&mut self) {
+        for task in self.listen_watch.drain(..) {
+            task.abort();
+        }
+        // The proxy's public sockets are the master's alone.
+        if self.rotation.is_none() {
+            self.listen_watch =
+                crate::net::watch::watch(self.listeners.duplicates(), &self.listen_tx);
+        }
+    }
+
+    /// A listening socket hung up: each that no longer listens is replaced
+    /// by a new one bound the same way, and the workers that held it are
+    /// replaced (successor first) so that they serve on the new one.
+    async fn on_listener_hangup(&mut self) {
+        let dead = self.listeners.dead();
+        if dead.is_empty() || self.phase != Phase::Running {
+            self.watch_listeners();
+            return;
+        }
+        let mut slots = Vec::new();
+        for (a, k) in dead {
+            let addr = self.listeners.local_addrs()[a];
+            match self.listeners.replace(a, k) {
+                Ok(()) => {
+                    let slot = self.listeners.per_slot().then_some(k);
+                    self.emit(Event::ListenerReplaced { addr, slot });
+                    slots.push(slot);
+                }
+                Err(e) => output::log_line(&format!(
+                    "the listening socket on {addr} stopped listening and cannot be replaced: {e}"
+                )),
+            }
+        }
+        // Steering names sockets by their place in the group, which the
+        // replacement changed.
+        self.steered.clear();
+        self.changed();
+        self.watch_listeners();
+        let target = if slots.iter().any(Option::is_none) {
+            Target::All
+        } else {
+            match slots.as_slice() {
+                [Some(k)] => Target::Slot(*k),
+                _ => Target::All,
+            }
+        };
+        self.request_reload(target, None).await;
+    }
+
     /// SIGKILLs a worker's whole tree: its process group, and its cgroup
     /// (which also holds descendants that left the group).
     pub(super) fn kill_tree(&self, pid: Pid) {
@@ -1064,6 +1123,9 @@ impl Supervisor {
             .iter()
             .filter_map(|s| s.last_exit.filter(|e| !e.success()).map(|e| (s.index, e)))
             .collect();
+        for task in self.listen_watch.drain(..) {
+            task.abort();
+        }
         for task in &self.background {
             task.abort();
         }
@@ -1113,7 +1175,7 @@ impl Drop for Supervisor {
                 self.kill_tree(pid);
             }
         }
-        for task in &self.background {
+        for task in self.background.iter().chain(&self.listen_watch) {
             task.abort();
         }
         self.phase = Phase::Stopped;
