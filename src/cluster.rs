@@ -554,6 +554,16 @@ impl Builder {
                 ),
             });
         }
+        if self.port_contract && self.listen.len() > 1 {
+            return Err(Error::InvalidSetting {
+                setting: "proxy-port",
+                reason: format!(
+                    "a worker binds one PORT, and {} addresses are listed; without \
+                     --proxy-port each address gets a private listener of its own (fd 3, 4, ...)",
+                    self.listen.len()
+                ),
+            });
+        }
         if self.readiness == Readiness::Probe && !self.port_contract {
             return Err(Error::InvalidSetting {
                 setting: "ready",

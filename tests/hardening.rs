@@ -128,6 +128,20 @@ fn bad_options_are_refused_naming_the_culprit_with_exit_status_2() {
         ),
         (&["--ready", "delay:10000000m", "sleep", "1"], "ready"),
         (&["-w", "3000", "-l", "127.0.0.1:0", "sleep", "1"], "2046"),
+        (
+            &[
+                "--balance",
+                "proxy",
+                "--proxy-port",
+                "-l",
+                "127.0.0.1:0",
+                "-l",
+                "127.0.0.1:0",
+                "sleep",
+                "1",
+            ],
+            "one PORT",
+        ),
     ];
     for (args, culprit) in cases {
         let (code, log) = refused(args);

@@ -244,26 +244,31 @@ fn get_text(host: &str, port: u16) -> Result<String, String> {
 
 #[test]
 fn each_listen_gets_the_socket_of_its_own_port_whatever_the_order() {
+    each_listen_gets_its_own_port(&[]);
+}
+
+#[test]
+fn in_proxy_mode_each_address_reaches_the_server_of_its_own_port() {
+    each_listen_gets_its_own_port(&["--balance", "proxy"]);
+}
+
+/// An app whose metrics server listens before its API server, with herd
+/// on both ports: each port is answered by its own server.
+fn each_listen_gets_its_own_port(extra: &[&str]) {
     let (api, metrics) = (free_port(), free_port());
     let api_l = format!("127.0.0.1:{api}");
     let metrics_l = format!("127.0.0.1:{metrics}");
-    let m = Master::start_json(
-        &s(&[
-            "-w",
-            "2",
-            "-l",
-            &api_l,
-            "-l",
-            &metrics_l,
-            "-e",
-            &format!("API_PORT={api}"),
-            "-e",
-            &format!("METRICS_PORT={metrics}"),
-            "node",
-            &app("two_servers.js"),
-        ]),
-        None,
-    );
+    let mut args = s(&["-w", "2", "-l", &api_l, "-l", &metrics_l]);
+    args.extend(s(extra));
+    args.extend(s(&[
+        "-e",
+        &format!("API_PORT={api}"),
+        "-e",
+        &format!("METRICS_PORT={metrics}"),
+        "node",
+        &app("two_servers.js"),
+    ]));
+    let m = Master::start_json(&args, None);
     m.wait_events("two ready workers", |e| of_kind(e, "ready").count() >= 2);
     for _ in 0..10 {
         let a = get_text("127.0.0.1", api).unwrap();

@@ -1,9 +1,10 @@
 //! Proxy mode: the master accepts every connection, chooses a worker and
 //! forwards the bytes.
 //!
-//! Each worker process gets a private listener on loopback, created by the
-//! master and passed as fd 3, so the same worker programs run unchanged in
-//! every balance mode. The master keeps a `Backend` per worker with an
+//! Each worker process gets a private listener on loopback for each public
+//! address, created by the master and passed as fds 3, 4, ... in the same
+//! order, so the same worker programs run unchanged in every balance mode
+//! (an app with a main and an admin server gets each on its own port). The master keeps a `Backend` per worker with an
 //! exact count of its open connections; the supervisor decides which
 //! backends are in the `Rotation`. One accept task per public address picks
 //! with [`crate::balance::Picker`] and hands each connection to a task of
@@ -31,7 +32,8 @@ const FORWARD_BUFFER: usize = 16 * 1024;
 pub(crate) struct Backend {
     pub(crate) slot: usize,
     pub(crate) pid: u32,
-    pub(crate) addr: SocketAddr,
+    /// The worker's private listener for each public address, in order.
+    pub(crate) addrs: Vec<SocketAddr>,
     /// The slot mixed into a hash key, stable across the slot's workers.
     key: u64,
     active: AtomicU32,
@@ -50,13 +52,13 @@ impl Backend {
     pub(crate) fn new(
         slot: usize,
         pid: u32,
-        addr: SocketAddr,
+        addrs: Vec<SocketAddr>,
         idle: mpsc::UnboundedSender<u32>,
     ) -> Arc<Self> {
         Arc::new(Backend {
             slot,
             pid,
-            addr,
+            addrs,
             key: (slot as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5851_f42d_4c95_7f2d,
             active: AtomicU32::new(0),
             draining: AtomicBool::new(false),
@@ -205,6 +207,7 @@ pub(crate) struct ProxyConfig {
 /// listen queue instead of being reset.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
+    address: usize,
     rotation: Arc<Rotation>,
     config: ProxyConfig,
     seed: u64,
@@ -242,7 +245,7 @@ pub(crate) async fn accept_loop(
                     let (_, b) = rotation.snapshot();
                     if !b.is_empty() {
                         let first = Counted::new(&b, 0);
-                        forward(client, peer, b, first, config).await;
+                        forward(client, peer, address, b, first, config).await;
                         return;
                     }
                     notified.await;
@@ -252,7 +255,14 @@ pub(crate) async fn accept_loop(
         };
         // Counted at the pick, so that the next pick sees it.
         let first = Counted::new(&backends, first);
-        tokio::spawn(forward(client, peer, backends.clone(), first, config));
+        tokio::spawn(forward(
+            client,
+            peer,
+            address,
+            backends.clone(),
+            first,
+            config,
+        ));
     }
 }
 
@@ -262,6 +272,7 @@ pub(crate) async fn accept_loop(
 async fn forward(
     mut client: TcpStream,
     peer: SocketAddr,
+    address: usize,
     backends: Arc<Vec<Arc<Backend>>>,
     first: Counted,
     config: ProxyConfig,
@@ -274,7 +285,12 @@ async fn forward(
             Some(c) => c,
             None => Counted::new(&backends, (start + attempt) % n),
         };
-        let Ok(mut upstream) = TcpStream::connect(counted.backend.addr).await else {
+        // The PORT contract has one port for every address.
+        let addrs = &counted.backend.addrs;
+        let Some(&target) = addrs.get(address).or(addrs.first()) else {
+            continue;
+        };
+        let Ok(mut upstream) = TcpStream::connect(target).await else {
             continue;
         };
         let _ = client.set_nodelay(true);

@@ -18,6 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::hash::{BuildHasher, Hasher};
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -243,6 +244,7 @@ pub(crate) async fn run(
                     .map_err(|e| Error::io("registering the proxy socket", e))?;
                 background.push(tokio::spawn(proxy::accept_loop(
                     listener,
+                    i,
                     rotation.clone(),
                     proxy_config,
                     (random_unit() * u64::MAX as f64) as u64 ^ i as u64,
@@ -505,17 +507,23 @@ impl Supervisor {
         } else {
             None
         };
+        // One private listener per public address, in the same order: the
+        // accept loop of address i forwards to listener i.
         let private = if self.rotation.is_some() && port.is_none() {
             let backlog = crate::net::default_backlog();
-            Some(
-                proxy::private_listener(backlog)
-                    .map_err(|e| self.spawn_error(index, "creating the private listener", e))?,
-            )
+            let listeners = (0..self.listeners.local_addrs().len())
+                .map(|_| proxy::private_listener(backlog))
+                .collect::<io::Result<Vec<_>>>()
+                .map_err(|e| self.spawn_error(index, "creating the private listener", e))?;
+            Some(listeners)
         } else {
             None
         };
         let raw_fds = match &private {
-            Some((socket, _)) => vec![std::os::fd::AsRawFd::as_raw_fd(socket)],
+            Some(listeners) => listeners
+                .iter()
+                .map(|(socket, _)| std::os::fd::AsRawFd::as_raw_fd(socket))
+                .collect(),
             None => self.listeners.fds_for_slot(index),
         };
         // The spawn request owns duplicates: if run() is dropped while the
@@ -565,23 +573,20 @@ impl Supervisor {
         if let Some(w) = &worker_cgroup {
             self.worker_cgroups.insert(pid, w.clone());
         }
-        let backend_addr = match private {
-            // The worker has its copy; ours would only keep connections
+        let backend_addrs: Option<Vec<SocketAddr>> = match private {
+            // The worker has its copies; ours would only keep connections
             // queued for a worker that died.
-            Some((socket, addr)) => {
-                drop(socket);
-                Some(addr)
-            }
-            None => port,
+            Some(listeners) => Some(listeners.into_iter().map(|(_, addr)| addr).collect()),
+            None => port.map(|p| vec![p]),
         };
-        if let Some(addr) = backend_addr {
+        if let Some(addrs) = backend_addrs {
+            if self.ready.mode == Readiness::Probe {
+                tokio::spawn(proxy::probe(addrs[0], pid, self.notes_tx.clone()));
+            }
             self.backends_mut().insert(
                 pid.as_raw() as u32,
-                Backend::new(index, pid.as_raw() as u32, addr, self.idle_tx.clone()),
+                Backend::new(index, pid.as_raw() as u32, addrs, self.idle_tx.clone()),
             );
-            if self.ready.mode == Readiness::Probe {
-                tokio::spawn(proxy::probe(addr, pid, self.notes_tx.clone()));
-            }
         }
         self.slots[index].on_spawned(pid, generation, role, self.ready.slot, Instant::now());
         // State first, then the event: a subscriber that reacts to the event
