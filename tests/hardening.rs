@@ -349,16 +349,30 @@ fn descendants_that_left_the_process_group_end_with_a_master_killed_by_sigkill()
 
 #[test]
 fn connections_queued_on_a_dead_slot_are_passed_on_at_once_whatever_the_restart_delay() {
-    // Slot 1 never accepts, so about half of the connections wait in its
-    // queue; its worker is killed and restarted within a short delay (into
-    // a worker that never accepts either). The queue must go to slot 0 at
-    // the exit, not wait for a restart that will not serve.
+    queued_on_a_dead_worker_are_passed_on("reuseport");
+}
+
+#[test]
+fn in_proxy_mode_connections_a_dead_worker_never_accepted_are_passed_on() {
+    queued_on_a_dead_worker_are_passed_on("proxy");
+}
+
+/// Slot 1 never accepts, so about half of the connections wait in its
+/// queue (its slot socket, or in proxy mode its private listener); its
+/// worker is killed and restarted within a short delay (into a worker that
+/// never accepts either). The queue must go to slot 0 at the exit, not wait
+/// for a restart that will not serve, and not be reset.
+fn queued_on_a_dead_worker_are_passed_on(balance: &str) {
     let m = Master::start_json(
         &s(&[
             "-l",
             "127.0.0.1:0",
             "-w",
             "2",
+            "--balance",
+            balance,
+            "--ready",
+            "none",
             "--restart-delay",
             "300ms",
             &fixture("tests/fixtures/slot1_never_accepts.sh"),

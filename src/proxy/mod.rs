@@ -42,29 +42,92 @@ pub(crate) struct Backend {
     /// Told the supervisor it is idle (once), on this channel.
     idle_sent: AtomicBool,
     idle: mpsc::UnboundedSender<u32>,
+    /// Inodes of its private listeners, to check that the worker still
+    /// holds them (the master keeps copies, which keep them listening).
+    inodes: Vec<u64>,
+    /// When the worker was last seen holding them (ms since `EPOCH`).
+    checked_at: AtomicU64,
+    /// The worker closed its listener: it gets no more connections.
+    refusing: AtomicBool,
+    /// Where a refusing worker is reported (once).
+    refusing_tx: mpsc::UnboundedSender<u32>,
+}
+
+/// How long a check that a worker still holds its listener is trusted.
+const HOLD_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn now_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
+/// Whether process `pid` has an fd on the socket with this inode.
+fn holds_socket(pid: u32, inode: u64) -> bool {
+    let want = format!("socket:[{inode}]");
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        // Cannot look (gone, or no /proc): assume it does.
+        return true;
+    };
+    dir.flatten()
+        .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == want.as_str()))
 }
 
 impl Backend {
-    /// A backend for the worker `pid` listening on `addr`; once it drains
-    /// to zero connections its pid is sent on `idle`. The master keeps no
-    /// copy of the worker's private listener: once the worker is gone,
-    /// connecting is refused at once and the next worker is tried.
+    /// A backend for the worker `pid` listening on `addrs` (its private
+    /// listeners, whose socket inodes are `inodes`); once it drains to zero
+    /// connections its pid is sent on `idle`. The master keeps a copy of
+    /// each private listener until the worker is reaped (then it passes on
+    /// what the worker never accepted); a worker found to have closed its
+    /// own is reported on `refusing_tx`, and skipped.
     pub(crate) fn new(
         slot: usize,
         pid: u32,
         addrs: Vec<SocketAddr>,
+        inodes: Vec<u64>,
         idle: mpsc::UnboundedSender<u32>,
+        refusing_tx: mpsc::UnboundedSender<u32>,
     ) -> Arc<Self> {
         Arc::new(Backend {
             slot,
             pid,
             addrs,
+            inodes,
+            // Checked at the first pick.
+            checked_at: AtomicU64::new(0),
+            refusing: AtomicBool::new(false),
+            refusing_tx,
             key: (slot as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5851_f42d_4c95_7f2d,
             active: AtomicU32::new(0),
             draining: AtomicBool::new(false),
             idle_sent: AtomicBool::new(false),
             idle,
         })
+    }
+
+    /// Whether the worker has closed its private listener (checked at most
+    /// once per [`HOLD_CHECK`]; reported to the supervisor once).
+    fn refuses(&self) -> bool {
+        if self.refusing.load(Ordering::Acquire) {
+            return true;
+        }
+        let now = now_ms();
+        let last = self.checked_at.load(Ordering::Relaxed);
+        if self.inodes.is_empty()
+            || (last != 0 && now.saturating_sub(last) < HOLD_CHECK.as_millis() as u64)
+        {
+            return false;
+        }
+        self.checked_at.store(now, Ordering::Relaxed);
+        if self.inodes.iter().all(|&i| holds_socket(self.pid, i)) {
+            return false;
+        }
+        if !self.refusing.swap(true, Ordering::AcqRel) {
+            let _ = self.refusing_tx.send(self.pid);
+        }
+        true
     }
 
     /// Open connections.
@@ -266,6 +329,42 @@ pub(crate) async fn accept_loop(
     }
 }
 
+/// Forwards a connection that a worker never accepted (the master took it
+/// from the worker's private listener after the worker was reaped) to a
+/// backend in rotation, as soon as there is one. The bytes the master
+/// already forwarded, a PROXY header included, are still unread in it and
+/// go along.
+pub(crate) async fn pass_on(
+    conn: std::net::TcpStream,
+    address: usize,
+    rotation: Arc<Rotation>,
+    config: ProxyConfig,
+) {
+    if conn.set_nonblocking(true).is_err() {
+        return;
+    }
+    let Ok(conn) = TcpStream::from_std(conn) else {
+        return;
+    };
+    let peer = conn
+        .peer_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let config = ProxyConfig {
+        header: None,
+        ..config
+    };
+    loop {
+        let notified = rotation.changed.notified();
+        let (_, backends) = rotation.snapshot();
+        if !backends.is_empty() {
+            let first = Counted::new(&backends, usize::from(peer.port()) % backends.len());
+            forward(conn, peer, address, backends, first, config).await;
+            return;
+        }
+        notified.await;
+    }
+}
+
 /// Connects to the chosen backend (`first`), or the next ones if that fails
 /// (no client byte has been read yet), then copies both ways until both
 /// sides are done; a half-close is passed on.
@@ -285,6 +384,9 @@ async fn forward(
             Some(c) => c,
             None => Counted::new(&backends, (start + attempt) % n),
         };
+        if counted.backend.refuses() {
+            continue;
+        }
         // The PORT contract has one port for every address.
         let addrs = &counted.backend.addrs;
         let Some(&target) = addrs.get(address).or(addrs.first()) else {

@@ -151,6 +151,14 @@ struct Supervisor {
     idle_tx: mpsc::UnboundedSender<u32>,
     /// The notify socket's reader and the proxy's accept loops.
     background: Vec<tokio::task::JoinHandle<()>>,
+    /// Proxy mode: how connections are forwarded.
+    proxy_config: Option<ProxyConfig>,
+    /// Proxy mode: the master's copies of each worker's private listeners,
+    /// kept until the worker is reaped, so that connections queued there
+    /// but never accepted are passed on instead of reset.
+    private_copies: HashMap<Pid, Vec<socket2::Socket>>,
+    /// Where backends report a worker that closed its private listener.
+    refusing_tx: mpsc::UnboundedSender<u32>,
     /// Tasks that notice a listening socket hanging up.
     listen_watch: Vec<tokio::task::JoinHandle<()>>,
     listen_tx: mpsc::UnboundedSender<()>,
@@ -183,6 +191,7 @@ pub(crate) async fn run(
     let (notes_tx, mut notes_rx) = mpsc::unbounded_channel();
     let (idle_tx, mut idle_rx) = mpsc::unbounded_channel::<u32>();
     let (listen_tx, mut listen_rx) = mpsc::unbounded_channel::<()>();
+    let (refusing_tx, mut refusing_rx) = mpsc::unbounded_channel::<u32>();
 
     let mode = match config.readiness {
         // A worker that binds PORT itself is ready when the port answers.
@@ -224,14 +233,17 @@ pub(crate) async fn run(
         watchdog: config.watchdog,
     };
 
+    let mut proxy_config = None;
     let rotation = match (listeners.balance(), config.proxy_header) {
         (crate::Balance::Proxy { strategy }, header) => {
             let rotation = std::sync::Arc::new(Rotation::default());
-            let proxy_config = ProxyConfig {
+            let cfg = ProxyConfig {
                 strategy,
                 header,
                 splice: config.proxy_splice,
             };
+            proxy_config = Some(cfg);
+            let proxy_config = cfg;
             for (i, public) in listeners.public().enumerate() {
                 let std_listener: std::net::TcpListener = public
                     .try_clone()
@@ -287,6 +299,9 @@ pub(crate) async fn run(
         rotation,
         idle_tx,
         background,
+        proxy_config,
+        private_copies: HashMap::new(),
+        refusing_tx,
         listen_watch: Vec::new(),
         listen_tx,
         foreign_notes: policy::LogThrottle::default(),
@@ -324,6 +339,7 @@ pub(crate) async fn run(
             Some(n) = notes_rx.recv() => sup.on_note(n).await,
             Some(pid) = idle_rx.recv() => sup.on_idle(Pid::from_raw(pid as i32)),
             Some(()) = listen_rx.recv() => sup.on_listener_hangup().await,
+            Some(pid) = refusing_rx.recv() => sup.on_refusing(Pid::from_raw(pid as i32)),
             Some(c) = control_rx.recv() => match c {
                 Control::Stop { graceful } => sup.stop(graceful),
                 Control::Reload { target, reply } => sup.request_reload(target, Some(reply)).await,
@@ -573,10 +589,17 @@ impl Supervisor {
         if let Some(w) = &worker_cgroup {
             self.worker_cgroups.insert(pid, w.clone());
         }
+        let mut inodes = Vec::new();
         let backend_addrs: Option<Vec<SocketAddr>> = match private {
-            // The worker has its copies; ours would only keep connections
-            // queued for a worker that died.
-            Some(listeners) => Some(listeners.into_iter().map(|(_, addr)| addr).collect()),
+            // Ours stay open until the worker is reaped: what is still
+            // queued then was never accepted and is passed on.
+            Some(listeners) => {
+                let (sockets, addrs): (Vec<socket2::Socket>, Vec<SocketAddr>) =
+                    listeners.into_iter().unzip();
+                inodes = sockets.iter().map(inode_of).collect();
+                self.private_copies.insert(pid, sockets);
+                Some(addrs)
+            }
             None => port.map(|p| vec![p]),
         };
         if let Some(addrs) = backend_addrs {
@@ -585,7 +608,14 @@ impl Supervisor {
             }
             self.backends_mut().insert(
                 pid.as_raw() as u32,
-                Backend::new(index, pid.as_raw() as u32, addrs, self.idle_tx.clone()),
+                Backend::new(
+                    index,
+                    pid.as_raw() as u32,
+                    addrs,
+                    inodes,
+                    self.idle_tx.clone(),
+                    self.refusing_tx.clone(),
+                ),
             );
         }
         self.slots[index].on_spawned(pid, generation, role, self.ready.slot, Instant::now());
@@ -718,6 +748,9 @@ impl Supervisor {
         self.backends_mut().remove(&(r.pid.as_raw() as u32));
         self.serving.remove(&r.pid);
         self.worker_cgroups.remove(&r.pid);
+        if let Some(copies) = self.private_copies.remove(&r.pid) {
+            self.rescue_private(r.slot, copies);
+        }
         let now = Instant::now();
         let slot = &mut self.slots[r.slot];
         let Some(started) = slot.started_of(r.pid) else {
@@ -957,6 +990,44 @@ impl Supervisor {
         }
     }
 
+    /// Proxy mode: a live worker closed its private listener. The master's
+    /// copy would keep it listening and connections would queue there for
+    /// nobody: what is queued is passed on and the copy closed, so the
+    /// next connections are refused and go to another worker.
+    fn on_refusing(&mut self, pid: Pid) {
+        let Some((index, _)) = self.slot_of(pid) else {
+            return;
+        };
+        output::log_line(&format!(
+            "slot {index}: pid {pid} closed its listener; it gets no more connections"
+        ));
+        if let Some(copies) = self.private_copies.remove(&pid) {
+            self.rescue_private(index, copies);
+        }
+    }
+
+    /// Proxy mode: a reaped worker's private listeners may still hold
+    /// connections the master forwarded that it never accepted; they go to
+    /// a worker that serves.
+    fn rescue_private(&self, slot: usize, copies: Vec<socket2::Socket>) {
+        let (Some(rotation), Some(config)) = (&self.rotation, self.proxy_config) else {
+            return;
+        };
+        let mut passed = 0;
+        for (address, socket) in copies.iter().enumerate() {
+            for conn in crate::net::rescue::drain_queue(socket) {
+                passed += 1;
+                tokio::spawn(proxy::pass_on(conn, address, rotation.clone(), config));
+            }
+        }
+        if passed > 0 {
+            output::log_line(&format!(
+                "slot {slot}: passing {passed} connection(s) its worker never accepted on to \
+                 another worker"
+            ));
+        }
+    }
+
     /// Passes the connections queued on an empty slot's socket on to the
     /// live slots, so that they do not wait for a worker that is far off.
     fn rescue_queue(&mut self, slot: usize) {
@@ -1186,6 +1257,11 @@ impl Drop for Supervisor {
         self.phase = Phase::Stopped;
         self.publish_snapshot();
     }
+}
+
+/// The inode of a socket, as a number.
+fn inode_of(socket: &socket2::Socket) -> u64 {
+    nix::sys::stat::fstat(socket).map_or(0, |st| st.st_ino)
 }
 
 /// The inode of an fd (0 if it cannot be read): how the preload recognises
