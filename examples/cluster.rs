@@ -55,6 +55,16 @@ struct Cli {
     #[arg(long, value_name = "VERSION", value_parser = parse_proxy_protocol)]
     proxy_protocol: Option<herd::proxy::ProxyProtocol>,
 
+    /// With --balance proxy: the most client connections at once; more
+    /// wait in the listen queue [default: what the fd limit leaves].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+
+    /// With --balance proxy: close a client connection on which nothing
+    /// moved either way for this long (0 never).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    proxy_idle_timeout: Duration,
+
     /// Listen backlog [default: the kernel's somaxconn].
     #[arg(long, value_name = "N")]
     backlog: Option<u32>,
@@ -372,6 +382,12 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(n) = cli.workers {
         builder = builder.workers(n);
+    }
+    if let Some(n) = cli.max_connections {
+        builder = builder.max_connections(n);
+    }
+    if balance.is_proxy() {
+        builder = builder.proxy_idle_timeout(cli.proxy_idle_timeout);
     }
     if let Some(b) = cli.backlog {
         builder = builder.backlog(b);

@@ -115,6 +115,11 @@ pub(crate) struct Config {
     /// Proxy mode: workers bind `PORT` themselves.
     pub(crate) port_contract: bool,
     pub(crate) proxy_splice: bool,
+    /// Proxy mode: the most client connections at once (None: derived from
+    /// the fd limit).
+    pub(crate) max_connections: Option<usize>,
+    /// Proxy mode: close a connection quiet for this long (None: never).
+    pub(crate) proxy_idle_timeout: Option<Duration>,
     /// The installed Node preload, when the program is Node and the preload
     /// is on.
     pub(crate) preload: Option<PathBuf>,
@@ -148,6 +153,8 @@ pub struct Builder {
     proxy_header: Option<ProxyProtocol>,
     port_contract: bool,
     proxy_splice: bool,
+    max_connections: Option<usize>,
+    proxy_idle_timeout: Duration,
 }
 
 impl Default for Builder {
@@ -177,6 +184,8 @@ impl Default for Builder {
             proxy_header: None,
             port_contract: false,
             proxy_splice: false,
+            max_connections: None,
+            proxy_idle_timeout: crate::proxy::DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
@@ -407,6 +416,23 @@ impl Builder {
         self
     }
 
+    /// Proxy mode: the most client connections open at once (default:
+    /// what the master's fd limit leaves after its workers and a reserve,
+    /// so that it can always restart a worker). At the limit new clients
+    /// wait in the listen queue; [`Handle::proxy_stats`] counts it.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = Some(n);
+        self
+    }
+
+    /// Proxy mode: a client connection on which nothing moved either way
+    /// for this long is closed (default
+    /// [`crate::proxy::DEFAULT_IDLE_TIMEOUT`]; zero: never).
+    pub fn proxy_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.proxy_idle_timeout = timeout;
+        self
+    }
+
     /// Validates the configuration and binds every listening address.
     /// Nothing is spawned yet.
     ///
@@ -429,6 +455,7 @@ impl Builder {
             ("drain-timeout", self.drain_timeout),
             ("start-timeout", self.start_timeout),
             ("settle", self.settle),
+            ("proxy-idle-timeout", self.proxy_idle_timeout),
             ("restart-delay", self.supervision.backoff.initial),
             ("restart-delay-max", self.supervision.backoff.max),
             ("crash-window", self.supervision.crash_loop.window),
@@ -465,6 +492,21 @@ impl Builder {
             workers as u64 * (FDS_PER_WORKER + listens) + FDS_BASE,
             workers,
         )?;
+        if self.max_connections.is_some() && !self.balance.is_proxy() {
+            return Err(Error::InvalidSetting {
+                setting: "max-connections",
+                reason: format!(
+                    "only proxy mode holds client connections, not {}",
+                    self.balance
+                ),
+            });
+        }
+        if self.max_connections == Some(0) {
+            return Err(Error::InvalidSetting {
+                setting: "max-connections",
+                reason: "must be at least 1".into(),
+            });
+        }
         if self.proxy_splice && !self.balance.is_proxy() {
             return Err(Error::InvalidSetting {
                 setting: "proxy-splice",
@@ -644,6 +686,9 @@ impl Builder {
             proxy_header: self.proxy_header,
             port_contract: self.port_contract,
             proxy_splice: self.proxy_splice,
+            max_connections: self.max_connections,
+            proxy_idle_timeout: (!self.proxy_idle_timeout.is_zero())
+                .then_some(self.proxy_idle_timeout),
             preload,
         };
 
@@ -807,6 +852,7 @@ impl Cluster {
             events,
             addrs: listeners.local_addrs().into(),
             backends: Default::default(),
+            proxy_counters: Default::default(),
         };
         Cluster {
             config,
@@ -862,6 +908,7 @@ pub struct Handle {
     events: broadcast::Sender<Event>,
     addrs: Arc<[SocketAddr]>,
     backends: crate::proxy::Registry,
+    proxy_counters: Arc<crate::proxy::Counters>,
 }
 
 impl Handle {
@@ -876,6 +923,16 @@ impl Handle {
             .collect();
         v.sort_unstable();
         v
+    }
+
+    /// Proxy mode: the connection limit and how often it and the idle
+    /// timeout bit. All zero in the other modes.
+    pub fn proxy_stats(&self) -> crate::proxy::ProxyStats {
+        self.proxy_counters.stats()
+    }
+
+    pub(crate) fn proxy_counters(&self) -> Arc<crate::proxy::Counters> {
+        self.proxy_counters.clone()
     }
 
     pub(crate) fn backends(&self) -> crate::proxy::Registry {

@@ -305,3 +305,78 @@ async fn wait_closed(addr: std::net::SocketAddr, what: &str) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A proxy-mode cluster of one `hello` worker.
+fn proxy_cluster() -> herd::Builder {
+    hello_cluster(1)
+        .balance(herd::Balance::Proxy {
+            strategy: herd::balance::Strategy::RoundRobin,
+        })
+        .log_events(false)
+        .forward_output(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_connection_limit_new_clients_wait_and_are_served_when_one_leaves() {
+    let cluster = proxy_cluster().max_connections(2).build().unwrap();
+    let addr = cluster.local_addrs()[0];
+    let handle = cluster.handle();
+    let mut events = handle.events();
+    let run = tokio::spawn(cluster.run());
+    next_spawned(&mut events).await;
+    let idle: Vec<_> = (0..2)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    // A third client: not reset, not served while two are open.
+    let third = tokio::task::spawn_blocking(move || get(addr, "/"));
+    tokio::time::timeout(WAIT, async {
+        while handle.proxy_stats().limit_reached == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the limit is reached and counted");
+    assert_eq!(handle.proxy_stats().limit, 2);
+    assert!(!third.is_finished(), "the third client waits");
+    drop(idle);
+    let body = tokio::time::timeout(WAIT, third)
+        .await
+        .expect("served once a client left")
+        .unwrap()
+        .unwrap();
+    assert!(body.contains("pid="), "{body}");
+    handle.shutdown().await.unwrap();
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxied_connection_quiet_for_the_idle_timeout_is_closed_and_counted() {
+    use std::io::Read;
+    let cluster = proxy_cluster()
+        .proxy_idle_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let addr = cluster.local_addrs()[0];
+    let handle = cluster.handle();
+    let mut events = handle.events();
+    let run = tokio::spawn(cluster.run());
+    next_spawned(&mut events).await;
+    let n = tokio::task::spawn_blocking(move || {
+        let mut quiet = std::net::TcpStream::connect(addr).unwrap();
+        quiet.set_read_timeout(Some(WAIT)).unwrap();
+        let mut buf = [0u8; 16];
+        quiet.read(&mut buf)
+    })
+    .await
+    .unwrap();
+    assert_eq!(n.unwrap(), 0, "the master closed the quiet connection");
+    assert_eq!(handle.proxy_stats().idle_closed, 1);
+    // A connection that talks is served as usual.
+    let body = tokio::task::spawn_blocking(move || get(addr, "/"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(body.contains("pid="), "{body}");
+    handle.shutdown().await.unwrap();
+    run.await.unwrap().unwrap();
+}

@@ -11,6 +11,7 @@
 //! its own, so a slow worker never blocks the accept loop.
 
 pub(crate) mod header;
+pub(crate) mod relay;
 pub(crate) mod splice;
 
 use std::net::SocketAddr;
@@ -23,9 +24,6 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::balance::{hash_ip, Candidate, Picker, Strategy};
 pub use header::ProxyProtocol;
-
-/// Buffer size of each direction of a forwarded connection.
-const FORWARD_BUFFER: usize = 16 * 1024;
 
 /// One worker process as the proxy sees it.
 #[derive(Debug)]
@@ -56,7 +54,7 @@ pub(crate) struct Backend {
 /// How long a check that a worker still holds its listener is trusted.
 const HOLD_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     EPOCH
         .get_or_init(std::time::Instant::now)
@@ -263,6 +261,65 @@ pub(crate) struct ProxyConfig {
     pub(crate) header: Option<ProxyProtocol>,
     /// Forward with splice(2) instead of copying through user space.
     pub(crate) splice: bool,
+    /// Close a connection on which nothing moved for this long.
+    pub(crate) idle_timeout: Option<std::time::Duration>,
+}
+
+/// Default time a proxied connection may stay quiet both ways before it is
+/// closed (long enough for WebSocket apps that ping every minute or so).
+pub const DEFAULT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Proxy mode's limits and how often they bit, shared by the accept loops
+/// and handles.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// The most connections open at once.
+    pub(crate) limit: std::sync::atomic::AtomicUsize,
+    /// Times a new connection had to wait because the limit was reached.
+    pub(crate) at_limit: AtomicU64,
+    /// Connections closed for being idle.
+    pub(crate) idle_closed: AtomicU64,
+    throttle: Mutex<crate::supervisor::policy::LogThrottle>,
+}
+
+/// What proxy mode's limits did (see [`crate::Handle::proxy_stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ProxyStats {
+    /// The most client connections open at once (`--max-connections`).
+    pub limit: usize,
+    /// Times a new client had to wait in the listen queue because the
+    /// limit was reached.
+    pub limit_reached: u64,
+    /// Client connections closed because nothing moved for the idle
+    /// timeout.
+    pub idle_closed: u64,
+}
+
+impl Counters {
+    pub(crate) fn stats(&self) -> ProxyStats {
+        ProxyStats {
+            limit: self.limit.load(Ordering::Relaxed),
+            limit_reached: self.at_limit.load(Ordering::Relaxed),
+            idle_closed: self.idle_closed.load(Ordering::Relaxed),
+        }
+    }
+
+    fn log(&self, text: impl FnOnce() -> String) {
+        let admitted = self
+            .throttle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit(std::time::Instant::now());
+        if let Some(held_back) = admitted {
+            let more = if held_back > 0 {
+                format!(" ({held_back} more since the last such line)")
+            } else {
+                String::new()
+            };
+            crate::process::output::log_line(&format!("{}{more}", text()));
+        }
+    }
 }
 
 /// Accepts on `listener` for as long as the task lives. While no backend
@@ -274,6 +331,8 @@ pub(crate) async fn accept_loop(
     rotation: Arc<Rotation>,
     config: ProxyConfig,
     seed: u64,
+    slots: Arc<tokio::sync::Semaphore>,
+    counters: Arc<Counters>,
 ) {
     let mut picker = Picker::new(config.strategy, seed);
     let (mut version, mut backends) = rotation.snapshot();
@@ -287,6 +346,21 @@ pub(crate) async fn accept_loop(
             (version, backends) = (v, b);
             continue;
         }
+        // At the limit, new clients wait in the listen queue (not reset,
+        // and the master keeps the fds it needs to restart workers).
+        if slots.available_permits() == 0 {
+            counters.at_limit.fetch_add(1, Ordering::Relaxed);
+            counters.log(|| {
+                format!(
+                    "proxy: {} connections open, the limit (--max-connections); new ones wait \
+                     in the listen queue",
+                    counters.limit.load(Ordering::Relaxed)
+                )
+            });
+        }
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let (client, peer) = match listener.accept().await {
             Ok(c) => c,
             // Out of fds and the like: wait a moment rather than spin.
@@ -302,13 +376,15 @@ pub(crate) async fn accept_loop(
             // The set emptied while we accepted: hand it to the first
             // backend that comes back.
             let rotation = rotation.clone();
+            let counters = counters.clone();
             tokio::spawn(async move {
                 loop {
                     let notified = rotation.changed.notified();
                     let (_, b) = rotation.snapshot();
                     if !b.is_empty() {
                         let first = Counted::new(&b, 0);
-                        forward(client, peer, address, b, first, config).await;
+                        forward(client, peer, address, b, first, config, &counters).await;
+                        drop(permit);
                         return;
                     }
                     notified.await;
@@ -318,14 +394,12 @@ pub(crate) async fn accept_loop(
         };
         // Counted at the pick, so that the next pick sees it.
         let first = Counted::new(&backends, first);
-        tokio::spawn(forward(
-            client,
-            peer,
-            address,
-            backends.clone(),
-            first,
-            config,
-        ));
+        let counters = counters.clone();
+        let backends = backends.clone();
+        tokio::spawn(async move {
+            forward(client, peer, address, backends, first, config, &counters).await;
+            drop(permit);
+        });
     }
 }
 
@@ -339,6 +413,7 @@ pub(crate) async fn pass_on(
     address: usize,
     rotation: Arc<Rotation>,
     config: ProxyConfig,
+    counters: Arc<Counters>,
 ) {
     if conn.set_nonblocking(true).is_err() {
         return;
@@ -358,7 +433,7 @@ pub(crate) async fn pass_on(
         let (_, backends) = rotation.snapshot();
         if !backends.is_empty() {
             let first = Counted::new(&backends, usize::from(peer.port()) % backends.len());
-            forward(conn, peer, address, backends, first, config).await;
+            forward(conn, peer, address, backends, first, config, &counters).await;
             return;
         }
         notified.await;
@@ -369,12 +444,13 @@ pub(crate) async fn pass_on(
 /// (no client byte has been read yet), then copies both ways until both
 /// sides are done; a half-close is passed on.
 async fn forward(
-    mut client: TcpStream,
+    client: TcpStream,
     peer: SocketAddr,
     address: usize,
     backends: Arc<Vec<Arc<Backend>>>,
     first: Counted,
     config: ProxyConfig,
+    counters: &Counters,
 ) {
     let n = backends.len();
     let start = first.index;
@@ -409,14 +485,9 @@ async fn forward(
         }
         if config.splice {
             let _ = splice::bidirectional(&client, &upstream).await;
-        } else {
-            let _ = tokio::io::copy_bidirectional_with_sizes(
-                &mut client,
-                &mut upstream,
-                FORWARD_BUFFER,
-                FORWARD_BUFFER,
-            )
-            .await;
+        } else if relay::relay(&client, &upstream, config.idle_timeout).await == relay::Ended::Idle
+        {
+            counters.idle_closed.fetch_add(1, Ordering::Relaxed);
         }
         drop(counted);
         return;

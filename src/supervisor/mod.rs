@@ -50,6 +50,9 @@ use slot::{Due, ExitOutcome, Role, Slot};
 const OUTPUT_GRACE: Duration = Duration::from_millis(500);
 /// How long `run()` waits for queued output lines to be written at the end.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
+/// How long a slot waits before trying again to start a worker that could
+/// not be spawned for want of the master's resources (fds, processes).
+const MASTER_LIMIT_RETRY: Duration = Duration::from_secs(1);
 /// The exit reported for a spawn that failed after start-up, so that it
 /// counts towards the crash-loop limit like any failed start.
 const SPAWN_FAILURE_EXIT: Exit = Exit::Code(127);
@@ -234,6 +237,7 @@ pub(crate) async fn run(
     };
 
     let mut proxy_config = None;
+    let proxy_counters = handle.proxy_counters();
     let rotation = match (listeners.balance(), config.proxy_header) {
         (crate::Balance::Proxy { strategy }, header) => {
             let rotation = std::sync::Arc::new(Rotation::default());
@@ -241,7 +245,15 @@ pub(crate) async fn run(
                 strategy,
                 header,
                 splice: config.proxy_splice,
+                idle_timeout: config.proxy_idle_timeout,
             };
+            let limit = config.max_connections.unwrap_or_else(|| {
+                default_connection_limit(config.workers, listeners.local_addrs().len())
+            });
+            proxy_counters
+                .limit
+                .store(limit, std::sync::atomic::Ordering::Relaxed);
+            let slots = Arc::new(tokio::sync::Semaphore::new(limit));
             proxy_config = Some(cfg);
             let proxy_config = cfg;
             for (i, public) in listeners.public().enumerate() {
@@ -260,6 +272,8 @@ pub(crate) async fn run(
                     rotation.clone(),
                     proxy_config,
                     (random_unit() * u64::MAX as f64) as u64 ^ i as u64,
+                    slots.clone(),
+                    proxy_counters.clone(),
                 )));
             }
             Some(rotation)
@@ -1017,7 +1031,13 @@ impl Supervisor {
         for (address, socket) in copies.iter().enumerate() {
             for conn in crate::net::rescue::drain_queue(socket) {
                 passed += 1;
-                tokio::spawn(proxy::pass_on(conn, address, rotation.clone(), config));
+                tokio::spawn(proxy::pass_on(
+                    conn,
+                    address,
+                    rotation.clone(),
+                    config,
+                    self.handle.proxy_counters(),
+                ));
             }
         }
         if passed > 0 {
@@ -1117,6 +1137,15 @@ impl Supervisor {
             slot: index,
             error: error.to_string(),
         });
+        // Out of fds or processes is the master's (or the machine's)
+        // state, not the worker's fault: retried, never counted as a
+        // crash that could mark the slot failed.
+        if is_master_limit(&error) && self.phase == Phase::Running {
+            self.slots[index].retry_start(Instant::now(), MASTER_LIMIT_RETRY);
+            self.changed();
+            self.rescue_queue(index);
+            return;
+        }
         let outcome = self.slots[index].on_start_failed(
             &self.config.supervision,
             Instant::now(),
@@ -1257,6 +1286,31 @@ impl Drop for Supervisor {
         self.phase = Phase::Stopped;
         self.publish_snapshot();
     }
+}
+
+/// Whether a spawn failed for want of the master's (or the machine's)
+/// resources rather than anything about the program.
+fn is_master_limit(error: &Error) -> bool {
+    let Error::Spawn { source, .. } = error else {
+        return false;
+    };
+    matches!(
+        source.raw_os_error(),
+        Some(nix::libc::EMFILE | nix::libc::ENFILE | nix::libc::EAGAIN | nix::libc::ENOMEM)
+    )
+}
+
+/// Proxy mode's default connection limit: what the master's fd limit
+/// leaves after the workers' fds and a reserve for spawning (each client
+/// connection takes two fds: the client's and the one to the worker).
+fn default_connection_limit(workers: usize, addresses: usize) -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    let per_worker = 4 + 2 * addresses as u64;
+    let reserve = 128 + workers as u64 * per_worker;
+    usize::try_from(soft.saturating_sub(reserve) / 2)
+        .unwrap_or(usize::MAX)
+        .max(1)
 }
 
 /// The inode of a socket, as a number.

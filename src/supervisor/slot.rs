@@ -401,6 +401,13 @@ impl Slot {
         }
     }
 
+    /// Starting the slot's worker failed for want of the master's own
+    /// resources: try again after `delay`, counting nothing.
+    pub(crate) fn retry_start(&mut self, now: Instant, delay: Duration) {
+        self.state = WorkerState::Backoff;
+        self.restart_at = Some(now + delay);
+    }
+
     /// Starting the slot's worker failed before it ran (exec failed after
     /// start-up): counted like an exit at once.
     pub(crate) fn on_start_failed(
@@ -725,6 +732,31 @@ mod tests {
         assert_eq!(
             slot.take_due(t0 + Duration::from_secs(1)),
             vec![Due::DelayReady(pid(5))]
+        );
+    }
+
+    #[test]
+    fn a_start_retried_for_the_masters_limits_counts_nothing() {
+        let p = policy();
+        let t0 = Instant::now();
+        let mut slot = Slot::new(0);
+        // Many failed starts for want of fds: never a crash loop.
+        for i in 0..20 {
+            let now = t0 + Duration::from_secs(i);
+            slot.retry_start(now, Duration::from_secs(1));
+            assert_eq!(slot.state, WorkerState::Backoff);
+            assert_eq!(
+                slot.take_due(now + Duration::from_secs(1)),
+                vec![Due::Restart]
+            );
+        }
+        assert!(slot.failure.is_none());
+        // A real crash afterwards is the first one counted.
+        slot.on_spawned(pid(1), 0, Role::Current, Readiness::IMMEDIATE, t0);
+        let out = slot.on_exit(pid(1), &p, t0, Exit::Code(1), false, 0.0);
+        assert!(
+            matches!(out, ExitOutcome::Current(Decision::Restart(_))),
+            "{out:?}"
         );
     }
 
