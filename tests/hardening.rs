@@ -304,20 +304,32 @@ fn wait_no_marked(mark: u32, what: &str) {
     }
 }
 
-#[test]
-fn descendants_that_left_the_process_group_end_with_a_stopped_cluster() {
-    let mark = mark(0);
+/// The master ends by `signal`: afterwards no escaped descendant runs and
+/// nothing listens on the port.
+fn escaped_descendants_end_with_the_master(signal: Signal, offset: u32) {
+    let mark = mark(offset);
     let Some(mut m) = escaper(mark, &[]) else {
         return;
     };
     let addr = m.addr;
-    m.signal(Signal::SIGTERM);
-    assert!(m.wait_exit().success(), "{}", m.log());
-    wait_no_marked(mark, "after a stop");
-    assert!(
-        std::net::TcpStream::connect(addr).is_err(),
-        "the port is closed"
-    );
+    m.signal(signal);
+    m.wait_exit();
+    wait_no_marked(mark, &format!("after {signal:?} of the master"));
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::net::TcpStream::connect(addr).is_ok() {
+        assert!(std::time::Instant::now() < deadline, "the port stays open");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn descendants_that_left_the_process_group_end_with_a_stopped_cluster() {
+    escaped_descendants_end_with_the_master(Signal::SIGTERM, 0);
+}
+
+#[test]
+fn descendants_that_left_the_process_group_end_with_a_master_killed_by_sigkill() {
+    escaped_descendants_end_with_the_master(Signal::SIGKILL, 4);
 }
 
 #[test]
@@ -328,23 +340,6 @@ fn descendants_that_left_the_process_group_end_with_a_crashed_worker() {
     };
     m.wait_events("the crash", |e| of_kind(e, "exited").count() >= 1);
     wait_no_marked(mark, "after the worker crashed");
-}
-
-#[test]
-fn descendants_that_left_the_process_group_end_with_a_master_killed_by_sigkill() {
-    let mark = mark(4);
-    let Some(mut m) = escaper(mark, &[]) else {
-        return;
-    };
-    let addr = m.addr;
-    m.signal(Signal::SIGKILL);
-    m.wait_exit();
-    wait_no_marked(mark, "after SIGKILL of the master");
-    let deadline = std::time::Instant::now() + WAIT;
-    while std::net::TcpStream::connect(addr).is_ok() {
-        assert!(std::time::Instant::now() < deadline, "the port stays open");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
