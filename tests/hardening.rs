@@ -561,3 +561,49 @@ fn a_shared_socket_that_a_worker_shut_down_is_replaced() {
 fn a_reuseport_slot_socket_that_a_worker_shut_down_is_replaced() {
     a_shut_down_listener_is_replaced("reuseport");
 }
+
+#[test]
+fn with_a_proxy_header_the_private_listeners_are_unix_sockets_only_this_user_reaches() {
+    use std::os::unix::fs::PermissionsExt;
+    // A worker believes the PROXY header; on a loopback port any local user
+    // could connect and claim any client address.
+    let m = Master::start(&s(&[
+        "-l",
+        "127.0.0.1:0",
+        "-w",
+        "1",
+        "--balance",
+        "proxy",
+        "--proxy-protocol",
+        "v1",
+        "node",
+        &fixture("tests/fixtures/proxy_echo.js"),
+    ]));
+    m.wait_log("the echo worker", |l| l.contains("echo: pid="));
+    let body = {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(m.addr).unwrap();
+        c.set_read_timeout(Some(WAIT)).unwrap();
+        c.write_all(b"hello\r\n").unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    let worker = m.live_pids()[0];
+    let link = std::fs::read_link(format!("/proc/{worker}/fd/3")).unwrap();
+    let inode = link
+        .to_string_lossy()
+        .trim_start_matches("socket:[")
+        .trim_end_matches(']')
+        .to_string();
+    let unix = std::fs::read_to_string("/proc/net/unix").unwrap();
+    let path = unix
+        .lines()
+        .find(|l| l.split_whitespace().nth(6) == Some(inode.as_str()))
+        .and_then(|l| l.split_whitespace().nth(7))
+        .unwrap_or_else(|| panic!("fd 3 of the worker is not a Unix socket with a path"));
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let path = std::path::Path::new(path);
+    assert_eq!(mode(path), 0o600, "{}", path.display());
+    assert_eq!(mode(path.parent().unwrap()), 0o700, "{}", path.display());
+}

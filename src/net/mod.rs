@@ -298,7 +298,11 @@ impl Listeners {
         for (group, &local) in self.sockets.iter().zip(&self.local) {
             if let Some(socket) = group.get(slot) {
                 let target = rescue::target(local);
-                out.extend(rescue::drain_queue(socket).into_iter().map(|c| (c, target)));
+                out.extend(
+                    rescue::drain_queue(socket)
+                        .into_iter()
+                        .map(|c| (std::net::TcpStream::from(c), target)),
+                );
             }
         }
         out

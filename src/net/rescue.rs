@@ -19,7 +19,7 @@ use socket2::Socket;
 ///
 /// Only for a socket no worker accepts on: it polls, then accepts, which
 /// would block if another process took the connection in between.
-pub(crate) fn drain_queue(socket: &Socket) -> Vec<TcpStream> {
+pub(crate) fn drain_queue(socket: &Socket) -> Vec<Socket> {
     let mut taken = Vec::new();
     loop {
         let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN)];
@@ -28,7 +28,7 @@ pub(crate) fn drain_queue(socket: &Socket) -> Vec<TcpStream> {
             _ => break,
         }
         match socket.accept() {
-            Ok((conn, _)) => taken.push(TcpStream::from(conn)),
+            Ok((conn, _)) => taken.push(conn),
             Err(_) => break,
         }
     }

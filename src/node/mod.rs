@@ -89,7 +89,7 @@ pub(crate) fn install_preload() -> Result<PathBuf> {
 
 /// `$XDG_RUNTIME_DIR/herd`, else `/tmp/herd-<uid>`: created 0700, and
 /// refused if someone else owns it or others can write to it.
-fn private_dir() -> Result<PathBuf> {
+pub(crate) fn private_dir() -> Result<PathBuf> {
     let uid = nix::unistd::getuid().as_raw();
     let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(d) if Path::new(&d).is_dir() => PathBuf::from(d).join("herd"),

@@ -19,11 +19,21 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::sync::{mpsc, Notify};
 
 use crate::balance::{hash_ip, Candidate, Picker, Strategy};
 pub use header::ProxyProtocol;
+
+/// Where a worker's private listener is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// A loopback port (the PORT contract, or no PROXY header to trust).
+    Tcp(SocketAddr),
+    /// A Unix socket only the master's user can reach: with a PROXY header,
+    /// which the worker believes, nobody else may connect.
+    Unix(std::path::PathBuf),
+}
 
 /// One worker process as the proxy sees it.
 #[derive(Debug)]
@@ -31,7 +41,7 @@ pub(crate) struct Backend {
     pub(crate) slot: usize,
     pub(crate) pid: u32,
     /// The worker's private listener for each public address, in order.
-    pub(crate) addrs: Vec<SocketAddr>,
+    pub(crate) addrs: Vec<Target>,
     /// The slot mixed into a hash key, stable across the slot's workers.
     key: u64,
     active: AtomicU32,
@@ -83,7 +93,7 @@ impl Backend {
     pub(crate) fn new(
         slot: usize,
         pid: u32,
-        addrs: Vec<SocketAddr>,
+        addrs: Vec<Target>,
         inodes: Vec<u64>,
         idle: mpsc::UnboundedSender<u32>,
         refusing_tx: mpsc::UnboundedSender<u32>,
@@ -191,6 +201,21 @@ pub(crate) fn private_listener(backlog: u32) -> std::io::Result<(Socket, SocketA
         .as_socket()
         .ok_or_else(|| std::io::Error::other("private listener has no address"))?;
     Ok((socket, addr))
+}
+
+/// Creates a worker's private listener as a Unix socket at `path`, which
+/// only this user may connect to (0600, in a 0700 directory).
+pub(crate) fn private_unix_listener(
+    path: &std::path::Path,
+    backlog: u32,
+) -> std::io::Result<Socket> {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::remove_file(path);
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    socket.bind(&socket2::SockAddr::unix(path)?)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(socket)
 }
 
 /// The backends new connections may go to; the supervisor replaces the set,
@@ -409,7 +434,7 @@ pub(crate) async fn accept_loop(
 /// already forwarded, a PROXY header included, are still unread in it and
 /// go along.
 pub(crate) async fn pass_on(
-    conn: std::net::TcpStream,
+    conn: Socket,
     address: usize,
     rotation: Arc<Rotation>,
     config: ProxyConfig,
@@ -418,25 +443,62 @@ pub(crate) async fn pass_on(
     if conn.set_nonblocking(true).is_err() {
         return;
     }
-    let Ok(conn) = TcpStream::from_std(conn) else {
-        return;
-    };
-    let peer = conn
-        .peer_addr()
-        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
-    let config = ProxyConfig {
-        header: None,
-        ..config
-    };
-    loop {
+    let unix = conn.domain().is_ok_and(|d| d == Domain::UNIX);
+    let backends = loop {
         let notified = rotation.changed.notified();
         let (_, backends) = rotation.snapshot();
         if !backends.is_empty() {
-            let first = Counted::new(&backends, usize::from(peer.port()) % backends.len());
-            forward(conn, peer, address, backends, first, config, &counters).await;
-            return;
+            break backends;
         }
         notified.await;
+    };
+    if unix {
+        let Ok(client) = UnixStream::from_std(std::os::unix::net::UnixStream::from(
+            std::os::fd::OwnedFd::from(conn),
+        )) else {
+            return;
+        };
+        pass_to(&client, address, &backends, config, &counters).await;
+    } else {
+        let Ok(client) = TcpStream::from_std(std::net::TcpStream::from(conn)) else {
+            return;
+        };
+        pass_to(&client, address, &backends, config, &counters).await;
+    }
+}
+
+/// Hands `client` to the first backend that takes it; its bytes, a PROXY
+/// header included, go as they are.
+async fn pass_to<C: relay::Duplex>(
+    client: &C,
+    address: usize,
+    backends: &[Arc<Backend>],
+    config: ProxyConfig,
+    counters: &Counters,
+) {
+    for i in 0..backends.len() {
+        let counted = Counted::new(backends, i);
+        if counted.backend.refuses() {
+            continue;
+        }
+        let addrs = &counted.backend.addrs;
+        let Some(target) = addrs.get(address).or(addrs.first()) else {
+            continue;
+        };
+        match target {
+            Target::Tcp(addr) => {
+                if let Ok(upstream) = TcpStream::connect(addr).await {
+                    carry(client, upstream, None, config, counters).await;
+                    return;
+                }
+            }
+            Target::Unix(path) => {
+                if let Ok(upstream) = UnixStream::connect(path).await {
+                    carry(client, upstream, None, config, counters).await;
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -465,32 +527,60 @@ async fn forward(
         }
         // The PORT contract has one port for every address.
         let addrs = &counted.backend.addrs;
-        let Some(&target) = addrs.get(address).or(addrs.first()) else {
-            continue;
-        };
-        let Ok(mut upstream) = TcpStream::connect(target).await else {
+        let Some(target) = addrs.get(address).or(addrs.first()) else {
             continue;
         };
         let _ = client.set_nodelay(true);
-        let _ = upstream.set_nodelay(true);
-        if let Some(version) = config.header {
-            let local = client.local_addr().unwrap_or(peer);
-            let bytes = header::encode(version, peer, local);
-            if tokio::io::AsyncWriteExt::write_all(&mut upstream, &bytes)
-                .await
-                .is_err()
-            {
-                return;
+        let header = config
+            .header
+            .map(|v| header::encode(v, peer, client.local_addr().unwrap_or(peer)));
+        match target {
+            Target::Tcp(addr) => {
+                let Ok(upstream) = TcpStream::connect(addr).await else {
+                    continue;
+                };
+                let _ = upstream.set_nodelay(true);
+                if config.splice {
+                    if send_header(&upstream, header.as_deref()).await.is_ok() {
+                        let _ = splice::bidirectional(&client, &upstream).await;
+                    }
+                } else {
+                    carry(&client, upstream, header.as_deref(), config, counters).await;
+                }
             }
-        }
-        if config.splice {
-            let _ = splice::bidirectional(&client, &upstream).await;
-        } else if relay::relay(&client, &upstream, config.idle_timeout).await == relay::Ended::Idle
-        {
-            counters.idle_closed.fetch_add(1, Ordering::Relaxed);
+            Target::Unix(path) => {
+                let Ok(upstream) = UnixStream::connect(path).await else {
+                    continue;
+                };
+                carry(&client, upstream, header.as_deref(), config, counters).await;
+            }
         }
         drop(counted);
         return;
     }
     // No backend took it: the client sees the connection close.
+}
+
+/// Writes the PROXY header, if any, before the client's bytes.
+async fn send_header<U: relay::Duplex>(upstream: &U, header: Option<&[u8]>) -> std::io::Result<()> {
+    if let Some(bytes) = header {
+        relay::write_all(upstream, bytes).await?;
+    }
+    Ok(())
+}
+
+/// Sends the header, then relays until the connection ends.
+async fn carry<C: relay::Duplex, U: relay::Duplex>(
+    client: &C,
+    upstream: U,
+    header: Option<&[u8]>,
+    config: ProxyConfig,
+    counters: &Counters,
+) {
+    if send_header(&upstream, header).await.is_err() {
+        return;
+    }
+    if relay::relay(client, &upstream, config.idle_timeout).await == relay::Ended::Idle {
+        counters.idle_closed.fetch_add(1, Ordering::Relaxed);
+    }
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use socket2::SockRef;
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 use super::now_ms;
 
@@ -29,9 +29,50 @@ pub(crate) enum Ended {
     Idle,
 }
 
+/// A stream the relay can copy from and to without holding a buffer:
+/// TCP (clients, most workers) or Unix (private listeners that only the
+/// master may reach).
+pub(crate) trait Duplex: Sync {
+    /// Waits until a read may make progress.
+    fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send;
+    /// Reads what is there, without waiting.
+    fn try_read_buf(&self, buf: &mut Vec<u8>) -> io::Result<usize>;
+    /// Waits until a write may make progress.
+    fn writable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send;
+    /// Writes what fits, without waiting.
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+    /// Passes an EOF on.
+    fn shutdown_write(&self);
+}
+
+macro_rules! duplex {
+    ($t:ty) => {
+        impl Duplex for $t {
+            fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send {
+                <$t>::readable(self)
+            }
+            fn try_read_buf(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
+                <$t>::try_read_buf(self, buf)
+            }
+            fn writable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send {
+                <$t>::writable(self)
+            }
+            fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+                <$t>::try_write(self, buf)
+            }
+            fn shutdown_write(&self) {
+                let _ = SockRef::from(self).shutdown(std::net::Shutdown::Write);
+            }
+        }
+    };
+}
+
+duplex!(TcpStream);
+duplex!(UnixStream);
+
 /// Copies `a` to `b` and `b` to `a` until both directions are done (each
 /// passes its EOF on as a half-close), or nothing moved for `idle`.
-pub(crate) async fn relay(a: &TcpStream, b: &TcpStream, idle: Option<Duration>) -> Ended {
+pub(crate) async fn relay<A: Duplex, B: Duplex>(a: &A, b: &B, idle: Option<Duration>) -> Ended {
     let last = AtomicU64::new(now_ms());
     let both = async {
         let _ = tokio::join!(one_way(a, b, &last), one_way(b, a, &last));
@@ -48,7 +89,7 @@ pub(crate) async fn relay(a: &TcpStream, b: &TcpStream, idle: Option<Duration>) 
     }
 }
 
-async fn one_way(from: &TcpStream, to: &TcpStream, last: &AtomicU64) -> io::Result<()> {
+async fn one_way<F: Duplex, T: Duplex>(from: &F, to: &T, last: &AtomicU64) -> io::Result<()> {
     loop {
         from.readable().await?;
         let mut buf = Vec::with_capacity(BUFFER);
@@ -56,7 +97,7 @@ async fn one_way(from: &TcpStream, to: &TcpStream, last: &AtomicU64) -> io::Resu
             buf.clear();
             match from.try_read_buf(&mut buf) {
                 Ok(0) => {
-                    let _ = SockRef::from(to).shutdown(std::net::Shutdown::Write);
+                    to.shutdown_write();
                     return Ok(());
                 }
                 Ok(_) => {
@@ -71,7 +112,7 @@ async fn one_way(from: &TcpStream, to: &TcpStream, last: &AtomicU64) -> io::Resu
     }
 }
 
-async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+pub(crate) async fn write_all<T: Duplex>(to: &T, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
         to.writable().await?;
         match to.try_write(data) {

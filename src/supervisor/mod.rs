@@ -18,7 +18,6 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::hash::{BuildHasher, Hasher};
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -156,6 +155,9 @@ struct Supervisor {
     background: Vec<tokio::task::JoinHandle<()>>,
     /// Proxy mode: how connections are forwarded.
     proxy_config: Option<ProxyConfig>,
+    /// Proxy mode with a PROXY header: where the private Unix listeners
+    /// live (0700, the master's user's).
+    private_dir: Option<std::path::PathBuf>,
     /// Proxy mode: the master's copies of each worker's private listeners,
     /// kept until the worker is reaped, so that connections queued there
     /// but never accepted are passed on instead of reset.
@@ -291,6 +293,12 @@ pub(crate) async fn run(
             None
         }
     };
+    let private_dir =
+        if rotation.is_some() && config.proxy_header.is_some() && !config.port_contract {
+            Some(crate::node::private_dir()?)
+        } else {
+            None
+        };
     let sup_backends = handle.backends();
     let mut sup = Supervisor {
         slots: (0..config.workers).map(Slot::new).collect(),
@@ -314,6 +322,7 @@ pub(crate) async fn run(
         idle_tx,
         background,
         proxy_config,
+        private_dir,
         private_copies: HashMap::new(),
         refusing_tx,
         listen_watch: Vec::new(),
@@ -539,10 +548,24 @@ impl Supervisor {
         };
         // One private listener per public address, in the same order: the
         // accept loop of address i forwards to listener i.
+        // With a PROXY header, which the worker believes, they are Unix
+        // sockets only this user can reach; a loopback port would let any
+        // local user connect and claim any client address.
         let private = if self.rotation.is_some() && port.is_none() {
             let backlog = crate::net::default_backlog();
             let listeners = (0..self.listeners.local_addrs().len())
-                .map(|_| proxy::private_listener(backlog))
+                .map(|i| match &self.private_dir {
+                    Some(dir) => {
+                        let path = dir.join(format!(
+                            "proxy-{}-{index}-{generation}-{i}.sock",
+                            std::process::id()
+                        ));
+                        proxy::private_unix_listener(&path, backlog)
+                            .map(|s| (s, proxy::Target::Unix(path)))
+                    }
+                    None => proxy::private_listener(backlog)
+                        .map(|(s, addr)| (s, proxy::Target::Tcp(addr))),
+                })
                 .collect::<io::Result<Vec<_>>>()
                 .map_err(|e| self.spawn_error(index, "creating the private listener", e))?;
             Some(listeners)
@@ -604,21 +627,21 @@ impl Supervisor {
             self.worker_cgroups.insert(pid, w.clone());
         }
         let mut inodes = Vec::new();
-        let backend_addrs: Option<Vec<SocketAddr>> = match private {
+        let backend_addrs: Option<Vec<proxy::Target>> = match private {
             // Ours stay open until the worker is reaped: what is still
             // queued then was never accepted and is passed on.
             Some(listeners) => {
-                let (sockets, addrs): (Vec<socket2::Socket>, Vec<SocketAddr>) =
+                let (sockets, addrs): (Vec<socket2::Socket>, Vec<proxy::Target>) =
                     listeners.into_iter().unzip();
                 inodes = sockets.iter().map(inode_of).collect();
                 self.private_copies.insert(pid, sockets);
                 Some(addrs)
             }
-            None => port.map(|p| vec![p]),
+            None => port.map(|p| vec![proxy::Target::Tcp(p)]),
         };
         if let Some(addrs) = backend_addrs {
-            if self.ready.mode == Readiness::Probe {
-                tokio::spawn(proxy::probe(addrs[0], pid, self.notes_tx.clone()));
+            if let (Readiness::Probe, Some(addr)) = (self.ready.mode, port) {
+                tokio::spawn(proxy::probe(addr, pid, self.notes_tx.clone()));
             }
             self.backends_mut().insert(
                 pid.as_raw() as u32,
@@ -759,11 +782,14 @@ impl Supervisor {
                 Exit::Signal(Signal::SIGKILL)
             }
         };
-        self.backends_mut().remove(&(r.pid.as_raw() as u32));
+        let backend = self.backends_mut().remove(&(r.pid.as_raw() as u32));
         self.serving.remove(&r.pid);
         self.worker_cgroups.remove(&r.pid);
         if let Some(copies) = self.private_copies.remove(&r.pid) {
             self.rescue_private(r.slot, copies);
+        }
+        if let Some(backend) = backend {
+            remove_socket_files(&backend.addrs);
         }
         let now = Instant::now();
         let slot = &mut self.slots[r.slot];
@@ -1311,6 +1337,15 @@ fn default_connection_limit(workers: usize, addresses: usize) -> usize {
     usize::try_from(soft.saturating_sub(reserve) / 2)
         .unwrap_or(usize::MAX)
         .max(1)
+}
+
+/// Removes the socket files of a worker's private Unix listeners.
+fn remove_socket_files(targets: &[proxy::Target]) {
+    for t in targets {
+        if let proxy::Target::Unix(path) = t {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// The inode of a socket, as a number.
