@@ -48,26 +48,6 @@ const FDS_PER_WORKER: u64 = 4;
 /// signals, the notify socket, forking), with room to spare.
 const FDS_BASE: u64 = 64;
 
-/// Variables herd sets for each worker itself, or that belong to the
-/// master's own supervisor and must not leak into workers (a worker that
-/// inherited systemd's `NOTIFY_SOCKET` would talk to systemd directly).
-const RESERVED_ENV: &[&str] = &[
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "NOTIFY_SOCKET",
-    "WATCHDOG_PID",
-    "WATCHDOG_USEC",
-    crate::worker::SLOT_ENV,
-    crate::worker::GENERATION_ENV,
-    "NODE_APP_INSTANCE",
-    "HERD_LISTEN",
-    "HERD_READY_PIPE",
-    "HERD_WAIT_READY",
-    "HERD_PRELOAD",
-    "HERD_STOP_SIGNAL",
-];
-
 /// Where a cluster is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -525,25 +505,7 @@ impl Builder {
                 });
             }
         }
-        for (key, _) in &self.env {
-            let name = key.to_string_lossy();
-            if name.is_empty() || name.contains('=') {
-                return Err(Error::InvalidSetting {
-                    setting: "env",
-                    reason: format!("`{name}` is not a variable name"),
-                });
-            }
-            if RESERVED_ENV.iter().any(|r| *r == name)
-                || INHERITED_ONLY_ENV.iter().any(|r| *r == name)
-            {
-                return Err(Error::InvalidSetting {
-                    setting: "env",
-                    reason: format!(
-                        "`{name}` is herd's to set for each worker (or the master's own), not yours"
-                    ),
-                });
-            }
-        }
+        crate::process::contract::check_changes(&self.env)?;
         if IGNORED_BY_DEFAULT.contains(&self.stop_signal) {
             return Err(Error::InvalidSetting {
                 setting: "stop-signal",
@@ -618,7 +580,7 @@ impl Builder {
                 reason: "must be at least 1".into(),
             });
         }
-        let env = worker_env(&self.env);
+        let env = crate::process::contract::base(&self.env);
         let path = resolve_program(&program, self.cwd.as_deref(), &env)?;
         let runs_node = crate::node::is_node(Path::new(&program)) || crate::node::runs_node(&path);
         let preload = if self.node_preload && runs_node {
@@ -704,12 +666,6 @@ impl Builder {
     }
 }
 
-/// Variables a worker must not inherit from the master, and that are not
-/// the builder's to set either: a master started by a Node parent over IPC
-/// has `NODE_CHANNEL_FD`, and a worker that inherited it would talk to the
-/// master's parent (and time out its readiness).
-const INHERITED_ONLY_ENV: &[&str] = &["NODE_CHANNEL_FD", "NODE_CHANNEL_SERIALIZATION_MODE"];
-
 /// Signals whose default action is to do nothing (or to stop, not end, the
 /// process): a worker that does not handle them would never stop.
 const IGNORED_BY_DEFAULT: &[Signal] = &[
@@ -745,26 +701,6 @@ fn ensure_fd_limit(needed: u64, workers: usize) -> Result<()> {
             soft.max(hard.min(needed))
         ),
     })
-}
-
-/// The master's environment less [`RESERVED_ENV`], with the builder's
-/// additions and removals applied in order.
-fn worker_env(ops: &[(OsString, Option<OsString>)]) -> Vec<(OsString, OsString)> {
-    let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
-        .filter(|(k, _)| {
-            !RESERVED_ENV
-                .iter()
-                .chain(INHERITED_ONLY_ENV)
-                .any(|r| OsStr::new(r) == k)
-        })
-        .collect();
-    for (key, value) in ops {
-        env.retain(|(k, _)| k != key);
-        if let Some(v) = value {
-            env.push((key.clone(), v.clone()));
-        }
-    }
-    env
 }
 
 /// Finds the program the way `execvp` would, but before anything is
@@ -1071,23 +1007,5 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(err.to_string().contains("SIGKILL"), "{err}");
-    }
-
-    #[test]
-    fn worker_env_drops_reserved_and_applies_changes_in_order() {
-        let ops = vec![
-            (OsString::from("HERD_TEST_A"), Some(OsString::from("1"))),
-            (OsString::from("HERD_TEST_A"), Some(OsString::from("2"))),
-            (OsString::from("HERD_TEST_B"), Some(OsString::from("x"))),
-            (OsString::from("HERD_TEST_B"), None),
-            (OsString::from("LISTEN_FDS"), None),
-        ];
-        let env = worker_env(&ops);
-        let get = |k: &str| env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.clone());
-        assert_eq!(get("HERD_TEST_A"), Some(OsString::from("2")));
-        assert_eq!(get("HERD_TEST_B"), None);
-        assert!(env
-            .iter()
-            .all(|(k, _)| k != "LISTEN_PID" && k != "NOTIFY_SOCKET"));
     }
 }

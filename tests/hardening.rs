@@ -589,6 +589,7 @@ fn with_a_proxy_header_the_private_listeners_are_unix_sockets_only_this_user_rea
         c.read_to_string(&mut answer).unwrap();
         answer
     };
+    assert!(body.starts_with("PROXY TCP4 127.0.0.1"), "{body}");
     let worker = m.live_pids()[0];
     let link = std::fs::read_link(format!("/proc/{worker}/fd/3")).unwrap();
     let inode = link

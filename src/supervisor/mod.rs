@@ -15,7 +15,6 @@ pub mod slot;
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsString;
 use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::sync::Arc;
@@ -434,74 +433,36 @@ impl Supervisor {
         ipc_child: Option<std::os::fd::OwnedFd>,
         port: Option<u16>,
     ) -> SpawnRequest {
-        let mut extra_fds = Vec::new();
-        let mut env = self.config.env.clone();
-        if let Some(port) = port {
-            // The PORT contract: the worker binds this port itself.
-            env.retain(|(k, _)| k != "PORT");
-            env.push(("PORT".into(), port.to_string().into()));
-        }
-        if !listen_fds.is_empty() {
-            let names: Vec<String> = (0..listen_fds.len())
-                .map(|i| format!("listen{i}"))
-                .collect();
-            env.push(("LISTEN_FDS".into(), listen_fds.len().to_string().into()));
-            env.push(("LISTEN_FDNAMES".into(), names.join(":").into()));
-        }
-        let slot: OsString = index.to_string().into();
-        env.push((crate::worker::SLOT_ENV.into(), slot.clone()));
-        env.push((
-            crate::worker::GENERATION_ENV.into(),
-            generation.to_string().into(),
-        ));
-        // PM2 sets NODE_APP_INSTANCE to the instance index; apps use it to
-        // run a job on one instance only.
-        env.push(("NODE_APP_INSTANCE".into(), slot));
-        if let Some(notify) = &self.notify_env {
-            env.push(("NOTIFY_SOCKET".into(), notify.into()));
-        }
-        if let Some(w) = self.ready.watchdog {
-            env.push(("WATCHDOG_USEC".into(), w.as_micros().to_string().into()));
-        }
-        if let Some(child_end) = ipc_child {
-            if self.config.preload.is_some() {
-                // The preload's readiness pipe, found by its inode.
-                env.push(("HERD_READY_PIPE".into(), inode(&child_end).into()));
-            } else {
-                // Node's IPC channel: the first fd after the sockets.
-                let fd = 3 + listen_fds.len();
-                env.push(("NODE_CHANNEL_FD".into(), fd.to_string().into()));
-                env.push(("NODE_CHANNEL_SERIALIZATION_MODE".into(), "json".into()));
-            }
-            extra_fds.push(child_end);
-        }
-        if let Some(preload) = &self.config.preload {
-            // Each socket by inode, with the public port an app would ask
-            // for: the preload matches listen(port) by port.
-            let sockets: Vec<String> = listen_fds
-                .iter()
-                .zip(self.listeners.local_addrs())
-                .map(|(fd, addr)| format!("{}:{}", inode(fd), addr.port()))
-                .collect();
-            env.push(("HERD_LISTEN".into(), sockets.join(",").into()));
-            if self.ready.mode == Readiness::Ipc {
-                env.push(("HERD_WAIT_READY".into(), "1".into()));
-            }
-            let require = format!("--require \"{}\"", preload.display());
-            let options = match env.iter().position(|(k, _)| k == "NODE_OPTIONS") {
-                Some(i) => {
-                    let (_, old) = env.remove(i);
-                    format!("{} {require}", old.to_string_lossy())
+        use crate::process::contract::{Channel, Preload, Spawn};
+        let public_ports: Vec<u16> = self
+            .listeners
+            .local_addrs()
+            .iter()
+            .map(|a| a.port())
+            .collect();
+        let env = Spawn {
+            slot: index,
+            generation,
+            sockets: &listen_fds,
+            public_ports: &public_ports,
+            port,
+            notify_socket: self.notify_env.as_deref(),
+            watchdog: self.ready.watchdog,
+            channel: ipc_child.as_ref().map(|fd| {
+                if self.config.preload.is_some() {
+                    Channel::ReadyPipe(fd)
+                } else {
+                    Channel::NodeIpc
                 }
-                None => require,
-            };
-            env.push(("NODE_OPTIONS".into(), options.into()));
-            env.push(("HERD_PRELOAD".into(), preload.clone().into_os_string()));
-            env.push((
-                "HERD_STOP_SIGNAL".into(),
-                self.config.stop_signal.as_str().into(),
-            ));
+            }),
+            preload: self.config.preload.as_deref().map(|path| Preload {
+                path,
+                wait_ready: self.ready.mode == Readiness::Ipc,
+                stop_signal: self.config.stop_signal,
+            }),
         }
+        .env(&self.config.env);
+        let extra_fds: Vec<_> = ipc_child.into_iter().collect();
         SpawnRequest {
             path: self.config.path.clone(),
             argv: self.config.argv.clone(),
@@ -1351,14 +1312,6 @@ fn remove_socket_files(targets: &[proxy::Target]) {
 /// The inode of a socket, as a number.
 fn inode_of(socket: &socket2::Socket) -> u64 {
     nix::sys::stat::fstat(socket).map_or(0, |st| st.st_ino)
-}
-
-/// The inode of an fd (0 if it cannot be read): how the preload recognises
-/// the fds the master passed, whatever their numbers in its process.
-fn inode(fd: &impl std::os::fd::AsFd) -> String {
-    nix::sys::stat::fstat(fd)
-        .map_or(0, |st| st.st_ino)
-        .to_string()
 }
 
 /// A random number in `[0, 1)` for backoff jitter, without a dependency:
