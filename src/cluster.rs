@@ -849,16 +849,49 @@ pub struct Handle {
 
 impl Handle {
     /// Proxy mode: the connections the master forwards to each worker now,
-    /// as (slot, pid, open connections), draining workers included. Empty
-    /// in the other modes.
-    pub fn proxied_connections(&self) -> Vec<(usize, u32, u32)> {
+    /// draining workers included, by slot and pid. Empty in the other modes.
+    pub fn proxied_connections(&self) -> Vec<crate::proxy::Proxied> {
         let backends = self.backends.lock().unwrap_or_else(|p| p.into_inner());
         let mut v: Vec<_> = backends
             .values()
-            .map(|b| (b.slot, b.pid, b.active()))
+            .map(|b| crate::proxy::Proxied {
+                slot: b.slot,
+                pid: b.pid,
+                open: b.active(),
+            })
             .collect();
-        v.sort_unstable();
+        v.sort_unstable_by_key(|p| (p.slot, p.pid));
         v
+    }
+
+    /// Sends `signal` to slot `slot`'s worker (to its app's process when a
+    /// launcher such as npm runs it) and returns the pid signalled, as
+    /// `pm2 sendSignal` does: for apps that reopen logs on SIGUSR1, dump
+    /// state on SIGUSR2, and the like.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoSuchSlot`] for a slot out of range, [`Error::NoWorker`]
+    /// when the slot has no worker now, [`Error::NotRunning`] if the
+    /// cluster is not running.
+    pub async fn signal(&self, slot: usize, signal: Signal) -> Result<u32> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.control
+            .send(Control::Signal {
+                slot,
+                signal,
+                reply,
+            })
+            .map_err(|_| Error::NotRunning)?;
+        rx.await.map_err(|_| Error::NotRunning)?
+    }
+
+    /// Resolves once the cluster has stopped and every worker is reaped,
+    /// however the stop came (a signal, [`Handle::shutdown`], every slot
+    /// failing), without asking for it.
+    pub async fn stopped(&self) {
+        let mut rx = self.snapshot.clone();
+        let _ = rx.wait_for(|s| s.phase == Phase::Stopped).await;
     }
 
     /// Proxy mode: the connection limit and how often it and the idle

@@ -127,6 +127,14 @@ pub enum Error {
         slots: usize,
     },
 
+    /// The slot has no worker now (it is in backoff, has failed or has
+    /// exited).
+    #[error("slot {slot} has no worker now")]
+    NoWorker {
+        /// The slot.
+        slot: usize,
+    },
+
     /// The cluster's event loop is gone (the cluster was dropped or stopped).
     #[error("the cluster is not running")]
     NotRunning,

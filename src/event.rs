@@ -556,6 +556,13 @@ pub struct WorkerInfo {
     pub last_exit: Option<Exit>,
     /// Predecessors still draining after a reload.
     pub draining: Vec<u32>,
+    /// When the current worker was started (uptime is `started.elapsed()`).
+    pub started: Option<std::time::Instant>,
+    /// When the current worker became ready, if it is.
+    pub ready_since: Option<std::time::Instant>,
+    /// A reload's successor that is still starting next to the current
+    /// worker.
+    pub successor: Option<u32>,
 }
 
 #[cfg(test)]

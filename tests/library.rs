@@ -234,7 +234,7 @@ async fn proxy_counts_close_when_clients_leave_without_a_word() {
     let mut events = handle.events();
     let run = tokio::spawn(cluster.run());
     next_spawned(&mut events).await;
-    let open = |h: &herd::Handle| -> u32 { h.proxied_connections().iter().map(|c| c.2).sum() };
+    let open = |h: &herd::Handle| -> u32 { h.proxied_connections().iter().map(|c| c.open).sum() };
     let wait_open = |want: u32| {
         let h = handle.clone();
         async move {
@@ -379,4 +379,45 @@ async fn a_proxied_connection_quiet_for_the_idle_timeout_is_closed_and_counted()
     assert!(body.contains("pid="), "{body}");
     handle.shutdown().await.unwrap();
     run.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launcher_sees_uptime_and_successors_signals_a_slot_and_waits_for_the_end() {
+    let cluster = hello_cluster(2).log_events(false).build().unwrap();
+    let handle = cluster.handle();
+    let mut events = handle.events();
+    let run = tokio::spawn(cluster.run());
+    next_spawned(&mut events).await;
+    next_spawned(&mut events).await;
+    let before = std::time::Instant::now();
+    let w = &handle.workers()[0];
+    let started = w.started.expect("a start time");
+    assert!(started <= before, "started before now");
+    assert!(w.ready_since.is_some(), "hello is ready at exec");
+    assert_eq!(w.successor, None);
+
+    // A signal to one slot reaches that worker (SIGWINCH: ignored by
+    // default, so it lives on).
+    let pid = handle.signal(1, herd::Signal::SIGWINCH).await.unwrap();
+    assert_eq!(Some(pid), handle.workers()[1].pid);
+    assert!(matches!(
+        handle.signal(5, herd::Signal::SIGWINCH).await,
+        Err(Error::NoSuchSlot { slot: 5, slots: 2 })
+    ));
+
+    // Somebody else stops the cluster; the launcher only waits.
+    let waiter = {
+        let h = handle.clone();
+        tokio::spawn(async move { h.stopped().await })
+    };
+    assert!(!waiter.is_finished());
+    handle.signal(0, herd::Signal::SIGTERM).await.unwrap();
+    handle.shutdown().await.unwrap();
+    tokio::time::timeout(WAIT, waiter).await.unwrap().unwrap();
+    assert_eq!(handle.phase(), Phase::Stopped);
+    run.await.unwrap().unwrap();
+    assert!(matches!(
+        handle.signal(0, herd::Signal::SIGWINCH).await,
+        Err(Error::NotRunning)
+    ));
 }

@@ -307,6 +307,19 @@ pub(crate) struct Counters {
     throttle: Mutex<crate::supervisor::policy::LogThrottle>,
 }
 
+/// The connections the master forwards to one worker now (see
+/// [`crate::Handle::proxied_connections`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Proxied {
+    /// The worker's slot.
+    pub slot: usize,
+    /// The worker's pid.
+    pub pid: u32,
+    /// Connections open to it.
+    pub open: u32,
+}
+
 /// What proxy mode's limits did (see [`crate::Handle::proxy_stats`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]

@@ -97,18 +97,29 @@ impl FromStr for Readiness {
     }
 }
 
-/// Parses `250ms`, `2s`, `1m`, `1.5s`: the durations herd prints.
+/// Parses `250ms`, `2s`, `1m`, `1.5s`, `2m5s`: the durations herd prints.
 pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-    let (number, unit) = text.split_at(split);
-    let n: f64 = number.parse().ok()?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        _ => return None,
-    };
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut secs = 0.0;
+    while !rest.is_empty() {
+        let split = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let (number, tail) = rest.split_at(split);
+        let n: f64 = number.parse().ok()?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(unit_len);
+        secs += match unit {
+            "ms" => n / 1000.0,
+            "s" => n,
+            "m" => n * 60.0,
+            _ => return None,
+        };
+        rest = next;
+    }
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
 }
 
@@ -183,6 +194,7 @@ mod tests {
             Readiness::Listen,
             Readiness::Probe,
             Readiness::Delay(Duration::from_millis(1500)),
+            Readiness::Delay(Duration::from_secs(125)),
         ] {
             assert_eq!(r.to_string().parse::<Readiness>().unwrap(), r);
         }

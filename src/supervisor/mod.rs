@@ -58,8 +58,18 @@ const SPAWN_FAILURE_EXIT: Exit = Exit::Code(127);
 /// A request from a [`Handle`].
 #[derive(Debug)]
 pub(crate) enum Control {
-    Stop { graceful: bool },
-    Reload { target: Target, reply: Waiter },
+    Stop {
+        graceful: bool,
+    },
+    Reload {
+        target: Target,
+        reply: Waiter,
+    },
+    Signal {
+        slot: usize,
+        signal: Signal,
+        reply: tokio::sync::oneshot::Sender<Result<u32>>,
+    },
 }
 
 /// A worker that exited and was reaped.
@@ -364,6 +374,9 @@ pub(crate) async fn run(
             Some(pid) = refusing_rx.recv() => sup.on_refusing(Pid::from_raw(pid as i32)),
             Some(c) = control_rx.recv() => match c {
                 Control::Stop { graceful } => sup.stop(graceful),
+                Control::Signal { slot, signal, reply } => {
+                    let _ = reply.send(sup.signal_slot(slot, signal));
+                }
                 Control::Reload { target, reply } => sup.request_reload(target, Some(reply)).await,
             },
             sig = next_signal(&mut signals) => match sig {
@@ -411,6 +424,9 @@ impl Supervisor {
                     .iter()
                     .map(|p| p.as_raw() as u32)
                     .collect(),
+                started: s.current.as_ref().map(|p| p.started),
+                ready_since: s.current.as_ref().and_then(|p| p.ready_since),
+                successor: s.successor.as_ref().map(|p| p.pid.as_raw() as u32),
             })
             .collect();
         self.snapshot.send_replace(Snapshot {
@@ -942,6 +958,23 @@ impl Supervisor {
             }
         };
         self.request_reload(target, None).await;
+    }
+
+    /// Sends `signal` to the process that runs slot `slot`'s app (its
+    /// worker's main process, or the app's under a launcher).
+    fn signal_slot(&self, slot: usize, signal: Signal) -> Result<u32> {
+        let Some(s) = self.slots.get(slot) else {
+            return Err(Error::NoSuchSlot {
+                slot,
+                slots: self.slots.len(),
+            });
+        };
+        let Some(pid) = s.pid() else {
+            return Err(Error::NoWorker { slot });
+        };
+        let target = self.serving.get(&pid).copied().unwrap_or(pid);
+        signal_process(target, signal);
+        Ok(target.as_raw() as u32)
     }
 
     /// SIGKILLs a worker's whole tree: its process group, and its cgroup

@@ -41,9 +41,11 @@ pub struct ReloadFailure {
     pub last_output: Vec<String>,
 }
 
-/// What a reload (or a soft restart of one slot) did.
+/// What a reload (or a soft restart of one slot) did. A reload that was
+/// aborted is still `Ok(report)`: look at [`ReloadReport::failure`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
+#[must_use = "an aborted reload comes back as Ok(report) with `failure` set"]
 pub struct ReloadReport {
     /// The slots that got a new worker, in order.
     pub replaced: Vec<Replacement>,

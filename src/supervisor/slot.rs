@@ -67,6 +67,8 @@ pub(crate) struct Proc {
     pub(crate) generation: u64,
     pub(crate) started: Instant,
     pub(crate) ready: bool,
+    /// When it became ready.
+    pub(crate) ready_since: Option<Instant>,
     /// Becomes ready by itself at this moment (readiness by delay).
     ready_at: Option<Instant>,
     /// Must be ready by this moment (start timeout).
@@ -280,6 +282,7 @@ impl Slot {
             generation,
             started: now,
             ready: immediate,
+            ready_since: immediate.then_some(now),
             ready_at: after.map(|d| now + d),
             ready_by: (readiness.reported && readiness.after.is_none())
                 .then(|| now + readiness.start_timeout),
@@ -318,6 +321,7 @@ impl Slot {
             return None;
         }
         proc.ready = true;
+        proc.ready_since = Some(now);
         proc.ready_at = None;
         proc.ready_by = None;
         proc.watchdog_by = watchdog.map(|w| now + w);
