@@ -115,6 +115,8 @@ pub struct Builder {
     cwd: Option<PathBuf>,
     workers: Option<usize>,
     listen: Vec<SocketAddr>,
+    /// No address on purpose: workers that serve no socket.
+    without_sockets: bool,
     balance: Balance,
     backlog: Option<u32>,
     supervision: Supervision,
@@ -146,6 +148,7 @@ impl Default for Builder {
             cwd: None,
             workers: None,
             listen: Vec::new(),
+            without_sockets: false,
             balance: Balance::default(),
             backlog: None,
             supervision: Supervision::new(),
@@ -224,6 +227,15 @@ impl Builder {
     /// choose ([`Cluster::local_addrs`] tells which).
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.listen.push(addr);
+        self
+    }
+
+    /// Builds a cluster with no listening socket at all, for workers that
+    /// serve none (queue consumers, schedulers). Without this, a builder
+    /// with no [`Builder::listen`] is refused: every server worker would
+    /// bind its port itself and all but one would crash-loop.
+    pub fn without_sockets(mut self) -> Self {
+        self.without_sockets = true;
         self
     }
 
@@ -654,6 +666,20 @@ impl Builder {
             preload,
         };
 
+        if self.listen.is_empty() && !self.without_sockets {
+            return Err(Error::InvalidSetting {
+                setting: "listen",
+                reason: "no address to listen on: call Builder::listen, or \
+                         Builder::without_sockets for workers that serve nothing"
+                    .into(),
+            });
+        }
+        if !self.listen.is_empty() && self.without_sockets {
+            return Err(Error::InvalidSetting {
+                setting: "listen",
+                reason: "addresses given together with Builder::without_sockets".into(),
+            });
+        }
         let backlog = self.backlog.unwrap_or_else(default_backlog);
         if backlog == 0 {
             return Err(Error::InvalidSetting {
@@ -1028,6 +1054,35 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         assert!(matches!(err, Error::ProgramNotExecutable { .. }), "{err:?}");
         assert!(err.to_string().contains(&path.display().to_string()));
+    }
+
+    #[test]
+    fn no_address_is_refused_unless_asked_for() {
+        let err = Cluster::builder()
+            .command("true")
+            .workers(1)
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("Builder::listen"), "{err}");
+        let cluster = Cluster::builder()
+            .command("true")
+            .workers(1)
+            .without_sockets()
+            .build()
+            .unwrap();
+        assert!(cluster.local_addrs().is_empty());
+        let err = Cluster::builder()
+            .command("true")
+            .listen("127.0.0.1:0".parse().unwrap())
+            .without_sockets()
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("without_sockets"), "{err}");
+    }
+
+    #[test]
+    fn supervision_default_and_new_agree() {
+        assert_eq!(Supervision::default(), Supervision::new());
     }
 
     #[test]

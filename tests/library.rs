@@ -79,6 +79,7 @@ async fn a_program_that_cannot_exec_is_an_error_not_a_crash_loop() {
     let cluster = Cluster::builder()
         .command(&path)
         .workers(2)
+        .without_sockets()
         .handle_signals(false)
         .log_events(false)
         .build()
@@ -110,6 +111,7 @@ async fn the_embedding_programs_own_children_are_left_alone() {
         .command("sh")
         .args(["-c", "sleep 0.05; exit 1"])
         .workers(1)
+        .without_sockets()
         .handle_signals(false)
         .log_events(false)
         .crash_loop(herd::CrashLoop {

@@ -152,7 +152,7 @@ impl Default for CrashLoop {
 }
 
 /// The whole restart policy of a cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Supervision {
     /// Which exits are restarted.
     pub restart: RestartPolicy,
@@ -164,12 +164,21 @@ pub struct Supervision {
     pub min_uptime: Duration,
 }
 
+impl Default for Supervision {
+    /// The same as [`Supervision::new`].
+    fn default() -> Self {
+        Supervision::new()
+    }
+}
+
 impl Supervision {
     /// The defaults, with `min_uptime` at [`DEFAULT_MIN_UPTIME`].
     pub fn new() -> Self {
         Supervision {
+            restart: RestartPolicy::default(),
+            backoff: Backoff::default(),
+            crash_loop: CrashLoop::default(),
             min_uptime: DEFAULT_MIN_UPTIME,
-            ..Default::default()
         }
     }
 
