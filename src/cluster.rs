@@ -808,6 +808,7 @@ impl Cluster {
             workers: Vec::new(),
         });
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let events = Arc::new(std::sync::Mutex::new(Some(events)));
         let handle = Handle {
             control: control_tx,
             snapshot: snapshot_rx,
@@ -867,7 +868,9 @@ impl Cluster {
 pub struct Handle {
     control: mpsc::UnboundedSender<Control>,
     snapshot: watch::Receiver<Snapshot>,
-    events: broadcast::Sender<Event>,
+    /// Taken when the cluster has stopped, so that subscribers' streams
+    /// end after the last event.
+    events: Arc<std::sync::Mutex<Option<broadcast::Sender<Event>>>>,
     addrs: Arc<[SocketAddr]>,
     backends: crate::proxy::Registry,
     proxy_counters: Arc<crate::proxy::Counters>,
@@ -1006,9 +1009,16 @@ impl Handle {
         self.snapshot.borrow().phase
     }
 
-    /// Subscribes to lifecycle events from now on.
+    /// Subscribes to lifecycle events from now on. The stream ends
+    /// ([`broadcast::error::RecvError::Closed`]) after
+    /// [`Event::Stopped`].
     pub fn events(&self) -> broadcast::Receiver<Event> {
-        self.events.subscribe()
+        let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        match &*events {
+            Some(tx) => tx.subscribe(),
+            // Stopped: a stream that has ended.
+            None => broadcast::channel(1).1,
+        }
     }
 
     /// The bound listening addresses.
@@ -1017,7 +1027,15 @@ impl Handle {
     }
 
     pub(crate) fn publish(&self, event: Event) {
-        let _ = self.events.send(event);
+        let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = &*events {
+            let _ = tx.send(event);
+        }
+    }
+
+    /// Ends every subscriber's stream (after the events already sent).
+    pub(crate) fn close_events(&self) {
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 }
 

@@ -423,3 +423,31 @@ async fn a_launcher_sees_uptime_and_successors_signals_a_slot_and_waits_for_the_
         Err(Error::NotRunning)
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_ends_after_the_cluster_stopped() {
+    use tokio::sync::broadcast::error::RecvError;
+    let cluster = hello_cluster(1).log_events(false).build().unwrap();
+    let handle = cluster.handle();
+    let mut events = handle.events();
+    let run = tokio::spawn(cluster.run());
+    next_spawned(&mut events).await;
+    handle.shutdown().await.unwrap();
+    run.await.unwrap().unwrap();
+    let mut saw_stopped = false;
+    loop {
+        match tokio::time::timeout(WAIT, events.recv())
+            .await
+            .expect("the stream ends")
+        {
+            Ok(Event::Stopped) => saw_stopped = true,
+            Ok(_) => {}
+            Err(RecvError::Closed) => break,
+            Err(RecvError::Lagged(_)) => {}
+        }
+    }
+    assert!(saw_stopped, "Stopped comes before the end");
+    // A late subscriber gets a stream that has already ended.
+    let mut late = handle.events();
+    assert!(matches!(late.recv().await, Err(RecvError::Closed)));
+}

@@ -1264,6 +1264,7 @@ impl Supervisor {
         }
         self.phase = Phase::Stopped;
         self.emit(Event::Stopped);
+        self.handle.close_events();
         let _ = tokio::time::timeout(FINAL_FLUSH, output::flush()).await;
         // Last: Handle::shutdown resolves on this, after the final lines.
         self.publish_snapshot();
@@ -1305,6 +1306,7 @@ impl Drop for Supervisor {
         }
         self.phase = Phase::Stopped;
         self.publish_snapshot();
+        self.handle.close_events();
     }
 }
 
