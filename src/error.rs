@@ -157,6 +157,7 @@ pub enum Error {
 
 /// Why one slot was given up on (an element of [`Error::AllSlotsFailed`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SlotFailure {
     /// The slot index.
     pub slot: usize,
@@ -164,6 +165,12 @@ pub struct SlotFailure {
     pub exits: u32,
     /// The window those exits happened in.
     pub window: Duration,
+    /// How the last worker ended.
+    pub last_exit: Option<crate::process::Exit>,
+    /// The last worker's last output lines (with the lines that explain a
+    /// failure), oldest first: "database is down" reaches whoever only
+    /// uses `?`.
+    pub last_output: Vec<String>,
 }
 
 fn describe_exits(slots: &[(usize, crate::process::Exit)]) -> String {
@@ -178,12 +185,16 @@ fn describe_failures(slots: &[SlotFailure]) -> String {
     slots
         .iter()
         .map(|f| {
-            format!(
+            let mut text = format!(
                 "slot {} exited {} times within {}",
                 f.slot,
                 f.exits,
                 crate::event::Millis(f.window)
-            )
+            );
+            if let Some(line) = f.last_output.last() {
+                text.push_str(&format!(", last: {line}"));
+            }
+            text
         })
         .collect::<Vec<_>>()
         .join(", ")

@@ -451,3 +451,45 @@ async fn the_event_stream_ends_after_the_cluster_stopped() {
     let mut late = handle.events();
     assert!(matches!(late.recv().await, Err(RecvError::Closed)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_cluster_says_why_to_whoever_only_uses_the_question_mark() {
+    let cluster = Cluster::builder()
+        .command("sh")
+        .args([
+            "-c",
+            "echo 'connect ECONNREFUSED: the database is down' >&2; exit 3",
+        ])
+        .workers(1)
+        .without_sockets()
+        .handle_signals(false)
+        .log_events(false)
+        .forward_output(false)
+        .crash_loop(herd::CrashLoop {
+            limit: 2,
+            window: Duration::from_secs(60),
+        })
+        .backoff(herd::Backoff {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(20),
+            ..herd::Backoff::default()
+        })
+        .build()
+        .unwrap();
+    let err = tokio::time::timeout(WAIT, cluster.run())
+        .await
+        .expect("run returns")
+        .unwrap_err();
+    let Error::AllSlotsFailed { slots } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(slots[0].last_exit, Some(herd::Exit::Code(3)));
+    assert!(
+        slots[0]
+            .last_output
+            .iter()
+            .any(|l| l.contains("the database is down")),
+        "{slots:?}"
+    );
+    assert!(err.to_string().contains("the database is down"), "{err}");
+}

@@ -836,12 +836,17 @@ impl Supervisor {
         let event = match decision {
             Decision::Restart(delay) => Event::RestartScheduled { slot, delay },
             Decision::Done => Event::SlotDone { slot },
-            Decision::Failed { exits, window } => Event::SlotFailed {
-                slot,
-                exits,
-                window,
-                last_output: tail,
-            },
+            Decision::Failed { exits, window } => {
+                if let Some(failure) = self.slots[slot].failure.as_mut() {
+                    failure.last_output.clone_from(&tail);
+                }
+                Event::SlotFailed {
+                    slot,
+                    exits,
+                    window,
+                    last_output: tail,
+                }
+            }
         };
         self.emit(event);
         // Whatever comes next for the slot (a restart after a backoff, a

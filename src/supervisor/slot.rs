@@ -452,6 +452,8 @@ impl Slot {
                     slot: self.index,
                     exits,
                     window,
+                    last_exit: Some(exit),
+                    last_output: Vec::new(),
                 });
             }
         }
@@ -685,6 +687,10 @@ mod tests {
         ));
         assert_eq!(slot.state, WorkerState::Failed);
         assert_eq!(slot.failure.as_ref().map(|f| f.slot), Some(3));
+        assert_eq!(
+            slot.failure.as_ref().and_then(|f| f.last_exit),
+            Some(Exit::Code(2))
+        );
         assert!(!slot.is_pending() && !slot.is_live());
     }
 
