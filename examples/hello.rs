@@ -43,23 +43,6 @@ const MAX_SLEEP: Duration = Duration::from_secs(60);
 /// `Connection: close`, so a client in mid-cycle is told, not cut.
 const IDLE_GRACE: Duration = Duration::from_millis(250);
 
-/// Sends one sd_notify datagram to `NOTIFY_SOCKET`, if set.
-fn sd_notify(state: &str) {
-    use std::os::linux::net::SocketAddrExt;
-    use std::os::unix::net::{SocketAddr, UnixDatagram};
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let path = path.to_string_lossy().into_owned();
-    let addr = match path.strip_prefix('@') {
-        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
-        None => SocketAddr::from_pathname(&path),
-    };
-    if let (Ok(sock), Ok(addr)) = (UnixDatagram::unbound(), addr) {
-        let _ = sock.send_to_addr(state.as_bytes(), &addr);
-    }
-}
-
 fn open_fds() -> Vec<i32> {
     (0..FD_SCAN_LIMIT)
         .filter(|&fd| {
@@ -105,15 +88,11 @@ async fn serve(
     let mut term = signal(SignalKind::terminate())?;
     let graceful = GracefulShutdown::new();
     let draining = Arc::new(AtomicBool::new(false));
-    if let Some(usec) = std::env::var("WATCHDOG_USEC")
-        .ok()
-        .and_then(|u| u.parse::<u64>().ok())
-    {
-        let every = Duration::from_micros(usec / 2);
+    if let Some(interval) = herd::worker::watchdog_interval() {
         tokio::spawn(async move {
             loop {
-                sd_notify("WATCHDOG=1");
-                tokio::time::sleep(every).await;
+                let _ = herd::worker::notify_watchdog();
+                tokio::time::sleep(interval / 2).await;
             }
         });
     }
@@ -133,7 +112,7 @@ async fn serve(
     }
     drop(conn_tx);
     // The inherited sockets were listening before we started: ready now.
-    sd_notify("READY=1");
+    let _ = herd::worker::notify_ready();
     let body = Bytes::from(body);
     let serve_one = |stream: tokio::net::TcpStream| {
         let body = body.clone();
@@ -157,7 +136,7 @@ async fn serve(
     // Stop accepting: new connections stay queued on the master's socket
     // for the next worker. Connections already accepted are served;
     // requests in flight finish; idle keep-alive connections close.
-    sd_notify("STOPPING=1");
+    let _ = herd::worker::notify_stopping();
     draining.store(true, Ordering::SeqCst);
     for a in &acceptors {
         a.abort();

@@ -8,6 +8,11 @@
 //! Any socket-activation helper works; this module is the dependency-free
 //! one.
 //!
+//! It also speaks the other half of the contract: [`notify_ready`] when the
+//! sockets are served (for `--ready notify`), [`notify_watchdog`] at least
+//! every [`watchdog_interval`] (for `--watchdog`), and [`notify_stopping`]
+//! when a drain begins.
+//!
 //! ```no_run
 //! let listener = herd::worker::tcp_listeners()?.remove(0);
 //! listener.set_nonblocking(true)?; // before tokio::net::TcpListener::from_std
@@ -118,4 +123,62 @@ pub fn listen_fds() -> Result<Vec<OwnedFd>> {
 /// As [`listen_fds`].
 pub fn tcp_listeners() -> Result<Vec<TcpListener>> {
     Ok(listen_fds()?.into_iter().map(TcpListener::from).collect())
+}
+
+/// Sends one sd_notify message (`READY=1`, `WATCHDOG=1`, `STATUS=...`) to
+/// the master's `NOTIFY_SOCKET`. Returns false when there is none (not run
+/// by herd with notify readiness or a watchdog, or run by hand).
+///
+/// # Errors
+///
+/// The socket error if the message cannot be sent.
+pub fn notify(state: &str) -> std::io::Result<bool> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return Ok(false);
+    };
+    let path = path.to_string_lossy().into_owned();
+    let addr = match path.strip_prefix('@') {
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes())?,
+        None => SocketAddr::from_pathname(&path)?,
+    };
+    UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &addr)?;
+    Ok(true)
+}
+
+/// Tells the master this worker serves (`READY=1`): with `--ready notify`
+/// a reload stops the predecessor only after this.
+///
+/// # Errors
+///
+/// See [`notify`].
+pub fn notify_ready() -> std::io::Result<bool> {
+    notify("READY=1")
+}
+
+/// Pings the watchdog (`WATCHDOG=1`); a worker that misses
+/// [`watchdog_interval`] is killed and restarted.
+///
+/// # Errors
+///
+/// See [`notify`].
+pub fn notify_watchdog() -> std::io::Result<bool> {
+    notify("WATCHDOG=1")
+}
+
+/// Tells the master this worker began to stop (`STOPPING=1`).
+///
+/// # Errors
+///
+/// See [`notify`].
+pub fn notify_stopping() -> std::io::Result<bool> {
+    notify("STOPPING=1")
+}
+
+/// How often the watchdog must be pinged (`WATCHDOG_USEC`), if it is on.
+/// Ping at half of it or more often.
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    (usec > 0).then(|| std::time::Duration::from_micros(usec))
 }
