@@ -50,7 +50,10 @@ pub enum Error {
     ZeroWorkers,
 
     /// A configuration value is out of its range.
-    #[error("invalid setting `{setting}`: {reason}")]
+    #[error(
+        "invalid setting `{setting}` (Builder::{}): {reason}",
+        builder_method(setting)
+    )]
     InvalidSetting {
         /// The setting's name, as the builder method or CLI flag calls it.
         setting: &'static str,
@@ -173,6 +176,22 @@ pub struct SlotFailure {
     pub last_output: Vec<String>,
 }
 
+/// The builder method behind a setting named as the CLI names it, so that
+/// a library user reads the name of what they called.
+fn builder_method(setting: &str) -> String {
+    match setting {
+        "ready" => "readiness".into(),
+        "proxy-port" => "port_contract".into(),
+        "restart-delay" | "restart-delay-max" | "backoff factor" | "backoff jitter" => {
+            "backoff".into()
+        }
+        "crash-window" => "crash_loop".into(),
+        "env" => "env / env_remove".into(),
+        "args" => "arg / args".into(),
+        other => other.replace(['-', ' '], "_"),
+    }
+}
+
 fn describe_exits(slots: &[(usize, crate::process::Exit)]) -> String {
     slots
         .iter()
@@ -211,3 +230,23 @@ impl Error {
 
 /// `Result` with herd's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_name_the_cli_flag_and_the_builder_method() {
+        let e = Error::InvalidSetting {
+            setting: "drain-timeout",
+            reason: "too long".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "invalid setting `drain-timeout` (Builder::drain_timeout): too long"
+        );
+        assert_eq!(builder_method("ready"), "readiness");
+        assert_eq!(builder_method("restart-delay-max"), "backoff");
+        assert_eq!(builder_method("backoff factor"), "backoff");
+    }
+}
