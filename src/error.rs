@@ -83,7 +83,7 @@ pub enum Error {
     },
 
     /// Creating, binding or listening on a socket failed for another reason.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Listen {
         /// The address that could not be bound.
         addr: SocketAddr,
@@ -93,7 +93,7 @@ pub enum Error {
     },
 
     /// fork, exec or the setup in between failed for one worker.
-    #[error("cannot start `{program}` for slot {slot}: {stage}: {source}")]
+    #[error("cannot start `{program}` for slot {slot}: {stage}")]
     Spawn {
         /// The program as the user gave it.
         program: String,
@@ -148,7 +148,7 @@ pub enum Error {
     Activation(String),
 
     /// Any other OS error, with what was being done.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         /// What herd was doing.
         context: String,
@@ -220,6 +220,20 @@ fn describe_failures(slots: &[SlotFailure]) -> String {
 }
 
 impl Error {
+    /// The error and its sources, as one sentence: `Display` leaves the
+    /// source out (a chain printer such as anyhow's shows it), lines and
+    /// events that show only this error want it in.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        text
+    }
+
     pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
         Error::Io {
             context: context.into(),
@@ -248,5 +262,18 @@ mod tests {
         assert_eq!(builder_method("ready"), "readiness");
         assert_eq!(builder_method("restart-delay-max"), "backoff");
         assert_eq!(builder_method("backoff factor"), "backoff");
+    }
+
+    #[test]
+    fn display_leaves_the_source_to_the_chain() {
+        let e = Error::Listen {
+            addr: "127.0.0.1:80".parse().unwrap(),
+            source: io::Error::from(io::ErrorKind::PermissionDenied),
+        };
+        assert_eq!(e.to_string(), "cannot listen on 127.0.0.1:80");
+        assert_eq!(
+            e.chain(),
+            "cannot listen on 127.0.0.1:80: permission denied"
+        );
     }
 }

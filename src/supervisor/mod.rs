@@ -945,7 +945,8 @@ impl Supervisor {
                     slots.push(slot);
                 }
                 Err(e) => output::log_line(&format!(
-                    "the listening socket on {addr} stopped listening and cannot be replaced: {e}"
+                    "the listening socket on {addr} stopped listening and cannot be replaced: {}",
+                    e.chain()
                 )),
             }
         }
@@ -1160,7 +1161,7 @@ impl Supervisor {
     fn on_spawn_failure(&mut self, index: usize, error: Error) {
         self.emit(Event::SpawnFailed {
             slot: index,
-            error: error.to_string(),
+            error: error.chain(),
         });
         // Out of fds or processes is the master's (or the machine's)
         // state, not the worker's fault: retried, never counted as a
@@ -1180,7 +1181,7 @@ impl Supervisor {
         );
         self.changed();
         if let ExitOutcome::Current(decision) = outcome {
-            self.report(index, decision, vec![error.to_string()]);
+            self.report(index, decision, vec![error.chain()]);
         }
     }
 

@@ -125,7 +125,7 @@ impl Supervisor {
                         self.take_over(slot);
                     }
                 }
-                Err(e) => self.record_successor_failure(slot, e.to_string(), Vec::new()),
+                Err(e) => self.record_successor_failure(slot, e.chain(), Vec::new()),
             }
         }
     }
