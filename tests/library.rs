@@ -19,6 +19,27 @@ fn hello_cluster(workers: usize) -> herd::Builder {
         .drain_timeout(Duration::from_secs(5))
 }
 
+/// One `sh -c script` worker with no sockets, restarted after 10-20 ms,
+/// given up on after `limit` exits (0: never).
+fn quick_restarts(script: &str, limit: u32) -> herd::Builder {
+    Cluster::builder()
+        .command("sh")
+        .args(["-c", script])
+        .workers(1)
+        .without_sockets()
+        .handle_signals(false)
+        .log_events(false)
+        .crash_loop(herd::CrashLoop {
+            limit,
+            window: Duration::from_secs(60),
+        })
+        .backoff(herd::Backoff {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(20),
+            ..herd::Backoff::default()
+        })
+}
+
 async fn next_spawned(events: &mut tokio::sync::broadcast::Receiver<Event>) -> u32 {
     loop {
         match tokio::time::timeout(WAIT, events.recv()).await {
@@ -107,24 +128,7 @@ async fn the_embedding_programs_own_children_are_left_alone() {
         .args(["-c", "sleep 0.3; exit 7"])
         .spawn()
         .unwrap();
-    let cluster = Cluster::builder()
-        .command("sh")
-        .args(["-c", "sleep 0.05; exit 1"])
-        .workers(1)
-        .without_sockets()
-        .handle_signals(false)
-        .log_events(false)
-        .crash_loop(herd::CrashLoop {
-            limit: 0,
-            window: Duration::from_secs(1),
-        })
-        .backoff(herd::Backoff {
-            initial: Duration::from_millis(10),
-            max: Duration::from_millis(20),
-            ..herd::Backoff::default()
-        })
-        .build()
-        .unwrap();
+    let cluster = quick_restarts("sleep 0.05; exit 1", 0).build().unwrap();
     let handle = cluster.handle();
     let mut events = handle.events();
     let run = tokio::spawn(cluster.run());
@@ -454,28 +458,13 @@ async fn the_event_stream_ends_after_the_cluster_stopped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_cluster_says_why_to_whoever_only_uses_the_question_mark() {
-    let cluster = Cluster::builder()
-        .command("sh")
-        .args([
-            "-c",
-            "echo 'connect ECONNREFUSED: the database is down' >&2; exit 3",
-        ])
-        .workers(1)
-        .without_sockets()
-        .handle_signals(false)
-        .log_events(false)
-        .forward_output(false)
-        .crash_loop(herd::CrashLoop {
-            limit: 2,
-            window: Duration::from_secs(60),
-        })
-        .backoff(herd::Backoff {
-            initial: Duration::from_millis(10),
-            max: Duration::from_millis(20),
-            ..herd::Backoff::default()
-        })
-        .build()
-        .unwrap();
+    let cluster = quick_restarts(
+        "echo 'connect ECONNREFUSED: the database is down' >&2; exit 3",
+        2,
+    )
+    .forward_output(false)
+    .build()
+    .unwrap();
     let err = tokio::time::timeout(WAIT, cluster.run())
         .await
         .expect("run returns")
