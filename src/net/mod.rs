@@ -195,6 +195,11 @@ impl Listeners {
         &self.local
     }
 
+    /// Their ports, in the same order.
+    pub(crate) fn ports(&self) -> Vec<u16> {
+        self.local.iter().map(SocketAddr::port).collect()
+    }
+
     /// The fds a worker in `slot` inherits, in address order (fd 3, 4, ...).
     /// None in proxy mode: workers get private listeners there.
     pub(crate) fn fds_for_slot(&self, slot: usize) -> Vec<RawFd> {

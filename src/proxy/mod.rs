@@ -245,6 +245,18 @@ impl Rotation {
         let set = self.set.lock().unwrap_or_else(|p| p.into_inner());
         (self.version.load(Ordering::Acquire), set.clone())
     }
+
+    /// The set, once it is not empty.
+    async fn serving(&self) -> (u64, Arc<Vec<Arc<Backend>>>) {
+        loop {
+            let notified = self.changed.notified();
+            let (version, backends) = self.snapshot();
+            if !backends.is_empty() {
+                return (version, backends);
+            }
+            notified.await;
+        }
+    }
 }
 
 /// A port on loopback that is free now, for a worker that binds `PORT`
@@ -344,18 +356,13 @@ impl Counters {
     }
 
     fn log(&self, text: impl FnOnce() -> String) {
-        let admitted = self
+        let line = self
             .throttle
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .admit(std::time::Instant::now());
-        if let Some(held_back) = admitted {
-            let more = if held_back > 0 {
-                format!(" ({held_back} more since the last such line)")
-            } else {
-                String::new()
-            };
-            crate::process::output::log_line(&format!("{}{more}", text()));
+            .line(std::time::Instant::now(), text);
+        if let Some(line) = line {
+            crate::process::output::log_line(&line);
         }
     }
 }
@@ -376,13 +383,7 @@ pub(crate) async fn accept_loop(
     let (mut version, mut backends) = rotation.snapshot();
     loop {
         if backends.is_empty() {
-            let notified = rotation.changed.notified();
-            let (v, b) = rotation.snapshot();
-            if b.is_empty() {
-                notified.await;
-            }
-            (version, backends) = (v, b);
-            continue;
+            (version, backends) = rotation.serving().await;
         }
         // At the limit, new clients wait in the listen queue (not reset,
         // and the master keeps the fds it needs to restart workers).
@@ -416,17 +417,10 @@ pub(crate) async fn accept_loop(
             let rotation = rotation.clone();
             let counters = counters.clone();
             tokio::spawn(async move {
-                loop {
-                    let notified = rotation.changed.notified();
-                    let (_, b) = rotation.snapshot();
-                    if !b.is_empty() {
-                        let first = Counted::new(&b, 0);
-                        forward(client, peer, address, b, first, config, &counters).await;
-                        drop(permit);
-                        return;
-                    }
-                    notified.await;
-                }
+                let (_, b) = rotation.serving().await;
+                let first = Counted::new(&b, 0);
+                forward(client, peer, address, b, first, config, &counters).await;
+                drop(permit);
             });
             continue;
         };
@@ -457,13 +451,10 @@ pub(crate) async fn pass_on(
         return;
     }
     let unix = conn.domain().is_ok_and(|d| d == Domain::UNIX);
-    let backends = loop {
-        let notified = rotation.changed.notified();
-        let (_, backends) = rotation.snapshot();
-        if !backends.is_empty() {
-            break backends;
-        }
-        notified.await;
+    let (_, backends) = rotation.serving().await;
+    let first = Counted::new(&backends, 0);
+    let Some((counted, upstream)) = connect(&backends, first, address).await else {
+        return;
     };
     if unix {
         let Ok(client) = UnixStream::from_std(std::os::unix::net::UnixStream::from(
@@ -471,48 +462,78 @@ pub(crate) async fn pass_on(
         )) else {
             return;
         };
-        pass_to(&client, address, &backends, config, &counters).await;
+        upstream.carry(&client, None, config, &counters).await;
     } else {
         let Ok(client) = TcpStream::from_std(std::net::TcpStream::from(conn)) else {
             return;
         };
-        pass_to(&client, address, &backends, config, &counters).await;
+        upstream.carry(&client, None, config, &counters).await;
+    }
+    drop(counted);
+}
+
+/// A connection to a worker's private listener.
+enum Upstream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Upstream {
+    async fn open(target: &Target) -> std::io::Result<Upstream> {
+        Ok(match target {
+            Target::Tcp(addr) => {
+                let s = TcpStream::connect(addr).await?;
+                let _ = s.set_nodelay(true);
+                Upstream::Tcp(s)
+            }
+            Target::Unix(path) => Upstream::Unix(UnixStream::connect(path).await?),
+        })
+    }
+
+    /// Sends the header, then relays until the connection ends.
+    async fn carry<C: relay::Duplex>(
+        &self,
+        client: &C,
+        header: Option<&[u8]>,
+        config: ProxyConfig,
+        counters: &Counters,
+    ) {
+        match self {
+            Upstream::Tcp(u) => carry(client, u, header, config, counters).await,
+            Upstream::Unix(u) => carry(client, u, header, config, counters).await,
+        }
     }
 }
 
-/// Hands `client` to the first backend that takes it; its bytes, a PROXY
-/// header included, go as they are.
-async fn pass_to<C: relay::Duplex>(
-    client: &C,
+/// Connects to the chosen backend (`first`), or the next ones after it if
+/// that fails or it closed its listener: the counted backend and the
+/// connection, or None when no backend takes it.
+async fn connect(
+    backends: &Arc<Vec<Arc<Backend>>>,
+    first: Counted,
     address: usize,
-    backends: &[Arc<Backend>],
-    config: ProxyConfig,
-    counters: &Counters,
-) {
-    for i in 0..backends.len() {
-        let counted = Counted::new(backends, i);
+) -> Option<(Counted, Upstream)> {
+    let n = backends.len();
+    let start = first.index;
+    let mut chosen = Some(first);
+    for attempt in 0..n {
+        let counted = match chosen.take() {
+            Some(c) => c,
+            None => Counted::new(backends, (start + attempt) % n),
+        };
         if counted.backend.refuses() {
             continue;
         }
+        // The PORT contract has one port for every address.
         let addrs = &counted.backend.addrs;
         let Some(target) = addrs.get(address).or(addrs.first()) else {
             continue;
         };
-        match target {
-            Target::Tcp(addr) => {
-                if let Ok(upstream) = TcpStream::connect(addr).await {
-                    carry(client, upstream, None, config, counters).await;
-                    return;
-                }
-            }
-            Target::Unix(path) => {
-                if let Ok(upstream) = UnixStream::connect(path).await {
-                    carry(client, upstream, None, config, counters).await;
-                    return;
-                }
-            }
+        if let Ok(upstream) = Upstream::open(target).await {
+            return Some((counted, upstream));
         }
     }
+    None
 }
 
 /// Connects to the chosen backend (`first`), or the next ones if that fails
@@ -527,51 +548,27 @@ async fn forward(
     config: ProxyConfig,
     counters: &Counters,
 ) {
-    let n = backends.len();
-    let start = first.index;
-    let mut chosen = Some(first);
-    for attempt in 0..n {
-        let counted = match chosen.take() {
-            Some(c) => c,
-            None => Counted::new(&backends, (start + attempt) % n),
-        };
-        if counted.backend.refuses() {
-            continue;
-        }
-        // The PORT contract has one port for every address.
-        let addrs = &counted.backend.addrs;
-        let Some(target) = addrs.get(address).or(addrs.first()) else {
-            continue;
-        };
-        let _ = client.set_nodelay(true);
-        let header = config
-            .header
-            .map(|v| header::encode(v, peer, client.local_addr().unwrap_or(peer)));
-        match target {
-            Target::Tcp(addr) => {
-                let Ok(upstream) = TcpStream::connect(addr).await else {
-                    continue;
-                };
-                let _ = upstream.set_nodelay(true);
-                if config.splice {
-                    if send_header(&upstream, header.as_deref()).await.is_ok() {
-                        let _ = splice::bidirectional(&client, &upstream).await;
-                    }
-                } else {
-                    carry(&client, upstream, header.as_deref(), config, counters).await;
-                }
-            }
-            Target::Unix(path) => {
-                let Ok(upstream) = UnixStream::connect(path).await else {
-                    continue;
-                };
-                carry(&client, upstream, header.as_deref(), config, counters).await;
-            }
-        }
-        drop(counted);
-        return;
-    }
+    let _ = client.set_nodelay(true);
     // No backend took it: the client sees the connection close.
+    let Some((counted, upstream)) = connect(&backends, first, address).await else {
+        return;
+    };
+    let header = config
+        .header
+        .map(|v| header::encode(v, peer, client.local_addr().unwrap_or(peer)));
+    match &upstream {
+        Upstream::Tcp(u) if config.splice => {
+            if send_header(u, header.as_deref()).await.is_ok() {
+                let _ = splice::bidirectional(&client, u).await;
+            }
+        }
+        _ => {
+            upstream
+                .carry(&client, header.as_deref(), config, counters)
+                .await
+        }
+    }
+    drop(counted);
 }
 
 /// Writes the PROXY header, if any, before the client's bytes.
@@ -585,15 +582,15 @@ async fn send_header<U: relay::Duplex>(upstream: &U, header: Option<&[u8]>) -> s
 /// Sends the header, then relays until the connection ends.
 async fn carry<C: relay::Duplex, U: relay::Duplex>(
     client: &C,
-    upstream: U,
+    upstream: &U,
     header: Option<&[u8]>,
     config: ProxyConfig,
     counters: &Counters,
 ) {
-    if send_header(&upstream, header).await.is_err() {
+    if send_header(upstream, header).await.is_err() {
         return;
     }
-    if relay::relay(client, &upstream, config.idle_timeout).await == relay::Ended::Idle {
+    if relay::relay(client, upstream, config.idle_timeout).await == relay::Ended::Idle {
         counters.idle_closed.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -450,12 +450,7 @@ impl Supervisor {
         port: Option<u16>,
     ) -> SpawnRequest {
         use crate::process::contract::{Channel, Preload, Spawn};
-        let public_ports: Vec<u16> = self
-            .listeners
-            .local_addrs()
-            .iter()
-            .map(|a| a.port())
-            .collect();
+        let public_ports = self.listeners.ports();
         let env = Spawn {
             slot: index,
             generation,
@@ -700,16 +695,13 @@ impl Supervisor {
             Note::Serving { worker, .. } => *worker,
         };
         let Some((index, _)) = self.slot_of(pid) else {
-            if let Some(held_back) = self.foreign_notes.admit(Instant::now()) {
-                let more = if held_back > 0 {
-                    format!(" ({held_back} more ignored since the last such line)")
-                } else {
-                    String::new()
-                };
-                output::log_line(&format!(
+            if let Some(line) = self.foreign_notes.line(Instant::now(), || {
+                format!(
                     "ignored a readiness message from pid {pid}, which is not a worker's main \
-                     process{more}"
-                ));
+                     process"
+                )
+            }) {
+                output::log_line(&line);
             }
             return;
         };
@@ -792,13 +784,7 @@ impl Supervisor {
             expected: matches!(outcome, ExitOutcome::Expected),
         });
         if !matches!(outcome, ExitOutcome::Expected | ExitOutcome::Unknown) {
-            let ports: Vec<u16> = self
-                .listeners
-                .local_addrs()
-                .iter()
-                .map(|a| a.port())
-                .collect();
-            if let Some(port) = output::port_conflict(&r.tail, &ports) {
+            if let Some(port) = output::port_conflict(&r.tail, &self.listeners.ports()) {
                 self.emit(Event::PortConflict {
                     slot: r.slot,
                     pid: r.pid.as_raw() as u32,

@@ -256,6 +256,17 @@ impl LogThrottle {
             }
         }
     }
+
+    /// The line to log at `now`, if one may be, with how many were held
+    /// back since the last one appended.
+    pub(crate) fn line(&mut self, now: Instant, text: impl FnOnce() -> String) -> Option<String> {
+        let held_back = self.admit(now)?;
+        let mut line = text();
+        if held_back > 0 {
+            line.push_str(&format!(" ({held_back} more since the last such line)"));
+        }
+        Some(line)
+    }
 }
 
 /// Per-slot memory of recent exits.
@@ -432,6 +443,11 @@ mod tests {
         assert_eq!(t.admit(t0 + ms(1000)), Some(200_000));
         assert_eq!(t.admit(t0 + ms(1001)), None);
         assert_eq!(t.admit(t0 + ms(3000)), Some(1));
+        assert_eq!(t.line(t0 + ms(3001), || "x".into()), None);
+        assert_eq!(
+            t.line(t0 + ms(5000), || "x".into()).as_deref(),
+            Some("x (1 more since the last such line)")
+        );
     }
 
     #[test]
