@@ -484,28 +484,10 @@ impl Builder {
             workers as u64 * (FDS_PER_WORKER + listens) + FDS_BASE,
             workers,
         )?;
-        if self.max_connections.is_some() && !self.balance.is_proxy() {
-            return Err(Error::InvalidSetting {
-                setting: "max-connections",
-                reason: format!(
-                    "only proxy mode holds client connections, not {}",
-                    self.balance
-                ),
-            });
-        }
         if self.max_connections == Some(0) {
             return Err(Error::InvalidSetting {
                 setting: "max-connections",
                 reason: "must be at least 1".into(),
-            });
-        }
-        if self.proxy_splice && !self.balance.is_proxy() {
-            return Err(Error::InvalidSetting {
-                setting: "proxy-splice",
-                reason: format!(
-                    "splice forwarding needs --balance proxy, not {}",
-                    self.balance
-                ),
             });
         }
         let mut seen = std::collections::HashSet::new();
@@ -555,20 +537,27 @@ impl Builder {
                 reason: "must be longer than zero".into(),
             });
         }
-        if self.proxy_header.is_some() && !self.balance.is_proxy() {
-            return Err(Error::InvalidSetting {
-                setting: "proxy-protocol",
-                reason: format!("a PROXY header needs --balance proxy, not {}", self.balance),
-            });
-        }
-        if self.port_contract && !self.balance.is_proxy() {
-            return Err(Error::InvalidSetting {
-                setting: "proxy-port",
-                reason: format!(
-                    "the PORT contract needs --balance proxy, not {}",
-                    self.balance
-                ),
-            });
+        // What only proxy mode does.
+        for (asked, setting, what) in [
+            (
+                self.proxy_header.is_some(),
+                "proxy-protocol",
+                "a PROXY header",
+            ),
+            (self.port_contract, "proxy-port", "the PORT contract"),
+            (self.proxy_splice, "proxy-splice", "splice forwarding"),
+            (
+                self.max_connections.is_some(),
+                "max-connections",
+                "a connection limit",
+            ),
+        ] {
+            if asked && !self.balance.is_proxy() {
+                return Err(Error::InvalidSetting {
+                    setting,
+                    reason: format!("{what} needs --balance proxy, not {}", self.balance),
+                });
+            }
         }
         if self.port_contract && self.listen.len() > 1 {
             return Err(Error::InvalidSetting {
@@ -904,15 +893,12 @@ impl Handle {
     /// when the slot has no worker now, [`Error::NotRunning`] if the
     /// cluster is not running.
     pub async fn signal(&self, slot: usize, signal: Signal) -> Result<u32> {
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        self.control
-            .send(Control::Signal {
-                slot,
-                signal,
-                reply,
-            })
-            .map_err(|_| Error::NotRunning)?;
-        rx.await.map_err(|_| Error::NotRunning)?
+        self.ask(|reply| Control::Signal {
+            slot,
+            signal,
+            reply,
+        })
+        .await
     }
 
     /// Resolves once the cluster has stopped and every worker is reaped,
@@ -983,9 +969,17 @@ impl Handle {
     }
 
     async fn reload_target(&self, target: Target) -> Result<ReloadReport> {
+        self.ask(|reply| Control::Reload { target, reply }).await
+    }
+
+    /// Sends a control that carries its reply channel and waits for it.
+    async fn ask<T>(
+        &self,
+        control: impl FnOnce(tokio::sync::oneshot::Sender<Result<T>>) -> Control,
+    ) -> Result<T> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.control
-            .send(Control::Reload { target, reply })
+            .send(control(reply))
             .map_err(|_| Error::NotRunning)?;
         rx.await.map_err(|_| Error::NotRunning)?
     }
