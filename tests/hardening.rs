@@ -75,10 +75,10 @@ fn a_healthy_service_whose_workers_are_killed_now_and_then_is_never_given_up_on(
         None,
     );
     for round in 0..8 {
-        let events = m.wait_events("two live workers", |e| {
+        m.wait_events("two live workers", |e| {
             of_kind(e, "spawned").count() >= 2 + round
         });
-        let _ = events;
+        // A pace, not a wait: each victim must have run past --min-uptime.
         std::thread::sleep(Duration::from_millis(400));
         let live = m.live_pids();
         let victim = live[round % live.len()];
@@ -462,16 +462,20 @@ fn a_full_stdout_does_not_hold_back_the_masters_own_lines_on_stderr() {
 fn a_flood_of_foreign_notify_messages_is_not_a_flood_of_log_lines() {
     use std::os::linux::net::SocketAddrExt;
     use std::os::unix::net::{SocketAddr, UnixDatagram};
-    let m = Master::start(&s(&[
-        "-l",
-        "127.0.0.1:0",
-        "-w",
-        "1",
-        "--ready",
-        "notify",
-        &hello(),
-    ]));
-    let pids = m.wait_ready(1, " is ready");
+    let m = Master::start_json(
+        &s(&[
+            "-l",
+            "127.0.0.1:0",
+            "-w",
+            "1",
+            "--ready",
+            "notify",
+            &hello(),
+        ]),
+        None,
+    );
+    let events = m.wait_events("a ready worker", |e| of_kind(e, "ready").count() >= 1);
+    let pids = [pid_field(of_kind(&events, "ready").next().unwrap(), "pid")];
     let environ = std::fs::read(format!("/proc/{}/environ", pids[0])).unwrap();
     let socket = environ
         .split(|&b| b == 0)
@@ -484,7 +488,11 @@ fn a_flood_of_foreign_notify_messages_is_not_a_flood_of_log_lines() {
     for _ in 0..20_000 {
         let _ = sender.send_to_addr(b"READY=1", &addr);
     }
-    // The master is still responsive, and logged a handful of lines.
+    // The foreign messages are reported (the master's own lines, not
+    // events), then a pace for the rest of the flood to be read.
+    m.wait_log("the report of the foreign messages", |l| {
+        l.lines().filter(|l| l.starts_with("herd: ")).count() > before
+    });
     std::thread::sleep(Duration::from_millis(500));
     m.get("/").unwrap();
     let after = m.log().lines().filter(|l| l.starts_with("herd: ")).count();

@@ -356,6 +356,7 @@ fn fastify_on_localhost_is_served_by_herd_alone_and_reloads_without_errors() {
 struct WsClients {
     child: std::process::Child,
     out: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl WsClients {
@@ -372,7 +373,7 @@ impl WsClients {
         let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let sink = out.clone();
         let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in std::io::BufReader::new(stdout)
                 .lines()
                 .map_while(Result::ok)
@@ -382,7 +383,11 @@ impl WsClients {
                 o.push('\n');
             }
         });
-        WsClients { child, out }
+        WsClients {
+            child,
+            out,
+            reader: Some(reader),
+        }
     }
 
     fn last(&self) -> serde_json::Value {
@@ -406,8 +411,18 @@ impl WsClients {
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             Signal::SIGTERM,
         );
-        let _ = self.child.wait();
-        std::thread::sleep(Duration::from_millis(100));
+        let deadline = Instant::now() + WAIT;
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the WebSocket clients did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Its stdout is closed now: the reader has every line.
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
         self.last()
     }
 }

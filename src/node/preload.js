@@ -212,6 +212,16 @@
   }
 
   const listen = net.Server.prototype.listen;
+
+  // Listens on a loopback port nobody is told of, so that the server
+  // behaves as listening (callback, 'listening'), and reports the address
+  // the app asked for.
+  function listenPrivately(server, args, port, callback) {
+    const host = requestedHost(args);
+    const family = host && host.includes(':') ? 'IPv6' : 'IPv4';
+    server.address = () => ({ address: host || '::', family, port });
+    return listen.call(server, { port: 0, host: '127.0.0.1' }, ...(callback ? [callback] : []));
+  }
   net.Server.prototype.listen = function herdListen(...args) {
     if (servers.has(this) || absorbed.has(this)) return listen.apply(this, args);
     const first = args[0];
@@ -232,10 +242,7 @@
       // socket already serves it. Listen somewhere private so that the
       // server behaves as listening, and report the address asked for.
       absorbed.add(this);
-      const host = requestedHost(args);
-      const family = host && host.includes(':') ? 'IPv6' : 'IPv4';
-      this.address = () => ({ address: host || '::', family, port });
-      return listen.call(this, { port: 0, host: '127.0.0.1' }, ...(callback ? [callback] : []));
+      return listenPrivately(this, args, port, callback);
     }
     const entry = exact || sockets.find((s) => !s.claimed);
     if (!entry) {
@@ -251,10 +258,7 @@
     track(this);
     if (waitReady && !appReady) {
       parked.set(this, entry.fd);
-      const host = requestedHost(args);
-      const family = host && host.includes(':') ? 'IPv6' : 'IPv4';
-      this.address = () => ({ address: host || '::', family, port });
-      return listen.call(this, { port: 0, host: '127.0.0.1' }, ...(callback ? [callback] : []));
+      return listenPrivately(this, args, port, callback);
     }
     return listen.call(this, { fd: entry.fd }, ...(callback ? [callback] : []));
   };
