@@ -312,6 +312,38 @@ async fn wait_closed(addr: std::net::SocketAddr, what: &str) {
     }
 }
 
+/// A cluster running on a task of its own.
+struct Running {
+    addr: std::net::SocketAddr,
+    handle: herd::Handle,
+    run: tokio::task::JoinHandle<herd::Result<()>>,
+}
+
+impl Running {
+    /// Builds and runs `builder`, and waits until `spawns` workers were
+    /// spawned.
+    async fn start(builder: herd::Builder, spawns: usize) -> Running {
+        let cluster = builder.build().unwrap();
+        let addr = cluster.local_addrs()[0];
+        let handle = cluster.handle();
+        let mut events = handle.events();
+        let run = tokio::spawn(cluster.run());
+        for _ in 0..spawns {
+            next_spawned(&mut events).await;
+        }
+        Running { addr, handle, run }
+    }
+
+    /// Stops it and checks that run() ended well.
+    async fn stop(self) {
+        tokio::time::timeout(WAIT, self.handle.shutdown())
+            .await
+            .expect("stopped in time")
+            .unwrap();
+        self.run.await.unwrap().unwrap();
+    }
+}
+
 /// A proxy-mode cluster of one `hello` worker.
 fn proxy_cluster() -> herd::Builder {
     hello_cluster(1)
@@ -324,12 +356,8 @@ fn proxy_cluster() -> herd::Builder {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_connection_limit_new_clients_wait_and_are_served_when_one_leaves() {
-    let cluster = proxy_cluster().max_connections(2).build().unwrap();
-    let addr = cluster.local_addrs()[0];
-    let handle = cluster.handle();
-    let mut events = handle.events();
-    let run = tokio::spawn(cluster.run());
-    next_spawned(&mut events).await;
+    let c = Running::start(proxy_cluster().max_connections(2), 1).await;
+    let (addr, handle) = (c.addr, c.handle.clone());
     let idle: Vec<_> = (0..2)
         .map(|_| std::net::TcpStream::connect(addr).unwrap())
         .collect();
@@ -351,22 +379,18 @@ async fn at_the_connection_limit_new_clients_wait_and_are_served_when_one_leaves
         .unwrap()
         .unwrap();
     assert!(body.contains("pid="), "{body}");
-    handle.shutdown().await.unwrap();
-    run.await.unwrap().unwrap();
+    c.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxied_connection_quiet_for_the_idle_timeout_is_closed_and_counted() {
     use std::io::Read;
-    let cluster = proxy_cluster()
-        .proxy_idle_timeout(Duration::from_millis(200))
-        .build()
-        .unwrap();
-    let addr = cluster.local_addrs()[0];
-    let handle = cluster.handle();
-    let mut events = handle.events();
-    let run = tokio::spawn(cluster.run());
-    next_spawned(&mut events).await;
+    let c = Running::start(
+        proxy_cluster().proxy_idle_timeout(Duration::from_millis(200)),
+        1,
+    )
+    .await;
+    let (addr, handle) = (c.addr, c.handle.clone());
     let n = tokio::task::spawn_blocking(move || {
         let mut quiet = std::net::TcpStream::connect(addr).unwrap();
         quiet.set_read_timeout(Some(WAIT)).unwrap();
@@ -383,18 +407,13 @@ async fn a_proxied_connection_quiet_for_the_idle_timeout_is_closed_and_counted()
         .unwrap()
         .unwrap();
     assert!(body.contains("pid="), "{body}");
-    handle.shutdown().await.unwrap();
-    run.await.unwrap().unwrap();
+    c.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_launcher_sees_uptime_and_successors_signals_a_slot_and_waits_for_the_end() {
-    let cluster = hello_cluster(2).log_events(false).build().unwrap();
-    let handle = cluster.handle();
-    let mut events = handle.events();
-    let run = tokio::spawn(cluster.run());
-    next_spawned(&mut events).await;
-    next_spawned(&mut events).await;
+    let c = Running::start(hello_cluster(2).log_events(false), 2).await;
+    let handle = c.handle.clone();
     let before = std::time::Instant::now();
     let w = &handle.workers()[0];
     let started = w.started.expect("a start time");
@@ -418,10 +437,9 @@ async fn a_launcher_sees_uptime_and_successors_signals_a_slot_and_waits_for_the_
     };
     assert!(!waiter.is_finished());
     handle.signal(0, herd::Signal::SIGTERM).await.unwrap();
-    handle.shutdown().await.unwrap();
+    c.stop().await;
     tokio::time::timeout(WAIT, waiter).await.unwrap().unwrap();
     assert_eq!(handle.phase(), Phase::Stopped);
-    run.await.unwrap().unwrap();
     assert!(matches!(
         handle.signal(0, herd::Signal::SIGWINCH).await,
         Err(Error::NotRunning)
@@ -431,13 +449,10 @@ async fn a_launcher_sees_uptime_and_successors_signals_a_slot_and_waits_for_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_stream_ends_after_the_cluster_stopped() {
     use tokio::sync::broadcast::error::RecvError;
-    let cluster = hello_cluster(1).log_events(false).build().unwrap();
-    let handle = cluster.handle();
+    let c = Running::start(hello_cluster(1).log_events(false), 1).await;
+    let handle = c.handle.clone();
     let mut events = handle.events();
-    let run = tokio::spawn(cluster.run());
-    next_spawned(&mut events).await;
-    handle.shutdown().await.unwrap();
-    run.await.unwrap().unwrap();
+    c.stop().await;
     let mut saw_stopped = false;
     loop {
         match tokio::time::timeout(WAIT, events.recv())
