@@ -596,37 +596,16 @@ fn a_program_deleted_while_running_ends_in_a_failed_slot_not_a_hot_loop() {
 
 #[test]
 fn a_master_whose_output_nobody_reads_still_stops_on_sigterm() {
-    use std::os::unix::process::CommandExt;
-    use std::process::{Command, Stdio};
     // A worker that floods its output; the master's own stdout and stderr
     // are pipes that this test never reads, so they fill up.
-    let mut child = Command::new(example("cluster"))
-        .args([
-            "-w",
-            "1",
-            "-l",
-            "127.0.0.1:0",
-            "sh",
-            "-c",
-            "while :; do echo flood flood flood flood; done",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    struct Guard(u32);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            let _ = nix::sys::signal::killpg(Pid::from_raw(self.0 as i32), Signal::SIGKILL);
-        }
-    }
+    let (mut child, _guard) = flooding_master(&[]);
     let master = Pid::from_raw(child.id() as i32);
-    let _guard = Guard(child.id());
     std::thread::sleep(Duration::from_millis(1500));
     let workers: Vec<u32> = children(master).into_iter().map(|(p, _)| p).collect();
-    let _worker_guards: Vec<Guard> = workers.iter().map(|&p| Guard(p)).collect();
+    let _worker_guards: Vec<GroupGuard> = workers
+        .iter()
+        .map(|&p| GroupGuard(Pid::from_raw(p as i32)))
+        .collect();
     kill(master, Signal::SIGTERM).unwrap();
     let deadline = std::time::Instant::now() + WAIT;
     let status = loop {

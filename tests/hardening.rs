@@ -401,35 +401,9 @@ fn queued_on_a_dead_worker_are_passed_on(balance: &str) {
 #[test]
 fn a_full_stdout_does_not_hold_back_the_masters_own_lines_on_stderr() {
     use std::io::{BufRead, BufReader};
-    use std::os::unix::process::CommandExt;
-    use std::process::{Command, Stdio};
     // The worker floods stdout, which nobody reads: the pipe fills up.
-    let mut child = Command::new(example("cluster"))
-        .args([
-            "-w",
-            "1",
-            "-l",
-            "127.0.0.1:0",
-            "--restart-delay",
-            "10ms",
-            "sh",
-            "-c",
-        ])
-        .arg("while :; do echo flood flood flood flood; done")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap();
+    let (mut child, _guard) = flooding_master(&["--restart-delay", "10ms"]);
     let master = Pid::from_raw(child.id() as i32);
-    struct Guard(Pid);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            let _ = nix::sys::signal::killpg(self.0, Signal::SIGKILL);
-        }
-    }
-    let _guard = Guard(master);
     let lines = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = lines.clone();
     let stderr = child.stderr.take().unwrap();

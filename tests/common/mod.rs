@@ -446,6 +446,34 @@ pub fn aborted_reloads(events: &[serde_json::Value]) -> Vec<&serde_json::Value> 
         .collect()
 }
 
+/// SIGKILLs a process group when dropped, pass or fail.
+pub struct GroupGuard(pub Pid);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        let _ = killpg(self.0, Signal::SIGKILL);
+    }
+}
+
+/// A master (in a process group of its own) whose one worker floods
+/// stdout; its stdout and stderr are pipes for the caller, who may leave
+/// them unread.
+pub fn flooding_master(extra: &[&str]) -> (Child, GroupGuard) {
+    use std::os::unix::process::CommandExt;
+    let child = Command::new(example("cluster"))
+        .args(["-w", "1", "-l", "127.0.0.1:0"])
+        .args(extra)
+        .args(["sh", "-c", "while :; do echo flood flood flood flood; done"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("spawn the cluster example");
+    let guard = GroupGuard(Pid::from_raw(child.id() as i32));
+    (child, guard)
+}
+
 /// A loopback port that is free now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
