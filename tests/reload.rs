@@ -200,14 +200,25 @@ fn a_predecessor_ignoring_the_stop_signal_is_killed_with_its_child_after_a_reloa
     assert!(m.log().contains("reload replaced 1 worker(s)"));
 }
 
-/// The master's notify socket, read from a worker's environment.
+/// The master's notify socket, read from a worker's environment. The
+/// worker may still be between execs (a pyenv shim execs the real python),
+/// when its environment reads empty: wait until it shows.
 fn notify_socket_of(pid: u32) -> String {
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-    environ
-        .split(|&b| b == 0)
-        .find_map(|kv| kv.strip_prefix(b"NOTIFY_SOCKET="))
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-        .expect("NOTIFY_SOCKET in the worker's environment")
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        if let Some(v) = environ
+            .split(|&b| b == 0)
+            .find_map(|kv| kv.strip_prefix(b"NOTIFY_SOCKET="))
+        {
+            return String::from_utf8_lossy(v).into_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no NOTIFY_SOCKET in the environment of pid {pid}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn send_notify(socket: &str, message: &str) {
