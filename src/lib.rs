@@ -74,7 +74,13 @@
 //!
 //! Workers written in Rust use [`worker`] to pick up their sockets.
 #![deny(missing_docs)]
-#![cfg(target_os = "linux")]
+
+// Say why, rather than build an empty crate: herd needs pidfds, cgroup v2,
+// `SO_REUSEPORT` groups and `PR_SET_PDEATHSIG`.
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "herd runs on Linux only: it relies on pidfds, SO_REUSEPORT groups, cgroup v2 and PR_SET_PDEATHSIG"
+);
 
 pub mod balance;
 mod cluster;
