@@ -204,17 +204,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_signal(s: &str) -> Result<Signal, String> {
-    let upper = s.to_ascii_uppercase();
-    if let Ok(n) = upper.parse::<i32>() {
-        return Signal::try_from(n).map_err(|_| format!("`{s}` is not a signal number"));
-    }
-    let name = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
-    name.parse()
-        .map_err(|_| format!("`{s}` is not a signal name like SIGTERM or INT"))
+    s.parse().map_err(|e: herd::Error| e.to_string())
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {

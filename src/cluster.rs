@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
+use nix::sys::signal::Signal as NixSignal;
+
+use crate::signal::Signal;
 use nix::unistd::AccessFlags;
 use tokio::sync::{broadcast, mpsc, watch};
 
@@ -27,7 +29,7 @@ use crate::supervisor::{self, Control};
 /// process group is SIGKILLed.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default signal that asks a worker to stop.
-pub const DEFAULT_STOP_SIGNAL: Signal = Signal::SIGTERM;
+pub const DEFAULT_STOP_SIGNAL: Signal = Signal::TERM;
 /// Default settle window: how long a reload's successor must stay up when
 /// it cannot report readiness ([`Readiness::None`]) before it replaces its
 /// predecessor. A release that fails at start-up (an import error, a bad
@@ -81,7 +83,7 @@ pub(crate) struct Config {
     pub(crate) workers: usize,
     pub(crate) supervision: Supervision,
     pub(crate) drain_timeout: Duration,
-    pub(crate) stop_signal: Signal,
+    pub(crate) stop_signal: NixSignal,
     pub(crate) kill_mode: KillMode,
     pub(crate) settle: Option<Duration>,
     pub(crate) handle_signals: bool,
@@ -500,22 +502,22 @@ impl Builder {
             }
         }
         crate::process::contract::check_changes(&self.env)?;
-        if IGNORED_BY_DEFAULT.contains(&self.stop_signal) {
+        if IGNORED_BY_DEFAULT.contains(&self.stop_signal.to_nix()) {
             return Err(Error::InvalidSetting {
                 setting: "stop-signal",
                 reason: format!(
                     "{} does nothing to a program that does not handle it, so it could not stop \
                      a worker",
-                    self.stop_signal.as_str()
+                    self.stop_signal.name()
                 ),
             });
         }
-        if self.stop_signal == Signal::SIGKILL || self.stop_signal == Signal::SIGSTOP {
+        if self.stop_signal == Signal::KILL || self.stop_signal == Signal::STOP {
             return Err(Error::InvalidSetting {
                 setting: "stop-signal",
                 reason: format!(
                     "{} cannot be caught, so a worker could not drain",
-                    self.stop_signal.as_str()
+                    self.stop_signal.name()
                 ),
             });
         }
@@ -636,7 +638,7 @@ impl Builder {
             workers,
             supervision: self.supervision,
             drain_timeout: self.drain_timeout,
-            stop_signal: self.stop_signal,
+            stop_signal: self.stop_signal.to_nix(),
             kill_mode: self.kill_mode,
             settle: (!self.settle.is_zero()).then_some(self.settle),
             handle_signals: self.handle_signals,
@@ -683,14 +685,14 @@ impl Builder {
 
 /// Signals whose default action is to do nothing (or to stop, not end, the
 /// process): a worker that does not handle them would never stop.
-const IGNORED_BY_DEFAULT: &[Signal] = &[
-    Signal::SIGCHLD,
-    Signal::SIGCONT,
-    Signal::SIGURG,
-    Signal::SIGWINCH,
-    Signal::SIGTSTP,
-    Signal::SIGTTIN,
-    Signal::SIGTTOU,
+const IGNORED_BY_DEFAULT: &[NixSignal] = &[
+    NixSignal::SIGCHLD,
+    NixSignal::SIGCONT,
+    NixSignal::SIGURG,
+    NixSignal::SIGWINCH,
+    NixSignal::SIGTSTP,
+    NixSignal::SIGTTIN,
+    NixSignal::SIGTTOU,
 ];
 
 /// Makes sure the master may open `needed` file descriptors, raising its
@@ -895,7 +897,7 @@ impl Handle {
     pub async fn signal(&self, slot: usize, signal: Signal) -> Result<u32> {
         self.ask(|reply| Control::Signal {
             slot,
-            signal,
+            signal: signal.to_nix(),
             reply,
         })
         .await
@@ -1103,7 +1105,7 @@ mod tests {
         assert!(matches!(err, Err(Error::ZeroWorkers)));
         let err = Cluster::builder()
             .command("true")
-            .stop_signal(Signal::SIGKILL)
+            .stop_signal(Signal::KILL)
             .build()
             .unwrap_err();
         assert!(err.to_string().contains("SIGKILL"), "{err}");

@@ -508,7 +508,7 @@ fn json_list(items: impl Iterator<Item = String>) -> String {
 fn exit_json(exit: Exit) -> String {
     match exit {
         Exit::Code(c) => format!("{{\"code\":{c}}}"),
-        Exit::Signal(s) => format!("{{\"signal\":\"{}\"}}", s.as_str()),
+        Exit::Signal(s) => format!("{{\"signal\":\"{}\"}}", s.name()),
     }
 }
 
@@ -585,7 +585,7 @@ mod tests {
             slot: 1,
             generation: 2,
             pid: 42,
-            exit: Exit::Signal(nix::sys::signal::Signal::SIGKILL),
+            exit: Exit::Signal(crate::Signal::KILL),
             uptime: Duration::from_millis(20),
             expected: true,
         };

@@ -91,18 +91,20 @@ mod node;
 mod process;
 pub mod proxy;
 pub mod ready;
+mod signal;
 mod supervisor;
 pub mod worker;
 
+pub use balance::Strategy;
 pub use cluster::{
     Builder, Cluster, Handle, Phase, DEFAULT_DRAIN_TIMEOUT, DEFAULT_SETTLE, DEFAULT_STOP_SIGNAL,
 };
 pub use error::{Error, Result, SlotFailure};
 pub use event::{Event, WorkerInfo};
 pub use net::Balance;
-pub use nix::sys::signal::Signal;
 pub use process::{Exit, KillMode};
 pub use ready::{Readiness, DEFAULT_START_TIMEOUT};
+pub use signal::Signal;
 pub use supervisor::policy::{
     Backoff, CrashLoop, Decision, RestartPolicy, Supervision, DEFAULT_BACKOFF_FACTOR,
     DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_JITTER, DEFAULT_BACKOFF_MAX, DEFAULT_CRASH_LIMIT,

@@ -423,10 +423,10 @@ async fn a_launcher_sees_uptime_and_successors_signals_a_slot_and_waits_for_the_
 
     // A signal to one slot reaches that worker (SIGWINCH: ignored by
     // default, so it lives on).
-    let pid = handle.signal(1, herd::Signal::SIGWINCH).await.unwrap();
+    let pid = handle.signal(1, herd::Signal::WINCH).await.unwrap();
     assert_eq!(Some(pid), handle.workers()[1].pid);
     assert!(matches!(
-        handle.signal(5, herd::Signal::SIGWINCH).await,
+        handle.signal(5, herd::Signal::WINCH).await,
         Err(Error::NoSuchSlot { slot: 5, slots: 2 })
     ));
 
@@ -436,12 +436,12 @@ async fn a_launcher_sees_uptime_and_successors_signals_a_slot_and_waits_for_the_
         tokio::spawn(async move { h.stopped().await })
     };
     assert!(!waiter.is_finished());
-    handle.signal(0, herd::Signal::SIGTERM).await.unwrap();
+    handle.signal(0, herd::Signal::TERM).await.unwrap();
     c.stop().await;
     tokio::time::timeout(WAIT, waiter).await.unwrap().unwrap();
     assert_eq!(handle.phase(), Phase::Stopped);
     assert!(matches!(
-        handle.signal(0, herd::Signal::SIGWINCH).await,
+        handle.signal(0, herd::Signal::WINCH).await,
         Err(Error::NotRunning)
     ));
 }

@@ -26,7 +26,7 @@ pub enum Exit {
     /// It called `exit` with this code.
     Code(i32),
     /// It was killed by this signal.
-    Signal(Signal),
+    Signal(crate::Signal),
 }
 
 impl Exit {
@@ -40,7 +40,7 @@ impl fmt::Display for Exit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Exit::Code(c) => write!(f, "exited with code {c}"),
-            Exit::Signal(s) => write!(f, "was killed by {}", s.as_str()),
+            Exit::Signal(s) => write!(f, "was killed by {s}"),
         }
     }
 }

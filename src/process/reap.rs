@@ -34,7 +34,9 @@ pub(crate) async fn wait(pid: Pid, pidfd: OwnedFd) -> io::Result<Exit> {
         signal_group(pid, Signal::SIGKILL);
         match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(_, code)) => return Ok(Exit::Code(code)),
-            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(Exit::Signal(sig)),
+            Ok(WaitStatus::Signaled(_, sig, _)) => {
+                return Ok(Exit::Signal(crate::Signal::from_nix(sig)))
+            }
             Ok(_) => ready.clear_ready(),
             Err(nix::errno::Errno::EINTR) => ready.clear_ready(),
             Err(e) => return Err(e.into()),
@@ -54,7 +56,7 @@ async fn wait_blocking(pid: Pid) -> io::Result<Exit> {
     signal_group(pid, Signal::SIGKILL);
     match status {
         WaitStatus::Exited(_, code) => Ok(Exit::Code(code)),
-        WaitStatus::Signaled(_, sig, _) => Ok(Exit::Signal(sig)),
+        WaitStatus::Signaled(_, sig, _) => Ok(Exit::Signal(crate::Signal::from_nix(sig))),
         other => Err(io::Error::other(format!(
             "unexpected wait status {other:?}"
         ))),

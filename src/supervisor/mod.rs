@@ -748,7 +748,7 @@ impl Supervisor {
             Ok(exit) => exit,
             Err(e) => {
                 output::log_line(&format!("slot {}: cannot reap pid {}: {e}", r.slot, r.pid));
-                Exit::Signal(Signal::SIGKILL)
+                Exit::Signal(crate::Signal::KILL)
             }
         };
         let backend = self.backends_mut().remove(&(r.pid.as_raw() as u32));

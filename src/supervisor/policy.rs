@@ -319,7 +319,6 @@ impl RestartTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nix::sys::signal::Signal;
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -417,7 +416,7 @@ mod tests {
                 &policy,
                 now,
                 Duration::from_secs(6),
-                Exit::Signal(Signal::SIGKILL),
+                Exit::Signal(crate::Signal::KILL),
                 0.0,
             );
             assert_eq!(d, Decision::Restart(policy.backoff.initial), "exit {i}");
@@ -458,7 +457,7 @@ mod tests {
         // Four exits a minute apart never make five within 60 s.
         for i in 0..20 {
             let now = start + Duration::from_secs(61 * i);
-            let d = t.on_exit(&policy, now, ms(5), Exit::Signal(Signal::SIGKILL), 0.0);
+            let d = t.on_exit(&policy, now, ms(5), Exit::Signal(crate::Signal::KILL), 0.0);
             assert!(matches!(d, Decision::Restart(_)), "exit {i}: {d:?}");
         }
     }
@@ -479,7 +478,7 @@ mod tests {
     fn policies_choose_which_exits_restart() {
         let ok = Exit::Code(0);
         let bad = Exit::Code(3);
-        let killed = Exit::Signal(Signal::SIGSEGV);
+        let killed = Exit::Signal(crate::Signal::SEGV);
         assert!(RestartPolicy::Always.restarts(ok));
         assert!(!RestartPolicy::OnFailure.restarts(ok));
         assert!(RestartPolicy::OnFailure.restarts(bad));
