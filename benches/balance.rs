@@ -43,8 +43,9 @@ fn accounting(c: &mut Criterion) {
     let count = ActiveCount::default();
     c.bench_function("accounting/open+close", |b| {
         b.iter(|| {
-            let open = black_box(&count).open();
-            drop(open);
+            // What the proxy does per connection: count it open, then closed.
+            black_box(&count).open();
+            black_box(black_box(&count).close());
         })
     });
     c.bench_function("accounting/hash_ip v4", |b| {

@@ -3,6 +3,11 @@
 //! Pure and allocation-free: [`Picker::pick`] reads the candidates' keys
 //! and active connection counts and returns an index. This is the hot path
 //! of proxy mode; `benches/balance.rs` measures it.
+//!
+//! Only [`Strategy`] is herd's API. [`Picker`], [`Candidate`], [`Slot`],
+//! [`hash_ip`] and [`ActiveCount`] are what the proxy runs, public so that
+//! the benches measure the real code; they are hidden from the docs and may
+//! change in any release.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -64,6 +69,7 @@ impl FromStr for Strategy {
 }
 
 /// What a strategy needs to know of one worker.
+#[doc(hidden)]
 pub trait Candidate {
     /// A key that stays the same across the worker's restarts (its slot),
     /// for [`Strategy::IpHash`].
@@ -73,6 +79,7 @@ pub trait Candidate {
 }
 
 /// A worker as plain numbers: for tests and benchmarks.
+#[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Slot {
     /// Its stable key.
@@ -92,6 +99,7 @@ impl Candidate for Slot {
 
 /// The per-listener state of a strategy: a turn counter and a random
 /// generator.
+#[doc(hidden)]
 #[derive(Debug, Clone)]
 pub struct Picker {
     strategy: Strategy,
@@ -226,6 +234,7 @@ fn mix(mut z: u64) -> u64 {
 }
 
 /// A client address as [`Picker::pick`] takes it.
+#[doc(hidden)]
 pub fn hash_ip(ip: IpAddr) -> u64 {
     match ip {
         IpAddr::V4(v4) => mix(u64::from(u32::from(v4))),
@@ -239,9 +248,9 @@ pub fn hash_ip(ip: IpAddr) -> u64 {
     }
 }
 
-/// An exact count of a worker's open connections: [`ActiveCount::open`]
-/// returns a guard that closes the count when dropped, however the
-/// connection ends.
+/// An exact count of a worker's open connections, as the proxy keeps it:
+/// one atomic add when a connection opens, one subtraction when it closes.
+#[doc(hidden)]
 #[derive(Debug, Default)]
 pub struct ActiveCount(AtomicU32);
 
@@ -249,25 +258,19 @@ impl ActiveCount {
     /// Connections open now.
     #[inline]
     pub fn get(&self) -> u32 {
-        self.0.load(Ordering::Relaxed)
+        self.0.load(Ordering::Acquire)
     }
 
-    /// Counts one more connection until the guard is dropped.
+    /// Counts one more connection.
     #[inline]
-    pub fn open(&self) -> Open<'_> {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        Open(&self.0)
+    pub fn open(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
     }
-}
 
-/// One counted connection; see [`ActiveCount::open`].
-#[derive(Debug)]
-pub struct Open<'a>(&'a AtomicU32);
-
-impl Drop for Open<'_> {
+    /// Counts one connection fewer; returns how many are left open.
     #[inline]
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+    pub fn close(&self) -> u32 {
+        self.0.fetch_sub(1, Ordering::AcqRel) - 1
     }
 }
 
@@ -408,14 +411,13 @@ mod tests {
     }
 
     #[test]
-    fn active_counts_close_with_their_guard() {
+    fn active_counts_report_what_is_left_on_close() {
         let count = ActiveCount::default();
-        let a = count.open();
-        let b = count.open();
+        count.open();
+        count.open();
         assert_eq!(count.get(), 2);
-        drop(a);
-        assert_eq!(count.get(), 1);
-        drop(b);
+        assert_eq!(count.close(), 1);
+        assert_eq!(count.close(), 0);
         assert_eq!(count.get(), 0);
     }
 

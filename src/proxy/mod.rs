@@ -15,14 +15,14 @@ pub(crate) mod relay;
 pub(crate) mod splice;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::sync::{mpsc, Notify};
 
-use crate::balance::{hash_ip, Candidate, Picker, Strategy};
+use crate::balance::{hash_ip, ActiveCount, Candidate, Picker, Strategy};
 pub use header::ProxyProtocol;
 
 /// Where a worker's private listener is.
@@ -44,7 +44,7 @@ pub(crate) struct Backend {
     pub(crate) addrs: Vec<Target>,
     /// The slot mixed into a hash key, stable across the slot's workers.
     key: u64,
-    active: AtomicU32,
+    active: ActiveCount,
     /// Out of rotation and waiting for its connections to end.
     draining: AtomicBool,
     /// Told the supervisor it is idle (once), on this channel.
@@ -108,7 +108,7 @@ impl Backend {
             refusing: AtomicBool::new(false),
             refusing_tx,
             key: (slot as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5851_f42d_4c95_7f2d,
-            active: AtomicU32::new(0),
+            active: ActiveCount::default(),
             draining: AtomicBool::new(false),
             idle_sent: AtomicBool::new(false),
             idle,
@@ -140,7 +140,7 @@ impl Backend {
 
     /// Open connections.
     pub(crate) fn active(&self) -> u32 {
-        self.active.load(Ordering::Acquire)
+        self.active.get()
     }
 
     /// Takes the backend out of service: once its count is zero the
@@ -159,7 +159,7 @@ impl Candidate for Arc<Backend> {
     }
     #[inline]
     fn active(&self) -> u32 {
-        self.active.load(Ordering::Relaxed)
+        self.active.get()
     }
 }
 
@@ -174,14 +174,14 @@ struct Counted {
 impl Counted {
     fn new(backends: &[Arc<Backend>], index: usize) -> Self {
         let backend = backends[index].clone();
-        backend.active.fetch_add(1, Ordering::AcqRel);
+        backend.active.open();
         Counted { backend, index }
     }
 }
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        let left = self.backend.active.fetch_sub(1, Ordering::AcqRel) - 1;
+        let left = self.backend.active.close();
         if left == 0
             && self.backend.draining.load(Ordering::Acquire)
             && !self.backend.idle_sent.swap(true, Ordering::AcqRel)
