@@ -340,7 +340,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         .balance(balance)
         .drain_timeout(cli.drain_timeout)
         .stop_signal(cli.stop_signal)
-        .restart(cli.restart)
+        .restart_policy(cli.restart)
         .backoff(Backoff {
             initial: cli.restart_delay,
             max: cli.restart_delay_max,

@@ -177,18 +177,21 @@ impl Default for Builder {
 
 impl Builder {
     /// The program every worker runs: a path, or a name looked up on `PATH`.
+    #[must_use = "a builder method returns the changed builder"]
     pub fn command(mut self, program: impl AsRef<OsStr>) -> Self {
         self.program = Some(program.as_ref().to_owned());
         self
     }
 
     /// Appends one argument.
+    #[must_use = "a builder method returns the changed builder"]
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
         self.args.push(arg.as_ref().to_owned());
         self
     }
 
     /// Appends arguments.
+    #[must_use = "a builder method returns the changed builder"]
     pub fn args<I, S>(mut self, args: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -201,6 +204,7 @@ impl Builder {
 
     /// Sets a variable in every worker's environment (which otherwise is the
     /// master's, less the socket-activation and systemd variables).
+    #[must_use = "a builder method returns the changed builder"]
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
         self.env
             .push((key.as_ref().to_owned(), Some(value.as_ref().to_owned())));
@@ -208,18 +212,21 @@ impl Builder {
     }
 
     /// Removes a variable from every worker's environment.
+    #[must_use = "a builder method returns the changed builder"]
     pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Self {
         self.env.push((key.as_ref().to_owned(), None));
         self
     }
 
     /// The workers' working directory (default: the master's).
+    #[must_use = "a builder method returns the changed builder"]
     pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
         self.cwd = Some(dir.as_ref().to_owned());
         self
     }
 
     /// How many worker slots (default: the number of available CPUs).
+    #[must_use = "a builder method returns the changed builder"]
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = Some(n);
         self
@@ -227,6 +234,7 @@ impl Builder {
 
     /// Adds a listening address; repeat for more. Port 0 lets the kernel
     /// choose ([`Cluster::local_addrs`] tells which).
+    #[must_use = "a builder method returns the changed builder"]
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.listen.push(addr);
         self
@@ -236,42 +244,49 @@ impl Builder {
     /// serve none (queue consumers, schedulers). Without this, a builder
     /// with no [`Builder::listen`] is refused: every server worker would
     /// bind its port itself and all but one would crash-loop.
+    #[must_use = "a builder method returns the changed builder"]
     pub fn without_sockets(mut self) -> Self {
         self.without_sockets = true;
         self
     }
 
     /// How workers share each address (default [`Balance::ReusePort`]).
+    #[must_use = "a builder method returns the changed builder"]
     pub fn balance(mut self, balance: Balance) -> Self {
         self.balance = balance;
         self
     }
 
     /// The listen backlog (default: the kernel's `somaxconn`).
+    #[must_use = "a builder method returns the changed builder"]
     pub fn backlog(mut self, backlog: u32) -> Self {
         self.backlog = Some(backlog);
         self
     }
 
     /// Which exits are restarted (default [`RestartPolicy::Always`]).
-    pub fn restart(mut self, policy: RestartPolicy) -> Self {
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn restart_policy(mut self, policy: RestartPolicy) -> Self {
         self.supervision.restart = policy;
         self
     }
 
     /// Delay between restarts.
+    #[must_use = "a builder method returns the changed builder"]
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.supervision.backoff = backoff;
         self
     }
 
     /// When a slot is given up on.
+    #[must_use = "a builder method returns the changed builder"]
     pub fn crash_loop(mut self, crash_loop: CrashLoop) -> Self {
         self.supervision.crash_loop = crash_loop;
         self
     }
 
     /// Uptime after which the backoff starts over.
+    #[must_use = "a builder method returns the changed builder"]
     pub fn min_uptime(mut self, uptime: Duration) -> Self {
         self.supervision.min_uptime = uptime;
         self
@@ -279,12 +294,14 @@ impl Builder {
 
     /// How long a stopping worker may drain before its process group is
     /// SIGKILLed (default [`DEFAULT_DRAIN_TIMEOUT`]).
+    #[must_use = "a builder method returns the changed builder"]
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout;
         self
     }
 
     /// The signal that asks a worker to stop (default SIGTERM).
+    #[must_use = "a builder method returns the changed builder"]
     pub fn stop_signal(mut self, signal: Signal) -> Self {
         self.stop_signal = signal;
         self
@@ -293,6 +310,7 @@ impl Builder {
     /// Which of a worker's processes get the stop signal (default
     /// [`KillMode::Mixed`]: the main process; the rest of its group is
     /// SIGKILLed when the main process has exited or at the drain timeout).
+    #[must_use = "a builder method returns the changed builder"]
     pub fn kill_mode(mut self, mode: KillMode) -> Self {
         self.kill_mode = mode;
         self
@@ -302,6 +320,7 @@ impl Builder {
     /// ([`Readiness::None`]) must stay up before it replaces its predecessor
     /// (default [`DEFAULT_SETTLE`]; zero turns it off). One that exits
     /// within it aborts the reload.
+    #[must_use = "a builder method returns the changed builder"]
     pub fn settle(mut self, window: Duration) -> Self {
         self.settle = window;
         self
@@ -310,6 +329,7 @@ impl Builder {
     /// PM2's `wait_ready`: a new worker is ready when the app calls
     /// `process.send('ready')`, not when it listens. The same as
     /// `readiness(Readiness::Ipc)`; Node programs only.
+    #[must_use = "a builder method returns the changed builder"]
     pub fn wait_ready(self, on: bool) -> Self {
         if on {
             self.readiness(Readiness::Ipc)
@@ -328,12 +348,14 @@ impl Builder {
     /// process still gets them). A program that goes on after its cluster
     /// and must stay stoppable by those signals handles them itself (and
     /// turns this off).
+    #[must_use = "a builder method returns the changed builder"]
     pub fn handle_signals(mut self, on: bool) -> Self {
         self.handle_signals = on;
         self
     }
 
     /// Whether lifecycle events are logged to stderr (default true).
+    #[must_use = "a builder method returns the changed builder"]
     pub fn log_events(mut self, on: bool) -> Self {
         self.log_events = on;
         self
@@ -343,6 +365,7 @@ impl Builder {
     /// with a `[slot N pid P]` prefix (default true). Off, it is still read
     /// (so workers never block on a full pipe) and its last lines still go
     /// into crash and reload reports.
+    #[must_use = "a builder method returns the changed builder"]
     pub fn forward_output(mut self, on: bool) -> Self {
         self.forward_output = on;
         self
@@ -351,6 +374,7 @@ impl Builder {
     /// How the master learns that a new worker serves (default
     /// [`Readiness::Auto`]). A reload waits for it before it stops the
     /// predecessor.
+    #[must_use = "a builder method returns the changed builder"]
     pub fn readiness(mut self, readiness: Readiness) -> Self {
         self.readiness = readiness;
         self
@@ -359,6 +383,7 @@ impl Builder {
     /// How long a new worker may take to report readiness (default
     /// [`DEFAULT_START_TIMEOUT`]). A successor that misses it aborts the
     /// reload; a restarted worker that misses it is killed and restarted.
+    #[must_use = "a builder method returns the changed builder"]
     pub fn start_timeout(mut self, timeout: Duration) -> Self {
         self.start_timeout = timeout;
         self
@@ -367,12 +392,14 @@ impl Builder {
     /// Requires `WATCHDOG=1` pings on the notify socket at least this often
     /// once a worker is ready (workers see `WATCHDOG_USEC`); a worker that
     /// misses one is killed and restarted.
+    #[must_use = "a builder method returns the changed builder"]
     pub fn watchdog(mut self, interval: Duration) -> Self {
         self.watchdog = Some(interval);
         self
     }
 
     /// How many slots a reload replaces at the same time (default 1).
+    #[must_use = "a builder method returns the changed builder"]
     pub fn reload_parallel(mut self, n: usize) -> Self {
         self.reload_parallel = n;
         self
@@ -381,6 +408,7 @@ impl Builder {
     /// Whether Node workers get herd's preload (default true): it lets an
     /// app that calls `listen(port)` serve on the inherited socket, reports
     /// readiness when it listens, and drains on the stop signal.
+    #[must_use = "a builder method returns the changed builder"]
     pub fn node_preload(mut self, on: bool) -> Self {
         self.node_preload = on;
         self
@@ -388,6 +416,7 @@ impl Builder {
 
     /// Proxy mode: send a PROXY protocol header before the client's bytes,
     /// so that apps see the real client address.
+    #[must_use = "a builder method returns the changed builder"]
     pub fn proxy_protocol(mut self, version: ProxyProtocol) -> Self {
         self.proxy_header = Some(version);
         self
@@ -397,6 +426,7 @@ impl Builder {
     /// worker gets `PORT` set to a free loopback port instead of an
     /// inherited listener, and is ready once that port answers (unless
     /// another readiness is chosen).
+    #[must_use = "a builder method returns the changed builder"]
     pub fn port_contract(mut self, on: bool) -> Self {
         self.port_contract = on;
         self
@@ -405,6 +435,7 @@ impl Builder {
     /// Proxy mode: move bytes with splice(2) through a pipe instead of
     /// copying them through the master (default off: it pays off for large
     /// transfers only; see `benches/throughput.rs`).
+    #[must_use = "a builder method returns the changed builder"]
     pub fn proxy_splice(mut self, on: bool) -> Self {
         self.proxy_splice = on;
         self
@@ -414,6 +445,7 @@ impl Builder {
     /// what the master's fd limit leaves after its workers and a reserve,
     /// so that it can always restart a worker). At the limit new clients
     /// wait in the listen queue; [`Handle::proxy_stats`] counts it.
+    #[must_use = "a builder method returns the changed builder"]
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = Some(n);
         self
@@ -422,6 +454,7 @@ impl Builder {
     /// Proxy mode: a client connection on which nothing moved either way
     /// for this long is closed (default
     /// [`crate::proxy::DEFAULT_IDLE_TIMEOUT`]; zero: never).
+    #[must_use = "a builder method returns the changed builder"]
     pub fn proxy_idle_timeout(mut self, timeout: Duration) -> Self {
         self.proxy_idle_timeout = timeout;
         self
