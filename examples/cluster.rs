@@ -128,6 +128,11 @@ struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     settle: Duration,
 
+    /// A name for this cluster, in every line the master writes
+    /// (`herd[NAME]: ...`, `[NAME slot 0 pid 12] ...`, `"cluster":"NAME"`).
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+
     /// The master's own lines: text, or json (one object per line and
     /// event, for scripts and tests).
     #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
@@ -358,6 +363,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         .start_timeout(cli.start_timeout)
         .reload_parallel(cli.reload_parallel)
         .node_preload(!cli.no_node_preload);
+    if let Some(name) = &cli.name {
+        builder = builder.name(name);
+    }
     if let Some(w) = cli.watchdog {
         builder = builder.watchdog(w);
     }
@@ -395,15 +403,24 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.listen(*addr);
     }
     let cluster = builder.build()?;
+    // Every JSON line names the cluster when it has a name.
+    let open = match &cli.name {
+        Some(name) => format!("{{\"cluster\":\"{name}\","),
+        None => "{".to_owned(),
+    };
+    let tag = match &cli.name {
+        Some(name) => format!("herd[{name}]"),
+        None => "herd".to_owned(),
+    };
     for addr in cluster.local_addrs() {
         if json {
             eprintln!(
-                "{{\"event\":\"listening\",\"addr\":\"{addr}\",\"balance\":\"{balance}\",\"workers\":{}}}",
+                "{open}\"event\":\"listening\",\"addr\":\"{addr}\",\"balance\":\"{balance}\",\"workers\":{}}}",
                 cluster.worker_count()
             );
         } else {
             eprintln!(
-                "herd: listening on {addr} ({}, {} worker{})",
+                "{tag}: listening on {addr} ({}, {} worker{})",
                 balance,
                 cluster.worker_count(),
                 if cluster.worker_count() == 1 { "" } else { "s" }
@@ -421,13 +438,13 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         loop {
             match events.recv().await {
                 Ok(e) => {
-                    eprintln!("{}", e.to_json());
+                    eprintln!("{open}{}", &e.to_json()[1..]);
                     if matches!(e, herd::Event::Stopped) {
                         return;
                     }
                 }
                 Err(RecvError::Lagged(n)) => {
-                    eprintln!("{{\"event\":\"lagged\",\"missed\":{n}}}")
+                    eprintln!("{open}\"event\":\"lagged\",\"missed\":{n}}}")
                 }
                 Err(RecvError::Closed) => return,
             }

@@ -16,7 +16,8 @@ use nix::unistd::AccessFlags;
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::error::{Error, Result};
-use crate::event::{Event, WorkerInfo};
+use crate::event::{Event, OutputLine, WorkerInfo};
+use crate::log::Log;
 use crate::net::{default_backlog, Balance, Listeners};
 use crate::process::KillMode;
 use crate::proxy::ProxyProtocol;
@@ -37,8 +38,6 @@ pub const DEFAULT_STOP_SIGNAL: Signal = Signal::TERM;
 /// `ImportError` exit within about 0.5 s on the 2-core test machine, Node
 /// with a missing module within 0.1 s.
 pub const DEFAULT_SETTLE: Duration = Duration::from_secs(1);
-/// How many events a slow [`Handle::events`] subscriber may fall behind.
-const EVENT_CAPACITY: usize = 1024;
 /// The longest duration a setting takes: deadlines are `now + setting`
 /// (twice the drain timeout in proxy mode), which must not overflow.
 const MAX_SETTING: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -87,6 +86,7 @@ pub(crate) struct Config {
     pub(crate) kill_mode: KillMode,
     pub(crate) settle: Option<Duration>,
     pub(crate) handle_signals: bool,
+    pub(crate) name: Option<String>,
     pub(crate) log_events: bool,
     pub(crate) forward_output: bool,
     pub(crate) readiness: Readiness,
@@ -127,6 +127,7 @@ pub struct Builder {
     kill_mode: KillMode,
     settle: Duration,
     handle_signals: bool,
+    name: Option<String>,
     log_events: bool,
     forward_output: bool,
     readiness: Readiness,
@@ -159,6 +160,7 @@ impl Default for Builder {
             kill_mode: KillMode::default(),
             settle: DEFAULT_SETTLE,
             handle_signals: true,
+            name: None,
             log_events: true,
             forward_output: true,
             readiness: Readiness::Auto,
@@ -354,7 +356,20 @@ impl Builder {
         self
     }
 
-    /// Whether lifecycle events are logged to stderr (default true).
+    /// A name for the cluster, in each of its log lines (`herd[api]: ...`)
+    /// and each forwarded worker line (`[api slot 0 pid 12] ...`): two
+    /// clusters in one process can be told apart. Letters, digits, `-`,
+    /// `_` and `.`, at most 64.
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Whether the master writes its events and notices to stderr, one
+    /// line each (default true). Off, it writes nothing of its own; the
+    /// same events still reach [`Handle::events`], so a program can route
+    /// them where it likes (see [`Event::to_json`]).
     #[must_use = "a builder method returns the changed builder"]
     pub fn log_events(mut self, on: bool) -> Self {
         self.log_events = on;
@@ -363,8 +378,9 @@ impl Builder {
 
     /// Whether worker output is written to the master's stdout and stderr
     /// with a `[slot N pid P]` prefix (default true). Off, it is still read
-    /// (so workers never block on a full pipe) and its last lines still go
-    /// into crash and reload reports.
+    /// (so workers never block on a full pipe), its last lines still go
+    /// into crash and reload reports, and [`Handle::output`] still
+    /// delivers every line to a program that wants them.
     #[must_use = "a builder method returns the changed builder"]
     pub fn forward_output(mut self, on: bool) -> Self {
         self.forward_output = on;
@@ -478,6 +494,18 @@ impl Builder {
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
         self.supervision.validate()?;
+        if let Some(name) = &self.name {
+            let allowed = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
+            if name.is_empty() || name.len() > 64 || !name.chars().all(allowed) {
+                return Err(Error::InvalidSetting {
+                    setting: "name",
+                    reason: format!(
+                        "`{name}` must be 1 to 64 letters, digits, `-`, `_` or `.` (it prefixes \
+                         every log line)"
+                    ),
+                });
+            }
+        }
         let durations = [
             ("drain-timeout", self.drain_timeout),
             ("start-timeout", self.start_timeout),
@@ -675,6 +703,7 @@ impl Builder {
             kill_mode: self.kill_mode,
             settle: (!self.settle.is_zero()).then_some(self.settle),
             handle_signals: self.handle_signals,
+            name: self.name.clone(),
             log_events: self.log_events,
             forward_output: self.forward_output,
             readiness: self.readiness,
@@ -831,15 +860,14 @@ impl Cluster {
             phase: Phase::Created,
             workers: Vec::new(),
         });
-        let (events, _) = broadcast::channel(EVENT_CAPACITY);
-        let events = Arc::new(std::sync::Mutex::new(Some(events)));
+        let log = Log::new(config.name.clone(), config.log_events);
         let handle = Handle {
             control: control_tx,
             snapshot: snapshot_rx,
-            events,
+            proxy_counters: Arc::new(crate::proxy::Counters::new(log.clone())),
+            log,
             addrs: listeners.local_addrs().into(),
             backends: Default::default(),
-            proxy_counters: Default::default(),
         };
         Cluster {
             config,
@@ -892,9 +920,7 @@ impl Cluster {
 pub struct Handle {
     control: mpsc::UnboundedSender<Control>,
     snapshot: watch::Receiver<Snapshot>,
-    /// Taken when the cluster has stopped, so that subscribers' streams
-    /// end after the last event.
-    events: Arc<std::sync::Mutex<Option<broadcast::Sender<Event>>>>,
+    log: Log,
     addrs: Arc<[SocketAddr]>,
     backends: crate::proxy::Registry,
     proxy_counters: Arc<crate::proxy::Counters>,
@@ -1042,12 +1068,22 @@ impl Handle {
     /// ([`broadcast::error::RecvError::Closed`]) after
     /// [`Event::Stopped`].
     pub fn events(&self) -> broadcast::Receiver<Event> {
-        let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
-        match &*events {
-            Some(tx) => tx.subscribe(),
-            // Stopped: a stream that has ended.
-            None => broadcast::channel(1).1,
-        }
+        self.log.subscribe()
+    }
+
+    /// Subscribes to every line the workers write from now on, with slot,
+    /// pid and stream, whether or not it is also forwarded
+    /// ([`Builder::forward_output`]). A subscriber more than 4096 lines
+    /// behind misses lines ([`broadcast::error::RecvError::Lagged`]); the
+    /// workers are never held back for it. Lines are copied only while
+    /// somebody subscribes.
+    pub fn output(&self) -> broadcast::Receiver<OutputLine> {
+        self.log.subscribe_output()
+    }
+
+    /// The cluster's name ([`Builder::name`]).
+    pub fn name(&self) -> Option<&str> {
+        self.log.name()
     }
 
     /// The bound listening addresses.
@@ -1055,16 +1091,8 @@ impl Handle {
         &self.addrs
     }
 
-    pub(crate) fn publish(&self, event: Event) {
-        let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = &*events {
-            let _ = tx.send(event);
-        }
-    }
-
-    /// Ends every subscriber's stream (after the events already sent).
-    pub(crate) fn close_events(&self) {
-        self.events.lock().unwrap_or_else(|p| p.into_inner()).take();
+    pub(crate) fn log(&self) -> &Log {
+        &self.log
     }
 }
 

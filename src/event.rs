@@ -166,8 +166,70 @@ pub enum Event {
         /// for all).
         slot: Option<usize>,
     },
+    /// Something an operator should know that is not a step of a
+    /// worker's life: a degraded mode, a message ignored, connections
+    /// passed on. `message` is for people and may be reworded; `notice`
+    /// is the stable part.
+    Notice {
+        /// The slot it concerns, if one.
+        slot: Option<usize>,
+        /// What kind of notice it is.
+        notice: Notice,
+        /// A sentence for the log.
+        message: String,
+    },
     /// Every worker has been reaped; `run()` is about to return.
     Stopped,
+}
+
+/// The kind of an [`Event::Notice`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Notice {
+    /// No writable cgroup v2: a worker's process group alone holds its
+    /// tree.
+    NoCgroup,
+    /// A worker said `STOPPING=1`.
+    WorkerStopping,
+    /// A worker sent `STATUS=...`.
+    WorkerStatus,
+    /// A readiness message came from a process that is not a worker.
+    ForeignMessage,
+    /// A worker could not be reaped normally.
+    ReapFailed,
+    /// Connections cannot be steered away from empty reuseport slots.
+    SteeringFailed,
+    /// A listening socket stopped listening and could not be replaced.
+    ListenerLost,
+    /// Proxy mode: a worker closed its listener and gets no more
+    /// connections.
+    WorkerRefusing,
+    /// Connections queued for a slot or a dead worker were passed on to
+    /// another.
+    ConnectionsPassedOn,
+    /// A reload was asked for during a reload; it runs after.
+    ReloadQueued,
+    /// Proxy mode: the connection limit was reached and new clients wait.
+    ConnectionLimit,
+}
+
+impl Notice {
+    /// The stable snake_case name, as `to_json` writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Notice::NoCgroup => "no_cgroup",
+            Notice::WorkerStopping => "worker_stopping",
+            Notice::WorkerStatus => "worker_status",
+            Notice::ForeignMessage => "foreign_message",
+            Notice::ReapFailed => "reap_failed",
+            Notice::SteeringFailed => "steering_failed",
+            Notice::ListenerLost => "listener_lost",
+            Notice::WorkerRefusing => "worker_refusing",
+            Notice::ConnectionsPassedOn => "connections_passed_on",
+            Notice::ReloadQueued => "reload_queued",
+            Notice::ConnectionLimit => "connection_limit",
+        }
+    }
 }
 
 impl fmt::Display for Event {
@@ -297,6 +359,12 @@ impl fmt::Display for Event {
                      the workers move onto it",
                 )
             }
+            Event::Notice { slot, message, .. } => {
+                if let Some(slot) = slot {
+                    write!(f, "slot {slot}: ")?;
+                }
+                f.write_str(message)
+            }
             Event::Stopped => f.write_str("all workers stopped"),
         }
     }
@@ -417,6 +485,14 @@ impl Event {
             Event::ListenerReplaced { addr, slot } => j
                 .str("addr", &addr.to_string())
                 .raw("slot", &slot.map_or("null".into(), |s| s.to_string())),
+            Event::Notice {
+                slot,
+                notice,
+                message,
+            } => j
+                .raw("slot", &slot.map_or("null".into(), |s| s.to_string()))
+                .str("notice", notice.name())
+                .str("message", message),
             Event::Stopped => j,
         }
         .finish()
@@ -442,6 +518,7 @@ impl Event {
             Event::DrainSignal { .. } => "drain_signal",
             Event::DrainTimeout { .. } => "drain_timeout",
             Event::ListenerReplaced { .. } => "listener_replaced",
+            Event::Notice { .. } => "notice",
             Event::Stopped => "stopped",
         }
     }
@@ -536,6 +613,30 @@ impl fmt::Display for Millis {
             }
         }
     }
+}
+
+/// One line a worker wrote (without its newline), as
+/// [`crate::Handle::output`] delivers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OutputLine {
+    /// The worker's slot.
+    pub slot: usize,
+    /// The worker's pid (its main process).
+    pub pid: u32,
+    /// Which stream it wrote to.
+    pub stream: OutputStream,
+    /// The line, as lossy UTF-8; a line over 16 KiB comes in pieces.
+    pub line: String,
+}
+
+/// Which of a worker's streams an [`OutputLine`] came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutputStream {
+    /// Its standard output.
+    Stdout,
+    /// Its standard error.
+    Stderr,
 }
 
 /// A point-in-time view of one worker slot.

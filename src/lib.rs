@@ -86,6 +86,7 @@ pub mod balance;
 mod cluster;
 mod error;
 mod event;
+mod log;
 pub mod net;
 mod node;
 mod process;
@@ -100,7 +101,7 @@ pub use cluster::{
     Builder, Cluster, Handle, Phase, DEFAULT_DRAIN_TIMEOUT, DEFAULT_SETTLE, DEFAULT_STOP_SIGNAL,
 };
 pub use error::{Error, Result, SlotFailure};
-pub use event::{Event, WorkerInfo};
+pub use event::{Event, Notice, OutputLine, OutputStream, WorkerInfo};
 pub use net::Balance;
 pub use process::{Exit, KillMode};
 pub use ready::{Readiness, DEFAULT_START_TIMEOUT};

@@ -621,3 +621,50 @@ fn a_master_whose_output_nobody_reads_still_stops_on_sigterm() {
     assert!(status.success(), "{status:?}");
     wait_dead(&workers, "the flooding worker");
 }
+
+/// `--log-format json` turns the library's own logging off
+/// (`log_events(false)`): every line the master writes is then JSON, the
+/// notices included, and each names the cluster; worker lines keep a prefix
+/// that names it too.
+#[test]
+fn a_json_master_writes_only_json_lines_that_name_the_cluster() {
+    let m = Master::start_json(
+        &args(
+            &[
+                "--name",
+                "api",
+                "--workers",
+                "1",
+                "--ready",
+                "delay:1s",
+                "--settle",
+                "0",
+            ],
+            &hello_server(),
+        ),
+        None,
+    );
+    m.wait_events("the first worker", |e| of_kind(e, "ready").count() == 1);
+    m.signal(Signal::SIGHUP);
+    m.wait_events("the reload", |e| of_kind(e, "reload_started").count() == 1);
+    m.signal(Signal::SIGHUP);
+    m.wait_events("both reloads", |e| complete_reloads(e) == 2);
+    let mut m = m;
+    m.signal(Signal::SIGTERM);
+    assert!(m.wait_exit().success());
+
+    let events = m.events();
+    assert!(
+        of_kind(&events, "notice").any(|n| n["notice"] == "reload_queued" && n["slot"].is_null()),
+        "{}",
+        m.log()
+    );
+    for line in m.log().lines() {
+        if line.starts_with("[api slot ") {
+            continue;
+        }
+        let value: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}\n{}", m.log()));
+        assert_eq!(value["cluster"], "api", "{line}");
+    }
+}

@@ -458,24 +458,21 @@ fn a_flood_of_foreign_notify_messages_is_not_a_flood_of_log_lines() {
         .expect("NOTIFY_SOCKET");
     let addr = SocketAddr::from_abstract_name(&socket).unwrap();
     let sender = UnixDatagram::unbound().unwrap();
-    let before = m.log().lines().filter(|l| l.starts_with("herd: ")).count();
+    let foreign = |e: &[serde_json::Value]| {
+        of_kind(e, "notice")
+            .filter(|n| n["notice"] == "foreign_message")
+            .count()
+    };
     for _ in 0..20_000 {
         let _ = sender.send_to_addr(b"READY=1", &addr);
     }
-    // The foreign messages are reported (the master's own lines, not
-    // events), then a pace for the rest of the flood to be read.
-    m.wait_log("the report of the foreign messages", |l| {
-        l.lines().filter(|l| l.starts_with("herd: ")).count() > before
-    });
+    // The foreign messages are reported, then a pace for the rest of the
+    // flood to be read.
+    m.wait_events("the report of the foreign messages", |e| foreign(e) > 0);
     std::thread::sleep(Duration::from_millis(500));
     m.get("/").unwrap();
-    let after = m.log().lines().filter(|l| l.starts_with("herd: ")).count();
-    assert!(after > before, "the foreign messages are reported");
-    assert!(
-        after - before <= 5,
-        "{} lines for 20,000 messages",
-        after - before
-    );
+    let reports = foreign(&m.events());
+    assert!(reports <= 5, "{reports} notices for 20,000 messages");
 }
 
 /// A worker shuts the listening socket down (`shutdown(fd 3)`): the master

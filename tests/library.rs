@@ -497,3 +497,93 @@ async fn a_failed_cluster_says_why_to_whoever_only_uses_the_question_mark() {
     );
     assert!(err.to_string().contains("the database is down"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_gets_every_worker_line_and_every_notice_as_values() {
+    use herd::{Notice, OutputStream};
+    let cluster = Cluster::builder()
+        .name("lib")
+        .command("sh")
+        .args([
+            "-c",
+            "echo \"out $NODE_APP_INSTANCE\"; echo oops >&2; exec sleep 60",
+        ])
+        .workers(2)
+        .without_sockets()
+        .handle_signals(false)
+        .log_events(false)
+        .forward_output(false)
+        .readiness(herd::Readiness::Delay(Duration::from_millis(300)))
+        .drain_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let handle = cluster.handle();
+    assert_eq!(handle.name(), Some("lib"));
+    let mut output = handle.output();
+    let mut events = handle.events();
+    let run = tokio::spawn(cluster.run());
+
+    // Two lines from each worker, on the right stream, with its slot and pid.
+    let mut lines = Vec::new();
+    while lines.len() < 4 {
+        let line = tokio::time::timeout(WAIT, output.recv())
+            .await
+            .expect("worker lines arrive")
+            .unwrap();
+        lines.push(line);
+    }
+    let spawned = [
+        next_spawned(&mut events).await,
+        next_spawned(&mut events).await,
+    ];
+    for slot in 0..2 {
+        let out: Vec<_> = lines.iter().filter(|l| l.slot == slot).collect();
+        assert_eq!(out.len(), 2, "{lines:?}");
+        assert!(out
+            .iter()
+            .all(|l| spawned.contains(&l.pid) && l.pid == out[0].pid));
+        assert!(out
+            .iter()
+            .any(|l| l.stream == OutputStream::Stdout && l.line == format!("out {slot}")));
+        assert!(out
+            .iter()
+            .any(|l| l.stream == OutputStream::Stderr && l.line == "oops"));
+    }
+
+    // A reload asked for during a reload is queued, and the program hears
+    // of it as a typed notice.
+    let (first, second) = tokio::join!(handle.reload(), handle.reload());
+    assert!(first.unwrap().is_complete());
+    assert!(second.unwrap().is_complete());
+    let mut queued = false;
+    while let Ok(Ok(e)) = tokio::time::timeout(Duration::from_millis(200), events.recv()).await {
+        if let Event::Notice { notice, .. } = e {
+            queued |= notice == Notice::ReloadQueued;
+        }
+    }
+    assert!(queued, "a ReloadQueued notice");
+
+    tokio::time::timeout(WAIT, handle.shutdown())
+        .await
+        .expect("stopped in time")
+        .unwrap();
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_cannot_prefix_a_log_line_is_refused() {
+    for bad in ["", "two words", "a/b", &"x".repeat(65)] {
+        let err = hello_cluster(1).name(bad).build().map(|_| ()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::InvalidSetting {
+                    setting: "name",
+                    ..
+                }
+            ),
+            "{bad}: {err}"
+        );
+    }
+    assert!(hello_cluster(1).name("api-v2.blue_1").build().is_ok());
+}

@@ -18,6 +18,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::event::{OutputLine, OutputStream};
+use crate::log::Log;
+
 /// Which of the master's streams a line goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Stream {
@@ -93,8 +96,8 @@ static DROPPED: AtomicU64 = AtomicU64::new(0);
 /// queue is full, the line is dropped (and the count reported with the next
 /// line that gets through), because the supervisor must not stop
 /// supervising for want of a reader.
-pub(crate) fn log_line(text: &str) {
-    let mut line = Vec::with_capacity(text.len() + 7);
+pub(crate) fn log_line(tag: &str, text: &str) {
+    let mut line = Vec::with_capacity(tag.len() + text.len() + 3);
     let dropped = DROPPED.swap(0, Ordering::Relaxed);
     if dropped > 0 {
         line.extend_from_slice(
@@ -102,7 +105,8 @@ pub(crate) fn log_line(text: &str) {
                 .as_bytes(),
         );
     }
-    line.extend_from_slice(b"herd: ");
+    line.extend_from_slice(tag.as_bytes());
+    line.extend_from_slice(b": ");
     line.extend_from_slice(text.as_bytes());
     line.push(b'\n');
     if writer(Stream::Stderr).try_send(Msg::Line(line)).is_err() {
@@ -210,9 +214,23 @@ pub(crate) fn port_conflict(lines: &[String], ports: &[u16]) -> Option<u16> {
         .find(|&p| lines.iter().any(|l| mentions(l, p)))
 }
 
-/// Reads `fd` until EOF and forwards each line with `prefix` (or, with
-/// `forward` off, only keeps the tail).
-pub(crate) async fn pump(fd: OwnedFd, stream: Stream, prefix: Arc<str>, tail: Tail, forward: bool) {
+/// Where one worker's lines go.
+pub(crate) struct Sink {
+    /// Written before each forwarded line: `[slot N pid P] `.
+    pub(crate) prefix: Arc<str>,
+    pub(crate) tail: Tail,
+    /// Whether lines go to the master's own stdout and stderr.
+    pub(crate) forward: bool,
+    /// Subscribers to the lines, if any.
+    pub(crate) log: Log,
+    pub(crate) slot: usize,
+    pub(crate) pid: u32,
+}
+
+/// Reads `fd` until EOF and forwards each line with the sink's prefix
+/// (or, with `forward` off, only keeps the tail), and hands it to the
+/// output subscribers.
+pub(crate) async fn pump(fd: OwnedFd, stream: Stream, sink: Arc<Sink>) {
     let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
         return;
     };
@@ -224,21 +242,32 @@ pub(crate) async fn pump(fd: OwnedFd, stream: Stream, prefix: Arc<str>, tail: Ta
             Ok(n) => n,
         };
         for line in splitter.push(&buf[..n]) {
-            emit(stream, &prefix, &line, &tail, forward).await;
+            emit(stream, &sink, &line).await;
         }
     }
     if let Some(rest) = splitter.finish() {
-        emit(stream, &prefix, &rest, &tail, forward).await;
+        emit(stream, &sink, &rest).await;
     }
 }
 
-async fn emit(stream: Stream, prefix: &str, line: &[u8], tail: &Tail, forward: bool) {
-    tail.push(line);
-    if !forward {
+async fn emit(stream: Stream, sink: &Sink, line: &[u8]) {
+    sink.tail.push(line);
+    if sink.log.output_wanted() {
+        sink.log.output_line(OutputLine {
+            slot: sink.slot,
+            pid: sink.pid,
+            stream: match stream {
+                Stream::Stdout => OutputStream::Stdout,
+                Stream::Stderr => OutputStream::Stderr,
+            },
+            line: String::from_utf8_lossy(line).into_owned(),
+        });
+    }
+    if !sink.forward {
         return;
     }
-    let mut out = Vec::with_capacity(prefix.len() + line.len() + 1);
-    out.extend_from_slice(prefix.as_bytes());
+    let mut out = Vec::with_capacity(sink.prefix.len() + line.len() + 1);
+    out.extend_from_slice(sink.prefix.as_bytes());
     out.extend_from_slice(line);
     out.push(b'\n');
     let _ = writer(stream).send(Msg::Line(out)).await;

@@ -308,7 +308,7 @@ pub const DEFAULT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_
 
 /// Proxy mode's limits and how often they bit, shared by the accept loops
 /// and handles.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Counters {
     /// The most connections open at once.
     pub(crate) limit: std::sync::atomic::AtomicUsize,
@@ -317,6 +317,7 @@ pub(crate) struct Counters {
     /// Connections closed for being idle.
     pub(crate) idle_closed: AtomicU64,
     throttle: Mutex<crate::supervisor::policy::LogThrottle>,
+    log: crate::log::Log,
 }
 
 /// The connections the master forwards to one worker now (see
@@ -347,6 +348,16 @@ pub struct ProxyStats {
 }
 
 impl Counters {
+    pub(crate) fn new(log: crate::log::Log) -> Counters {
+        Counters {
+            limit: Default::default(),
+            at_limit: Default::default(),
+            idle_closed: Default::default(),
+            throttle: Default::default(),
+            log,
+        }
+    }
+
     pub(crate) fn stats(&self) -> ProxyStats {
         ProxyStats {
             limit: self.limit.load(Ordering::Relaxed),
@@ -362,7 +373,8 @@ impl Counters {
             .unwrap_or_else(|p| p.into_inner())
             .line(std::time::Instant::now(), text);
         if let Some(line) = line {
-            crate::process::output::log_line(&line);
+            self.log
+                .notice(None, crate::event::Notice::ConnectionLimit, line);
         }
     }
 }

@@ -27,10 +27,10 @@ use tokio::sync::{mpsc, watch};
 
 use crate::cluster::{Config, Handle, Phase, Snapshot};
 use crate::error::{Error, Result};
-use crate::event::{Event, Millis, WorkerInfo};
+use crate::event::{Event, Millis, Notice, WorkerInfo};
 use crate::net::Listeners;
 use crate::process::cgroup::{ClusterCgroup, WorkerCgroup};
-use crate::process::output::{self, Stream, Tail};
+use crate::process::output::{self, Sink, Stream, Tail};
 use crate::process::spawn::SpawnRequest;
 use crate::process::{
     process_group_of, reap, signal_group, signal_process, spawner, Exit, KillMode,
@@ -295,10 +295,14 @@ pub(crate) async fn run(
     let cgroup = match ClusterCgroup::create() {
         Ok(c) => c,
         Err(e) => {
-            output::log_line(&format!(
-                "cannot create a cgroup for the workers ({e}); a descendant that leaves a \
-                 worker's process group may outlive it"
-            ));
+            handle.log().notice(
+                None,
+                Notice::NoCgroup,
+                format!(
+                    "cannot create a cgroup for the workers ({e}); a descendant that leaves a \
+                     worker's process group may outlive it"
+                ),
+            );
             None
         }
     };
@@ -402,10 +406,11 @@ impl Supervisor {
     }
 
     fn emit(&self, event: Event) {
-        if self.config.log_events {
-            output::log_line(&event.to_string());
-        }
-        self.handle.publish(event);
+        self.handle.log().event(event);
+    }
+
+    fn notice(&self, slot: Option<usize>, notice: Notice, message: String) {
+        self.handle.log().notice(slot, notice, message);
     }
 
     fn publish_snapshot(&self) {
@@ -578,10 +583,14 @@ impl Supervisor {
                     Some(w)
                 }
                 Err(e) => {
-                    output::log_line(&format!(
-                        "slot {index}: cannot create the worker's cgroup ({e}); its process \
-                         group alone holds its tree"
-                    ));
+                    self.notice(
+                        Some(index),
+                        Notice::NoCgroup,
+                        format!(
+                            "cannot create the worker's cgroup ({e}); its process group alone \
+                             holds its tree"
+                        ),
+                    );
                     None
                 }
             },
@@ -646,24 +655,22 @@ impl Supervisor {
             }
         }
         let tx = self.reaped_tx.clone();
-        let forward = self.config.forward_output;
+        let tail = Tail::default();
+        let sink = Arc::new(Sink {
+            prefix: match self.handle.name() {
+                Some(name) => format!("[{name} slot {index} pid {pid}] "),
+                None => format!("[slot {index} pid {pid}] "),
+            }
+            .into(),
+            tail: tail.clone(),
+            forward: self.config.forward_output,
+            log: self.handle.log().clone(),
+            slot: index,
+            pid: pid.as_raw() as u32,
+        });
         tokio::spawn(async move {
-            let tail = Tail::default();
-            let prefix: Arc<str> = format!("[slot {index} pid {pid}] ").into();
-            let out = tokio::spawn(output::pump(
-                spawned.stdout,
-                Stream::Stdout,
-                prefix.clone(),
-                tail.clone(),
-                forward,
-            ));
-            let err = tokio::spawn(output::pump(
-                spawned.stderr,
-                Stream::Stderr,
-                prefix,
-                tail.clone(),
-                forward,
-            ));
+            let out = tokio::spawn(output::pump(spawned.stdout, Stream::Stdout, sink.clone()));
+            let err = tokio::spawn(output::pump(spawned.stderr, Stream::Stderr, sink));
             let result = reap::wait(pid, spawned.pidfd).await;
             // The main process is gone: so is everything it started, in
             // its group or not.
@@ -701,7 +708,7 @@ impl Supervisor {
                      process"
                 )
             }) {
-                output::log_line(&line);
+                self.notice(None, Notice::ForeignMessage, line);
             }
             return;
         };
@@ -711,10 +718,18 @@ impl Supervisor {
                 self.slots[index].on_watchdog(pid, self.ready.watchdog, Instant::now());
             }
             Note::Stopping(pid) => {
-                output::log_line(&format!("slot {index}: pid {pid} says it is stopping"));
+                self.notice(
+                    Some(index),
+                    Notice::WorkerStopping,
+                    format!("pid {pid} says it is stopping"),
+                );
             }
             Note::Status(pid, text) => {
-                output::log_line(&format!("slot {index}: pid {pid} status: {text}"));
+                self.notice(
+                    Some(index),
+                    Notice::WorkerStatus,
+                    format!("pid {pid} status: {text}"),
+                );
             }
             Note::Serving { worker, app } => {
                 // Only a process of the worker's own group: the stop signal
@@ -747,7 +762,11 @@ impl Supervisor {
         let exit = match r.result {
             Ok(exit) => exit,
             Err(e) => {
-                output::log_line(&format!("slot {}: cannot reap pid {}: {e}", r.slot, r.pid));
+                self.notice(
+                    Some(r.slot),
+                    Notice::ReapFailed,
+                    format!("cannot reap pid {}: {e}", r.pid),
+                );
                 Exit::Signal(crate::Signal::KILL)
             }
         };
@@ -856,10 +875,14 @@ impl Supervisor {
                 Ok(()) => self.steered.clone_from(&live),
                 Err(e) => {
                     self.steer_broken = true;
-                    output::log_line(&format!(
-                        "cannot steer connections away from empty slots ({e}); \
-                         their queues wait for the next worker"
-                    ));
+                    self.notice(
+                        None,
+                        Notice::SteeringFailed,
+                        format!(
+                            "cannot steer connections away from empty slots ({e}); their \
+                             queues wait for the next worker"
+                        ),
+                    );
                 }
             }
         }
@@ -930,10 +953,15 @@ impl Supervisor {
                     self.emit(Event::ListenerReplaced { addr, slot });
                     slots.push(slot);
                 }
-                Err(e) => output::log_line(&format!(
-                    "the listening socket on {addr} stopped listening and cannot be replaced: {}",
-                    e.chain()
-                )),
+                Err(e) => self.notice(
+                    None,
+                    Notice::ListenerLost,
+                    format!(
+                        "the listening socket on {addr} stopped listening and cannot be \
+                         replaced: {}",
+                        e.chain()
+                    ),
+                ),
             }
         }
         // Steering names sockets by their place in the group, which the
@@ -1024,9 +1052,11 @@ impl Supervisor {
         let Some((index, _)) = self.slot_of(pid) else {
             return;
         };
-        output::log_line(&format!(
-            "slot {index}: pid {pid} closed its listener; it gets no more connections"
-        ));
+        self.notice(
+            Some(index),
+            Notice::WorkerRefusing,
+            format!("pid {pid} closed its listener; it gets no more connections"),
+        );
         if let Some(copies) = self.private_copies.remove(&pid) {
             self.rescue_private(index, copies);
         }
@@ -1053,10 +1083,14 @@ impl Supervisor {
             }
         }
         if passed > 0 {
-            output::log_line(&format!(
-                "slot {slot}: passing {passed} connection(s) its worker never accepted on to \
-                 another worker"
-            ));
+            self.notice(
+                Some(slot),
+                Notice::ConnectionsPassedOn,
+                format!(
+                    "passing {passed} connection(s) its worker never accepted on to another \
+                     worker"
+                ),
+            );
         }
     }
 
@@ -1074,10 +1108,14 @@ impl Supervisor {
         if queued.is_empty() {
             return;
         }
-        output::log_line(&format!(
-            "slot {slot}: passing {} queued connection(s) on to live slots",
-            queued.len()
-        ));
+        self.notice(
+            Some(slot),
+            Notice::ConnectionsPassedOn,
+            format!(
+                "passing {} queued connection(s) on to live slots",
+                queued.len()
+            ),
+        );
         for (conn, target) in queued {
             tokio::spawn(crate::net::rescue::forward(conn, target));
         }
@@ -1256,7 +1294,7 @@ impl Supervisor {
         }
         self.phase = Phase::Stopped;
         self.emit(Event::Stopped);
-        self.handle.close_events();
+        self.handle.log().close_events();
         let _ = tokio::time::timeout(FINAL_FLUSH, output::flush()).await;
         // Last: Handle::shutdown resolves on this, after the final lines.
         self.publish_snapshot();
@@ -1298,7 +1336,7 @@ impl Drop for Supervisor {
         }
         self.phase = Phase::Stopped;
         self.publish_snapshot();
-        self.handle.close_events();
+        self.handle.log().close_events();
     }
 }
 

@@ -9,8 +9,7 @@ use super::slot::Role;
 use super::Supervisor;
 use crate::cluster::Phase;
 use crate::error::Error;
-use crate::event::Event;
-use crate::process::output;
+use crate::event::{Event, Notice};
 
 impl Supervisor {
     /// A reload's successor is ready: it takes the slot, the predecessor
@@ -64,7 +63,11 @@ impl Supervisor {
         if self.reload.is_some() {
             // One more run after this one, not a parallel one, not lost.
             if self.queued.is_empty() {
-                output::log_line("reload requested during a reload: it runs when this one ends");
+                self.notice(
+                    None,
+                    Notice::ReloadQueued,
+                    "reload requested during a reload: it runs when this one ends".into(),
+                );
             }
             self.queued.push((target, reply));
             return;

@@ -123,8 +123,9 @@ impl Master {
     pub fn events(&self) -> Vec<serde_json::Value> {
         self.log()
             .lines()
-            .filter(|l| l.starts_with("{\"event\""))
-            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|l| l.starts_with('{'))
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e.get("event").is_some())
             .collect()
     }
 

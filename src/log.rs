@@ -1,0 +1,117 @@
+//! Where the master's own lines and the workers' output go.
+//!
+//! One [`Log`] per cluster, shared by the supervisor, the proxy and every
+//! [`crate::Handle`]. Each event and notice is published on the events
+//! channel and, unless `log_events(false)`, written to stderr as one line
+//! that names the cluster (`herd[api]: ...`). Worker lines go to the output
+//! channel when somebody listens, and to the master's stdout or stderr
+//! unless `forward_output(false)`.
+//!
+//! Why channels and not `tracing`: an embedding program gets typed values
+//! (an [`Event`] it can match, an [`OutputLine`] with slot and pid) that it
+//! can route to `tracing`, `log`, a file or a web page in a few lines,
+//! while herd itself takes on no logging framework and writes nothing when
+//! told not to.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::broadcast;
+
+use crate::event::{Event, Notice, OutputLine};
+use crate::process::output;
+
+/// Events buffered for a subscriber that is behind.
+const EVENTS: usize = 1024;
+/// Worker lines buffered for a subscriber that is behind.
+const LINES: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Log(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    /// `herd` or `herd[name]`: what starts each of the master's lines.
+    tag: String,
+    name: Option<String>,
+    to_stderr: bool,
+    /// Taken when the cluster has stopped, so that subscribers' streams
+    /// end after the last event.
+    events: Mutex<Option<broadcast::Sender<Event>>>,
+    output: broadcast::Sender<OutputLine>,
+}
+
+impl Log {
+    pub(crate) fn new(name: Option<String>, to_stderr: bool) -> Log {
+        let tag = match &name {
+            Some(n) => format!("herd[{n}]"),
+            None => "herd".to_owned(),
+        };
+        Log(Arc::new(Inner {
+            tag,
+            name,
+            to_stderr,
+            events: Mutex::new(Some(broadcast::channel(EVENTS).0)),
+            output: broadcast::channel(LINES).0,
+        }))
+    }
+
+    /// The cluster's name, if it was given one.
+    pub(crate) fn name(&self) -> Option<&str> {
+        self.0.name.as_deref()
+    }
+
+    /// Logs the event and publishes it to subscribers.
+    pub(crate) fn event(&self, event: Event) {
+        if self.0.to_stderr {
+            output::log_line(&self.0.tag, &event.to_string());
+        }
+        let events = self.0.events.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = &*events {
+            let _ = tx.send(event);
+        }
+    }
+
+    /// An [`Event::Notice`].
+    pub(crate) fn notice(&self, slot: Option<usize>, notice: Notice, message: String) {
+        self.event(Event::Notice {
+            slot,
+            notice,
+            message,
+        });
+    }
+
+    /// A new subscriber to the events; its stream ends after
+    /// [`Log::close_events`].
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Event> {
+        let events = self.0.events.lock().unwrap_or_else(|p| p.into_inner());
+        match &*events {
+            Some(tx) => tx.subscribe(),
+            // Stopped already: a stream that ends at once.
+            None => broadcast::channel(1).1,
+        }
+    }
+
+    /// Ends every subscriber's stream (after the events already sent).
+    pub(crate) fn close_events(&self) {
+        self.0
+            .events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+
+    /// A new subscriber to the workers' lines.
+    pub(crate) fn subscribe_output(&self) -> broadcast::Receiver<OutputLine> {
+        self.0.output.subscribe()
+    }
+
+    /// Whether anybody listens to the workers' lines (so that nobody pays
+    /// for a copy of each line when nobody does).
+    pub(crate) fn output_wanted(&self) -> bool {
+        self.0.output.receiver_count() > 0
+    }
+
+    pub(crate) fn output_line(&self, line: OutputLine) {
+        let _ = self.0.output.send(line);
+    }
+}
