@@ -3,6 +3,7 @@
 
 use std::ffi::{CString, OsStr, OsString};
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -18,7 +19,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use crate::error::{Error, Result};
 use crate::event::{Event, OutputLine, WorkerInfo};
 use crate::log::Log;
-use crate::net::{default_backlog, Balance, Listeners};
+use crate::net::{default_backlog, Balance, Bound, Listeners, Source};
 use crate::process::KillMode;
 use crate::proxy::ProxyProtocol;
 use crate::ready::{Readiness, DEFAULT_START_TIMEOUT};
@@ -116,7 +117,7 @@ pub struct Builder {
     env: Vec<(OsString, Option<OsString>)>,
     cwd: Option<PathBuf>,
     workers: Option<usize>,
-    listen: Vec<SocketAddr>,
+    listen: Vec<Source>,
     /// No address on purpose: workers that serve no socket.
     without_sockets: bool,
     balance: Balance,
@@ -238,7 +239,31 @@ impl Builder {
     /// choose ([`Cluster::local_addrs`] tells which).
     #[must_use = "a builder method returns the changed builder"]
     pub fn listen(mut self, addr: SocketAddr) -> Self {
-        self.listen.push(addr);
+        self.listen.push(Source::Addr(addr));
+        self
+    }
+
+    /// Adds a TCP socket the program already has (from systemd socket
+    /// activation, a parent process or a test harness), in order with the
+    /// [`Builder::listen`] addresses. It must be bound; herd listens on it
+    /// if it does not listen yet. For [`Balance::ReusePort`] it must have
+    /// `SO_REUSEPORT` set (systemd's `ReusePort=yes`): herd binds the other
+    /// slots' sockets to its address. [`Builder::build`] refuses anything
+    /// else with [`Error::BadListener`].
+    ///
+    /// ```no_run
+    /// # fn demo() -> herd::Result<()> {
+    /// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let cluster = herd::Cluster::builder()
+    ///     .command("node").arg("server.js")
+    ///     .balance(herd::Balance::Shared)
+    ///     .listener(listener)
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn listener(mut self, socket: impl Into<OwnedFd>) -> Self {
+        self.listen.push(Source::Fd(Arc::new(socket.into())));
         self
     }
 
@@ -554,7 +579,11 @@ impl Builder {
             });
         }
         let mut seen = std::collections::HashSet::new();
-        for addr in self.listen.iter().filter(|a| a.port() != 0) {
+        let addrs = self.listen.iter().filter_map(|s| match s {
+            Source::Addr(a) => Some(a),
+            Source::Fd(_) => None,
+        });
+        for addr in addrs.filter(|a| a.port() != 0) {
             if !seen.insert(addr) {
                 return Err(Error::InvalidSetting {
                     setting: "listen",
@@ -740,7 +769,14 @@ impl Builder {
                 reason: "must be at least 1".into(),
             });
         }
-        let listeners = Listeners::bind(&self.listen, self.balance, workers, backlog)?;
+        let mut sources = Vec::with_capacity(self.listen.len());
+        for source in &self.listen {
+            sources.push(match source {
+                Source::Addr(a) => Bound::Addr(*a),
+                Source::Fd(fd) => crate::net::adopt(fd, self.balance, backlog)?,
+            });
+        }
+        let listeners = Listeners::bind(sources, self.balance, workers, backlog)?;
         Ok(Cluster::new(config, listeners))
     }
 }

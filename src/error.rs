@@ -72,6 +72,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// A socket passed to [`crate::Builder::listener`] cannot be used.
+    #[error("invalid setting `listener` (Builder::listener): fd {fd} cannot be used: {reason}")]
+    BadListener {
+        /// The fd as the program passed it.
+        fd: i32,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// Another process already listens on the address.
     #[error("address {addr} is already in use")]
     AddressInUse {

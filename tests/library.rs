@@ -587,3 +587,90 @@ async fn a_name_that_cannot_prefix_a_log_line_is_refused() {
     }
     assert!(hello_cluster(1).name("api-v2.blue_1").build().is_ok());
 }
+
+/// A socket the program already has (systemd socket activation, a test
+/// harness) is served by the workers; one herd cannot use is refused with
+/// an error naming its fd and the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launcher_passes_in_sockets_it_already_has() {
+    use std::os::fd::AsRawFd;
+    // Shared: any bound TCP listener.
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = plain.local_addr().unwrap();
+    let builder = Cluster::builder()
+        .command(hello())
+        .workers(2)
+        .balance(herd::Balance::Shared)
+        .listener(plain)
+        .handle_signals(false)
+        .log_events(false);
+    let c = Running::start(builder, 2).await;
+    assert_eq!(c.addr, addr);
+    let body = tokio::task::spawn_blocking(move || get(addr, "/"))
+        .await
+        .unwrap();
+    assert!(body.is_ok(), "{body:?}");
+    c.stop().await;
+
+    // Reuseport: the given socket is slot 0's; slot 1 joins its group.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_reuse_port(true).unwrap();
+    socket
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    let builder = Cluster::builder()
+        .command(hello())
+        .workers(2)
+        .listener(socket)
+        .handle_signals(false)
+        .log_events(false);
+    let c = Running::start(builder, 2).await;
+    let workers: Vec<u32> = c.handle.workers().iter().filter_map(|w| w.pid).collect();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..200 {
+        let body = tokio::task::spawn_blocking(move || get(addr, "/"))
+            .await
+            .unwrap()
+            .unwrap();
+        seen.insert(pid_of(&body));
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        seen,
+        workers.into_iter().collect(),
+        "both slots serve the address"
+    );
+    c.stop().await;
+
+    // Refused: each with the fd it was given.
+    let no_reuseport = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let file = std::fs::File::open("/dev/null").unwrap();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let unbound = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let cases: Vec<(i32, std::os::fd::OwnedFd)> = vec![
+        (no_reuseport.as_raw_fd(), no_reuseport.into()),
+        (file.as_raw_fd(), file.into()),
+        (udp.as_raw_fd(), udp.into()),
+        (unbound.as_raw_fd(), unbound.into()),
+    ];
+    for (raw, fd) in cases {
+        let err = Cluster::builder()
+            .command(hello())
+            .listener(fd)
+            .build()
+            .map(|_| ())
+            .unwrap_err();
+        let Error::BadListener { fd, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(*fd, raw, "{err}");
+    }
+}

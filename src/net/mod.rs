@@ -136,6 +136,72 @@ pub fn default_backlog() -> u32 {
 /// What Linux has used for `somaxconn` since 5.4, used when /proc is absent.
 const DEFAULT_SOMAXCONN: u32 = 4096;
 
+/// A listening socket as the builder was given it.
+#[derive(Debug, Clone)]
+pub(crate) enum Source {
+    /// An address to bind.
+    Addr(SocketAddr),
+    /// A socket the program already had.
+    Fd(std::sync::Arc<std::os::fd::OwnedFd>),
+}
+
+/// A [`Source`] checked: an address to bind, or a socket that listens.
+#[derive(Debug)]
+pub(crate) enum Bound {
+    Addr(SocketAddr),
+    Socket(Socket, SocketAddr),
+}
+
+/// Checks a socket the program passed in and makes it listen: a bound TCP
+/// socket, with `SO_REUSEPORT` when each slot is to get its own.
+///
+/// # Errors
+///
+/// [`Error::BadListener`] naming the fd and what is wrong with it.
+pub(crate) fn adopt(fd: &std::os::fd::OwnedFd, balance: Balance, backlog: u32) -> Result<Bound> {
+    use std::os::fd::AsRawFd;
+    let raw = fd.as_raw_fd();
+    let bad = |reason: String| Error::BadListener { fd: raw, reason };
+    let socket = Socket::from(
+        fd.try_clone()
+            .map_err(|e| bad(format!("cannot duplicate it: {e}")))?,
+    );
+    match socket.r#type() {
+        Ok(t) if t == Type::STREAM => {}
+        Ok(_) => return Err(bad("it is not a stream (TCP) socket".into())),
+        Err(e) if e.raw_os_error() == Some(nix::libc::ENOTSOCK) => {
+            return Err(bad("it is not a socket".into()))
+        }
+        Err(e) => return Err(bad(format!("cannot read its type: {e}"))),
+    }
+    let addr = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .ok_or_else(|| bad("it is not a TCP socket (herd passes TCP addresses only)".into()))?;
+    if addr.port() == 0 {
+        return Err(bad("it is not bound to an address".into()));
+    }
+    if balance == Balance::ReusePort && !socket.reuse_port().unwrap_or(false) {
+        return Err(bad(format!(
+            "it ({addr}) does not have SO_REUSEPORT, so the other slots cannot get sockets of \
+             their own: set it (systemd: ReusePort=yes), or use Balance::Shared or \
+             Balance::Proxy"
+        )));
+    }
+    if !socket.is_listener().unwrap_or(false) {
+        let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
+        socket
+            .listen(backlog)
+            .map_err(|e| bad(format!("cannot listen on {addr}: {e}")))?;
+    }
+    // The copy is herd's: only the fd shuffle after fork hands it on.
+    socket
+        .set_cloexec(true)
+        .map_err(|e| bad(format!("cannot set close-on-exec: {e}")))?;
+    Ok(Bound::Socket(socket, addr))
+}
+
 /// Every socket the master listens on, laid out by address and slot.
 #[derive(Debug)]
 pub(crate) struct Listeners {
@@ -157,25 +223,43 @@ pub(crate) struct Listeners {
 impl Listeners {
     /// Binds every address for `slots` worker slots.
     pub(crate) fn bind(
-        addrs: &[SocketAddr],
+        sources: Vec<Bound>,
         balance: Balance,
         slots: usize,
         backlog: u32,
     ) -> Result<Self> {
-        let mut sockets = Vec::with_capacity(addrs.len());
-        let mut local = Vec::with_capacity(addrs.len());
-        for &addr in addrs {
-            let group = match balance {
-                Balance::Shared | Balance::Proxy { .. } => vec![bind_one(addr, false, backlog)?],
-                Balance::ReusePort => bind_reuseport_group(addr, slots, backlog)?,
+        let mut sockets = Vec::with_capacity(sources.len());
+        let mut local = Vec::with_capacity(sources.len());
+        for source in sources {
+            let group = match (source, balance) {
+                (Bound::Addr(addr), Balance::Shared | Balance::Proxy { .. }) => {
+                    vec![bind_one(addr, false, backlog)?]
+                }
+                (Bound::Addr(addr), Balance::ReusePort) => {
+                    bind_reuseport_group(addr, slots, backlog)?
+                }
+                (Bound::Socket(socket, _), Balance::Shared | Balance::Proxy { .. }) => {
+                    vec![socket]
+                }
+                // The given socket is slot 0's; the others join its group.
+                (Bound::Socket(socket, addr), Balance::ReusePort) => {
+                    let mut group = vec![socket];
+                    for _ in 1..slots {
+                        group.push(bind_one(addr, true, backlog)?);
+                    }
+                    group
+                }
             };
             let bound = group[0]
                 .local_addr()
-                .ok()
-                .and_then(|a| a.as_socket())
-                .ok_or_else(|| Error::Listen {
-                    addr,
-                    source: io::Error::other("socket has no local address"),
+                .map_err(|source| Error::Io {
+                    context: "reading a listening socket's address".into(),
+                    source,
+                })?
+                .as_socket()
+                .ok_or_else(|| Error::Io {
+                    context: "reading a listening socket's address".into(),
+                    source: io::Error::other("not an IP socket"),
                 })?;
             local.push(bound);
             sockets.push(group);
@@ -411,8 +495,13 @@ mod tests {
 
     #[test]
     fn reuseport_group_shares_one_kernel_chosen_port() {
-        let l =
-            Listeners::bind(&["127.0.0.1:0".parse().unwrap()], Balance::ReusePort, 3, 16).unwrap();
+        let l = Listeners::bind(
+            vec![Bound::Addr("127.0.0.1:0".parse().unwrap())],
+            Balance::ReusePort,
+            3,
+            16,
+        )
+        .unwrap();
         let port = l.local_addrs()[0].port();
         assert_ne!(port, 0);
         let fds: Vec<_> = (0..3).map(|s| l.fds_for_slot(s)[0]).collect();
@@ -429,7 +518,7 @@ mod tests {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap();
         for balance in [Balance::ReusePort, Balance::Shared] {
-            let err = Listeners::bind(&[addr], balance, 2, 16).unwrap_err();
+            let err = Listeners::bind(vec![Bound::Addr(addr)], balance, 2, 16).unwrap_err();
             assert!(matches!(err, Error::AddressInUse { .. }), "{err:?}");
             assert!(err.to_string().contains(&addr.to_string()), "{err}");
         }
@@ -437,10 +526,15 @@ mod tests {
 
     #[test]
     fn a_second_reuseport_group_on_the_same_port_is_refused() {
-        let first =
-            Listeners::bind(&["127.0.0.1:0".parse().unwrap()], Balance::ReusePort, 2, 16).unwrap();
+        let first = Listeners::bind(
+            vec![Bound::Addr("127.0.0.1:0".parse().unwrap())],
+            Balance::ReusePort,
+            2,
+            16,
+        )
+        .unwrap();
         let addr = first.local_addrs()[0];
-        let err = Listeners::bind(&[addr], Balance::ReusePort, 2, 16).unwrap_err();
+        let err = Listeners::bind(vec![Bound::Addr(addr)], Balance::ReusePort, 2, 16).unwrap_err();
         assert!(matches!(err, Error::AddressInUse { .. }), "{err:?}");
     }
 }

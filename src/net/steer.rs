@@ -113,7 +113,7 @@ pub(crate) fn steer(socket: &Socket, live: &[u32]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::{Balance, Listeners};
+    use crate::net::{Balance, Bound, Listeners};
     use std::net::TcpStream;
 
     fn pending(socket: &Socket) -> usize {
@@ -136,7 +136,7 @@ mod tests {
     #[test]
     fn after_a_slot_socket_is_replaced_steering_still_names_the_right_slots() {
         let mut l = Listeners::bind(
-            &["127.0.0.1:0".parse().unwrap()],
+            vec![Bound::Addr("127.0.0.1:0".parse().unwrap())],
             Balance::ReusePort,
             4,
             256,
@@ -181,7 +181,7 @@ mod tests {
     #[test]
     fn connections_reach_only_the_live_slots() {
         let l = Listeners::bind(
-            &["127.0.0.1:0".parse().unwrap()],
+            vec![Bound::Addr("127.0.0.1:0".parse().unwrap())],
             Balance::ReusePort,
             3,
             256,
