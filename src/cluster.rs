@@ -74,12 +74,10 @@ pub(crate) struct Snapshot {
 /// Everything the event loop needs, validated.
 #[derive(Debug)]
 pub(crate) struct Config {
-    /// The program as the user wrote it, for messages.
-    pub(crate) program: String,
-    pub(crate) path: CString,
-    pub(crate) argv: Vec<CString>,
-    pub(crate) env: Vec<(OsString, OsString)>,
-    pub(crate) cwd: Option<CString>,
+    /// What each new worker runs; [`Handle::set_command`] replaces it.
+    pub(crate) command: Command,
+    /// Whether Node programs get the preload.
+    pub(crate) node_preload: bool,
     pub(crate) workers: usize,
     pub(crate) supervision: Supervision,
     pub(crate) drain_timeout: Duration,
@@ -103,9 +101,142 @@ pub(crate) struct Config {
     pub(crate) max_connections: Option<usize>,
     /// Proxy mode: close a connection quiet for this long (None: never).
     pub(crate) proxy_idle_timeout: Option<Duration>,
+}
+
+/// What a worker runs: a program, its arguments, changes to the master's
+/// environment and a working directory, for [`Handle::set_command`]. The
+/// same rules as the [`Builder`]'s `command`, `arg`, `env`, `env_remove`
+/// and `current_dir` apply.
+#[derive(Debug, Clone)]
+pub struct WorkerCommand {
+    program: OsString,
+    args: Vec<OsString>,
+    env: Vec<(OsString, Option<OsString>)>,
+    cwd: Option<PathBuf>,
+}
+
+impl WorkerCommand {
+    /// A command that runs `program` (a path, or a name looked up on
+    /// `PATH`), with the master's environment and directory.
+    pub fn new(program: impl AsRef<OsStr>) -> WorkerCommand {
+        WorkerCommand {
+            program: program.as_ref().to_owned(),
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: None,
+        }
+    }
+
+    /// Appends one argument.
+    #[must_use = "a builder method returns the changed command"]
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    /// Appends arguments.
+    #[must_use = "a builder method returns the changed command"]
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// Sets an environment variable for the workers.
+    #[must_use = "a builder method returns the changed command"]
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.env
+            .push((key.as_ref().to_owned(), Some(value.as_ref().to_owned())));
+        self
+    }
+
+    /// Removes a variable of the master's environment from the workers'.
+    #[must_use = "a builder method returns the changed command"]
+    pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Self {
+        self.env.push((key.as_ref().to_owned(), None));
+        self
+    }
+
+    /// The workers' working directory.
+    #[must_use = "a builder method returns the changed command"]
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.cwd = Some(dir.as_ref().to_owned());
+        self
+    }
+}
+
+/// A worker command, validated and prepared for exec.
+#[derive(Debug, Clone)]
+pub(crate) struct Command {
+    /// The program as the user wrote it, for messages.
+    pub(crate) program: String,
+    pub(crate) path: CString,
+    pub(crate) argv: Vec<CString>,
+    pub(crate) env: Vec<(OsString, OsString)>,
+    pub(crate) cwd: Option<CString>,
+    /// Whether it runs Node (directly, through a launcher or a `#!`).
+    pub(crate) runs_node: bool,
     /// The installed Node preload, when the program is Node and the preload
     /// is on.
     pub(crate) preload: Option<PathBuf>,
+}
+
+/// Checks a program, its arguments, environment changes and directory,
+/// and prepares them for exec.
+///
+/// # Errors
+///
+/// The program not found or not executable, a bad directory, a reserved
+/// or malformed environment name, a NUL byte.
+fn prepare_command(
+    program: &OsStr,
+    args: &[OsString],
+    env_changes: &[(OsString, Option<OsString>)],
+    cwd: Option<&Path>,
+    node_preload: bool,
+) -> Result<Command> {
+    crate::process::contract::check_changes(env_changes)?;
+    if let Some(dir) = cwd {
+        if !dir.is_dir() {
+            return Err(Error::BadWorkingDirectory {
+                path: dir.to_path_buf(),
+            });
+        }
+    }
+    let env = crate::process::contract::base(env_changes);
+    let path = resolve_program(program, cwd, &env)?;
+    let runs_node = crate::node::is_node(Path::new(program)) || crate::node::runs_node(&path);
+    let preload = if node_preload && runs_node {
+        Some(crate::node::install_preload()?)
+    } else {
+        None
+    };
+    let cstring = |s: &OsStr, what: &'static str| {
+        CString::new(s.as_bytes()).map_err(|_| Error::InvalidSetting {
+            setting: what,
+            reason: format!("`{}` contains a NUL byte", s.to_string_lossy()),
+        })
+    };
+    let mut argv = vec![cstring(program, "command")?];
+    for a in args {
+        argv.push(cstring(a, "args")?);
+    }
+    Ok(Command {
+        program: program.to_string_lossy().into_owned(),
+        path: cstring(path.as_os_str(), "command")?,
+        argv,
+        env,
+        cwd: match cwd {
+            Some(d) => Some(cstring(d.as_os_str(), "current_dir")?),
+            None => None,
+        },
+        runs_node,
+        preload,
+    })
 }
 
 /// Configures a [`Cluster`]; [`Builder::build`] validates everything and
@@ -591,7 +722,6 @@ impl Builder {
                 });
             }
         }
-        crate::process::contract::check_changes(&self.env)?;
         if IGNORED_BY_DEFAULT.contains(&self.stop_signal.to_nix()) {
             return Err(Error::InvalidSetting {
                 setting: "stop-signal",
@@ -610,11 +740,6 @@ impl Builder {
                     self.stop_signal.name()
                 ),
             });
-        }
-        if let Some(dir) = &self.cwd {
-            if !dir.is_dir() {
-                return Err(Error::BadWorkingDirectory { path: dir.clone() });
-            }
         }
 
         if self.start_timeout.is_zero() {
@@ -673,14 +798,14 @@ impl Builder {
                 reason: "must be at least 1".into(),
             });
         }
-        let env = crate::process::contract::base(&self.env);
-        let path = resolve_program(&program, self.cwd.as_deref(), &env)?;
-        let runs_node = crate::node::is_node(Path::new(&program)) || crate::node::runs_node(&path);
-        let preload = if self.node_preload && runs_node {
-            Some(crate::node::install_preload()?)
-        } else {
-            None
-        };
+        let command = prepare_command(
+            &program,
+            &self.args,
+            &self.env,
+            self.cwd.as_deref(),
+            self.node_preload,
+        )?;
+        let runs_node = command.runs_node;
         if self.readiness == Readiness::Ipc && !runs_node {
             return Err(Error::InvalidSetting {
                 setting: "wait-ready",
@@ -691,7 +816,7 @@ impl Builder {
                 ),
             });
         }
-        if self.readiness == Readiness::Listen && preload.is_none() {
+        if self.readiness == Readiness::Listen && command.preload.is_none() {
             return Err(Error::InvalidSetting {
                 setting: "ready",
                 reason: format!(
@@ -705,26 +830,9 @@ impl Builder {
                 ),
             });
         }
-        let program_text = program.to_string_lossy().into_owned();
-        let cstring = |s: &OsStr, what: &'static str| {
-            CString::new(s.as_bytes()).map_err(|_| Error::InvalidSetting {
-                setting: what,
-                reason: format!("`{}` contains a NUL byte", s.to_string_lossy()),
-            })
-        };
-        let mut argv = vec![cstring(&program, "command")?];
-        for a in &self.args {
-            argv.push(cstring(a, "args")?);
-        }
         let config = Config {
-            program: program_text,
-            path: cstring(path.as_os_str(), "command")?,
-            argv,
-            env,
-            cwd: match &self.cwd {
-                Some(d) => Some(cstring(d.as_os_str(), "current_dir")?),
-                None => None,
-            },
+            command,
+            node_preload: self.node_preload,
             workers,
             supervision: self.supervision,
             drain_timeout: self.drain_timeout,
@@ -745,7 +853,6 @@ impl Builder {
             max_connections: self.max_connections,
             proxy_idle_timeout: (!self.proxy_idle_timeout.is_zero())
                 .then_some(self.proxy_idle_timeout),
-            preload,
         };
 
         if self.listen.is_empty() && !self.without_sockets {
@@ -902,6 +1009,7 @@ impl Cluster {
             snapshot: snapshot_rx,
             proxy_counters: Arc::new(crate::proxy::Counters::new(log.clone())),
             log,
+            node_preload: config.node_preload,
             addrs: listeners.local_addrs().into(),
             backends: Default::default(),
         };
@@ -957,6 +1065,8 @@ pub struct Handle {
     control: mpsc::UnboundedSender<Control>,
     snapshot: watch::Receiver<Snapshot>,
     log: Log,
+    /// Whether Node programs get the preload (for [`Handle::set_command`]).
+    node_preload: bool,
     addrs: Arc<[SocketAddr]>,
     backends: crate::proxy::Registry,
     proxy_counters: Arc<crate::proxy::Counters>,
@@ -1115,6 +1225,44 @@ impl Handle {
     /// somebody subscribes.
     pub fn output(&self) -> broadcast::Receiver<OutputLine> {
         self.log.subscribe_output()
+    }
+
+    /// Sets what every worker started from now on runs (the next reload or
+    /// restart): a new release directory, new arguments, a new
+    /// environment. It is checked as [`Builder::build`] checks the first
+    /// (the program found, the directory present); running workers are left
+    /// alone. Follow it with [`Handle::reload`].
+    ///
+    /// ```no_run
+    /// # async fn demo(handle: herd::Handle) -> herd::Result<()> {
+    /// let next = herd::WorkerCommand::new("node")
+    ///     .arg("server.js")
+    ///     .current_dir("/srv/app/releases/42")
+    ///     .env("RELEASE", "42");
+    /// handle.set_command(next).await?;
+    /// let report = handle.reload().await?;
+    /// # let _ = report; Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// What [`Builder::build`] says of a bad program, directory or
+    /// environment; [`Error::InvalidSetting`] (`command`) for a Node program
+    /// in place of one that is not, or the other way round;
+    /// [`Error::NotRunning`] once the cluster has stopped.
+    pub async fn set_command(&self, command: WorkerCommand) -> Result<()> {
+        let prepared = prepare_command(
+            &command.program,
+            &command.args,
+            &command.env,
+            command.cwd.as_deref(),
+            self.node_preload,
+        )?;
+        self.ask(|reply| Control::SetCommand {
+            command: Box::new(prepared),
+            reply,
+        })
+        .await
     }
 
     /// The cluster's name ([`Builder::name`]).

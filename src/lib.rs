@@ -98,7 +98,8 @@ pub mod worker;
 
 pub use balance::Strategy;
 pub use cluster::{
-    Builder, Cluster, Handle, Phase, DEFAULT_DRAIN_TIMEOUT, DEFAULT_SETTLE, DEFAULT_STOP_SIGNAL,
+    Builder, Cluster, Handle, Phase, WorkerCommand, DEFAULT_DRAIN_TIMEOUT, DEFAULT_SETTLE,
+    DEFAULT_STOP_SIGNAL,
 };
 pub use error::{Error, Result, SlotFailure};
 pub use event::{Event, Notice, OutputLine, OutputStream, WorkerInfo};

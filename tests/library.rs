@@ -674,3 +674,86 @@ async fn a_launcher_passes_in_sockets_it_already_has() {
         assert_eq!(*fd, raw, "{err}");
     }
 }
+
+/// A launcher that deploys a new release points the next workers at it:
+/// new directory, new environment; a bad command is refused and changes
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_reload_runs_the_command_the_launcher_set() {
+    let script = "echo \"release=$RELEASE dir=$(pwd)\"; exec sleep 60";
+    let release = std::env::temp_dir().join(format!("herd-release-{}", std::process::id()));
+    std::fs::create_dir_all(&release).unwrap();
+    let cluster = Cluster::builder()
+        .command("sh")
+        .args(["-c", script])
+        .env("RELEASE", "1")
+        .workers(1)
+        .without_sockets()
+        .handle_signals(false)
+        .log_events(false)
+        .forward_output(false)
+        .readiness(herd::Readiness::Delay(Duration::from_millis(100)))
+        .drain_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let handle = cluster.handle();
+    let mut output = handle.output();
+    let run = tokio::spawn(cluster.run());
+    let first = tokio::time::timeout(WAIT, output.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first.line.starts_with("release=1 "), "{first:?}");
+
+    // Refused, and the running command stays.
+    let missing = handle
+        .set_command(herd::WorkerCommand::new("surely-no-such-program-herd"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(missing, Error::ProgramNotFound { .. }),
+        "{missing}"
+    );
+    let node = handle
+        .set_command(herd::WorkerCommand::new("node").arg("-e").arg("0"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            node,
+            Error::InvalidSetting {
+                setting: "command",
+                ..
+            }
+        ),
+        "{node}"
+    );
+
+    handle
+        .set_command(
+            herd::WorkerCommand::new("sh")
+                .args(["-c", script])
+                .env("RELEASE", "2")
+                .current_dir(&release),
+        )
+        .await
+        .unwrap();
+    assert!(handle.reload().await.unwrap().is_complete());
+    let next = tokio::time::timeout(WAIT, output.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(next.pid, first.pid);
+    assert_eq!(
+        next.line,
+        format!("release=2 dir={}", release.display()),
+        "{next:?}"
+    );
+
+    tokio::time::timeout(WAIT, handle.shutdown())
+        .await
+        .expect("stopped in time")
+        .unwrap();
+    run.await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&release);
+}

@@ -70,6 +70,10 @@ pub(crate) enum Control {
         signal: Signal,
         reply: tokio::sync::oneshot::Sender<Result<u32>>,
     },
+    SetCommand {
+        command: Box<crate::cluster::Command>,
+        reply: tokio::sync::oneshot::Sender<Result<()>>,
+    },
 }
 
 /// A worker that exited and was reaped.
@@ -210,7 +214,7 @@ pub(crate) async fn run(
     let mode = match config.readiness {
         // A worker that binds PORT itself is ready when the port answers.
         Readiness::Auto if config.port_contract => Readiness::Probe,
-        Readiness::Auto if config.preload.is_some() => Readiness::Listen,
+        Readiness::Auto if config.command.preload.is_some() => Readiness::Listen,
         Readiness::Auto => Readiness::None,
         other => other,
     };
@@ -381,6 +385,9 @@ pub(crate) async fn run(
                 Control::Signal { slot, signal, reply } => {
                     let _ = reply.send(sup.signal_slot(slot, signal));
                 }
+                Control::SetCommand { command, reply } => {
+                    let _ = reply.send(sup.set_command(*command));
+                }
                 Control::Reload { target, reply } => sup.request_reload(target, Some(reply)).await,
             },
             sig = next_signal(&mut signals) => match sig {
@@ -407,6 +414,28 @@ impl Supervisor {
 
     fn emit(&self, event: Event) {
         self.handle.log().event(event);
+    }
+
+    /// Every worker started from now on runs `command`. It must be Node
+    /// if and only if the current one is: the readiness mode and the
+    /// preload were chosen for that.
+    fn set_command(&mut self, command: crate::cluster::Command) -> Result<()> {
+        let now = self.config.command.preload.is_some();
+        if command.preload.is_some() != now {
+            return Err(Error::InvalidSetting {
+                setting: "command",
+                reason: format!(
+                    "`{}` {} a Node program and `{}` {}: the readiness and the Node preload \
+                     were chosen for the first, so build a new cluster to switch",
+                    command.program,
+                    if command.runs_node { "is" } else { "is not" },
+                    self.config.command.program,
+                    if now { "is" } else { "is not" },
+                ),
+            });
+        }
+        self.config.command = command;
+        Ok(())
     }
 
     fn notice(&self, slot: Option<usize>, notice: Notice, message: String) {
@@ -465,34 +494,34 @@ impl Supervisor {
             notify_socket: self.notify_env.as_deref(),
             watchdog: self.ready.watchdog,
             channel: ipc_child.as_ref().map(|fd| {
-                if self.config.preload.is_some() {
+                if self.config.command.preload.is_some() {
                     Channel::ReadyPipe(fd)
                 } else {
                     Channel::NodeIpc
                 }
             }),
-            preload: self.config.preload.as_deref().map(|path| Preload {
+            preload: self.config.command.preload.as_deref().map(|path| Preload {
                 path,
                 wait_ready: self.ready.mode == Readiness::Ipc,
                 stop_signal: self.config.stop_signal,
             }),
         }
-        .env(&self.config.env);
+        .env(&self.config.command.env);
         let extra_fds: Vec<_> = ipc_child.into_iter().collect();
         SpawnRequest {
-            path: self.config.path.clone(),
-            argv: self.config.argv.clone(),
+            path: self.config.command.path.clone(),
+            argv: self.config.command.argv.clone(),
             env,
             listen_fds,
             extra_fds,
-            cwd: self.config.cwd.clone(),
+            cwd: self.config.command.cwd.clone(),
             cgroup_procs: None,
         }
     }
 
     fn spawn_error(&self, slot: usize, stage: &'static str, source: io::Error) -> Error {
         Error::Spawn {
-            program: self.config.program.clone(),
+            program: self.config.command.program.clone(),
             slot,
             stage,
             source,
@@ -505,7 +534,7 @@ impl Supervisor {
         let generation = self.slots[index].next_generation();
         // The preload's pipe, or Node's IPC channel for a Node app without
         // the preload that says process.send('ready').
-        let (ipc_master, ipc_child) = if self.config.preload.is_some() {
+        let (ipc_master, ipc_child) = if self.config.command.preload.is_some() {
             let (m, c) = pipe::channel()
                 .map_err(|e| self.spawn_error(index, "creating the readiness pipe", e))?;
             (Some(m), Some(c))
@@ -647,7 +676,7 @@ impl Supervisor {
         });
 
         if let Some(master_end) = ipc_master {
-            if self.config.preload.is_some() {
+            if self.config.command.preload.is_some() {
                 let counts = matches!(self.ready.mode, Readiness::Listen | Readiness::Ipc);
                 tokio::spawn(pipe::serve(master_end, pid, counts, self.notes_tx.clone()));
             } else {
@@ -920,7 +949,7 @@ impl Supervisor {
     /// their WebSockets, which would otherwise hold them until the drain
     /// timeout.
     pub(super) fn defers_stop_signal(&self) -> bool {
-        self.rotation.is_some() && self.config.preload.is_none()
+        self.rotation.is_some() && self.config.command.preload.is_none()
     }
 
     /// Watches every listening socket for a hang-up (from now on).
@@ -1017,7 +1046,7 @@ impl Supervisor {
             // A Node app under a launcher that has not said where it runs
             // (it is not ready yet): the launcher would not pass the signal
             // on, so the whole tree hears it.
-            (_, None) if self.config.preload.is_some() => {
+            (_, None) if self.config.command.preload.is_some() => {
                 signal_group(pid, self.config.stop_signal)
             }
             (_, None) => signal_process(pid, self.config.stop_signal),
