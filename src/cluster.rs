@@ -52,7 +52,9 @@ const FDS_BASE: u64 = 64;
 
 /// Where a cluster is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum Phase {
     /// Built and bound; `run()` not called yet.
     Created,

@@ -169,6 +169,7 @@ pub enum Error {
 
 /// Why one slot was given up on (an element of [`Error::AllSlotsFailed`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct SlotFailure {
     /// The slot index.
@@ -176,6 +177,10 @@ pub struct SlotFailure {
     /// How many exits tripped the crash-loop limit.
     pub exits: u32,
     /// The window those exits happened in.
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "window_ms", serialize_with = "crate::serde_impl::millis")
+    )]
     pub window: Duration,
     /// How the last worker ended.
     pub last_exit: Option<crate::process::Exit>,

@@ -13,7 +13,9 @@ use crate::supervisor::slot::WorkerState;
 
 /// Something that happened to the cluster or one of its workers.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
+#[cfg_attr(feature = "serde", serde(tag = "event", rename_all = "snake_case"))]
 pub enum Event {
     /// A worker was forked and exec'd.
     Spawned {
@@ -45,8 +47,16 @@ pub enum Event {
         /// Its pid.
         pid: u32,
         /// The start timeout.
+        #[cfg_attr(
+            feature = "serde",
+            serde(rename = "timeout_ms", serialize_with = "crate::serde_impl::millis")
+        )]
         timeout: Duration,
         /// What it was expected to do to be ready.
+        #[cfg_attr(
+            feature = "serde",
+            serde(serialize_with = "crate::serde_impl::display")
+        )]
         readiness: Readiness,
     },
     /// A worker exited after failing to bind one of herd's ports itself
@@ -97,6 +107,10 @@ pub enum Event {
         /// How it ended.
         exit: Exit,
         /// How long it ran.
+        #[cfg_attr(
+            feature = "serde",
+            serde(rename = "uptime_ms", serialize_with = "crate::serde_impl::millis")
+        )]
         uptime: Duration,
         /// False when it exited on its own, true when herd stopped it.
         expected: bool,
@@ -106,6 +120,10 @@ pub enum Event {
         /// The slot.
         slot: usize,
         /// The backoff delay.
+        #[cfg_attr(
+            feature = "serde",
+            serde(rename = "delay_ms", serialize_with = "crate::serde_impl::millis")
+        )]
         delay: Duration,
     },
     /// The restart policy does not restart this exit; the slot stays empty.
@@ -121,6 +139,10 @@ pub enum Event {
         /// Exits counted.
         exits: u32,
         /// Within this window.
+        #[cfg_attr(
+            feature = "serde",
+            serde(rename = "window_ms", serialize_with = "crate::serde_impl::millis")
+        )]
         window: Duration,
         /// The worker's last output lines, oldest first.
         last_output: Vec<String>,
@@ -184,7 +206,9 @@ pub enum Event {
 
 /// The kind of an [`Event::Notice`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum Notice {
     /// No writable cgroup v2: a worker's process group alone holds its
     /// tree.
@@ -618,6 +642,7 @@ impl fmt::Display for Millis {
 /// One line a worker wrote (without its newline), as
 /// [`crate::Handle::output`] delivers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct OutputLine {
     /// The worker's slot.
@@ -632,6 +657,8 @@ pub struct OutputLine {
 
 /// Which of a worker's streams an [`OutputLine`] came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum OutputStream {
     /// Its standard output.
     Stdout,
@@ -641,6 +668,7 @@ pub enum OutputStream {
 
 /// A point-in-time view of one worker slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct WorkerInfo {
     /// The slot index (also the worker's `NODE_APP_INSTANCE`).
@@ -658,8 +686,19 @@ pub struct WorkerInfo {
     /// Predecessors still draining after a reload.
     pub draining: Vec<u32>,
     /// When the current worker was started (uptime is `started.elapsed()`).
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "uptime_ms", serialize_with = "crate::serde_impl::elapsed_ms")
+    )]
     pub started: Option<std::time::Instant>,
     /// When the current worker became ready, if it is.
+    #[cfg_attr(
+        feature = "serde",
+        serde(
+            rename = "ready_for_ms",
+            serialize_with = "crate::serde_impl::elapsed_ms"
+        )
+    )]
     pub ready_since: Option<std::time::Instant>,
     /// A reload's successor that is still starting next to the current
     /// worker.

@@ -92,6 +92,8 @@ mod node;
 mod process;
 pub mod proxy;
 pub mod ready;
+#[cfg(feature = "serde")]
+mod serde_impl;
 mod signal;
 mod supervisor;
 pub mod worker;

@@ -21,7 +21,9 @@ use nix::unistd::Pid;
 
 /// How a worker process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum Exit {
     /// It called `exit` with this code.
     Code(i32),

@@ -17,6 +17,7 @@ pub const DEFAULT_RELOAD_PARALLEL: usize = 1;
 
 /// One slot whose worker a reload replaced.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Replacement {
     /// The slot.
@@ -31,6 +32,7 @@ pub struct Replacement {
 
 /// Why a reload stopped before it reached every slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct ReloadFailure {
     /// The slot whose successor did not make it.
@@ -44,6 +46,7 @@ pub struct ReloadFailure {
 /// What a reload (or a soft restart of one slot) did. A reload that was
 /// aborted is still `Ok(report)`: look at [`ReloadReport::failure`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 #[must_use = "an aborted reload comes back as Ok(report) with `failure` set"]
 pub struct ReloadReport {
@@ -54,6 +57,10 @@ pub struct ReloadReport {
     pub failure: Option<ReloadFailure>,
     /// Wall time from start to the last successor taking over (or the
     /// abort).
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "duration_ms", serialize_with = "crate::serde_impl::millis")
+    )]
     pub duration: Duration,
 }
 

@@ -20,7 +20,9 @@ use crate::process::Exit;
 
 /// Where a slot is in its life (the state of its current worker).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum WorkerState {
     /// Spawned, not ready yet (readiness not reported).
     Starting,

@@ -1,0 +1,99 @@
+//! Helpers for the optional `serde` feature: durations as whole
+//! milliseconds (`*_ms` keys, as [`crate::Event::to_json`] writes them),
+//! instants as milliseconds elapsed, and values as their `Display` text.
+
+use std::fmt::Display;
+use std::time::{Duration, Instant};
+
+use serde::Serializer;
+
+pub(crate) fn millis<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// How long ago, in milliseconds, or null.
+pub(crate) fn elapsed_ms<S: Serializer>(at: &Option<Instant>, s: S) -> Result<S::Ok, S::Error> {
+    match at {
+        Some(at) => millis(&at.elapsed(), s),
+        None => s.serialize_none(),
+    }
+}
+
+pub(crate) fn display<T: Display, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
+}
+
+impl serde::Serialize for crate::Signal {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use serde_json::{json, Value};
+
+    use crate::event::{Event, Notice, WorkerInfo};
+    use crate::process::Exit;
+    use crate::ready::Readiness;
+
+    /// The serde form of an event is the stable JSON form `to_json`
+    /// writes, key for key.
+    #[test]
+    fn events_serialize_as_their_json_form() {
+        let events = [
+            Event::Exited {
+                slot: 1,
+                generation: 2,
+                pid: 42,
+                exit: Exit::Signal(crate::Signal::KILL),
+                uptime: Duration::from_millis(20),
+                expected: true,
+            },
+            Event::StartTimeout {
+                slot: 0,
+                pid: 7,
+                timeout: Duration::from_secs(30),
+                readiness: Readiness::Delay(Duration::from_millis(1500)),
+            },
+            Event::RestartScheduled {
+                slot: 3,
+                delay: Duration::from_millis(200),
+            },
+            Event::Notice {
+                slot: None,
+                notice: Notice::ReloadQueued,
+                message: "later".into(),
+            },
+            Event::Stopped,
+        ];
+        for e in events {
+            let by_hand: Value = serde_json::from_str(&e.to_json()).unwrap();
+            assert_eq!(serde_json::to_value(&e).unwrap(), by_hand, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn a_worker_snapshot_serializes_with_uptime_in_milliseconds() {
+        let info = WorkerInfo {
+            slot: 0,
+            generation: 1,
+            pid: Some(9),
+            state: crate::WorkerState::Ready,
+            restarts: 0,
+            last_exit: Some(Exit::Code(3)),
+            draining: vec![8],
+            started: Some(Instant::now() - Duration::from_secs(2)),
+            ready_since: None,
+            successor: None,
+        };
+        let v = serde_json::to_value(&info).unwrap();
+        assert_eq!(v["state"], json!("ready"));
+        assert_eq!(v["last_exit"], json!({"code": 3}));
+        assert_eq!(v["ready_for_ms"], Value::Null);
+        let uptime = v["uptime_ms"].as_u64().unwrap();
+        assert!((2000..60_000).contains(&uptime), "{uptime}");
+    }
+}
