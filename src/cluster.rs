@@ -499,8 +499,11 @@ impl Builder {
     }
 
     /// Whether `run()` handles SIGTERM, SIGINT, SIGQUIT and SIGHUP sent to
-    /// the master (default true). Turn off when the embedding program
-    /// handles signals itself and calls [`Handle::shutdown`].
+    /// the master (default true): SIGTERM and SIGINT stop gracefully (a
+    /// second SIGINT kills), SIGQUIT kills at once, SIGHUP starts a rolling
+    /// reload (as [`Handle::reload`]). Turn off when the embedding program
+    /// handles signals itself and calls [`Handle::shutdown`] and
+    /// [`Handle::reload`].
     ///
     /// tokio never gives a signal back once it listened for it: after
     /// `run()` returns, these four signals stay caught, and a SIGTERM or

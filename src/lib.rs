@@ -13,7 +13,7 @@
 //!     .workers(4)
 //!     .listen("0.0.0.0:3000".parse().unwrap())
 //!     .build()?;            // validates and binds; errors name the culprit
-//! let handle = cluster.handle();   // cloneable: shutdown(), workers(), events()
+//! let handle = cluster.handle();   // cloneable: reload(), workers(), events(), ...
 //! cluster.run().await?;     // until SIGTERM/SIGINT or handle.shutdown()
 //! # Ok(()) }
 //! ```
@@ -28,10 +28,17 @@
 //! kernel queued for a worker that then crashes is not reset: it waits in
 //! the queue for the replacement, which inherits the very same socket.
 //!
-//! **Balance modes.** [`Balance::ReusePort`] gives each worker *slot* its
-//! own `SO_REUSEPORT` socket, handed to every generation of that slot, so the
-//! kernel's hash and the queue survive restarts. [`Balance::Shared`] gives
-//! every worker the same socket.
+//! **Balance modes.** [`Balance::ReusePort`] (the default) gives each worker
+//! *slot* its own `SO_REUSEPORT` socket, handed to every generation of that
+//! slot, so the kernel's hash and the queue survive restarts; a BPF
+//! program steers new connections away from a slot with no live worker.
+//! [`Balance::Shared`] gives every worker the same socket. [`Balance::Proxy`]
+//! has the master accept every connection and forward it to a worker's
+//! private loopback listener, picked by a [`Strategy`] (round-robin,
+//! least connections, power of two choices, client-IP hash); the master
+//! then sees every connection, so it can hold clients while no worker is
+//! ready, pass on what a dying worker never accepted, and retire a worker
+//! only when its last connection ends.
 //!
 //! **Spawning.** Workers are forked on one long-lived thread (so that the
 //! parent-death signal is tied to the process, not a transient thread) and
@@ -51,6 +58,26 @@
 //! others keep serving. Those decisions are pure functions of time, tested
 //! with a fake clock.
 //!
+//! **Readiness.** A new worker counts as serving once it says so, by the
+//! [`Readiness`] mode: `READY=1` on the `NOTIFY_SOCKET` (systemd's
+//! protocol, [`worker::notify_ready`]), Node's `process.send('ready')`
+//! ([`Readiness::Ipc`], PM2's `wait_ready`), the Node preload seeing the
+//! app listen on every socket ([`Readiness::Listen`]), a fixed delay, or
+//! nothing (ready at once, then a [`DEFAULT_SETTLE`] window it must
+//! survive). A worker that does not get there within the start timeout is
+//! killed and counted as a failed start.
+//!
+//! **Reload.** SIGHUP (when `run()` handles signals; see
+//! [`Builder::handle_signals`]), [`Handle::reload`] or [`Handle::restart`]
+//! replace workers one slot at a time ([`Builder::reload_parallel`]): the
+//! successor starts beside its predecessor on the same sockets, and only
+//! once it is ready is the predecessor sent the stop signal and drained.
+//! The first successor that fails (exits, times out) aborts the reload;
+//! the slots not reached keep their old workers, and the
+//! [`ReloadReport`] says why with the successor's last output. A reload
+//! asked for during a reload runs once after it. [`Handle::set_command`]
+//! changes what the next reload starts.
+//!
 //! **Stopping.** SIGTERM or SIGINT (or [`Handle::shutdown`]) sends the stop
 //! signal to each worker's main process ([`KillMode::Mixed`]; for a Node app
 //! under a launcher such as `npm start`, to the app's process) and SIGKILLs
@@ -67,10 +94,16 @@
 //! `wait_ready`), and drains on the stop signal without cutting a
 //! keep-alive client, whether or not the app handles the signal itself.
 //!
-//! **Observing.** Every lifecycle step is an [`Event`] on a broadcast
-//! channel and one line on stderr ([`Event::to_json`] for programs); worker output is forwarded line by line
-//! with a `[slot N pid P]` prefix; [`Handle::workers`] is a snapshot of
-//! every slot.
+//! **Observing.** Every lifecycle step and every notice is an [`Event`] on
+//! [`Handle::events`] and, unless [`Builder::log_events`] is off, one line
+//! on stderr ([`Event::to_json`] for programs). Worker output is forwarded
+//! line by line with a `[slot N pid P]` prefix unless
+//! [`Builder::forward_output`] is off, and is on [`Handle::output`] for a
+//! program that wants it. [`Handle::workers`] is a snapshot of every slot.
+//!
+//! **Features.** `serde`: the events, snapshots and reports serialize.
+//! `hyper`: `worker::http`, a server for Rust workers that drains without
+//! losing a request.
 //!
 //! Workers written in Rust use [`worker`] to pick up their sockets.
 #![deny(missing_docs)]
