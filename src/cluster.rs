@@ -385,7 +385,7 @@ impl Builder {
     /// else with [`Error::BadListener`].
     ///
     /// ```no_run
-    /// # fn demo() -> herd::Result<()> {
+    /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
     /// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     /// let cluster = herd::Cluster::builder()
     ///     .command("node").arg("server.js")
