@@ -67,12 +67,10 @@ fn ipv4_and_ipv6_addresses_are_served_together() {
     ));
     m.wait_ready(1, HELLO_READY);
     let log = m.log();
-    let v6: std::net::SocketAddr = log
-        .lines()
-        .filter_map(|l| l.split("herd: listening on ").nth(1))
-        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+    let v6: std::net::SocketAddr = of_kind(&m.events(), "listening")
+        .filter_map(|e| e["addr"].as_str()?.parse().ok())
         .find(|a: &std::net::SocketAddr| a.is_ipv6())
-        .expect("an IPv6 listening line");
+        .expect("an IPv6 listening event");
     let a = pid_of(&m.get("/").unwrap());
     let b = pid_of(&get(v6, "/").unwrap());
     assert_eq!(a, b, "one worker serves both of its sockets");
@@ -212,17 +210,19 @@ fn hello_kill9_under_load_fails_no_request() {
 #[test]
 fn backoff_grows_and_the_crash_loop_limit_ends_the_master() {
     let program = s(&["sh", "-c", "echo boom; exit 3"]);
-    let mut m = Master::spawn(&cmd(
-        &["-w", "1", "--restart-delay", "50ms", "--crash-limit", "4"],
-        &program,
+    let mut m = Master::spawn(&args(
+        &["--log-format", "json"],
+        &cmd(
+            &["-w", "1", "--restart-delay", "50ms", "--crash-limit", "4"],
+            &program,
+        ),
     ));
     let status = m.wait_exit();
     let log = m.log();
     assert_eq!(status.code(), Some(1), "{log}");
-    let delays: Vec<u64> = log
-        .lines()
-        .filter_map(|l| l.split("restarting in ").nth(1))
-        .map(|d| d.trim_end_matches("ms").parse().expect("ms"))
+    let events = m.events();
+    let delays: Vec<u64> = of_kind(&events, "restart_scheduled")
+        .map(|e| e["delay_ms"].as_u64().unwrap())
         .collect();
     assert_eq!(
         delays.len(),
@@ -233,12 +233,16 @@ fn backoff_grows_and_the_crash_loop_limit_ends_the_master() {
         delays.windows(2).all(|w| w[1] > w[0]),
         "delays grow: {delays:?}"
     );
-    assert!(
-        log.contains("slot 0: failed: crash loop, 4 exits within 1m"),
-        "{log}"
+    let failed = of_kind(&events, "slot_failed").next().expect("slot_failed");
+    assert_eq!(failed["slot"], 0, "{failed}");
+    assert_eq!(failed["exits"], 4, "{failed}");
+    assert_eq!(failed["window_ms"], 60_000, "{failed}");
+    assert_eq!(
+        failed["last_output"],
+        serde_json::json!(["boom"]),
+        "{failed}"
     );
-    assert!(log.contains("last output: boom"), "{log}");
-    assert!(log.contains("every worker slot failed"), "{log}");
+    assert_eq!(of_kind(&events, "stopped").count(), 1, "{log}");
 }
 
 #[test]
@@ -266,8 +270,8 @@ fn a_crash_looping_slot_fails_while_the_others_keep_serving() {
         }
         (ok, failures)
     });
-    m.wait_log("slot 1 to fail", |l| {
-        l.contains("slot 1: failed: crash loop")
+    m.wait_events("slot 1 to fail", |e| {
+        of_kind(e, "slot_failed").any(|f| f["slot"] == 1)
     });
     assert!(
         m.child.try_wait().unwrap().is_none(),
@@ -300,9 +304,13 @@ fn stop_lets_the_request_in_flight_finish(program: Vec<String>) {
     let status = m.wait_exit();
     assert!(status.success(), "{status:?}\n{}", m.log());
     let log = m.log();
-    assert!(log.contains("drained, exiting"), "{log}");
-    assert!(log.contains("exited with code 0"), "{log}");
-    assert!(log.contains("all workers stopped"), "{log}");
+    assert!(
+        log.contains("drained, exiting"),
+        "the worker drained: {log}"
+    );
+    let events = m.events();
+    assert_eq!(clean_exits(&events), 1, "{log}");
+    assert_eq!(of_kind(&events, "stopped").count(), 1, "{log}");
 }
 
 #[test]
@@ -332,9 +340,13 @@ fn a_worker_ignoring_sigterm_is_killed_with_its_child_at_the_drain_timeout() {
     let status = m.wait_exit();
     assert!(status.success(), "{}", m.log());
     let log = m.log();
-    assert!(log.contains("ignoring SIGTERM"), "{log}");
-    assert!(log.contains("still running at the drain timeout"), "{log}");
-    assert!(log.contains("was killed by SIGKILL"), "{log}");
+    assert!(
+        log.contains("ignoring SIGTERM"),
+        "the worker's own line: {log}"
+    );
+    m.wait_pid_event("drain_timeout", worker);
+    let exit = m.wait_pid_event("exited", worker);
+    assert_eq!(exit["exit"]["signal"], "SIGKILL", "{exit}");
     wait_dead(
         &[worker, child],
         "worker and its child after the drain timeout",
@@ -354,7 +366,10 @@ fn a_second_sigint_kills_at_once() {
     });
     m.signal(Signal::SIGINT);
     m.wait_exit();
-    assert!(m.log().contains("killing workers"), "{}", m.log());
+    let stops: Vec<bool> = of_kind(&m.events(), "stopping")
+        .map(|e| e["graceful"].as_bool().unwrap())
+        .collect();
+    assert_eq!(stops, [true, false], "{}", m.log());
     wait_dead(&[worker, child], "worker and child after the second SIGINT");
 }
 
@@ -444,9 +459,9 @@ fn a_hundred_restarts_leave_no_zombie_and_no_fd_behind() {
             .min()
             .unwrap()
     };
-    m.wait_log("10 spawns", |l| l.matches(": spawned pid").count() >= 10);
+    m.wait_kind("spawned", 10);
     let early = min_fds(&m);
-    m.wait_log("110 spawns", |l| l.matches(": spawned pid").count() >= 110);
+    m.wait_kind("spawned", 110);
     let late = min_fds(&m);
     assert!(
         early > 0 && late <= early,
@@ -465,15 +480,17 @@ fn a_hundred_restarts_leave_no_zombie_and_no_fd_behind() {
 
 // ------------------------------------------------------------ bad input
 
+/// The master refuses `argv` with exit `code` and an error that names the
+/// culprit (each of `needles`), and starts nothing.
 fn refused(argv: &[String], code: i32, needles: &[&str]) {
-    let mut m = Master::spawn(argv);
+    let mut m = Master::spawn(&args(&["--log-format", "json"], argv));
     let status = m.wait_exit();
     let log = m.log();
     assert_eq!(status.code(), Some(code), "{log}");
     for n in needles {
         assert!(log.contains(n), "expected {n:?} in:\n{log}");
     }
-    assert!(!log.contains("spawned pid"), "nothing may start: {log}");
+    assert_eq!(m.spawned_pids(), [] as [u32; 0], "nothing may start: {log}");
 }
 
 #[test]
@@ -589,8 +606,12 @@ fn a_program_deleted_while_running_ends_in_a_failed_slot_not_a_hot_loop() {
     let status = m.wait_exit();
     let log = m.log();
     assert_eq!(status.code(), Some(1), "{log}");
-    assert!(log.contains("exec: No such file or directory"), "{log}");
-    assert!(log.contains("slot 0: failed: crash loop"), "{log}");
+    let events = m.events();
+    assert!(of_kind(&events, "spawn_failed").count() > 0, "{log}");
+    assert!(
+        of_kind(&events, "slot_failed").any(|f| f["slot"] == 0),
+        "{log}"
+    );
     assert!(m.spawned_pids().len() <= 4, "no hot loop: {log}");
 }
 

@@ -17,8 +17,10 @@ fn cmd(extra: &[&str], program: &[String]) -> Vec<String> {
     v
 }
 
-fn replaced_lines(log: &str, workers: usize) -> usize {
-    log.matches(&format!("reload replaced {workers} worker(s)"))
+/// Reloads that finished having replaced `workers` workers.
+fn reloads_replacing(events: &[serde_json::Value], workers: usize) -> usize {
+    of_kind(events, "reload_finished")
+        .filter(|e| e["failure"].is_null() && e["replaced"].as_array().unwrap().len() == workers)
         .count()
 }
 
@@ -27,7 +29,7 @@ fn replaced_lines(log: &str, workers: usize) -> usize {
 fn reloads_under_load_fail_nothing(extra: &[&str], program: Vec<String>) {
     const RELOADS: usize = 5;
     let m = Master::start(&cmd(&[&["-w", "2"], extra].concat(), &program));
-    m.wait_log("two ready workers", |l| l.matches(" is ready").count() >= 2);
+    m.wait_kind("ready", 2);
     let first: HashSet<u32> = m.live_pids().into_iter().collect();
     assert_eq!(first.len(), 2, "{}", m.log());
 
@@ -35,13 +37,13 @@ fn reloads_under_load_fail_nothing(extra: &[&str], program: Vec<String>) {
     let fresh = Load::start(m.addr, 2, false);
     for i in 1..=RELOADS {
         m.signal(Signal::SIGHUP);
-        m.wait_log(&format!("reload {i} to finish"), |l| {
-            replaced_lines(l, 2) >= i
+        m.wait_events(&format!("reload {i} to finish"), |e| {
+            reloads_replacing(e, 2) >= i
         });
     }
     // Let the last predecessors drain under load too.
-    m.wait_log("every predecessor to exit", |l| {
-        l.matches("exited with code 0").count() >= 2 * RELOADS
+    m.wait_events("every predecessor to exit", |e| {
+        clean_exits(e) >= 2 * RELOADS
     });
     let ka = keep_alive.finish();
     let fr = fresh.finish();
@@ -96,7 +98,7 @@ fn reloading_hello_fails_no_request() {
 
 fn a_slow_request_in_flight_completes(program: Vec<String>, extra: &[&str]) {
     let m = Master::start(&cmd(&[&["-w", "1"], extra].concat(), &program));
-    m.wait_log("a ready worker", |l| l.contains(" is ready"));
+    m.wait_kind("ready", 1);
     let old = m.live_pids()[0];
     let addr = m.addr;
     let client = std::thread::spawn(move || get(addr, "/sleep/2000"));
@@ -104,13 +106,12 @@ fn a_slow_request_in_flight_completes(program: Vec<String>, extra: &[&str]) {
         l.contains("request /sleep/2000 started")
     });
     m.signal(Signal::SIGHUP);
-    m.wait_log("the reload", |l| replaced_lines(l, 1) >= 1);
+    m.wait_events("the reload", |e| reloads_replacing(e, 1) >= 1);
     let answer = client.join().unwrap();
     let body = answer.unwrap_or_else(|e| panic!("{e}\n{}", m.log()));
     assert_eq!(pid_of(&body), old, "the predecessor finished it");
-    m.wait_log("the predecessor to exit", |l| {
-        l.contains(&format!("pid {old} exited with code 0"))
-    });
+    let exit = m.wait_pid_event("exited", old);
+    assert_eq!(exit["exit"]["code"], 0, "{exit}");
 }
 
 #[test]
@@ -137,7 +138,7 @@ fn a_broken_release_is_rolled_back_while_the_old_workers_serve() {
         &["-w", "2", "--start-timeout", "2s", "-e", &release_env],
         &program,
     ));
-    m.wait_log("two ready workers", |l| l.matches(" is ready").count() >= 2);
+    m.wait_kind("ready", 2);
     let old: HashSet<u32> = m.live_pids().into_iter().collect();
     let keep_alive = Load::start(m.addr, 2, true);
     let fresh = Load::start(m.addr, 2, false);
@@ -145,26 +146,29 @@ fn a_broken_release_is_rolled_back_while_the_old_workers_serve() {
     // New code that exits at once.
     set("crash");
     m.signal(Signal::SIGHUP);
-    let log = m.wait_log("the first abort", |l| {
-        l.contains("reload aborted at slot 0")
-    });
-    let line = log.lines().find(|l| l.contains("reload aborted")).unwrap();
+    let events = m.wait_events("the first abort", |e| aborted_reloads(e).len() == 1);
+    let failure = &aborted_reloads(&events)[0]["failure"];
+    assert_eq!(failure["slot"], 0, "{failure}");
     assert!(
-        line.contains("exited with code 1 before it was ready"),
-        "{line}"
+        failure["last_output"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str().unwrap().contains("cannot start: config missing")),
+        "the successor's last output: {failure}"
     );
-    assert!(
-        line.contains("cannot start: config missing"),
-        "last output: {line}"
-    );
+    let exits = of_kind(&events, "exited").filter(|e| e["exit"]["code"] == 1);
+    assert_eq!(exits.count(), 1, "the successor exited with code 1");
 
     // New code that never becomes ready.
     set("hang");
     m.signal(Signal::SIGHUP);
-    let log = m.wait_log("the second abort", |l| {
-        l.matches("reload aborted at slot 0").count() >= 2
-    });
-    assert!(log.contains("not ready within 2s"), "{log}");
+    let events = m.wait_events("the second abort", |e| aborted_reloads(e).len() == 2);
+    assert_eq!(aborted_reloads(&events)[1]["failure"]["slot"], 0);
+    let timeout = of_kind(&events, "start_timeout")
+        .next()
+        .expect("a start timeout");
+    assert_eq!(timeout["timeout_ms"], 2000, "{timeout}");
     let now: HashSet<u32> = m.live_pids().into_iter().collect();
     assert!(
         old.is_subset(&now),
@@ -183,7 +187,7 @@ fn a_broken_release_is_rolled_back_while_the_old_workers_serve() {
     // Fixed code: a later reload goes through.
     set("good");
     m.signal(Signal::SIGHUP);
-    m.wait_log("the good reload", |l| replaced_lines(l, 2) >= 1);
+    m.wait_events("the good reload", |e| reloads_replacing(e, 2) >= 1);
     let _ = std::fs::remove_file(&release);
 }
 
@@ -193,11 +197,9 @@ fn a_predecessor_ignoring_the_stop_signal_is_killed_with_its_child_after_a_reloa
     let m = Master::start(&cmd(&["-w", "1", "--drain-timeout", "500ms"], &program));
     let (worker, child) = stubborn_pids(&m);
     m.signal(Signal::SIGHUP);
-    m.wait_log("the drain timeout", |l| {
-        l.contains(&format!("pid {worker} still running at the drain timeout"))
-    });
+    m.wait_pid_event("drain_timeout", worker);
     wait_dead(&[worker, child], "the stubborn predecessor and its child");
-    assert!(m.log().contains("reload replaced 1 worker(s)"));
+    assert_eq!(reloads_replacing(&m.events(), 1), 1);
 }
 
 /// The master's notify socket, read from a worker's environment. The
@@ -246,22 +248,23 @@ fn a_foreign_ready_message_changes_nothing() {
         &["-w", "1", "--ready", "notify", "--start-timeout", "30s"],
         &s(&["python3", "-c", script]),
     ));
-    m.wait_log("the worker", |l| l.contains("spawned pid"));
+    m.wait_kind("spawned", 1);
     let worker = m.spawned_pids()[0];
     let socket = notify_socket_of(worker);
     send_notify(&socket, "READY=1\nSTATUS=forged");
-    let me = std::process::id();
-    let log = m.wait_log("the forged message to be ignored", |l| {
-        l.contains(&format!("from pid {me}, which is not"))
+    let events = m.wait_events("the forged message to be ignored", |e| {
+        of_kind(e, "notice").any(|n| n["notice"] == "foreign_message")
     });
-    assert!(
-        !log.contains(" is ready"),
-        "a forged READY=1 counted:\n{log}"
+    assert_eq!(
+        of_kind(&events, "ready").count(),
+        0,
+        "a forged READY=1 counted"
     );
-    assert!(!log.contains("forged"), "{log}");
-    m.wait_log("the worker's own READY=1", |l| {
-        l.contains(&format!("pid {worker} is ready"))
-    });
+    assert!(
+        !of_kind(&events, "notice").any(|n| n["notice"] == "worker_status"),
+        "a forged STATUS= was taken"
+    );
+    m.wait_pid_event("ready", worker);
 }
 
 #[test]
@@ -270,17 +273,20 @@ fn a_worker_that_misses_its_watchdog_is_restarted() {
         &["-w", "1", "--ready", "notify", "--watchdog", "1s"],
         &hello_server(),
     ));
-    m.wait_log("a ready worker", |l| l.contains(" is ready"));
+    m.wait_kind("ready", 1);
     let hung = m.live_pids()[0];
     // Keeps answering pings for a while: the deadline moves.
     std::thread::sleep(Duration::from_millis(2500));
-    assert!(!m.log().contains("watchdog"), "{}", m.log());
+    assert_eq!(
+        of_kind(&m.events(), "watchdog_timeout").count(),
+        0,
+        "{}",
+        m.log()
+    );
     let addr = m.addr;
     let client = std::thread::spawn(move || get(addr, "/hang/10000"));
-    m.wait_log("the watchdog", |l| {
-        l.contains(&format!("pid {hung} missed its watchdog deadline"))
-    });
-    m.wait_log("a replacement", |l| l.matches(" is ready").count() >= 2);
+    m.wait_pid_event("watchdog_timeout", hung);
+    m.wait_kind("ready", 2);
     wait_dead(&[hung], "the hung worker");
     assert!(
         client.join().unwrap().is_err(),

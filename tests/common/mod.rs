@@ -74,23 +74,15 @@ fn capture(stream: impl Read + Send + 'static, log: Arc<Mutex<String>>) {
 }
 
 impl Master {
-    /// Starts the master with `args` (options, then the program) and waits
-    /// until it says where it listens.
+    /// Starts the master with `args` (options, then the program) and
+    /// `--log-format json`, and waits until it says where it listens.
     pub fn start(args: &[String]) -> Master {
-        Self::start_with(args, |_| {})
+        Self::start_json(args, None)
     }
 
+    /// [`Master::start`] with the command adjusted by `tweak`.
     pub fn start_with(args: &[String], tweak: impl FnOnce(&mut Command)) -> Master {
-        let mut m = Self::spawn_with(args, tweak);
-        let line = m.wait_log("the listening line", |l| l.contains("herd: listening on "));
-        let addr = line
-            .lines()
-            .find_map(|l| l.split("herd: listening on ").nth(1))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in the log:\n{line}"));
-        m.addr = addr;
-        m
+        Self::start_json_with(args, tweak)
     }
 
     /// Starts the master with `--log-format json` (then `args`), in `dir`
@@ -149,6 +141,22 @@ impl Master {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits until the master reported at least `n` events of `kind`.
+    pub fn wait_kind(&self, kind: &str, n: usize) -> Vec<serde_json::Value> {
+        self.wait_events(&format!("{n} `{kind}` event(s)"), |e| {
+            of_kind(e, kind).count() >= n
+        })
+    }
+
+    /// Waits for the event of `kind` about worker `pid` and returns it.
+    pub fn wait_pid_event(&self, kind: &str, pid: u32) -> serde_json::Value {
+        let events = self.wait_events(&format!("`{kind}` of pid {pid}"), |e| {
+            of_kind(e, kind).any(|e| pid_field(e, "pid") == pid)
+        });
+        let found = of_kind(&events, kind).find(|e| pid_field(e, "pid") == pid);
+        found.unwrap().clone()
     }
 
     /// Starts the master without waiting for anything (for bad input).
@@ -210,39 +218,20 @@ impl Master {
 
     /// Pids of every worker the master reported spawning, in order.
     pub fn spawned_pids(&self) -> Vec<u32> {
-        let events = self.events();
-        if !events.is_empty() {
-            return of_kind(&events, "spawned")
-                .map(|e| pid_field(e, "pid"))
-                .collect();
-        }
-        self.log()
-            .lines()
-            .filter_map(|l| l.split(": spawned pid ").nth(1))
-            .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+        of_kind(&self.events(), "spawned")
+            .map(|e| pid_field(e, "pid"))
             .collect()
     }
 
     /// Pids of workers that are running now (spawned, not reported exited).
     pub fn live_pids(&self) -> Vec<u32> {
         let events = self.events();
-        if !events.is_empty() {
-            let exited: Vec<u32> = of_kind(&events, "exited")
-                .map(|e| pid_field(e, "pid"))
-                .collect();
-            return self
-                .spawned_pids()
-                .into_iter()
-                .filter(|p| !exited.contains(p))
-                .collect();
-        }
-        let log = self.log();
-        self.spawned_pids()
-            .into_iter()
-            .filter(|p| {
-                !log.contains(&format!(": pid {p} exited with"))
-                    && !log.contains(&format!(": pid {p} was killed by"))
-            })
+        let exited: Vec<u32> = of_kind(&events, "exited")
+            .map(|e| pid_field(e, "pid"))
+            .collect();
+        of_kind(&events, "spawned")
+            .map(|e| pid_field(e, "pid"))
+            .filter(|p| !exited.contains(p))
             .collect()
     }
 
@@ -437,6 +426,13 @@ pub fn pid_field(event: &serde_json::Value, key: &str) -> u32 {
 pub fn complete_reloads(events: &[serde_json::Value]) -> usize {
     of_kind(events, "reload_finished")
         .filter(|e| e["failure"].is_null())
+        .count()
+}
+
+/// Workers that exited with code 0.
+pub fn clean_exits(events: &[serde_json::Value]) -> usize {
+    of_kind(events, "exited")
+        .filter(|e| e["exit"]["code"] == 0)
         .count()
 }
 
