@@ -195,7 +195,8 @@ fn more_workers_than_the_fd_limit_allows_are_refused_before_any_starts() {
     let out = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "ulimit -n 256 && exec {cluster} -w 200 --balance shared -l 127.0.0.1:0 sleep 100"
+            "ulimit -n 256 && exec {cluster} --log-format json -w 200 --balance shared \
+             -l 127.0.0.1:0 sleep 100"
         ))
         .stdin(std::process::Stdio::null())
         .output()
@@ -206,7 +207,10 @@ fn more_workers_than_the_fd_limit_allows_are_refused_before_any_starts() {
         log.contains("file descriptors") && log.contains("256"),
         "{log}"
     );
-    assert!(!log.contains("spawned"), "{log}");
+    assert!(
+        !log.contains("\"event\":\"spawned\""),
+        "nothing started: {log}"
+    );
 }
 
 /// Pids of processes whose command line is `sleep <mark>` or

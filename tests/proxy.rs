@@ -142,19 +142,23 @@ fn reloading_an_unmodified_node_app_in_proxy_mode_fails_no_request() {
     const RELOADS: usize = 3;
     let program = vec!["node".into(), fixture("tests/fixtures/plain_app.js")];
     let m = Master::start(&cmd(&["-w", "2", "--drain-timeout", "1s"], &program));
-    m.wait_log("two ready workers", |l| l.matches(" is ready").count() >= 2);
+    m.wait_kind("ready", 2);
     let first = m.live_pids();
     let keep_alive = Load::start(m.addr, 3, true);
     let fresh = Load::start(m.addr, 2, false);
     for i in 1..=RELOADS {
         m.signal(Signal::SIGHUP);
-        m.wait_log(&format!("reload {i}"), |l| {
-            l.matches("reload replaced 2 worker(s)").count() >= i
-        });
+        m.wait_events(&format!("reload {i}"), |e| complete_reloads(e) >= i);
     }
-    m.wait_log("every predecessor to exit", |l| {
-        l.matches("exited with code 0").count() >= 2 * RELOADS
+    m.wait_events("every predecessor to exit", |e| {
+        clean_exits(e) >= 2 * RELOADS
     });
+    let events = m.events();
+    assert!(
+        of_kind(&events, "reload_finished").all(|r| r["replaced"].as_array().unwrap().len() == 2),
+        "{}",
+        m.log()
+    );
     let ka = keep_alive.finish();
     let fr = fresh.finish();
     assert!(ka.errors.is_empty(), "{:?}\n{}", ka.errors, m.log());
@@ -189,9 +193,7 @@ fn a_program_that_binds_port_itself_is_probed_and_served() {
         &["-w", "2", "--proxy-port", "--no-node-preload"],
         &program,
     ));
-    m.wait_log("two workers ready by probe", |l| {
-        l.matches(" is ready").count() >= 2
-    });
+    m.wait_kind("ready", 2);
     let pids = m.live_pids();
     let mut seen = std::collections::HashSet::new();
     for _ in 0..10 {
@@ -210,7 +212,7 @@ fn a_program_that_binds_port_itself_is_probed_and_served() {
 fn splice_forwarding_moves_large_bodies_and_passes_half_closes_on() {
     const BYTES: usize = 3_000_000;
     let m = Master::start(&cmd(&["-w", "1", "--proxy-splice"], &node_server()));
-    m.wait_log("a ready worker", |l| l.contains(" is ready"));
+    m.wait_kind("ready", 1);
     for _ in 0..3 {
         let body = m
             .get(&format!("/bytes/{BYTES}"))
@@ -239,11 +241,11 @@ fn with_no_ready_worker_new_connections_wait_instead_of_being_reset() {
     ));
     // The worker runs but is not ready yet: nothing is in rotation.
     m.wait_log("the worker to start", |l| l.contains(HELLO_READY));
-    assert!(!m.log().contains(" is ready"), "{}", m.log());
+    assert_eq!(of_kind(&m.events(), "ready").count(), 0, "{}", m.log());
     // Connect now, 1.5 s before the worker is ready: the connection waits
     // in the listen queue and is answered, not reset.
     let body = m.get("/").unwrap_or_else(|e| panic!("{e}\n{}", m.log()));
-    m.wait_log("the readiness", |l| l.contains(" is ready"));
+    m.wait_kind("ready", 1);
     assert_eq!(pid_of(&body), m.live_pids()[0]);
 }
 
@@ -261,12 +263,12 @@ fn a_replaced_worker_gets_its_stop_signal_only_when_its_connections_end() {
         l.contains("request /sleep/1500 started")
     });
     m.signal(Signal::SIGHUP);
-    m.wait_log("the successor to take over", |l| {
-        l.contains(&format!("pid {old} drains"))
+    m.wait_events("the successor to take over", |e| {
+        of_kind(e, "replaced").any(|r| pid_field(r, "old_pid") == old)
     });
-    let idle = format!("pid {old} has no proxied connections left");
+    let idle = |e: &[serde_json::Value]| of_kind(e, "idle").any(|i| pid_field(i, "pid") == old);
     assert!(
-        !m.log().contains(&idle),
+        !idle(&m.events()),
         "signalled with a request open:\n{}",
         m.log()
     );
@@ -275,8 +277,7 @@ fn a_replaced_worker_gets_its_stop_signal_only_when_its_connections_end() {
         .unwrap()
         .unwrap_or_else(|e| panic!("{e}\n{}", m.log()));
     assert_eq!(pid_of(&body), old, "the old worker finished its request");
-    m.wait_log("the stop signal once idle", |l| l.contains(&idle));
-    m.wait_log("the old worker to exit", |l| {
-        l.contains(&format!("pid {old} exited with code 0"))
-    });
+    m.wait_events("the stop signal once idle", idle);
+    let exit = m.wait_pid_event("exited", old);
+    assert_eq!(exit["exit"]["code"], 0, "{exit}");
 }
