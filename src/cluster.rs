@@ -1053,12 +1053,19 @@ impl Cluster {
     /// every slot has tripped its crash-loop limit, [`Error::Io`] if the
     /// signal handlers cannot be installed.
     pub async fn run(self) -> Result<()> {
+        self.run_on(Arc::new(crate::process::os::Real)).await
+    }
+
+    /// [`Cluster::run`] with worker processes started, signalled and
+    /// reaped by `os` (a fake in the supervisor's unit tests).
+    pub(crate) async fn run_on(self, os: Arc<dyn crate::process::os::Processes>) -> Result<()> {
         supervisor::run(
             self.config,
             self.listeners,
             self.handle,
             self.control_rx,
             self.snapshot_tx,
+            os,
         )
         .await
     }

@@ -3,12 +3,14 @@
 //! One mechanism per file: [`spawn`] forks and execs with the fd contract,
 //! [`cgroup`] keeps each worker's tree in a cgroup it cannot leave,
 //! [`contract`] says what a worker finds in its environment,
-//! [`spawner`] owns the long-lived thread every fork happens on, [`reap`]
+//! [`spawner`] owns the long-lived thread every fork happens on, [`os`] is
+//! the supervisor's seam to all of them (a fake in its tests), [`reap`]
 //! waits for exactly one child through its pidfd, [`output`] turns worker
 //! output into prefixed lines.
 
 pub(crate) mod cgroup;
 pub(crate) mod contract;
+pub(crate) mod os;
 pub(crate) mod output;
 pub(crate) mod reap;
 pub(crate) mod spawn;

@@ -8,6 +8,8 @@
 //! [`policy`] and [`reload`] code; this file carries them out, and
 //! `rolling.rs` carries out reloads.
 
+#[cfg(test)]
+mod fake;
 pub mod policy;
 pub mod reload;
 mod rolling;
@@ -30,11 +32,10 @@ use crate::error::{Error, Result};
 use crate::event::{Event, Millis, Notice, WorkerInfo};
 use crate::net::Listeners;
 use crate::process::cgroup::{ClusterCgroup, WorkerCgroup};
+use crate::process::os::Processes;
 use crate::process::output::{self, Sink, Stream, Tail};
 use crate::process::spawn::SpawnRequest;
-use crate::process::{
-    process_group_of, reap, signal_group, signal_process, spawner, Exit, KillMode,
-};
+use crate::process::{process_group_of, Exit, KillMode};
 use crate::proxy::{self, Backend, ProxyConfig, Rotation};
 use crate::ready::notify::NotifySocket;
 use crate::ready::{ipc, pipe, Note, Readiness};
@@ -191,6 +192,8 @@ struct Supervisor {
     /// worker itself, or another process of its tree (`npm start`). Worker
     /// pid -> the app's pid, which gets the stop signal.
     serving: HashMap<Pid, Pid>,
+    /// Starts, signals and reaps the workers.
+    os: Arc<dyn Processes>,
 }
 
 pub(crate) async fn run(
@@ -199,6 +202,7 @@ pub(crate) async fn run(
     handle: Handle,
     mut control_rx: mpsc::UnboundedReceiver<Control>,
     snapshot: watch::Sender<Snapshot>,
+    os: Arc<dyn Processes>,
 ) -> Result<()> {
     let mut signals = if config.handle_signals {
         Some(Signals::install()?)
@@ -297,6 +301,7 @@ pub(crate) async fn run(
     };
 
     let cgroup = match ClusterCgroup::create() {
+        Ok(_) if !os.cgroups() => None,
         Ok(c) => c,
         Err(e) => {
             handle.log().notice(
@@ -348,6 +353,7 @@ pub(crate) async fn run(
         cgroup,
         worker_cgroups: HashMap::new(),
         serving: HashMap::new(),
+        os,
     };
     sup.changed();
     sup.watch_listeners();
@@ -404,6 +410,12 @@ pub(crate) async fn run(
         }
     }
     sup.finish().await
+}
+
+/// The supervisor's clock: tokio's, so that its unit tests run on a paused
+/// clock; the same instant as `std::time::Instant::now()` otherwise.
+pub(super) fn clock() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 impl Supervisor {
@@ -625,7 +637,7 @@ impl Supervisor {
             },
             None => None,
         };
-        let spawned = match spawner::spawn(req).await {
+        let spawned = match self.os.spawn(req).await {
             Ok(s) => s,
             Err(e) => {
                 self.changed();
@@ -665,7 +677,7 @@ impl Supervisor {
                 ),
             );
         }
-        self.slots[index].on_spawned(pid, generation, role, self.ready.slot, Instant::now());
+        self.slots[index].on_spawned(pid, generation, role, self.ready.slot, clock());
         // State first, then the event: a subscriber that reacts to the event
         // finds the snapshot already up to date.
         self.changed();
@@ -698,9 +710,13 @@ impl Supervisor {
             pid: pid.as_raw() as u32,
         });
         tokio::spawn(async move {
-            let out = tokio::spawn(output::pump(spawned.stdout, Stream::Stdout, sink.clone()));
-            let err = tokio::spawn(output::pump(spawned.stderr, Stream::Stderr, sink));
-            let result = reap::wait(pid, spawned.pidfd).await;
+            let pumps = spawned.output.map(|(stdout, stderr)| {
+                (
+                    tokio::spawn(output::pump(stdout, Stream::Stdout, sink.clone())),
+                    tokio::spawn(output::pump(stderr, Stream::Stderr, sink)),
+                )
+            });
+            let result = spawned.reaped.await;
             // The main process is gone: so is everything it started, in
             // its group or not.
             if let Some(w) = worker_cgroup {
@@ -708,11 +724,13 @@ impl Supervisor {
             }
             // Let the last lines through before the exit is reported, so
             // the log reads in order.
-            let _ = tokio::time::timeout(OUTPUT_GRACE, async {
-                let _ = out.await;
-                let _ = err.await;
-            })
-            .await;
+            if let Some((out, err)) = pumps {
+                let _ = tokio::time::timeout(OUTPUT_GRACE, async {
+                    let _ = out.await;
+                    let _ = err.await;
+                })
+                .await;
+            }
             let _ = tx.send(Reaped {
                 slot: index,
                 generation,
@@ -731,7 +749,7 @@ impl Supervisor {
             Note::Serving { worker, .. } => *worker,
         };
         let Some((index, _)) = self.slot_of(pid) else {
-            if let Some(line) = self.foreign_notes.line(Instant::now(), || {
+            if let Some(line) = self.foreign_notes.line(clock(), || {
                 format!(
                     "ignored a readiness message from pid {pid}, which is not a worker's main \
                      process"
@@ -744,7 +762,7 @@ impl Supervisor {
         match note {
             Note::Ready(pid) => self.on_ready(index, pid).await,
             Note::Watchdog(pid) => {
-                self.slots[index].on_watchdog(pid, self.ready.watchdog, Instant::now());
+                self.slots[index].on_watchdog(pid, self.ready.watchdog, clock());
             }
             Note::Stopping(pid) => {
                 self.notice(
@@ -771,7 +789,7 @@ impl Supervisor {
     }
 
     async fn on_ready(&mut self, index: usize, pid: Pid) {
-        let role = self.slots[index].on_ready(pid, self.ready.watchdog, Instant::now());
+        let role = self.slots[index].on_ready(pid, self.ready.watchdog, clock());
         let Some(role) = role else {
             return;
         };
@@ -808,7 +826,7 @@ impl Supervisor {
         if let Some(backend) = backend {
             remove_socket_files(&backend.addrs);
         }
-        let now = Instant::now();
+        let now = clock();
         let slot = &mut self.slots[r.slot];
         let Some(started) = slot.started_of(r.pid) else {
             return;
@@ -1022,14 +1040,14 @@ impl Supervisor {
             return Err(Error::NoWorker { slot });
         };
         let target = self.serving.get(&pid).copied().unwrap_or(pid);
-        signal_process(target, signal);
+        self.os.signal(target, signal);
         Ok(target.as_raw() as u32)
     }
 
     /// SIGKILLs a worker's whole tree: its process group, and its cgroup
     /// (which also holds descendants that left the group).
     pub(super) fn kill_tree(&self, pid: Pid) {
-        signal_group(pid, Signal::SIGKILL);
+        self.os.signal_group(pid, Signal::SIGKILL);
         if let Some(w) = self.worker_cgroups.get(&pid) {
             w.kill();
         }
@@ -1041,15 +1059,15 @@ impl Supervisor {
     fn ask_to_stop(&self, pid: Pid) {
         let app = self.serving.get(&pid).copied();
         match (self.config.kill_mode, app) {
-            (KillMode::Group, _) => signal_group(pid, self.config.stop_signal),
-            (_, Some(app)) => signal_process(app, self.config.stop_signal),
+            (KillMode::Group, _) => self.os.signal_group(pid, self.config.stop_signal),
+            (_, Some(app)) => self.os.signal(app, self.config.stop_signal),
             // A Node app under a launcher that has not said where it runs
             // (it is not ready yet): the launcher would not pass the signal
             // on, so the whole tree hears it.
             (_, None) if self.config.command.preload.is_some() => {
-                signal_group(pid, self.config.stop_signal)
+                self.os.signal_group(pid, self.config.stop_signal)
             }
-            (_, None) => signal_process(pid, self.config.stop_signal),
+            (_, None) => self.os.signal(pid, self.config.stop_signal),
         }
     }
 
@@ -1064,7 +1082,7 @@ impl Supervisor {
         let Some((index, _)) = self.slot_of(pid) else {
             return;
         };
-        if self.slots[index].signal_now(pid, Instant::now(), self.config.drain_timeout) {
+        if self.slots[index].signal_now(pid, clock(), self.config.drain_timeout) {
             self.emit(Event::Idle {
                 slot: index,
                 pid: pid.as_raw() as u32,
@@ -1151,7 +1169,7 @@ impl Supervisor {
     }
 
     async fn on_timers(&mut self) {
-        let now = Instant::now();
+        let now = clock();
         for index in 0..self.slots.len() {
             for due in self.slots[index].take_due(now) {
                 self.on_due(index, due).await;
@@ -1220,14 +1238,14 @@ impl Supervisor {
         // state, not the worker's fault: retried, never counted as a
         // crash that could mark the slot failed.
         if is_master_limit(&error) && self.phase == Phase::Running {
-            self.slots[index].retry_start(Instant::now(), MASTER_LIMIT_RETRY);
+            self.slots[index].retry_start(clock(), MASTER_LIMIT_RETRY);
             self.changed();
             self.rescue_queue(index);
             return;
         }
         let outcome = self.slots[index].on_start_failed(
             &self.config.supervision,
-            Instant::now(),
+            clock(),
             SPAWN_FAILURE_EXIT,
             self.phase == Phase::Stopping,
             random_unit(),
@@ -1249,7 +1267,7 @@ impl Supervisor {
         self.phase = Phase::Stopping;
         self.changed();
         self.emit(Event::Stopping { graceful });
-        let now = Instant::now();
+        let now = clock();
         let defer = graceful && self.defers_stop_signal();
         let mut held_back = Vec::new();
         let mut ask = Vec::new();

@@ -2,11 +2,9 @@
 //! aborting on a failed successor. The bookkeeping (which slots are left,
 //! the report) is the pure [`super::reload`]; this is the part with effects.
 
-use std::time::Instant;
-
 use super::reload::{self, ReloadFailure, ReloadRun, Replacement, Target, Waiter};
 use super::slot::Role;
-use super::Supervisor;
+use super::{clock, Supervisor};
 use crate::cluster::Phase;
 use crate::error::Error;
 use crate::event::{Event, Notice};
@@ -15,7 +13,7 @@ impl Supervisor {
     /// A reload's successor is ready: it takes the slot, the predecessor
     /// gets the stop signal and drains.
     pub(super) fn take_over(&mut self, index: usize) {
-        let now = Instant::now();
+        let now = clock();
         let new_pid = self.slots[index].successor.as_ref().map(|p| p.pid);
         let defer = self.defers_stop_signal();
         let old = self.slots[index].promote(now, self.config.drain_timeout, defer);
@@ -91,7 +89,7 @@ impl Supervisor {
             slots,
             self.config.reload_parallel,
             waiters,
-            Instant::now(),
+            clock(),
         ));
     }
 
@@ -104,7 +102,7 @@ impl Supervisor {
             };
             if run.is_done() {
                 let run = self.reload.take().expect("checked above");
-                let (report, waiters) = run.finish(Instant::now());
+                let (report, waiters) = run.finish(clock());
                 self.emit(Event::ReloadFinished {
                     report: report.clone(),
                 });
@@ -156,7 +154,7 @@ impl Supervisor {
             last_output: tail,
         });
         let others: Vec<usize> = run.active().to_vec();
-        let now = Instant::now();
+        let now = clock();
         for other in others {
             if let Some(pid) = self.slots[other].successor.as_ref().map(|p| p.pid) {
                 // Killed now; the drain timer only backs that up.

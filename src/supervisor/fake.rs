@@ -1,0 +1,401 @@
+//! A fake operating system for the supervisor's unit tests: worker
+//! "processes" that are entries in a table, with a scripted behaviour, on
+//! tokio's paused clock. Reloads, restarts, crash loops and drain timeouts
+//! run through the real event loop (`Cluster::run_on`), with no process,
+//! socket or sleep (watchexec-supervisor's fake child is the model).
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use tokio::sync::oneshot;
+
+use crate::process::os::{Launched, Processes};
+use crate::process::spawn::{SpawnError, SpawnRequest};
+use crate::process::Exit;
+
+/// What a fake worker does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Behaviour {
+    /// Runs until its stop signal, then exits 0 after `drain`.
+    Serve { drain: Duration },
+    /// Exits with `code` after `after`, whatever happens.
+    Crash { after: Duration, code: i32 },
+    /// Ignores its stop signal; only SIGKILL ends it.
+    Stubborn,
+}
+
+/// A signal the supervisor sent, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sent {
+    pub(crate) pid: u32,
+    pub(crate) signal: Signal,
+    pub(crate) group: bool,
+    /// Tokio's clock when it was sent.
+    pub(crate) at: tokio::time::Instant,
+}
+
+#[derive(Default)]
+struct State {
+    next_pid: i32,
+    /// Behaviours for the next spawns, in order; then `default`.
+    plan: VecDeque<Behaviour>,
+    default: Option<Behaviour>,
+    running: HashMap<Pid, (Behaviour, oneshot::Sender<Exit>)>,
+    sent: Vec<Sent>,
+    spawned: Vec<u32>,
+}
+
+/// The fake: cheap to clone, shared with the test that inspects it.
+#[derive(Clone, Default)]
+pub(crate) struct Fake(Arc<Mutex<State>>);
+
+impl Fake {
+    /// Every worker behaves as `default` unless [`Fake::then`] says
+    /// otherwise for the next ones.
+    pub(crate) fn new(default: Behaviour) -> Fake {
+        let fake = Fake::default();
+        {
+            let mut s = fake.state();
+            s.next_pid = 1_000_000;
+            s.default = Some(default);
+        }
+        fake
+    }
+
+    /// The next spawn behaves as `b` (queued after earlier ones).
+    pub(crate) fn then(&self, b: Behaviour) {
+        self.state().plan.push_back(b);
+    }
+
+    pub(crate) fn sent(&self) -> Vec<Sent> {
+        self.state().sent.clone()
+    }
+
+    pub(crate) fn spawned(&self) -> Vec<u32> {
+        self.state().spawned.clone()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn exit(&self, pid: Pid, exit: Exit, after: Duration) {
+        let tx = self.state().running.remove(&pid).map(|(_, tx)| tx);
+        if let Some(tx) = tx {
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let _ = tx.send(exit);
+            });
+        }
+    }
+
+    fn deliver(&self, pid: Pid, signal: Signal, group: bool) {
+        let behaviour = {
+            let mut s = self.state();
+            s.sent.push(Sent {
+                pid: pid.as_raw() as u32,
+                signal,
+                group,
+                at: tokio::time::Instant::now(),
+            });
+            s.running.get(&pid).map(|(b, _)| *b)
+        };
+        match (signal, behaviour) {
+            (_, None) => {}
+            (Signal::SIGKILL, Some(_)) => {
+                self.exit(pid, Exit::Signal(crate::Signal::KILL), Duration::ZERO)
+            }
+            (Signal::SIGTERM, Some(Behaviour::Serve { drain })) => {
+                self.exit(pid, Exit::Code(0), drain)
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Processes for Fake {
+    fn spawn(
+        &self,
+        req: SpawnRequest,
+    ) -> Pin<Box<dyn Future<Output = Result<Launched, SpawnError>> + Send + '_>> {
+        // The listening sockets and the rest of the request are dropped:
+        // nothing runs.
+        drop(req);
+        let (tx, rx) = oneshot::channel();
+        let (pid, behaviour) = {
+            let mut s = self.state();
+            s.next_pid += 1;
+            let pid = Pid::from_raw(s.next_pid);
+            let behaviour = s
+                .plan
+                .pop_front()
+                .or(s.default)
+                .unwrap_or(Behaviour::Stubborn);
+            s.running.insert(pid, (behaviour, tx));
+            s.spawned.push(pid.as_raw() as u32);
+            (pid, behaviour)
+        };
+        if let Behaviour::Crash { after, code } = behaviour {
+            self.exit(pid, Exit::Code(code), after);
+        }
+        Box::pin(async move {
+            Ok(Launched {
+                pid,
+                output: None,
+                reaped: Box::pin(async move {
+                    Ok(rx.await.unwrap_or(Exit::Signal(crate::Signal::KILL)))
+                }),
+            })
+        })
+    }
+
+    fn signal(&self, pid: Pid, sig: Signal) {
+        self.deliver(pid, sig, false);
+    }
+
+    fn signal_group(&self, pid: Pid, sig: Signal) {
+        self.deliver(pid, sig, true);
+    }
+
+    fn cgroups(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use nix::sys::signal::Signal;
+    use tokio::sync::broadcast;
+
+    use super::{Behaviour, Fake};
+    use crate::{Cluster, Error, Event, Handle, Readiness};
+
+    const SERVE: Behaviour = Behaviour::Serve {
+        drain: Duration::from_millis(50),
+    };
+
+    /// A cluster of `workers` fake workers, ready 100 ms after they start.
+    fn cluster(workers: usize) -> crate::Builder {
+        Cluster::builder()
+            .command("sh")
+            .workers(workers)
+            .without_sockets()
+            .handle_signals(false)
+            .log_events(false)
+            .readiness(Readiness::Delay(Duration::from_millis(100)))
+            .drain_timeout(Duration::from_secs(10))
+    }
+
+    struct Running {
+        fake: Fake,
+        handle: Handle,
+        events: broadcast::Receiver<Event>,
+        run: tokio::task::JoinHandle<crate::Result<()>>,
+    }
+
+    async fn start(builder: crate::Builder, fake: Fake) -> Running {
+        let cluster = builder.build().unwrap();
+        let handle = cluster.handle();
+        let events = handle.events();
+        let run = tokio::spawn(cluster.run_on(std::sync::Arc::new(fake.clone())));
+        Running {
+            fake,
+            handle,
+            events,
+            run,
+        }
+    }
+
+    impl Running {
+        /// Every event until `n` of them matched `pred`.
+        async fn until(&mut self, n: usize, pred: impl Fn(&Event) -> bool) -> Vec<Event> {
+            let mut seen = Vec::new();
+            let mut matched = 0;
+            while matched < n {
+                let e = tokio::time::timeout(Duration::from_secs(3600), self.events.recv())
+                    .await
+                    .expect("the event comes")
+                    .expect("the stream is open");
+                matched += usize::from(pred(&e));
+                seen.push(e);
+            }
+            seen
+        }
+
+        async fn stop(self) {
+            self.handle.shutdown().await.unwrap();
+            self.run.await.unwrap().unwrap();
+        }
+    }
+
+    fn ready(e: &Event) -> bool {
+        matches!(e, Event::Ready { .. })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_replaces_one_slot_at_a_time_and_stops_each_predecessor_after_its_successor_is_ready(
+    ) {
+        let mut c = start(cluster(2), Fake::new(SERVE)).await;
+        c.until(2, ready).await;
+        let first = c.fake.spawned();
+
+        let report = c.handle.reload().await.unwrap();
+        assert!(report.is_complete(), "{report}");
+        assert_eq!(report.replaced.len(), 2);
+        let events = c
+            .until(1, |e| matches!(e, Event::ReloadFinished { .. }))
+            .await;
+
+        // Slot by slot: a successor is spawned, becomes ready, takes over;
+        // only then does the next slot's successor start.
+        let steps: Vec<(&str, usize)> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Spawned { slot, .. } => Some(("spawned", *slot)),
+                Event::Ready { slot, .. } => Some(("ready", *slot)),
+                Event::Replaced { slot, .. } => Some(("replaced", *slot)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                ("spawned", 0),
+                ("ready", 0),
+                ("replaced", 0),
+                ("spawned", 1),
+                ("ready", 1),
+                ("replaced", 1)
+            ]
+        );
+        // Each predecessor heard its stop signal once, after its successor
+        // was ready (100 ms after its start), and nothing else.
+        let sent = c.fake.sent();
+        for old in &first {
+            let to_old: Vec<_> = sent.iter().filter(|s| s.pid == *old).collect();
+            assert_eq!(to_old.len(), 1, "{sent:?}");
+            assert_eq!(to_old[0].signal, Signal::SIGTERM);
+        }
+        assert!(
+            sent[1].at - sent[0].at >= Duration::from_millis(100),
+            "{sent:?}"
+        );
+        c.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_successor_that_crashes_aborts_the_reload_and_the_old_workers_stay() {
+        let fake = Fake::new(SERVE);
+        let mut c = start(cluster(2), fake.clone()).await;
+        c.until(2, ready).await;
+        let first = fake.spawned();
+        fake.then(Behaviour::Crash {
+            after: Duration::from_millis(10),
+            code: 1,
+        });
+
+        let report = c.handle.reload().await.unwrap();
+        let failure = report.failure.expect("aborted");
+        assert_eq!(failure.slot, 0);
+        assert!(report.replaced.is_empty());
+        // Nobody old was asked to stop; both still serve.
+        assert!(fake.sent().iter().all(|s| !first.contains(&s.pid)));
+        let live: Vec<u32> = c.handle.workers().iter().filter_map(|w| w.pid).collect();
+        assert_eq!(live, first);
+        c.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_predecessor_that_ignores_its_stop_signal_is_killed_at_the_drain_timeout() {
+        let fake = Fake::new(SERVE);
+        fake.then(Behaviour::Stubborn);
+        let mut c = start(
+            cluster(1).drain_timeout(Duration::from_secs(30)),
+            fake.clone(),
+        )
+        .await;
+        c.until(1, ready).await;
+        let stubborn = fake.spawned()[0];
+
+        let report = c.handle.reload().await.unwrap();
+        assert!(report.is_complete());
+        c.until(
+            1,
+            |e| matches!(e, Event::Exited { pid, .. } if *pid == stubborn),
+        )
+        .await;
+        let to_it: Vec<_> = fake
+            .sent()
+            .into_iter()
+            .filter(|s| s.pid == stubborn)
+            .collect();
+        assert_eq!(to_it[0].signal, Signal::SIGTERM);
+        let kill = to_it
+            .iter()
+            .find(|s| s.signal == Signal::SIGKILL && s.group)
+            .expect("its group is SIGKILLed");
+        assert!(
+            kill.at - to_it[0].at >= Duration::from_secs(30),
+            "{to_it:?}"
+        );
+        c.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_crash_loop_backs_off_longer_each_time_then_gives_the_cluster_up() {
+        let fake = Fake::new(Behaviour::Crash {
+            after: Duration::from_millis(5),
+            code: 3,
+        });
+        let builder = cluster(1)
+            .readiness(Readiness::None)
+            .settle(Duration::ZERO)
+            .backoff(crate::Backoff {
+                initial: Duration::from_millis(100),
+                max: Duration::from_secs(10),
+                ..crate::Backoff::default()
+            })
+            .crash_loop(crate::CrashLoop {
+                limit: 4,
+                window: Duration::from_secs(60),
+            });
+        let mut c = start(builder, fake.clone()).await;
+        let events = c.until(1, |e| matches!(e, Event::SlotFailed { .. })).await;
+        let delays: Vec<Duration> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::RestartScheduled { delay, .. } => Some(*delay),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(delays.len(), 3, "{events:?}");
+        assert!(delays.windows(2).all(|w| w[1] > w[0]), "{delays:?}");
+        assert_eq!(fake.spawned().len(), 4);
+        let err = c.run.await.unwrap().unwrap_err();
+        let Error::AllSlotsFailed { slots } = err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(slots[0].last_exit, Some(crate::Exit::Code(3)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_asked_for_during_a_reload_runs_once_after_it() {
+        let fake = Fake::new(SERVE);
+        let mut c = start(cluster(1), fake.clone()).await;
+        c.until(1, ready).await;
+        let (a, b, d) = tokio::join!(c.handle.reload(), c.handle.reload(), c.handle.reload());
+        for report in [a, b, d] {
+            assert!(report.unwrap().is_complete());
+        }
+        // The first reload, then one more for the two that waited.
+        assert_eq!(fake.spawned().len(), 3, "{:?}", fake.spawned());
+        c.stop().await;
+    }
+}
