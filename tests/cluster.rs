@@ -14,14 +14,6 @@ use nix::unistd::Pid;
 const NODE_READY: &str = " listening\n";
 const HELLO_READY: &str = "hello: pid=";
 
-/// Listens on a kernel-chosen loopback port, then `extra`, then `program`.
-fn cmd(extra: &[&str], program: &[String]) -> Vec<String> {
-    let mut v = s(&["-l", "127.0.0.1:0"]);
-    v.extend(s(extra));
-    v.extend(program.iter().cloned());
-    v
-}
-
 // ---------------------------------------------------------------- serving
 
 fn serves_every_worker(program: Vec<String>, marker: &str, balance: &str) {

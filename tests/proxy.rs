@@ -13,10 +13,7 @@ use nix::unistd::Pid;
 /// Proxy mode on a kernel-chosen loopback port, then `extra`, then
 /// `program`.
 fn cmd(extra: &[&str], program: &[String]) -> Vec<String> {
-    let mut v = s(&["-l", "127.0.0.1:0", "--balance", "proxy"]);
-    v.extend(s(extra));
-    v.extend(program.iter().cloned());
-    v
+    common::cmd(&[&["--balance", "proxy"], extra].concat(), program)
 }
 
 const HELLO_READY: &str = "hello: pid=";

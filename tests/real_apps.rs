@@ -64,10 +64,7 @@ fn app(name: &str) -> String {
 
 /// `-l 127.0.0.1:0 -w 2`, `extra`, then the program.
 fn cmd(extra: &[&str], program: &[&str]) -> Vec<String> {
-    let mut v = s(&["-l", "127.0.0.1:0", "-w", "2"]);
-    v.extend(s(extra));
-    v.extend(s(program));
-    v
+    common::cmd(&[&["-w", "2"], extra].concat(), &s(program))
 }
 
 /// Pids of the processes that answered (the app's, which under a launcher

@@ -9,14 +9,6 @@ use std::time::Duration;
 use common::*;
 use nix::sys::signal::Signal;
 
-/// Listens on a kernel-chosen loopback port, then `extra`, then `program`.
-fn cmd(extra: &[&str], program: &[String]) -> Vec<String> {
-    let mut v = s(&["-l", "127.0.0.1:0"]);
-    v.extend(s(extra));
-    v.extend(program.iter().cloned());
-    v
-}
-
 /// Reloads that finished having replaced `workers` workers.
 fn reloads_replacing(events: &[serde_json::Value], workers: usize) -> usize {
     of_kind(events, "reload_finished")

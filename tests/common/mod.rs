@@ -484,6 +484,15 @@ pub fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()
 }
 
+/// A master on a kernel-chosen loopback port: `-l 127.0.0.1:0`, then
+/// `extra`, then `program`.
+pub fn cmd(extra: &[&str], program: &[String]) -> Vec<String> {
+    let mut v = s(&["-l", "127.0.0.1:0"]);
+    v.extend(s(extra));
+    v.extend(program.iter().cloned());
+    v
+}
+
 /// Options then program: `args(&["-w", "2"], &program)`.
 pub fn args(opts: &[&str], program: &[String]) -> Vec<String> {
     let mut a = s(opts);
