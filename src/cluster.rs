@@ -194,13 +194,11 @@ pub(crate) struct Command {
 ///
 /// The program not found or not executable, a bad directory, a reserved
 /// or malformed environment name, a NUL byte.
-fn prepare_command(
-    program: &OsStr,
-    args: &[OsString],
-    env_changes: &[(OsString, Option<OsString>)],
-    cwd: Option<&Path>,
-    node_preload: bool,
-) -> Result<Command> {
+fn prepare_command(command: &WorkerCommand, node_preload: bool) -> Result<Command> {
+    let program = command.program.as_os_str();
+    let args = &command.args;
+    let env_changes = &command.env;
+    let cwd = command.cwd.as_deref();
     crate::process::contract::check_changes(env_changes)?;
     if let Some(dir) = cwd {
         if !dir.is_dir() {
@@ -245,10 +243,8 @@ fn prepare_command(
 /// binds the listening sockets.
 #[derive(Debug, Clone)]
 pub struct Builder {
-    program: Option<OsString>,
-    args: Vec<OsString>,
-    env: Vec<(OsString, Option<OsString>)>,
-    cwd: Option<PathBuf>,
+    /// The program is empty until [`Builder::command`] names one.
+    command: WorkerCommand,
     workers: Option<usize>,
     listen: Vec<Source>,
     /// No address on purpose: workers that serve no socket.
@@ -279,10 +275,7 @@ pub struct Builder {
 impl Default for Builder {
     fn default() -> Self {
         Builder {
-            program: None,
-            args: Vec::new(),
-            env: Vec::new(),
-            cwd: None,
+            command: WorkerCommand::new(""),
             workers: None,
             listen: Vec::new(),
             without_sockets: false,
@@ -315,14 +308,14 @@ impl Builder {
     /// The program every worker runs: a path, or a name looked up on `PATH`.
     #[must_use = "a builder method returns the changed builder"]
     pub fn command(mut self, program: impl AsRef<OsStr>) -> Self {
-        self.program = Some(program.as_ref().to_owned());
+        self.command.program = program.as_ref().to_owned();
         self
     }
 
     /// Appends one argument.
     #[must_use = "a builder method returns the changed builder"]
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
-        self.args.push(arg.as_ref().to_owned());
+        self.command = self.command.arg(arg);
         self
     }
 
@@ -333,8 +326,7 @@ impl Builder {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        self.args
-            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self.command = self.command.args(args);
         self
     }
 
@@ -342,22 +334,21 @@ impl Builder {
     /// master's, less the socket-activation and systemd variables).
     #[must_use = "a builder method returns the changed builder"]
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
-        self.env
-            .push((key.as_ref().to_owned(), Some(value.as_ref().to_owned())));
+        self.command = self.command.env(key, value);
         self
     }
 
     /// Removes a variable from every worker's environment.
     #[must_use = "a builder method returns the changed builder"]
     pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Self {
-        self.env.push((key.as_ref().to_owned(), None));
+        self.command = self.command.env_remove(key);
         self
     }
 
     /// The workers' working directory (default: the master's).
     #[must_use = "a builder method returns the changed builder"]
     pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
-        self.cwd = Some(dir.as_ref().to_owned());
+        self.command = self.command.current_dir(dir);
         self
     }
 
@@ -648,7 +639,10 @@ impl Builder {
     /// [`Error::AddressInUse`] or [`Error::Listen`] naming the address that
     /// could not be bound.
     pub fn build(self) -> Result<Cluster> {
-        let program = self.program.ok_or(Error::NoProgram)?;
+        if self.command.program.is_empty() {
+            return Err(Error::NoProgram);
+        }
+        let program = self.command.program.clone();
         let workers = match self.workers {
             Some(0) => return Err(Error::ZeroWorkers),
             Some(n) => n,
@@ -803,13 +797,7 @@ impl Builder {
                 reason: "must be at least 1".into(),
             });
         }
-        let command = prepare_command(
-            &program,
-            &self.args,
-            &self.env,
-            self.cwd.as_deref(),
-            self.node_preload,
-        )?;
+        let command = prepare_command(&self.command, self.node_preload)?;
         let runs_node = command.runs_node;
         if self.readiness == Readiness::Ipc && !runs_node {
             return Err(Error::InvalidSetting {
@@ -1263,13 +1251,7 @@ impl Handle {
     /// in place of one that is not, or the other way round;
     /// [`Error::NotRunning`] once the cluster has stopped.
     pub async fn set_command(&self, command: WorkerCommand) -> Result<()> {
-        let prepared = prepare_command(
-            &command.program,
-            &command.args,
-            &command.env,
-            command.cwd.as_deref(),
-            self.node_preload,
-        )?;
+        let prepared = prepare_command(&command, self.node_preload)?;
         self.ask(|reply| Control::SetCommand {
             command: Box::new(prepared),
             reply,

@@ -620,17 +620,7 @@ fn a_master_whose_output_nobody_reads_still_stops_on_sigterm() {
         .map(|&p| GroupGuard(Pid::from_raw(p as i32)))
         .collect();
     kill(master, Signal::SIGTERM).unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the master hung with its output unread"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_child(&mut child, "the master with its output unread");
     assert!(status.success(), "{status:?}");
     wait_dead(&workers, "the flooding worker");
 }

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
-use common::{example, get, pid_of, GroupGuard, IO_TIMEOUT, WAIT};
+use common::{example, get, pid_of, wait_child, GroupGuard, IO_TIMEOUT, WAIT};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -100,16 +100,6 @@ fn one_binary_runs_its_own_workers_and_an_admin_endpoint_reloads_them() {
     assert_eq!(admin(admin_addr, "GET", "/nope").0, 404);
 
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the launcher did not stop"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let status = wait_child(&mut child, "the launcher");
     assert!(status.success(), "{status}");
 }

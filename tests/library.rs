@@ -40,6 +40,21 @@ fn quick_restarts(script: &str, limit: u32) -> herd::Builder {
         })
 }
 
+/// `workers` `sh -c script` workers with no sockets, ready 300 ms after
+/// they start, whose output and events reach only the program.
+fn silent_sh(script: &str, workers: usize) -> herd::Builder {
+    Cluster::builder()
+        .command("sh")
+        .args(["-c", script])
+        .workers(workers)
+        .without_sockets()
+        .handle_signals(false)
+        .log_events(false)
+        .forward_output(false)
+        .readiness(herd::Readiness::Delay(Duration::from_millis(300)))
+        .drain_timeout(Duration::from_secs(5))
+}
+
 async fn next_spawned(events: &mut tokio::sync::broadcast::Receiver<Event>) -> u32 {
     loop {
         match tokio::time::timeout(WAIT, events.recv()).await {
@@ -501,22 +516,13 @@ async fn a_failed_cluster_says_why_to_whoever_only_uses_the_question_mark() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_program_gets_every_worker_line_and_every_notice_as_values() {
     use herd::{Notice, OutputStream};
-    let cluster = Cluster::builder()
-        .name("lib")
-        .command("sh")
-        .args([
-            "-c",
-            "echo \"out $NODE_APP_INSTANCE\"; echo oops >&2; exec sleep 60",
-        ])
-        .workers(2)
-        .without_sockets()
-        .handle_signals(false)
-        .log_events(false)
-        .forward_output(false)
-        .readiness(herd::Readiness::Delay(Duration::from_millis(300)))
-        .drain_timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
+    let cluster = silent_sh(
+        "echo \"out $NODE_APP_INSTANCE\"; echo oops >&2; exec sleep 60",
+        2,
+    )
+    .name("lib")
+    .build()
+    .unwrap();
     let handle = cluster.handle();
     assert_eq!(handle.name(), Some("lib"));
     let mut output = handle.output();
@@ -683,19 +689,7 @@ async fn the_next_reload_runs_the_command_the_launcher_set() {
     let script = "echo \"release=$RELEASE dir=$(pwd)\"; exec sleep 60";
     let release = std::env::temp_dir().join(format!("herd-release-{}", std::process::id()));
     std::fs::create_dir_all(&release).unwrap();
-    let cluster = Cluster::builder()
-        .command("sh")
-        .args(["-c", script])
-        .env("RELEASE", "1")
-        .workers(1)
-        .without_sockets()
-        .handle_signals(false)
-        .log_events(false)
-        .forward_output(false)
-        .readiness(herd::Readiness::Delay(Duration::from_millis(100)))
-        .drain_timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
+    let cluster = silent_sh(script, 1).env("RELEASE", "1").build().unwrap();
     let handle = cluster.handle();
     let mut output = handle.output();
     let run = tokio::spawn(cluster.run());

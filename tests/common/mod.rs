@@ -471,6 +471,18 @@ pub fn flooding_master(extra: &[&str]) -> (Child, GroupGuard) {
     (child, guard)
 }
 
+/// Waits for `child` to exit; panics naming `what` at the deadline.
+pub fn wait_child(child: &mut Child, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{what} did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A loopback port that is free now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
