@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::cluster::{Config, Handle, Phase, Snapshot};
 use crate::error::{Error, Result};
-use crate::event::{Event, Millis, Notice, WorkerInfo};
+use crate::event::{Event, Millis, Notice};
 use crate::net::Listeners;
 use crate::process::cgroup::{ClusterCgroup, WorkerCgroup};
 use crate::process::os::Processes;
@@ -458,22 +458,7 @@ impl Supervisor {
         let workers = self
             .slots
             .iter()
-            .map(|s| WorkerInfo {
-                slot: s.index,
-                generation: s.generation,
-                pid: s.pid().map(|p| p.as_raw() as u32),
-                state: s.state,
-                restarts: s.restarts,
-                last_exit: s.last_exit,
-                draining: s
-                    .retiring_pids()
-                    .iter()
-                    .map(|p| p.as_raw() as u32)
-                    .collect(),
-                started: s.current.as_ref().map(|p| p.started),
-                ready_since: s.current.as_ref().and_then(|p| p.ready_since),
-                successor: s.successor.as_ref().map(|p| p.pid.as_raw() as u32),
-            })
+            .map(Slot::info)
             .collect();
         self.snapshot.send_replace(Snapshot {
             phase: self.phase,
@@ -874,7 +859,7 @@ impl Supervisor {
             ExitOutcome::Expected => {
                 self.timed_out.remove(&r.pid);
                 if let Some(run) = self.reload.as_mut() {
-                    if run.is_active(r.slot) && self.slots[r.slot].successor.is_none() {
+                    if run.is_active(r.slot) && self.slots[r.slot].successor_pid().is_none() {
                         run.abandoned(r.slot);
                         self.advance_reload().await;
                     }

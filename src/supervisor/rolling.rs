@@ -14,7 +14,7 @@ impl Supervisor {
     /// gets the stop signal and drains.
     pub(super) fn take_over(&mut self, index: usize) {
         let now = clock();
-        let new_pid = self.slots[index].successor.as_ref().map(|p| p.pid);
+        let new_pid = self.slots[index].successor_pid();
         let defer = self.defers_stop_signal();
         let old = self.slots[index].promote(now, self.config.drain_timeout, defer);
         // Out of rotation first (proxy mode), then stopped.
@@ -122,7 +122,7 @@ impl Supervisor {
             match self.start(slot, Role::Successor).await {
                 // Ready at exec: it takes over at once.
                 Ok(()) => {
-                    if self.slots[slot].successor.as_ref().is_some_and(|p| p.ready) {
+                    if self.slots[slot].successor_ready() {
                         self.take_over(slot);
                     }
                 }
@@ -156,7 +156,7 @@ impl Supervisor {
         let others: Vec<usize> = run.active().to_vec();
         let now = clock();
         for other in others {
-            if let Some(pid) = self.slots[other].successor.as_ref().map(|p| p.pid) {
+            if let Some(pid) = self.slots[other].successor_pid() {
                 // Killed now; the drain timer only backs that up.
                 self.slots[other].stop_proc(pid, now, self.config.drain_timeout, false);
                 self.kill_tree(pid);

@@ -213,6 +213,36 @@ impl Slot {
         self.current.as_ref().map(|p| p.pid)
     }
 
+    /// The slot as [`crate::Handle::workers`] shows it.
+    pub(crate) fn info(&self) -> crate::event::WorkerInfo {
+        crate::event::WorkerInfo {
+            slot: self.index,
+            generation: self.generation,
+            pid: self.pid().map(|p| p.as_raw() as u32),
+            state: self.state,
+            restarts: self.restarts,
+            last_exit: self.last_exit,
+            draining: self
+                .retiring_pids()
+                .iter()
+                .map(|p| p.as_raw() as u32)
+                .collect(),
+            started: self.current.as_ref().map(|p| p.started),
+            ready_since: self.current.as_ref().and_then(|p| p.ready_since),
+            successor: self.successor_pid().map(|p| p.as_raw() as u32),
+        }
+    }
+
+    /// The pid of a reload's successor that has not taken over yet.
+    pub(crate) fn successor_pid(&self) -> Option<Pid> {
+        self.successor.as_ref().map(|p| p.pid)
+    }
+
+    /// Whether that successor is ready (and so may take over).
+    pub(crate) fn successor_ready(&self) -> bool {
+        self.successor.as_ref().is_some_and(|p| p.ready)
+    }
+
     /// Any process of this slot is alive.
     pub(crate) fn is_live(&self) -> bool {
         self.current.is_some() || self.successor.is_some() || !self.retiring.is_empty()
