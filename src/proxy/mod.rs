@@ -11,6 +11,7 @@
 //! its own, so a slow worker never blocks the accept loop.
 
 pub(crate) mod header;
+pub(crate) mod plane;
 pub(crate) mod relay;
 pub(crate) mod splice;
 

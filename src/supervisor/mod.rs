@@ -36,7 +36,8 @@ use crate::process::os::Processes;
 use crate::process::output::{self, Sink, Stream, Tail};
 use crate::process::spawn::SpawnRequest;
 use crate::process::{process_group_of, Exit, KillMode};
-use crate::proxy::{self, Backend, ProxyConfig, Rotation};
+use crate::proxy::plane::{self, Plane};
+use crate::proxy::{self, ProxyConfig};
 use crate::ready::notify::NotifySocket;
 use crate::ready::{ipc, pipe, Note, Readiness};
 use policy::Decision;
@@ -159,25 +160,10 @@ struct Supervisor {
     queued: Vec<(Target, Option<Waiter>)>,
     /// Successors killed for missing the start timeout.
     timed_out: HashSet<Pid>,
-    /// Proxy mode: every worker's backend (shared with handles), and which
-    /// are in rotation.
-    backends: proxy::Registry,
-    rotation: Option<Arc<Rotation>>,
-    /// Where draining backends report that they are idle.
-    idle_tx: mpsc::UnboundedSender<u32>,
+    /// Proxy mode: backends, rotation, private listeners.
+    proxy: Option<Plane>,
     /// The notify socket's reader and the proxy's accept loops.
     background: Vec<tokio::task::JoinHandle<()>>,
-    /// Proxy mode: how connections are forwarded.
-    proxy_config: Option<ProxyConfig>,
-    /// Proxy mode with a PROXY header: where the private Unix listeners
-    /// live (0700, the master's user's).
-    private_dir: Option<std::path::PathBuf>,
-    /// Proxy mode: the master's copies of each worker's private listeners,
-    /// kept until the worker is reaped, so that connections queued there
-    /// but never accepted are passed on instead of reset.
-    private_copies: HashMap<Pid, Vec<socket2::Socket>>,
-    /// Where backends report a worker that closed its private listener.
-    refusing_tx: mpsc::UnboundedSender<u32>,
     /// Tasks that notice a listening socket hanging up.
     listen_watch: Vec<tokio::task::JoinHandle<()>>,
     listen_tx: mpsc::UnboundedSender<()>,
@@ -255,55 +241,49 @@ pub(crate) async fn run(
         watchdog: config.watchdog,
     };
 
-    let mut proxy_config = None;
-    let proxy_counters = handle.proxy_counters();
-    let rotation = match (listeners.balance(), config.proxy_header) {
-        (crate::Balance::Proxy { strategy }, header) => {
-            let rotation = std::sync::Arc::new(Rotation::default());
-            let cfg = ProxyConfig {
+    let proxy = match listeners.balance() {
+        crate::Balance::Proxy { strategy } => {
+            let config = ProxyConfig {
                 strategy,
-                header,
+                header: config.proxy_header,
                 splice: config.proxy_splice,
                 idle_timeout: config.proxy_idle_timeout,
             };
-            let limit = config.max_connections.unwrap_or_else(|| {
-                default_connection_limit(config.workers, listeners.local_addrs().len())
-            });
-            proxy_counters
-                .limit
-                .store(limit, std::sync::atomic::Ordering::Relaxed);
-            let slots = Arc::new(tokio::sync::Semaphore::new(limit));
-            proxy_config = Some(cfg);
-            let proxy_config = cfg;
-            for (i, public) in listeners.public().enumerate() {
-                let std_listener: std::net::TcpListener = public
-                    .try_clone()
-                    .map_err(|e| Error::io("sharing a listening socket with the proxy", e))?
-                    .into();
-                std_listener
-                    .set_nonblocking(true)
-                    .map_err(|e| Error::io("setting the proxy socket non-blocking", e))?;
-                let listener = tokio::net::TcpListener::from_std(std_listener)
-                    .map_err(|e| Error::io("registering the proxy socket", e))?;
-                background.push(tokio::spawn(proxy::accept_loop(
-                    listener,
-                    i,
-                    rotation.clone(),
-                    proxy_config,
-                    (random_unit() * u64::MAX as f64) as u64 ^ i as u64,
-                    slots.clone(),
-                    proxy_counters.clone(),
-                )));
-            }
-            Some(rotation)
+            Some(config)
         }
         _ => None,
-    };
+    }
+    .map(|proxy_config| {
+        let limit = config.max_connections.unwrap_or_else(|| {
+            default_connection_limit(config.workers, listeners.local_addrs().len())
+        });
+        let private_unix = config.proxy_header.is_some() && !config.port_contract;
+        let settings = plane::Settings {
+            config: proxy_config,
+            limit,
+            private_unix,
+            seed: (random_unit() * u64::MAX as f64) as u64,
+        };
+        Plane::start(
+            settings,
+            &listeners,
+            handle.backends(),
+            handle.proxy_counters(),
+            idle_tx.clone(),
+            refusing_tx.clone(),
+        )
+    })
+    .transpose()?
+    .map(|started| {
+        background.extend(started.tasks);
+        started.plane
+    });
 
-    let cgroup = match ClusterCgroup::create() {
-        Ok(_) if !os.cgroups() => None,
-        Ok(c) => c,
-        Err(e) => {
+    // A fake operating system's workers have no cgroups.
+    let cgroup = match os.cgroups().then(ClusterCgroup::create) {
+        None => None,
+        Some(Ok(c)) => c,
+        Some(Err(e)) => {
             handle.log().notice(
                 None,
                 Notice::NoCgroup,
@@ -315,13 +295,6 @@ pub(crate) async fn run(
             None
         }
     };
-    let private_dir =
-        if rotation.is_some() && config.proxy_header.is_some() && !config.port_contract {
-            Some(crate::node::private_dir()?)
-        } else {
-            None
-        };
-    let sup_backends = handle.backends();
     let mut sup = Supervisor {
         slots: (0..config.workers).map(Slot::new).collect(),
         config,
@@ -339,14 +312,8 @@ pub(crate) async fn run(
         reload: None,
         queued: Vec::new(),
         timed_out: HashSet::new(),
-        backends: sup_backends,
-        rotation,
-        idle_tx,
+        proxy,
         background,
-        proxy_config,
-        private_dir,
-        private_copies: HashMap::new(),
-        refusing_tx,
         listen_watch: Vec::new(),
         listen_tx,
         foreign_notes: policy::LogThrottle::default(),
@@ -455,11 +422,7 @@ impl Supervisor {
     }
 
     fn publish_snapshot(&self) {
-        let workers = self
-            .slots
-            .iter()
-            .map(Slot::info)
-            .collect();
+        let workers = self.slots.iter().map(Slot::info).collect();
         self.snapshot.send_replace(Snapshot {
             phase: self.phase,
             workers,
@@ -554,26 +517,13 @@ impl Supervisor {
         // With a PROXY header, which the worker believes, they are Unix
         // sockets only this user can reach; a loopback port would let any
         // local user connect and claim any client address.
-        let private = if self.rotation.is_some() && port.is_none() {
-            let backlog = crate::net::default_backlog();
-            let listeners = (0..self.listeners.local_addrs().len())
-                .map(|i| match &self.private_dir {
-                    Some(dir) => {
-                        let path = dir.join(format!(
-                            "proxy-{}-{index}-{generation}-{i}.sock",
-                            std::process::id()
-                        ));
-                        proxy::private_unix_listener(&path, backlog)
-                            .map(|s| (s, proxy::Target::Unix(path)))
-                    }
-                    None => proxy::private_listener(backlog)
-                        .map(|(s, addr)| (s, proxy::Target::Tcp(addr))),
-                })
-                .collect::<io::Result<Vec<_>>>()
-                .map_err(|e| self.spawn_error(index, "creating the private listener", e))?;
-            Some(listeners)
-        } else {
-            None
+        let private = match &self.proxy {
+            Some(plane) if port.is_none() => Some(
+                plane
+                    .private_listeners(index, generation, self.listeners.local_addrs().len())
+                    .map_err(|e| self.spawn_error(index, "creating the private listener", e))?,
+            ),
+            _ => None,
         };
         let raw_fds = match &private {
             Some(listeners) => listeners
@@ -633,34 +583,14 @@ impl Supervisor {
         if let Some(w) = &worker_cgroup {
             self.worker_cgroups.insert(pid, w.clone());
         }
-        let mut inodes = Vec::new();
-        let backend_addrs: Option<Vec<proxy::Target>> = match private {
-            // Ours stay open until the worker is reaped: what is still
-            // queued then was never accepted and is passed on.
-            Some(listeners) => {
-                let (sockets, addrs): (Vec<socket2::Socket>, Vec<proxy::Target>) =
-                    listeners.into_iter().unzip();
-                inodes = sockets.iter().map(inode_of).collect();
-                self.private_copies.insert(pid, sockets);
-                Some(addrs)
-            }
-            None => port.map(|p| vec![proxy::Target::Tcp(p)]),
-        };
-        if let Some(addrs) = backend_addrs {
+        if let Some(plane) = &mut self.proxy {
             if let (Readiness::Probe, Some(addr)) = (self.ready.mode, port) {
                 tokio::spawn(proxy::probe(addr, pid, self.notes_tx.clone()));
             }
-            self.backends_mut().insert(
-                pid.as_raw() as u32,
-                Backend::new(
-                    index,
-                    pid.as_raw() as u32,
-                    addrs,
-                    inodes,
-                    self.idle_tx.clone(),
-                    self.refusing_tx.clone(),
-                ),
-            );
+            // The master's copies of the private listeners stay open until
+            // the worker is reaped: what is still queued then was never
+            // accepted and is passed on.
+            plane.add(index, pid, private, port);
         }
         self.slots[index].on_spawned(pid, generation, role, self.ready.slot, clock());
         // State first, then the event: a subscriber that reacts to the event
@@ -802,15 +732,10 @@ impl Supervisor {
                 Exit::Signal(crate::Signal::KILL)
             }
         };
-        let backend = self.backends_mut().remove(&(r.pid.as_raw() as u32));
         self.serving.remove(&r.pid);
         self.worker_cgroups.remove(&r.pid);
-        if let Some(copies) = self.private_copies.remove(&r.pid) {
-            self.rescue_private(r.slot, copies);
-        }
-        if let Some(backend) = backend {
-            remove_socket_files(&backend.addrs);
-        }
+        let passed = self.proxy.as_mut().map_or(0, |p| p.reaped(r.pid));
+        self.passed_on(r.slot, passed);
         let now = clock();
         let slot = &mut self.slots[r.slot];
         let Some(started) = slot.started_of(r.pid) else {
@@ -918,15 +843,8 @@ impl Supervisor {
                 }
             }
         }
-        if let Some(rotation) = &self.rotation {
-            let backends = self.backends_mut();
-            let serving: Vec<Arc<Backend>> = live
-                .iter()
-                .filter_map(|&i| self.slots[i].pid())
-                .filter_map(|pid| backends.get(&(pid.as_raw() as u32)).cloned())
-                .collect();
-            drop(backends);
-            rotation.replace(serving);
+        if let Some(plane) = &self.proxy {
+            plane.rotate(live.iter().filter_map(|&i| self.slots[i].pid()));
         }
         self.publish_snapshot();
     }
@@ -934,7 +852,7 @@ impl Supervisor {
     /// A process leaves service: its stop signal now, or, in proxy mode,
     /// once its proxied connections end (or at the drain timeout).
     fn retire(&mut self, pid: Pid) {
-        let backend = self.backends_mut().get(&(pid.as_raw() as u32)).cloned();
+        let backend = self.proxy.as_ref().and_then(|p| p.backend(pid));
         match backend {
             Some(backend) if self.defers_stop_signal() => {
                 if backend.start_draining() {
@@ -952,7 +870,7 @@ impl Supervisor {
     /// their WebSockets, which would otherwise hold them until the drain
     /// timeout.
     pub(super) fn defers_stop_signal(&self) -> bool {
-        self.rotation.is_some() && self.config.command.preload.is_none()
+        self.proxy.is_some() && self.config.command.preload.is_none()
     }
 
     /// Watches every listening socket for a hang-up (from now on).
@@ -961,7 +879,7 @@ impl Supervisor {
             task.abort();
         }
         // The proxy's public sockets are the master's alone.
-        if self.rotation.is_none() {
+        if self.proxy.is_none() {
             self.listen_watch =
                 crate::net::watch::watch(self.listeners.duplicates(), &self.listen_tx);
         }
@@ -1056,12 +974,6 @@ impl Supervisor {
         }
     }
 
-    fn backends_mut(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u32, Arc<Backend>>> {
-        self.backends.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// A draining backend has no connections left: it gets the stop signal.
     fn on_idle(&mut self, pid: Pid) {
         let Some((index, _)) = self.slot_of(pid) else {
@@ -1089,31 +1001,13 @@ impl Supervisor {
             Notice::WorkerRefusing,
             format!("pid {pid} closed its listener; it gets no more connections"),
         );
-        if let Some(copies) = self.private_copies.remove(&pid) {
-            self.rescue_private(index, copies);
-        }
+        let passed = self.proxy.as_mut().map_or(0, |p| p.refusing(pid));
+        self.passed_on(index, passed);
     }
 
-    /// Proxy mode: a reaped worker's private listeners may still hold
-    /// connections the master forwarded that it never accepted; they go to
-    /// a worker that serves.
-    fn rescue_private(&self, slot: usize, copies: Vec<socket2::Socket>) {
-        let (Some(rotation), Some(config)) = (&self.rotation, self.proxy_config) else {
-            return;
-        };
-        let mut passed = 0;
-        for (address, socket) in copies.iter().enumerate() {
-            for conn in crate::net::rescue::drain_queue(socket) {
-                passed += 1;
-                tokio::spawn(proxy::pass_on(
-                    conn,
-                    address,
-                    rotation.clone(),
-                    config,
-                    self.handle.proxy_counters(),
-                ));
-            }
-        }
+    /// Proxy mode: says that connections a worker never accepted were
+    /// passed on to another.
+    fn passed_on(&self, slot: usize, passed: usize) {
         if passed > 0 {
             self.notice(
                 Some(slot),
@@ -1192,8 +1086,9 @@ impl Supervisor {
             }
             Due::Signal(pid) => {
                 let open = self
-                    .backends_mut()
-                    .get(&(pid.as_raw() as u32))
+                    .proxy
+                    .as_ref()
+                    .and_then(|p| p.backend(pid))
                     .map_or(0, |b| b.active());
                 self.emit(Event::DrainSignal {
                     slot: index,
@@ -1395,20 +1290,6 @@ fn default_connection_limit(workers: usize, addresses: usize) -> usize {
     usize::try_from(soft.saturating_sub(reserve) / 2)
         .unwrap_or(usize::MAX)
         .max(1)
-}
-
-/// Removes the socket files of a worker's private Unix listeners.
-fn remove_socket_files(targets: &[proxy::Target]) {
-    for t in targets {
-        if let proxy::Target::Unix(path) = t {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
-/// The inode of a socket, as a number.
-fn inode_of(socket: &socket2::Socket) -> u64 {
-    nix::sys::stat::fstat(socket).map_or(0, |st| st.st_ino)
 }
 
 /// A random number in `[0, 1)` for backoff jitter, without a dependency:
