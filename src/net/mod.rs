@@ -218,6 +218,11 @@ pub(crate) struct Listeners {
     /// names. Slot order at first; a replaced socket leaves its place (the
     /// kernel moves the last one there) and joins at the end.
     order: Vec<Vec<usize>>,
+    /// The slots new connections are steered to now.
+    steered: Vec<usize>,
+    /// Steering failed once (old kernel, no permission): the kernel's own
+    /// hash decides, and queues of empty slots wait for their next worker.
+    steer_broken: bool,
 }
 
 impl Listeners {
@@ -271,6 +276,8 @@ impl Listeners {
             balance,
             backlog,
             order,
+            steered: Vec::new(),
+            steer_broken: false,
         })
     }
 
@@ -312,6 +319,35 @@ impl Listeners {
     /// Whether slots have sockets of their own (and so can be steered).
     pub(crate) fn per_slot(&self) -> bool {
         self.balance == Balance::ReusePort
+    }
+
+    /// Steers new connections to the `live` slots, unless they are those
+    /// steered to already or steering has failed before.
+    ///
+    /// # Errors
+    ///
+    /// The first failure to attach the steering program; from then on the
+    /// kernel's own hash decides and this does nothing.
+    pub(crate) fn steer_to(&mut self, live: &[usize]) -> io::Result<()> {
+        if self.steer_broken || live.is_empty() || live == self.steered {
+            return Ok(());
+        }
+        match self.steer(live) {
+            Ok(()) => {
+                self.steered = live.to_vec();
+                Ok(())
+            }
+            Err(e) => {
+                self.steer_broken = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether new connections are steered away from `slot`, so that what
+    /// is queued on its socket waits for nobody.
+    pub(crate) fn steered_away(&self, slot: usize) -> bool {
+        !self.steer_broken && !self.steered.is_empty() && !self.steered.contains(&slot)
     }
 
     /// Sends new connections only to the `live` slots' sockets. A no-op
@@ -364,6 +400,9 @@ impl Listeners {
                 order.swap_remove(i);
             }
             order.push(k);
+            // Steering names sockets by their place in the group, which
+            // the replacement changed: steer again at the next change.
+            self.steered.clear();
         }
         Ok(())
     }
@@ -454,6 +493,26 @@ fn bind_one(addr: SocketAddr, reuse_port: bool, backlog: u32) -> Result<Socket> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steering_is_remembered_and_forgotten_when_a_socket_is_replaced() {
+        let mut l = Listeners::bind(
+            vec![Bound::Addr("127.0.0.1:0".parse().unwrap())],
+            Balance::ReusePort,
+            3,
+            16,
+        )
+        .unwrap();
+        assert!(!l.steered_away(1), "nothing steered yet");
+        l.steer_to(&[0, 2]).unwrap();
+        assert!(l.steered_away(1));
+        assert!(!l.steered_away(0) && !l.steered_away(2));
+        // A replaced socket changes the group's order: steering starts over.
+        l.replace(0, 1).unwrap();
+        assert!(!l.steered_away(1));
+        l.steer_to(&[0, 2]).unwrap();
+        assert!(l.steered_away(1));
+    }
 
     #[test]
     fn balance_round_trips_through_text() {

@@ -150,11 +150,6 @@ struct Supervisor {
     ready: ReadyPlan,
     /// Set when the cluster cannot start; returned once all is reaped.
     fatal: Option<Error>,
-    /// The slots new connections are steered to now.
-    steered: Vec<usize>,
-    /// Steering failed once (old kernel, no permission): the kernel's own
-    /// hash decides, and queues of empty slots wait for their next worker.
-    steer_broken: bool,
     reload: Option<ReloadRun>,
     /// Reload requests that arrived during a reload: run once it ends.
     queued: Vec<(Target, Option<Waiter>)>,
@@ -307,8 +302,6 @@ pub(crate) async fn run(
         notify_env,
         ready,
         fatal: None,
-        steered: Vec::new(),
-        steer_broken: false,
         reload: None,
         queued: Vec::new(),
         timed_out: HashSet::new(),
@@ -827,21 +820,15 @@ impl Supervisor {
             .filter(|s| s.is_serving())
             .map(|s| s.index)
             .collect();
-        if !self.steer_broken && !live.is_empty() && live != self.steered {
-            match self.listeners.steer(&live) {
-                Ok(()) => self.steered.clone_from(&live),
-                Err(e) => {
-                    self.steer_broken = true;
-                    self.notice(
-                        None,
-                        Notice::SteeringFailed,
-                        format!(
-                            "cannot steer connections away from empty slots ({e}); their \
-                             queues wait for the next worker"
-                        ),
-                    );
-                }
-            }
+        if let Err(e) = self.listeners.steer_to(&live) {
+            self.notice(
+                None,
+                Notice::SteeringFailed,
+                format!(
+                    "cannot steer connections away from empty slots ({e}); their queues wait \
+                     for the next worker"
+                ),
+            );
         }
         if let Some(plane) = &self.proxy {
             plane.rotate(live.iter().filter_map(|&i| self.slots[i].pid()));
@@ -914,9 +901,6 @@ impl Supervisor {
                 ),
             }
         }
-        // Steering names sockets by their place in the group, which the
-        // replacement changed.
-        self.steered.clear();
         self.changed();
         self.watch_listeners();
         let target = if slots.iter().any(Option::is_none) {
@@ -1023,10 +1007,7 @@ impl Supervisor {
     /// Passes the connections queued on an empty slot's socket on to the
     /// live slots, so that they do not wait for a worker that is far off.
     fn rescue_queue(&mut self, slot: usize) {
-        let slot_is_out = !self.steer_broken
-            && !self.steered.is_empty()
-            && !self.steered.contains(&slot)
-            && !self.slots[slot].is_live();
+        let slot_is_out = self.listeners.steered_away(slot) && !self.slots[slot].is_live();
         if !slot_is_out {
             return;
         }
