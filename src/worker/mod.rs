@@ -11,7 +11,14 @@
 //! It also speaks the other half of the contract: [`notify_ready`] when the
 //! sockets are served (for `--ready notify`), [`notify_watchdog`] at least
 //! every [`watchdog_interval`] (for `--watchdog`), and [`notify_stopping`]
-//! when a drain begins.
+//! when a drain begins. With the `hyper` feature, `http::serve` does all of
+//! that for a hyper server, and drains without losing a request.
+//!
+//! **One binary for master and workers.** A launcher may run itself as its
+//! own workers: `Cluster::builder().command(std::env::current_exe()?)`, and
+//! at start `if herd::worker::slot().is_some()` it is a worker and serves,
+//! else it is the launcher. `examples/launcher.rs` does this, with an admin
+//! endpoint beside the cluster.
 //!
 //! ```no_run
 //! let listener = herd::worker::tcp_listeners()?.remove(0);
