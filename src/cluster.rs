@@ -1259,6 +1259,41 @@ impl Handle {
         .await
     }
 
+    /// Scales the cluster to `workers` slots, in every balance mode. New
+    /// slots start a worker at once (with reuseport, on a socket of their
+    /// own that joins the group). The highest slots are removed: their
+    /// workers drain as in a stop, and connections still queued on their
+    /// sockets are passed on. SIGTTIN and SIGTTOU do the same by one (as
+    /// gunicorn). Returns the number of slots before.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ZeroWorkers`]; [`Error::InvalidSetting`] (`workers`) while
+    /// a reload runs or removed slots still drain, or beyond reuseport's
+    /// steering limit; [`Error::Listen`] when a new slot's socket cannot be
+    /// bound (nothing changes then); [`Error::NotRunning`].
+    pub async fn scale(&self, workers: usize) -> Result<usize> {
+        self.ask(|reply| Control::Scale {
+            to: supervisor::Scale::To(workers),
+            reply,
+        })
+        .await
+    }
+
+    /// [`Handle::scale`] by a difference: `+2`, `-1` (never below one
+    /// slot). Returns the number of slots before.
+    ///
+    /// # Errors
+    ///
+    /// As [`Handle::scale`].
+    pub async fn scale_by(&self, delta: isize) -> Result<usize> {
+        self.ask(|reply| Control::Scale {
+            to: supervisor::Scale::By(delta),
+            reply,
+        })
+        .await
+    }
+
     /// The cluster's name ([`Builder::name`]).
     pub fn name(&self) -> Option<&str> {
         self.log.name()

@@ -200,6 +200,14 @@ pub enum Event {
         /// A sentence for the log.
         message: String,
     },
+    /// The number of slots changed ([`crate::Handle::scale`], SIGTTIN,
+    /// SIGTTOU): new slots start now, removed ones drain.
+    Scaled {
+        /// Slots before.
+        from: usize,
+        /// Slots from now on.
+        to: usize,
+    },
     /// Every worker has been reaped; `run()` is about to return.
     Stopped,
 }
@@ -235,6 +243,8 @@ pub enum Notice {
     ReloadQueued,
     /// Proxy mode: the connection limit was reached and new clients wait.
     ConnectionLimit,
+    /// A scale asked for by signal (SIGTTIN, SIGTTOU) was refused.
+    ScaleRefused,
 }
 
 impl Notice {
@@ -252,6 +262,7 @@ impl Notice {
             Notice::ConnectionsPassedOn => "connections_passed_on",
             Notice::ReloadQueued => "reload_queued",
             Notice::ConnectionLimit => "connection_limit",
+            Notice::ScaleRefused => "scale_refused",
         }
     }
 }
@@ -389,6 +400,7 @@ impl fmt::Display for Event {
                 }
                 f.write_str(message)
             }
+            Event::Scaled { from, to } => write!(f, "scaling from {from} to {to} worker(s)"),
             Event::Stopped => f.write_str("all workers stopped"),
         }
     }
@@ -517,6 +529,7 @@ impl Event {
                 .raw("slot", &slot.map_or("null".into(), |s| s.to_string()))
                 .str("notice", notice.name())
                 .str("message", message),
+            Event::Scaled { from, to } => j.num("from", *from).num("to", *to),
             Event::Stopped => j,
         }
         .finish()
@@ -543,6 +556,7 @@ impl Event {
             Event::DrainTimeout { .. } => "drain_timeout",
             Event::ListenerReplaced { .. } => "listener_replaced",
             Event::Notice { .. } => "notice",
+            Event::Scaled { .. } => "scaled",
             Event::Stopped => "stopped",
         }
     }

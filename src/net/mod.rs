@@ -407,6 +407,55 @@ impl Listeners {
         Ok(())
     }
 
+    /// Reuseport: binds one more slot's socket to every address; it joins
+    /// the end of each group. A no-op in the other modes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Listen`] naming the address; nothing is added then.
+    pub(crate) fn add_slot(&mut self) -> Result<()> {
+        if !self.per_slot() {
+            return Ok(());
+        }
+        let slot = self.sockets.first().map_or(0, Vec::len);
+        let mut added = Vec::with_capacity(self.local.len());
+        for &addr in &self.local {
+            added.push(bind_one(addr, true, self.backlog)?);
+        }
+        for ((group, order), socket) in self.sockets.iter_mut().zip(&mut self.order).zip(added) {
+            group.push(socket);
+            order.push(slot);
+        }
+        Ok(())
+    }
+
+    /// Reuseport: closes the last slot's sockets, after passing on what is
+    /// queued on them (returned, with where each connection goes). The
+    /// kernel moves the last socket of each group into the closed one's
+    /// place, which the steering model follows. A no-op in the other modes.
+    pub(crate) fn remove_last_slot(&mut self) -> Vec<(std::net::TcpStream, SocketAddr)> {
+        if !self.per_slot() {
+            return Vec::new();
+        }
+        let Some(slot) = self
+            .sockets
+            .first()
+            .map(Vec::len)
+            .and_then(|n| n.checked_sub(1))
+        else {
+            return Vec::new();
+        };
+        let queued = self.drain_slot(slot);
+        for (group, order) in self.sockets.iter_mut().zip(&mut self.order) {
+            group.pop();
+            if let Some(i) = order.iter().position(|&s| s == slot) {
+                order.swap_remove(i);
+            }
+        }
+        self.steered.clear();
+        queued
+    }
+
     /// Duplicates of every socket, for watching them.
     pub(crate) fn duplicates(&self) -> Vec<std::os::fd::OwnedFd> {
         self.sockets

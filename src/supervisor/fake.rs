@@ -398,4 +398,87 @@ mod tests {
         assert_eq!(fake.spawned().len(), 3, "{:?}", fake.spawned());
         c.stop().await;
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn scaling_up_starts_new_slots_and_down_drains_the_highest() {
+        let fake = Fake::new(SERVE);
+        let mut c = start(cluster(2), fake.clone()).await;
+        c.until(2, ready).await;
+        let first = fake.spawned();
+
+        assert_eq!(c.handle.scale(4).await.unwrap(), 2);
+        let events = c.until(2, ready).await;
+        assert!(
+            events.contains(&Event::Scaled { from: 2, to: 4 }),
+            "{events:?}"
+        );
+        let workers = c.handle.workers();
+        assert_eq!(workers.len(), 4);
+        assert!(workers.iter().all(|w| w.state == crate::WorkerState::Ready));
+        assert!(fake.sent().is_empty(), "nobody was stopped");
+
+        // Down to 1: slots 3, 2, 1 drain; slot 0 is left alone.
+        assert_eq!(c.handle.scale_by(-3).await.unwrap(), 4);
+        c.until(3, |e| matches!(e, Event::Exited { .. })).await;
+        tokio::task::yield_now().await;
+        let workers = c.handle.workers();
+        assert_eq!(workers.len(), 1, "{workers:?}");
+        assert_eq!(workers[0].pid, Some(first[0]));
+        let stopped: Vec<u32> = fake.sent().iter().map(|s| s.pid).collect();
+        assert_eq!(stopped.len(), 3, "{:?}", fake.sent());
+        assert!(!stopped.contains(&first[0]));
+        assert!(fake.sent().iter().all(|s| s.signal == Signal::SIGTERM));
+
+        // Back up: the removed slots' numbers are used again.
+        c.handle.scale(2).await.unwrap();
+        c.until(1, ready).await;
+        assert_eq!(c.handle.workers().len(), 2);
+        c.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scaling_is_refused_to_zero_during_a_reload_and_while_slots_drain() {
+        let fake = Fake::new(Behaviour::Serve {
+            drain: Duration::from_secs(5),
+        });
+        let mut c = start(cluster(2), fake.clone()).await;
+        c.until(2, ready).await;
+        assert!(matches!(c.handle.scale(0).await, Err(Error::ZeroWorkers)));
+
+        let handle = c.handle.clone();
+        let reload = tokio::spawn(async move { handle.reload().await });
+        c.until(1, |e| matches!(e, Event::ReloadStarted { .. }))
+            .await;
+        let during = c.handle.scale(3).await.unwrap_err();
+        assert!(
+            matches!(
+                during,
+                Error::InvalidSetting {
+                    setting: "workers",
+                    ..
+                }
+            ),
+            "{during}"
+        );
+        assert!(reload.await.unwrap().unwrap().is_complete());
+
+        // Slot 1 drains for 5 s: scaling again waits for it.
+        c.handle.scale(1).await.unwrap();
+        let draining = c.handle.scale(3).await.unwrap_err();
+        assert!(
+            matches!(
+                draining,
+                Error::InvalidSetting {
+                    setting: "workers",
+                    ..
+                }
+            ),
+            "{draining}"
+        );
+        c.until(1, |e| matches!(e, Event::Exited { slot: 1, .. }))
+            .await;
+        tokio::task::yield_now().await;
+        assert_eq!(c.handle.scale(3).await.unwrap(), 1);
+        c.stop().await;
+    }
 }

@@ -76,6 +76,18 @@ pub(crate) enum Control {
         command: Box<crate::cluster::Command>,
         reply: tokio::sync::oneshot::Sender<Result<()>>,
     },
+    Scale {
+        to: Scale,
+        reply: tokio::sync::oneshot::Sender<Result<usize>>,
+    },
+}
+
+/// A number of workers to scale to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Scale {
+    To(usize),
+    /// More or fewer than now (never below one).
+    By(isize),
 }
 
 /// A worker that exited and was reaped.
@@ -93,6 +105,8 @@ struct Signals {
     int: tokio::signal::unix::Signal,
     quit: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    ttin: tokio::signal::unix::Signal,
+    ttou: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -105,6 +119,9 @@ impl Signals {
             int: kind(SignalKind::interrupt(), "SIGINT")?,
             quit: kind(SignalKind::quit(), "SIGQUIT")?,
             hup: kind(SignalKind::hangup(), "SIGHUP")?,
+            // gunicorn's: one worker more, one fewer.
+            ttin: kind(SignalKind::from_raw(nix::libc::SIGTTIN), "SIGTTIN")?,
+            ttou: kind(SignalKind::from_raw(nix::libc::SIGTTOU), "SIGTTOU")?,
         })
     }
 }
@@ -115,6 +132,8 @@ enum MasterSignal {
     Int,
     Quit,
     Hup,
+    Ttin,
+    Ttou,
 }
 
 async fn next_signal(signals: &mut Option<Signals>) -> MasterSignal {
@@ -124,6 +143,8 @@ async fn next_signal(signals: &mut Option<Signals>) -> MasterSignal {
             _ = s.int.recv() => MasterSignal::Int,
             _ = s.quit.recv() => MasterSignal::Quit,
             _ = s.hup.recv() => MasterSignal::Hup,
+            _ = s.ttin.recv() => MasterSignal::Ttin,
+            _ = s.ttou.recv() => MasterSignal::Ttou,
         },
         None => std::future::pending().await,
     }
@@ -150,6 +171,8 @@ struct Supervisor {
     ready: ReadyPlan,
     /// Set when the cluster cannot start; returned once all is reaped.
     fatal: Option<Error>,
+    /// How many slots there should be; slots past it are being removed.
+    target: usize,
     reload: Option<ReloadRun>,
     /// Reload requests that arrived during a reload: run once it ends.
     queued: Vec<(Target, Option<Waiter>)>,
@@ -290,6 +313,7 @@ pub(crate) async fn run(
             None
         }
     };
+    let workers = config.workers;
     let mut sup = Supervisor {
         slots: (0..config.workers).map(Slot::new).collect(),
         config,
@@ -302,6 +326,7 @@ pub(crate) async fn run(
         notify_env,
         ready,
         fatal: None,
+        target: workers,
         reload: None,
         queued: Vec::new(),
         timed_out: HashSet::new(),
@@ -354,6 +379,9 @@ pub(crate) async fn run(
                 Control::SetCommand { command, reply } => {
                     let _ = reply.send(sup.set_command(*command));
                 }
+                Control::Scale { to, reply } => {
+                    let _ = reply.send(sup.scale(to).await);
+                }
                 Control::Reload { target, reply } => sup.request_reload(target, Some(reply)).await,
             },
             sig = next_signal(&mut signals) => match sig {
@@ -365,6 +393,8 @@ pub(crate) async fn run(
                 }
                 MasterSignal::Quit => sup.stop(false),
                 MasterSignal::Hup => sup.request_reload(Target::All, None).await,
+                MasterSignal::Ttin => sup.scale_or_notice(Scale::By(1)).await,
+                MasterSignal::Ttou => sup.scale_or_notice(Scale::By(-1)).await,
             },
             () = timer => sup.on_timers().await,
         }
@@ -386,6 +416,130 @@ impl Supervisor {
 
     fn emit(&self, event: Event) {
         self.handle.log().event(event);
+    }
+
+    /// Scales to a number of slots: new slots get sockets (reuseport) and a
+    /// worker at once; removed slots (the highest) drain like a stop, and
+    /// are gone once their workers are, their queued connections passed on.
+    /// Returns the number of slots asked for before.
+    async fn scale(&mut self, to: Scale) -> Result<usize> {
+        let from = self.target;
+        let to = match to {
+            Scale::To(n) => n,
+            Scale::By(d) => from.saturating_add_signed(d).max(1),
+        };
+        let refuse = |reason: String| Error::InvalidSetting {
+            setting: "workers",
+            reason,
+        };
+        if to == 0 {
+            return Err(Error::ZeroWorkers);
+        }
+        if self.phase != Phase::Running {
+            return Err(Error::NotRunning);
+        }
+        if self.reload.is_some() {
+            return Err(refuse(
+                "a reload is running: scale when it has ended".into(),
+            ));
+        }
+        if self.slots.len() > from {
+            return Err(refuse(format!(
+                "slots {from} to {} are still draining: scale when they are gone",
+                self.slots.len() - 1
+            )));
+        }
+        if self.listeners.per_slot() && to > crate::net::steer::MAX_STEERED_SLOTS {
+            return Err(refuse(format!(
+                "reuseport steering takes at most {} slots",
+                crate::net::steer::MAX_STEERED_SLOTS
+            )));
+        }
+        if to == from {
+            return Ok(from);
+        }
+        for added in 0..to.saturating_sub(from) {
+            if let Err(e) = self.listeners.add_slot() {
+                for _ in 0..added {
+                    self.listeners.remove_last_slot();
+                }
+                return Err(e);
+            }
+        }
+        self.target = to;
+        self.emit(Event::Scaled { from, to });
+        for index in from..to {
+            self.slots.push(Slot::new(index));
+            if let Err(e) = self.start(index, Role::Current).await {
+                self.on_spawn_failure(index, e);
+            }
+        }
+        for index in to..from {
+            self.retire_slot(index);
+        }
+        self.watch_listeners();
+        self.changed();
+        self.trim_slots();
+        Ok(from)
+    }
+
+    /// [`Supervisor::scale`] from a signal: a refusal is a notice.
+    async fn scale_or_notice(&mut self, by: Scale) {
+        if let Err(e) = self.scale(by).await {
+            self.notice(None, Notice::ScaleRefused, e.chain());
+        }
+    }
+
+    /// Stops one slot's workers gracefully, for good.
+    fn retire_slot(&mut self, index: usize) {
+        let defer = self.defers_stop_signal();
+        let newly = self.slots[index].begin_stop(clock(), self.config.drain_timeout, defer);
+        let held_back = if defer {
+            self.slots[index].pids()
+        } else {
+            Vec::new()
+        };
+        // Out of steering and rotation first: no new connection is sent to
+        // a worker that is about to stop accepting.
+        self.changed();
+        for pid in newly {
+            self.ask_to_stop(pid);
+        }
+        for pid in held_back {
+            self.retire(pid);
+        }
+    }
+
+    /// Removes the slots past the target whose workers are all gone.
+    fn trim_slots(&mut self) {
+        let mut removed = false;
+        while self.slots.len() > self.target {
+            let last = &self.slots[self.slots.len() - 1];
+            if last.is_live() || last.is_pending() {
+                break;
+            }
+            let index = last.index;
+            self.slots.pop();
+            let queued = self.listeners.remove_last_slot();
+            if !queued.is_empty() {
+                self.notice(
+                    Some(index),
+                    Notice::ConnectionsPassedOn,
+                    format!(
+                        "passing {} queued connection(s) on to live slots",
+                        queued.len()
+                    ),
+                );
+            }
+            for (conn, target) in queued {
+                tokio::spawn(crate::net::rescue::forward(conn, target));
+            }
+            removed = true;
+        }
+        if removed {
+            self.watch_listeners();
+            self.changed();
+        }
     }
 
     /// Every worker started from now on runs `command`. It must be Node
@@ -785,6 +939,8 @@ impl Supervisor {
             }
             ExitOutcome::Unknown => {}
         }
+        // A removed slot goes once its last process has.
+        self.trim_slots();
     }
 
     fn report(&mut self, slot: usize, decision: Decision, tail: Vec<String>) {

@@ -81,7 +81,7 @@ impl Supervisor {
     fn begin_run(&mut self, requests: Vec<(Target, Option<Waiter>)>) {
         let targets: Vec<Target> = requests.iter().map(|(t, _)| t.clone()).collect();
         let waiters: Vec<Waiter> = requests.into_iter().filter_map(|(_, w)| w).collect();
-        let slots = reload::merge(&targets, self.slots.len());
+        let slots = reload::merge(&targets, self.target.min(self.slots.len()));
         self.emit(Event::ReloadStarted {
             slots: slots.clone(),
         });

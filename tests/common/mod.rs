@@ -572,6 +572,11 @@ impl Load {
     }
 
     /// Waits until `n` requests have been answered so far.
+    /// Requests answered so far.
+    pub fn answered(&self) -> u64 {
+        self.answered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn wait_answered(&self, n: u64) {
         let deadline = Instant::now() + WAIT;
         while self.answered.load(std::sync::atomic::Ordering::Relaxed) < n {
