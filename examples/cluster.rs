@@ -133,6 +133,17 @@ struct Cli {
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
 
+    /// Where the control API (`herdctl`) is served: a Unix socket, 0600 in
+    /// a 0700 directory. Default: `$XDG_RUNTIME_DIR/herd/NAME.sock` or
+    /// `/tmp/herd-UID/NAME.sock`, NAME being `--name` or the program's
+    /// file name.
+    #[arg(long, value_name = "PATH")]
+    control: Option<std::path::PathBuf>,
+
+    /// Serve no control API.
+    #[arg(long, conflicts_with = "control")]
+    no_control: bool,
+
     /// The master's own lines: text, or json (one object per line and
     /// event, for scripts and tests).
     #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
@@ -403,6 +414,26 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.listen(*addr);
     }
     let cluster = builder.build()?;
+    let control_name = cli.name.clone().unwrap_or_else(|| {
+        std::path::Path::new(program)
+            .file_name()
+            .map_or_else(|| "herd".into(), |n| n.to_string_lossy().into_owned())
+    });
+    let _control = if cli.no_control {
+        None
+    } else {
+        let path = cli
+            .control
+            .clone()
+            .unwrap_or_else(|| herd::control::default_path(&control_name));
+        match herd::control::serve(cluster.handle(), &path).await {
+            Ok(server) => Some(server),
+            // Another master owns that name: a usage error, before anything
+            // starts.
+            Err(e @ herd::Error::ControlInUse { .. }) => return Err(Usage(e.to_string()).into()),
+            Err(e) => return Err(e.into()),
+        }
+    };
     // Every JSON line names the cluster when it has a name.
     let open = match &cli.name {
         Some(name) => format!("{{\"cluster\":\"{name}\","),

@@ -81,6 +81,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// Another master already serves a control API at this path.
+    #[error(
+        "another herd master answers on the control socket {}: give this one another --name or --control path",
+        path.display()
+    )]
+    ControlInUse {
+        /// The socket's path.
+        path: PathBuf,
+    },
+
     /// Another process already listens on the address.
     #[error("address {addr} is already in use")]
     AddressInUse {

@@ -117,6 +117,8 @@ compile_error!(
 
 pub mod balance;
 mod cluster;
+#[cfg(feature = "control")]
+pub mod control;
 mod error;
 mod event;
 mod log;

@@ -81,3 +81,210 @@ fn a_shared_socket_scales_up_and_down_under_load_without_a_failed_request() {
 fn proxy_mode_scales_up_and_down_under_load_without_a_failed_request() {
     scales_under_load_without_a_failed_request("proxy");
 }
+
+/// A master with its control socket at a path of the test's own.
+fn controlled(extra: &[&str], program: &[String]) -> (Master, std::path::PathBuf) {
+    let path = std::env::temp_dir()
+        .join(format!("herd-ctl-{}-{}", std::process::id(), free_port()))
+        .join("control.sock");
+    let mut args = s(&["--control", &path.display().to_string()]);
+    args.extend(cmd(extra, program));
+    (Master::start(&args), path)
+}
+
+/// Runs herdctl against `path`: (exit code, stdout, stderr).
+fn herdctl(path: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    herdctl_as(path, args, None)
+}
+
+fn herdctl_as(path: &std::path::Path, args: &[&str], uid: Option<u32>) -> (i32, String, String) {
+    use std::os::unix::process::CommandExt;
+    let mut c = std::process::Command::new(example("herdctl"));
+    c.arg("--control").arg(path).args(args);
+    if let Some(uid) = uid {
+        c.uid(uid).gid(uid);
+    }
+    let mut child = c
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("herdctl");
+    let status = wait_child(&mut child, "herdctl");
+    let mut out = String::new();
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (status.code().unwrap_or(-1), out, err)
+}
+
+#[test]
+fn herdctl_lists_reloads_restarts_scales_and_stops() {
+    let (mut m, path) = controlled(&["-w", "2", "--ready", "notify"], &hello_server());
+    m.wait_kind("ready", 2);
+
+    let (code, out, err) = herdctl(&path, &["ls", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let table: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(table["phase"], "running");
+    let workers = table["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 2);
+    let pids: Vec<u32> = workers.iter().map(|w| pid_field(w, "pid")).collect();
+    assert_eq!(pids, m.live_pids());
+    for w in workers {
+        assert_eq!(w["state"], "ready", "{w}");
+        for key in ["slot", "generation", "uptime_ms", "restarts", "draining"] {
+            assert!(!w[key].is_null(), "{key} in {w}");
+        }
+    }
+    let (code, text, _) = herdctl(&path, &["ls"]);
+    assert_eq!(code, 0);
+    assert_eq!(text.lines().count(), 3, "a header and two rows: {text}");
+
+    let (code, out, err) = herdctl(&path, &["reload", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["replaced"].as_array().unwrap().len(), 2);
+
+    let (code, _, err) = herdctl(&path, &["restart", "7"]);
+    assert_eq!(code, 5, "an unknown slot is refused: {err}");
+    let (code, out, _) = herdctl(&path, &["restart", "1", "--json"]);
+    assert_eq!(code, 0);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["replaced"][0]["slot"], 1);
+
+    let (code, out, _) = herdctl(&path, &["scale", "+1", "--json"]);
+    assert_eq!(code, 0);
+    let scaled: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (scaled["from"].as_u64(), scaled["to"].as_u64()),
+        (Some(2), Some(3))
+    );
+    m.wait_events("the third slot", |e| {
+        of_kind(e, "ready").any(|r| r["slot"] == 2)
+    });
+    let (code, out, _) = herdctl(&path, &["signal", "WINCH", "2", "--json"]);
+    assert_eq!(code, 0);
+    let sent: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(sent["pids"].as_array().unwrap().len(), 1);
+
+    let (code, out, _) = herdctl(&path, &["logs", "0", "--json"]);
+    assert_eq!(code, 0);
+    let logs: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let lines = logs["lines"].as_array().unwrap();
+    assert!(
+        !lines.is_empty() && lines.iter().all(|l| l["slot"] == 0),
+        "{logs}"
+    );
+
+    let (code, _, _) = herdctl(&path, &["stop"]);
+    assert_eq!(code, 0);
+    assert!(m.wait_exit().success(), "{}", m.log());
+    let (code, _, err) = herdctl(&path, &["ls"]);
+    assert_eq!(code, 3, "no master answers any more: {err}");
+}
+
+#[test]
+fn herdctl_says_an_aborted_reload_failed_with_the_reason() {
+    let release = std::env::temp_dir().join(format!("herd-ctl-release-{}", std::process::id()));
+    std::fs::write(&release, "good").unwrap();
+    let (m, path) = controlled(
+        &[
+            "-w",
+            "1",
+            "-e",
+            &format!("RELEASE_FILE={}", release.display()),
+        ],
+        &["node".into(), fixture("tests/fixtures/release.js")],
+    );
+    m.wait_kind("ready", 1);
+    std::fs::write(&release, "crash").unwrap();
+    let (code, _, err) = herdctl(&path, &["reload"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("cannot start: config missing"),
+        "the successor's last line: {err}"
+    );
+    let _ = std::fs::remove_file(&release);
+}
+
+#[test]
+fn the_control_socket_refuses_other_users_and_bad_requests_and_keeps_serving() {
+    use std::io::{Read, Write};
+    let (m, path) = controlled(&["-w", "1", "--ready", "notify"], &hello_server());
+    m.wait_kind("ready", 1);
+    // The socket is the master's user's alone.
+    let mode = std::fs::metadata(&path).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o600
+    );
+    if nix::unistd::geteuid().is_root() {
+        let (code, _, err) = herdctl_as(&path, &["ls"], Some(65534));
+        assert_eq!(code, 4, "nobody is refused: {err}");
+        // With the file modes opened up, the peer credentials still say no.
+        use std::os::unix::fs::PermissionsExt;
+        let perms = |p: &std::path::Path, mode| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        perms(path.parent().unwrap(), 0o755);
+        perms(&path, 0o666);
+        let (code, _, err) = herdctl_as(&path, &["ls"], Some(65534));
+        assert_eq!(code, 4, "refused by peer credentials: {err}");
+        perms(&path, 0o600);
+        perms(path.parent().unwrap(), 0o700);
+    }
+
+    let raw = |bytes: &[u8]| -> String {
+        let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let _ = s.write_all(bytes);
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        answer
+    };
+    let garbage = raw(b"\x00\x01 this is not http\r\n\r\n");
+    assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage:?}");
+    let big = format!(
+        "POST /v1/scale HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\nConnection: close\r\n\r\n{}",
+        "x".repeat(200_000)
+    );
+    let answer = raw(big.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:.80}");
+    let bad_json = raw(b"POST /v1/scale HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\n{nope");
+    assert!(bad_json.starts_with("HTTP/1.1 400"), "{bad_json:.80}");
+
+    // Slow clients that never finish their headers, many at once: the
+    // workers keep serving, and the API answers once they are gone.
+    let idle: Vec<_> = (0..300)
+        .map(|_| {
+            let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+            let _ = s.write_all(b"GET /v1/workers HTTP/1.1\r\n");
+            s
+        })
+        .collect();
+    for _ in 0..20 {
+        assert!(m.get("/").is_ok());
+    }
+    drop(idle);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (code, _, err) = herdctl(&path, &["ls"]);
+        if code == 0 {
+            break;
+        }
+        assert_eq!(code, 5, "busy, not broken: {err}");
+        assert!(std::time::Instant::now() < deadline, "{err}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

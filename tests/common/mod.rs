@@ -167,7 +167,8 @@ impl Master {
     fn spawn_with(args: &[String], tweak: impl FnOnce(&mut Command)) -> Master {
         use std::os::unix::process::CommandExt;
         let mut cmd = Command::new(example("cluster"));
-        cmd.args(args)
+        cmd.args(control_args(args))
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -458,6 +459,7 @@ impl Drop for GroupGuard {
 pub fn flooding_master(extra: &[&str]) -> (Child, GroupGuard) {
     use std::os::unix::process::CommandExt;
     let child = Command::new(example("cluster"))
+        .args(control_args(&[]))
         .args(["-w", "1", "-l", "127.0.0.1:0"])
         .args(extra)
         .args(["sh", "-c", "while :; do echo flood flood flood flood; done"])
@@ -481,6 +483,21 @@ pub fn wait_child(child: &mut Child, what: &str) -> ExitStatus {
         assert!(Instant::now() < deadline, "{what} did not exit");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A control socket of its own for each master a test starts (tests run
+/// in parallel, and the default path is per program name), unless the
+/// test chose one.
+pub fn control_args(args: &[String]) -> Vec<String> {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    if args.iter().any(|a| a == "--control" || a == "--no-control") {
+        return Vec::new();
+    }
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir()
+        .join(format!("herd-test-{}-{n}", std::process::id()))
+        .join("control.sock");
+    vec!["--control".into(), path.display().to_string()]
 }
 
 /// A loopback port that is free now.

@@ -1,0 +1,314 @@
+//! `herdctl`: operate a running herd master through its control API.
+//!
+//! ```text
+//! cargo run --example herdctl -- ls            # the worker table
+//! cargo run --example herdctl -- reload        # waits; exit 1 if aborted
+//! cargo run --example herdctl -- restart 2
+//! cargo run --example herdctl -- signal USR2 1
+//! cargo run --example herdctl -- scale +2      # or 4, or -1
+//! cargo run --example herdctl -- logs 0 -n 20
+//! cargo run --example herdctl -- stop
+//! ```
+//!
+//! It finds the master by `--control PATH`, by `--name NAME` (the master's
+//! `--name`, or its program's file name), or, when only one master runs,
+//! by itself. `--json` prints what the API answered.
+//!
+//! Exit status: 0 done; 1 the operation failed (an aborted reload); 2 bad
+//! usage; 3 no master answers; 4 permission refused; 5 the master refused
+//! the request (an unknown slot, a scale during a reload).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(name = "herdctl", about = "Operate a running herd master")]
+struct Cli {
+    /// The master's control socket.
+    #[arg(long, value_name = "PATH", global = true)]
+    control: Option<PathBuf>,
+    /// The master's name (its --name, or its program's file name).
+    #[arg(long, value_name = "NAME", global = true, conflicts_with = "control")]
+    name: Option<String>,
+    /// Print the API's JSON answer instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The worker table.
+    #[command(alias = "status")]
+    Ls,
+    /// A rolling reload; waits for its report.
+    Reload,
+    /// A soft restart of one slot (successor first).
+    Restart { slot: usize },
+    /// Sends a signal to every worker, or to one slot's.
+    Signal { signal: String, slot: Option<usize> },
+    /// Scales to N workers, or by +N / -N.
+    Scale {
+        #[arg(allow_hyphen_values = true)]
+        workers: String,
+    },
+    /// The workers' last output lines.
+    Logs {
+        slot: Option<usize>,
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: usize,
+    },
+    /// Stops the cluster gracefully.
+    Stop,
+}
+
+/// An error with the exit status it means.
+struct Failure(u8, String);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(Failure(code, message)) => {
+            eprintln!("herdctl: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// The socket: given, named, or the only one in the default directory.
+fn socket(cli: &Cli) -> Result<PathBuf, Failure> {
+    if let Some(path) = &cli.control {
+        return Ok(path.clone());
+    }
+    if let Some(name) = &cli.name {
+        return Ok(herd::control::default_path(name));
+    }
+    let dir = herd::control::default_dir();
+    // Only sockets a master answers on: a killed one leaves its file.
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| std::os::unix::net::UnixStream::connect(e.path()).is_ok())
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()?
+                        .strip_suffix(".sock")
+                        .map(str::to_owned)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    match names.as_slice() {
+        [one] => Ok(herd::control::default_path(one)),
+        [] => Err(Failure(
+            3,
+            format!("no herd master runs here (nothing in {})", dir.display()),
+        )),
+        several => Err(Failure(
+            2,
+            format!(
+                "several herd masters run ({}): pass --name",
+                several.join(", ")
+            ),
+        )),
+    }
+}
+
+async fn request(
+    path: &Path,
+    method: &str,
+    uri: &str,
+    body: Option<Value>,
+) -> Result<(u16, Value), Failure> {
+    let stream = tokio::net::UnixStream::connect(path)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied => Failure(
+                4,
+                format!(
+                    "permission refused on {}: run as the master's user",
+                    path.display()
+                ),
+            ),
+            _ => Failure(
+                3,
+                format!("no herd master answers on {}: {e}", path.display()),
+            ),
+        })?;
+    let lost = |e: hyper::Error| Failure(3, format!("the master closed the connection: {e}"));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(lost)?;
+    tokio::spawn(conn);
+    let body = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(hyper::header::HOST, "herd")
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(body))
+        .map_err(|e| Failure(2, e.to_string()))?;
+    let response = sender.send_request(req).await.map_err(lost)?;
+    let status = response.status().as_u16();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(lost)?
+        .to_bytes();
+    // A permission check by peer credentials closes without a word.
+    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Ok((status, value))
+}
+
+async fn run(cli: Cli) -> Result<u8, Failure> {
+    let path = socket(&cli)?;
+    let (method, uri, body) = match &cli.command {
+        Command::Ls => ("GET", "/v1/workers".to_owned(), None),
+        Command::Reload => ("POST", "/v1/reload".to_owned(), None),
+        Command::Restart { slot } => ("POST", format!("/v1/restart/{slot}"), None),
+        Command::Signal { signal, slot } => (
+            "POST",
+            "/v1/signal".to_owned(),
+            Some(json!({ "signal": signal, "slot": slot })),
+        ),
+        Command::Scale { workers } => {
+            let body = if let Some(rest) = workers.strip_prefix(['+', '-']) {
+                let by: i64 = rest
+                    .parse()
+                    .map_err(|_| Failure(2, format!("`{workers}` is not +N, -N or N")))?;
+                json!({ "by": if workers.starts_with('-') { -by } else { by } })
+            } else {
+                let n: u64 = workers
+                    .parse()
+                    .map_err(|_| Failure(2, format!("`{workers}` is not +N, -N or N")))?;
+                json!({ "workers": n })
+            };
+            ("POST", "/v1/scale".to_owned(), Some(body))
+        }
+        Command::Logs { slot, lines } => (
+            "GET",
+            match slot {
+                Some(s) => format!("/v1/logs?slot={s}&lines={lines}"),
+                None => format!("/v1/logs?lines={lines}"),
+            },
+            None,
+        ),
+        Command::Stop => ("POST", "/v1/stop".to_owned(), None),
+    };
+    let (status, answer) = request(&path, method, &uri, body).await?;
+    if !(200..300).contains(&status) {
+        let message = answer["error"]
+            .as_str()
+            .map_or_else(|| format!("the master answered {status}"), str::to_owned);
+        let code = if status == 403 { 4 } else { 5 };
+        return Err(Failure(code, message));
+    }
+    if cli.json {
+        println!("{answer}");
+    }
+    match &cli.command {
+        Command::Ls if !cli.json => print_table(&answer),
+        Command::Reload | Command::Restart { .. } => {
+            let failure = &answer["failure"];
+            if !failure.is_null() {
+                eprintln!(
+                    "herdctl: aborted at slot {}: {}",
+                    failure["slot"],
+                    failure["reason"].as_str().unwrap_or("")
+                );
+                for line in failure["last_output"].as_array().into_iter().flatten() {
+                    eprintln!("  | {}", line.as_str().unwrap_or(""));
+                }
+                return Ok(1);
+            }
+            if !cli.json {
+                let replaced = answer["replaced"].as_array().map_or(0, Vec::len);
+                println!(
+                    "replaced {replaced} worker(s) in {}",
+                    duration(answer["duration_ms"].as_u64().unwrap_or(0))
+                );
+            }
+        }
+        Command::Signal { signal, .. } if !cli.json => {
+            let pids: Vec<String> = answer["pids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(Value::to_string)
+                .collect();
+            println!("sent {signal} to pid(s) {}", pids.join(", "));
+        }
+        Command::Scale { .. } if !cli.json => {
+            println!(
+                "scaling from {} to {} worker(s)",
+                answer["from"], answer["to"]
+            );
+        }
+        Command::Logs { .. } if !cli.json => {
+            for l in answer["lines"].as_array().into_iter().flatten() {
+                println!(
+                    "[slot {} pid {}] {}",
+                    l["slot"],
+                    l["pid"],
+                    l["line"].as_str().unwrap_or("")
+                );
+            }
+        }
+        Command::Stop if !cli.json => println!("stopping"),
+        _ => {}
+    }
+    Ok(0)
+}
+
+fn duration(ms: u64) -> String {
+    match ms {
+        0..=999 => format!("{ms}ms"),
+        1000..=59_999 => format!("{:.1}s", ms as f64 / 1000.0),
+        60_000..=3_599_999 => format!("{}m{}s", ms / 60_000, ms % 60_000 / 1000),
+        _ => format!("{}h{}m", ms / 3_600_000, ms % 3_600_000 / 60_000),
+    }
+}
+
+fn print_table(answer: &Value) {
+    let dash = || "-".to_owned();
+    println!(
+        "{:<5} {:<8} {:<9} {:>4} {:>8} {:>8}  DRAINING",
+        "SLOT", "PID", "STATE", "GEN", "UPTIME", "RESTARTS"
+    );
+    for w in answer["workers"].as_array().into_iter().flatten() {
+        let draining: Vec<String> = w["draining"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(Value::to_string)
+            .collect();
+        println!(
+            "{:<5} {:<8} {:<9} {:>4} {:>8} {:>8}  {}",
+            w["slot"].to_string(),
+            w["pid"].as_u64().map_or_else(dash, |p| p.to_string()),
+            w["state"].as_str().unwrap_or("?"),
+            w["generation"].to_string(),
+            w["uptime_ms"].as_u64().map_or_else(dash, duration),
+            w["restarts"].to_string(),
+            if draining.is_empty() {
+                dash()
+            } else {
+                draining.join(",")
+            }
+        );
+    }
+}

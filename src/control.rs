@@ -1,0 +1,412 @@
+//! The control API (feature `control`): what `herdctl` talks to.
+//!
+//! HTTP/1.1 with JSON on a Unix socket. The socket is created `0600` in a
+//! directory created `0700`, and every connection's peer credentials are
+//! checked as well: only the master's own uid (and root) is served. A
+//! malformed or hostile client cannot disturb the master: at most
+//! [`MAX_CONNECTIONS`] connections are served at once (more are answered
+//! 503 and closed), request headers must come within [`HEADER_TIMEOUT`],
+//! bodies of at most [`MAX_BODY`] bytes within [`BODY_TIMEOUT`].
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /v1/workers` | `{"name", "phase", "workers": [WorkerInfo...]}` |
+//! | `POST /v1/reload` | the [`crate::ReloadReport`] |
+//! | `POST /v1/restart/N` | the report of slot N's soft restart |
+//! | `POST /v1/signal` `{"signal": "USR1", "slot": N?}` | `{"pids": [...]}` |
+//! | `POST /v1/scale` `{"workers": N}` or `{"by": ±N}` | `{"from", "to"}` |
+//! | `POST /v1/stop` | `{"stopping": true}`, then a graceful stop |
+//! | `GET /v1/logs?slot=N&lines=K` | `{"lines": [OutputLine...]}` |
+//!
+//! An error is `{"error": "a sentence", "kind": "no_such_slot"}` with a 4xx
+//! or 5xx status.
+//!
+//! Why not `tower`: the limits that protect the master are per connection
+//! (how many, how slow), which hyper's connection builder and a semaphore
+//! give directly; a tower layer limits requests, which a slow client never
+//! completes.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{json, Value};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+use crate::event::OutputLine;
+use crate::{Handle, Signal};
+
+/// Connections served at once; more wait in the listen queue.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A client must send its request headers within this.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// And its body within this.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest request body read.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Worker lines kept per slot for `GET /v1/logs`.
+pub const LOG_LINES: usize = 200;
+
+/// Where a cluster named `name` serves its control API when no path is
+/// given: in [`default_dir`], `NAME.sock`.
+pub fn default_path(name: &str) -> PathBuf {
+    default_dir().join(format!("{name}.sock"))
+}
+
+/// Where control sockets go by default: `$XDG_RUNTIME_DIR/herd/control`,
+/// or `/tmp/herd-UID/control`.
+pub fn default_dir() -> PathBuf {
+    let base = match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if Path::new(&d).is_dir() => PathBuf::from(d).join("herd"),
+        _ => std::env::temp_dir().join(format!("herd-{}", nix::unistd::geteuid())),
+    };
+    base.join("control")
+}
+
+/// The control API, serving until dropped (which removes the socket).
+#[derive(Debug)]
+pub struct ControlServer {
+    path: PathBuf,
+    task: JoinHandle<()>,
+}
+
+impl ControlServer {
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Serves the control API for `handle` on a Unix socket at `path`.
+///
+/// # Errors
+///
+/// [`Error::ControlInUse`] when another master answers on `path`;
+/// [`Error::Io`] when the directory or the socket cannot be made.
+pub async fn serve(handle: Handle, path: impl AsRef<Path>) -> Result<ControlServer> {
+    let path = path.as_ref().to_path_buf();
+    let io = |what: &str, e| Error::io(format!("{what} {}", path.display()), e);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            // Every directory herd creates on the way is the user's alone.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| io("creating the directory of", e))?;
+        }
+    }
+    if path.exists() {
+        if UnixStream::connect(&path).await.is_ok() {
+            return Err(Error::ControlInUse { path });
+        }
+        // Left by a master that died: nobody answers there.
+        std::fs::remove_file(&path).map_err(|e| io("removing the stale socket", e))?;
+    }
+    let listener = UnixListener::bind(&path).map_err(|e| io("binding the control socket", e))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| io("restricting the control socket", e))?;
+    let logs = Logs::default();
+    let mut output = handle.output();
+    let keep = logs.clone();
+    let state = Arc::new(State { handle, logs });
+    let task = tokio::spawn(async move {
+        let collect = tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match output.recv().await {
+                    Ok(line) => keep.push(line),
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+        accept(listener, state).await;
+        collect.abort();
+    });
+    Ok(ControlServer { path, task })
+}
+
+struct State {
+    handle: Handle,
+    logs: Logs,
+}
+
+/// The last lines of each slot's workers.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<HashMap<usize, VecDeque<OutputLine>>>>);
+
+impl Logs {
+    fn push(&self, line: OutputLine) {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = all.entry(line.slot).or_default();
+        if slot.len() == LOG_LINES {
+            slot.pop_front();
+        }
+        slot.push_back(line);
+    }
+
+    fn last(&self, slot: Option<usize>, lines: usize) -> Vec<OutputLine> {
+        let all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slots: Vec<_> = all
+            .keys()
+            .copied()
+            .filter(|s| slot.is_none_or(|x| x == *s))
+            .collect();
+        slots.sort_unstable();
+        slots
+            .into_iter()
+            .flat_map(|s| {
+                let l = &all[&s];
+                l.iter().skip(l.len().saturating_sub(lines)).cloned()
+            })
+            .collect()
+    }
+}
+
+async fn accept(listener: UnixListener, state: Arc<State>) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let me = nix::unistd::geteuid().as_raw();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        // The file mode should already have kept other users out.
+        let allowed = stream
+            .peer_cred()
+            .is_ok_and(|c| c.uid() == me || c.uid() == 0);
+        let permit = permits.clone().try_acquire_owned().ok();
+        let verdict = match (allowed, &permit) {
+            (false, _) => Some((
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "only the master's own user (or root) may use its control API",
+            )),
+            (true, None) => Some((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "too many control connections are open; try again",
+            )),
+            (true, Some(_)) => None,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move {
+                    Ok::<_, Infallible>(match verdict {
+                        Some((status, kind, why)) => refuse(status, kind, why),
+                        None => respond(req, &state).await,
+                    })
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                // A refused client gets its answer and the door.
+                .keep_alive(verdict.is_none())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            drop(permit);
+        });
+    }
+}
+
+type Body = Full<Bytes>;
+
+fn reply(status: StatusCode, value: Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(value.to_string() + "\n")))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+fn refuse(status: StatusCode, kind: &str, error: impl std::fmt::Display) -> Response<Body> {
+    reply(status, json!({ "error": error.to_string(), "kind": kind }))
+}
+
+fn failed(e: &Error) -> Response<Body> {
+    let (status, kind) = match e {
+        Error::NoSuchSlot { .. } => (StatusCode::NOT_FOUND, "no_such_slot"),
+        Error::NoWorker { .. } => (StatusCode::CONFLICT, "no_worker"),
+        Error::NotRunning => (StatusCode::CONFLICT, "not_running"),
+        Error::ZeroWorkers | Error::InvalidSetting { .. } | Error::Parse { .. } => {
+            (StatusCode::BAD_REQUEST, "invalid")
+        }
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "failed"),
+    };
+    refuse(status, kind, e.chain())
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+/// The request's body as JSON (an empty body is `{}`).
+async fn body(req: Request<Incoming>) -> std::result::Result<Value, Response<Body>> {
+    let limited = Limited::new(req.into_body(), MAX_BODY);
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
+        Err(_) => {
+            return Err(refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                "slow_body",
+                "the body took too long",
+            ))
+        }
+        Ok(Err(e)) => {
+            return Err(refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "bad_body",
+                format!("the body cannot be read (at most {MAX_BODY} bytes): {e}"),
+            ))
+        }
+        Ok(Ok(b)) => b.to_bytes(),
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            format!("the body is not JSON: {e}"),
+        )
+    })
+}
+
+fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then(|| v.to_owned())
+    })
+}
+
+async fn respond(req: Request<Incoming>, state: &State) -> Response<Body> {
+    let handle = &state.handle;
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    match (&method, path.as_str()) {
+        (&Method::GET, "/v1/workers") => reply(
+            StatusCode::OK,
+            json!({
+                "name": handle.name(),
+                "phase": to_json(&handle.phase()),
+                "workers": to_json(&handle.workers()),
+            }),
+        ),
+        (&Method::POST, "/v1/reload") => match handle.reload().await {
+            Ok(report) => reply(StatusCode::OK, to_json(&report)),
+            Err(e) => failed(&e),
+        },
+        (&Method::POST, p) if p.starts_with("/v1/restart/") => {
+            let Ok(slot) = p["/v1/restart/".len()..].parse::<usize>() else {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    format!("`{p}` names no slot number"),
+                );
+            };
+            match handle.restart(slot).await {
+                Ok(report) => reply(StatusCode::OK, to_json(&report)),
+                Err(e) => failed(&e),
+            }
+        }
+        (&Method::POST, "/v1/signal") => {
+            let body = match body(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let Some(name) = body["signal"].as_str() else {
+                return refuse(StatusCode::BAD_REQUEST, "invalid", "`signal` is missing");
+            };
+            let signal: Signal = match name.parse() {
+                Ok(s) => s,
+                Err(e) => return failed(&e),
+            };
+            let slots: Vec<usize> = match body.get("slot").and_then(Value::as_u64) {
+                Some(s) => vec![s as usize],
+                None => handle
+                    .workers()
+                    .iter()
+                    .filter(|w| w.pid.is_some())
+                    .map(|w| w.slot)
+                    .collect(),
+            };
+            let mut pids = Vec::new();
+            for slot in slots {
+                match handle.signal(slot, signal).await {
+                    Ok(pid) => pids.push(pid),
+                    Err(e) => return failed(&e),
+                }
+            }
+            reply(StatusCode::OK, json!({ "pids": pids }))
+        }
+        (&Method::POST, "/v1/scale") => {
+            let body = match body(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let (result, to): (Result<usize>, Box<dyn Fn(usize) -> usize + Send>) =
+                match (body["workers"].as_u64(), body["by"].as_i64()) {
+                    (Some(n), None) => (
+                        handle.scale(n as usize).await,
+                        Box::new(move |_| n as usize),
+                    ),
+                    (None, Some(d)) => (
+                        handle.scale_by(d as isize).await,
+                        Box::new(move |from| from.saturating_add_signed(d as isize).max(1)),
+                    ),
+                    _ => {
+                        return refuse(
+                            StatusCode::BAD_REQUEST,
+                            "invalid",
+                            "give `workers` (a count) or `by` (a difference)",
+                        )
+                    }
+                };
+            match result {
+                Ok(from) => reply(StatusCode::OK, json!({ "from": from, "to": to(from) })),
+                Err(e) => failed(&e),
+            }
+        }
+        (&Method::POST, "/v1/stop") => {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let _ = handle.shutdown().await;
+            });
+            reply(StatusCode::ACCEPTED, json!({ "stopping": true }))
+        }
+        (&Method::GET, "/v1/logs") => {
+            let slot = query(&req, "slot").and_then(|s| s.parse().ok());
+            let lines = query(&req, "lines")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(LOG_LINES);
+            reply(
+                StatusCode::OK,
+                json!({ "lines": to_json(&state.logs.last(slot, lines)) }),
+            )
+        }
+        _ => refuse(
+            StatusCode::NOT_FOUND,
+            "no_such_request",
+            format!("no {method} {path}; see herd::control's docs"),
+        ),
+    }
+}
