@@ -158,6 +158,15 @@ struct Cli {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     watchdog: Option<Duration>,
 
+    /// How often each worker's CPU and memory are read (0 turns it off).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    sample_interval: Duration,
+
+    /// Replace a worker whose memory stays over SIZE (300M, 1G) for three
+    /// samples, successor first: no request in flight is cut.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_memory: Option<u64>,
+
     /// How many slots a reload (SIGHUP) replaces at the same time.
     #[arg(long, value_name = "N", default_value_t = herd::DEFAULT_RELOAD_PARALLEL)]
     reload_parallel: usize,
@@ -217,6 +226,10 @@ fn parse_restart(s: &str) -> Result<RestartPolicy, String> {
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("`{s}` is not a duration like 500ms or 30s: {e}"))
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    herd::parse_size(s).map_err(|e| e.to_string())
 }
 
 fn parse_signal(s: &str) -> Result<Signal, String> {
@@ -376,6 +389,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         .node_preload(!cli.no_node_preload);
     if let Some(name) = &cli.name {
         builder = builder.name(name);
+    }
+    builder = builder.sample_interval(cli.sample_interval);
+    if let Some(bytes) = cli.max_memory {
+        builder = builder.max_memory(bytes);
     }
     if let Some(w) = cli.watchdog {
         builder = builder.watchdog(w);

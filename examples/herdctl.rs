@@ -283,11 +283,20 @@ fn duration(ms: u64) -> String {
     }
 }
 
+fn size(bytes: u64) -> String {
+    match bytes {
+        0..=1023 => format!("{bytes}B"),
+        1024..=1_048_575 => format!("{}K", bytes >> 10),
+        1_048_576..=1_073_741_823 => format!("{:.1}M", bytes as f64 / 1_048_576.0),
+        _ => format!("{:.2}G", bytes as f64 / 1_073_741_824.0),
+    }
+}
+
 fn print_table(answer: &Value) {
     let dash = || "-".to_owned();
     println!(
-        "{:<5} {:<8} {:<9} {:>4} {:>8} {:>8}  DRAINING",
-        "SLOT", "PID", "STATE", "GEN", "UPTIME", "RESTARTS"
+        "{:<5} {:<8} {:<9} {:>4} {:>8} {:>8} {:>5} {:>8}  DRAINING",
+        "SLOT", "PID", "STATE", "GEN", "UPTIME", "RESTARTS", "CPU", "MEMORY"
     );
     for w in answer["workers"].as_array().into_iter().flatten() {
         let draining: Vec<String> = w["draining"]
@@ -297,13 +306,17 @@ fn print_table(answer: &Value) {
             .map(Value::to_string)
             .collect();
         println!(
-            "{:<5} {:<8} {:<9} {:>4} {:>8} {:>8}  {}",
+            "{:<5} {:<8} {:<9} {:>4} {:>8} {:>8} {:>5} {:>8}  {}",
             w["slot"].to_string(),
             w["pid"].as_u64().map_or_else(dash, |p| p.to_string()),
             w["state"].as_str().unwrap_or("?"),
             w["generation"].to_string(),
             w["uptime_ms"].as_u64().map_or_else(dash, duration),
             w["restarts"].to_string(),
+            w["cpu_percent"]
+                .as_u64()
+                .map_or_else(dash, |p| format!("{p}%")),
+            w["memory_bytes"].as_u64().map_or_else(dash, size),
             if draining.is_empty() {
                 dash()
             } else {

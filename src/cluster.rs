@@ -39,6 +39,8 @@ pub const DEFAULT_STOP_SIGNAL: Signal = Signal::TERM;
 /// `ImportError` exit within about 0.5 s on the 2-core test machine, Node
 /// with a missing module within 0.1 s.
 pub const DEFAULT_SETTLE: Duration = Duration::from_secs(1);
+/// How often workers' CPU and memory are read by default.
+pub const DEFAULT_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 /// The longest duration a setting takes: deadlines are `now + setting`
 /// (twice the drain timeout in proxy mode), which must not overflow.
 const MAX_SETTING: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -93,6 +95,10 @@ pub(crate) struct Config {
     pub(crate) readiness: Readiness,
     pub(crate) start_timeout: Duration,
     pub(crate) watchdog: Option<Duration>,
+    /// How often workers' CPU and memory are read (None: never).
+    pub(crate) sample_interval: Option<Duration>,
+    /// Replace a worker that stays over this many bytes.
+    pub(crate) max_memory: Option<u64>,
     pub(crate) reload_parallel: usize,
     pub(crate) proxy_header: Option<ProxyProtocol>,
     /// Proxy mode: workers bind `PORT` themselves.
@@ -264,6 +270,8 @@ pub struct Builder {
     start_timeout: Duration,
     watchdog: Option<Duration>,
     reload_parallel: usize,
+    sample_interval: Duration,
+    max_memory: Option<u64>,
     node_preload: bool,
     proxy_header: Option<ProxyProtocol>,
     port_contract: bool,
@@ -294,6 +302,8 @@ impl Default for Builder {
             start_timeout: DEFAULT_START_TIMEOUT,
             watchdog: None,
             reload_parallel: DEFAULT_RELOAD_PARALLEL,
+            sample_interval: DEFAULT_SAMPLE_INTERVAL,
+            max_memory: None,
             node_preload: true,
             proxy_header: None,
             port_contract: false,
@@ -557,6 +567,26 @@ impl Builder {
         self
     }
 
+    /// How often each worker's CPU time and resident memory are read (from
+    /// its cgroup, else `/proc`), for [`Handle::workers`] and
+    /// [`Builder::max_memory`] (default 1 s; zero turns sampling off).
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn sample_interval(mut self, interval: Duration) -> Self {
+        self.sample_interval = interval;
+        self
+    }
+
+    /// Replaces a worker whose resident memory (its whole tree, with
+    /// cgroups) stays over `bytes` for three samples in a row, the way a
+    /// reload replaces it: successor first, then a drain, so no request in
+    /// flight is cut (PM2's `max_memory_restart` kills it). See
+    /// [`crate::parse_size`] for `300M`.
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn max_memory(mut self, bytes: u64) -> Self {
+        self.max_memory = Some(bytes);
+        self
+    }
+
     /// Requires `WATCHDOG=1` pings on the notify socket at least this often
     /// once a worker is ready (workers see `WATCHDOG_USEC`); a worker that
     /// misses one is killed and restarted.
@@ -791,6 +821,18 @@ impl Builder {
                 reason: "probe readiness needs the PORT contract (--proxy-port)".into(),
             });
         }
+        if self.max_memory.is_some() && self.sample_interval.is_zero() {
+            return Err(Error::InvalidSetting {
+                setting: "max-memory",
+                reason: "a memory limit needs sampling: a sample interval above zero".into(),
+            });
+        }
+        if self.max_memory == Some(0) {
+            return Err(Error::InvalidSetting {
+                setting: "max-memory",
+                reason: "must be more than 0 bytes".into(),
+            });
+        }
         if self.reload_parallel == 0 {
             return Err(Error::InvalidSetting {
                 setting: "reload-parallel",
@@ -840,6 +882,8 @@ impl Builder {
             start_timeout: self.start_timeout,
             watchdog: self.watchdog,
             reload_parallel: self.reload_parallel,
+            sample_interval: (!self.sample_interval.is_zero()).then_some(self.sample_interval),
+            max_memory: self.max_memory,
             proxy_header: self.proxy_header,
             port_contract: self.port_contract,
             proxy_splice: self.proxy_splice,

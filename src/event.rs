@@ -208,6 +208,19 @@ pub enum Event {
         /// Slots from now on.
         to: usize,
     },
+    /// A worker stayed over the memory limit ([`crate::Builder::max_memory`])
+    /// for several samples in a row: it is replaced as a reload replaces
+    /// it, successor first.
+    MemoryLimit {
+        /// The slot.
+        slot: usize,
+        /// The worker's pid.
+        pid: u32,
+        /// What it uses, in bytes.
+        memory: u64,
+        /// The limit, in bytes.
+        limit: u64,
+    },
     /// Every worker has been reaped; `run()` is about to return.
     Stopped,
 }
@@ -401,6 +414,17 @@ impl fmt::Display for Event {
                 f.write_str(message)
             }
             Event::Scaled { from, to } => write!(f, "scaling from {from} to {to} worker(s)"),
+            Event::MemoryLimit {
+                slot,
+                pid,
+                memory,
+                limit,
+            } => write!(
+                f,
+                "slot {slot}: pid {pid} uses {} MiB, over the {} MiB limit: replacing it",
+                memory >> 20,
+                limit >> 20
+            ),
             Event::Stopped => f.write_str("all workers stopped"),
         }
     }
@@ -530,6 +554,16 @@ impl Event {
                 .str("notice", notice.name())
                 .str("message", message),
             Event::Scaled { from, to } => j.num("from", *from).num("to", *to),
+            Event::MemoryLimit {
+                slot,
+                pid,
+                memory,
+                limit,
+            } => j
+                .num("slot", *slot)
+                .num("pid", *pid)
+                .num("memory", *memory)
+                .num("limit", *limit),
             Event::Stopped => j,
         }
         .finish()
@@ -557,6 +591,7 @@ impl Event {
             Event::ListenerReplaced { .. } => "listener_replaced",
             Event::Notice { .. } => "notice",
             Event::Scaled { .. } => "scaled",
+            Event::MemoryLimit { .. } => "memory_limit",
             Event::Stopped => "stopped",
         }
     }
@@ -705,6 +740,18 @@ pub struct WorkerInfo {
         serde(rename = "uptime_ms", serialize_with = "crate::serde_impl::elapsed_ms")
     )]
     pub started: Option<std::time::Instant>,
+    /// CPU time the current worker has used (its cgroup's, else its own and
+    /// its app's), as of the last sample ([`crate::Builder::sample_interval`]).
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "cpu_ms", serialize_with = "crate::serde_impl::opt_millis")
+    )]
+    pub cpu_time: Option<std::time::Duration>,
+    /// Its CPU use over the last sampling interval, in percent of one core.
+    pub cpu_percent: Option<u32>,
+    /// Its resident memory, in bytes, as of the last sample.
+    #[cfg_attr(feature = "serde", serde(rename = "memory_bytes"))]
+    pub memory: Option<u64>,
     /// When the current worker became ready, if it is.
     #[cfg_attr(
         feature = "serde",

@@ -135,8 +135,8 @@ pub mod worker;
 
 pub use balance::Strategy;
 pub use cluster::{
-    Builder, Cluster, Handle, Phase, WorkerCommand, DEFAULT_DRAIN_TIMEOUT, DEFAULT_SETTLE,
-    DEFAULT_STOP_SIGNAL,
+    Builder, Cluster, Handle, Phase, WorkerCommand, DEFAULT_DRAIN_TIMEOUT, DEFAULT_SAMPLE_INTERVAL,
+    DEFAULT_SETTLE, DEFAULT_STOP_SIGNAL,
 };
 pub use error::{Error, Result, SlotFailure};
 pub use event::{Event, Notice, OutputLine, OutputStream, WorkerInfo};
@@ -144,6 +144,20 @@ pub use net::Balance;
 pub use process::{Exit, KillMode};
 pub use ready::{Readiness, DEFAULT_START_TIMEOUT};
 pub use signal::Signal;
+
+/// Parses a memory size as the `--max-memory` flag takes it: `300M`,
+/// `1.5G`, `512K`, `64MiB` (binary units), or bytes.
+///
+/// # Errors
+///
+/// [`Error::Parse`] naming the text.
+pub fn parse_size(text: &str) -> Result<u64> {
+    process::usage::parse_size(text).ok_or_else(|| Error::Parse {
+        what: "memory size",
+        input: text.to_owned(),
+        reason: "expected a number with K, M or G, like 300M".into(),
+    })
+}
 pub use supervisor::policy::{
     Backoff, CrashLoop, Decision, RestartPolicy, Supervision, DEFAULT_BACKOFF_FACTOR,
     DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_JITTER, DEFAULT_BACKOFF_MAX, DEFAULT_CRASH_LIMIT,

@@ -11,6 +11,14 @@ pub(crate) fn millis<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Erro
     s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// Milliseconds, or null.
+pub(crate) fn opt_millis<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => millis(d, s),
+        None => s.serialize_none(),
+    }
+}
+
 /// How long ago, in milliseconds, or null.
 pub(crate) fn elapsed_ms<S: Serializer>(at: &Option<Instant>, s: S) -> Result<S::Ok, S::Error> {
     match at {
@@ -86,6 +94,9 @@ mod tests {
             last_exit: Some(Exit::Code(3)),
             draining: vec![8],
             started: Some(Instant::now() - Duration::from_secs(2)),
+            cpu_time: Some(Duration::from_millis(1500)),
+            cpu_percent: Some(12),
+            memory: Some(50 << 20),
             ready_since: None,
             successor: None,
         };
@@ -93,6 +104,8 @@ mod tests {
         assert_eq!(v["state"], json!("ready"));
         assert_eq!(v["last_exit"], json!({"code": 3}));
         assert_eq!(v["ready_for_ms"], Value::Null);
+        assert_eq!(v["cpu_ms"], json!(1500));
+        assert_eq!(v["memory_bytes"], json!(50 << 20));
         let uptime = v["uptime_ms"].as_u64().unwrap();
         assert!((2000..60_000).contains(&uptime), "{uptime}");
     }

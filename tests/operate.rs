@@ -288,3 +288,75 @@ fn the_control_socket_refuses_other_users_and_bad_requests_and_keeps_serving() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_worker_over_the_memory_limit_is_replaced_successor_first_without_a_failed_request() {
+    let m = Master::start(&cmd(
+        &[
+            "-w",
+            "1",
+            "--max-memory",
+            "150M",
+            "--sample-interval",
+            "200ms",
+        ],
+        &["node".into(), fixture("tests/fixtures/leaky.js")],
+    ));
+    m.wait_kind("ready", 1);
+    let leaky = m.live_pids()[0];
+    let keep_alive = Load::start(m.addr, 2, true);
+    let fresh = Load::start(m.addr, 2, false);
+    let events = m.wait_events("the memory limit", |e| {
+        of_kind(e, "memory_limit").count() >= 1
+    });
+    let limit = of_kind(&events, "memory_limit").next().unwrap();
+    assert_eq!(pid_field(limit, "pid"), leaky);
+    assert!(limit["memory"].as_u64().unwrap() > 150 << 20, "{limit}");
+    // Replaced as a reload replaces: the successor serves first.
+    let replaced = m.wait_events("the replacement", |e| {
+        of_kind(e, "replaced").any(|r| pid_field(r, "old_pid") == leaky)
+    });
+    let successor = pid_field(
+        of_kind(&replaced, "replaced")
+            .find(|r| pid_field(r, "old_pid") == leaky)
+            .unwrap(),
+        "new_pid",
+    );
+    let exit = m.wait_pid_event("exited", leaky);
+    assert_eq!(exit["expected"], true, "{exit}");
+    let ka = keep_alive.finish();
+    let fr = fresh.finish();
+    assert!(
+        ka.errors.is_empty() && fr.errors.is_empty(),
+        "{:?} {:?}\n{}",
+        ka.errors,
+        fr.errors,
+        m.log()
+    );
+    assert!(ka.pids.contains(&successor) || fr.pids.contains(&successor));
+}
+
+#[test]
+fn herdctl_ls_shows_each_workers_cpu_and_memory() {
+    let (m, path) = controlled(
+        &["-w", "2", "--ready", "notify", "--sample-interval", "100ms"],
+        &hello_server(),
+    );
+    m.wait_kind("ready", 2);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (code, out, err) = herdctl(&path, &["ls", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let table: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let sampled = table["workers"].as_array().unwrap().iter().all(|w| {
+            w["memory_bytes"].as_u64().is_some_and(|b| b > 100 << 10)
+                && w["cpu_ms"].is_u64()
+                && w["cpu_percent"].is_u64()
+        });
+        if sampled {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{table}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

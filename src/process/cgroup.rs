@@ -196,6 +196,11 @@ impl Drop for ClusterCgroup {
 
 impl WorkerCgroup {
     /// An fd for the child to move itself into this cgroup (it writes "0").
+    /// The cgroup's directory (its `memory.current`, `cpu.stat`).
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub(crate) fn procs_fd(&self) -> io::Result<OwnedFd> {
         let path = CString::new(self.dir.join("cgroup.procs").as_os_str().as_bytes())
             .map_err(io::Error::other)?;

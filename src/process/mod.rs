@@ -15,6 +15,7 @@ pub(crate) mod output;
 pub(crate) mod reap;
 pub(crate) mod spawn;
 pub(crate) mod spawner;
+pub(crate) mod usage;
 
 use std::fmt;
 

@@ -35,7 +35,7 @@ use crate::process::cgroup::{ClusterCgroup, WorkerCgroup};
 use crate::process::os::Processes;
 use crate::process::output::{self, Sink, Stream, Tail};
 use crate::process::spawn::SpawnRequest;
-use crate::process::{process_group_of, Exit, KillMode};
+use crate::process::{process_group_of, usage, Exit, KillMode};
 use crate::proxy::plane::{self, Plane};
 use crate::proxy::{self, ProxyConfig};
 use crate::ready::notify::NotifySocket;
@@ -357,7 +357,20 @@ pub(crate) async fn run(
         }
     }
 
+    let mut sampling = sup.config.sample_interval.map(|every| {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick
+    });
     while !sup.finished() {
+        let sample = async {
+            match &mut sampling {
+                Some(tick) => {
+                    tick.tick().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         let deadline = sup.slots.iter().filter_map(Slot::next_deadline).min();
         let timer = async {
             match deadline {
@@ -397,6 +410,7 @@ pub(crate) async fn run(
                 MasterSignal::Ttou => sup.scale_or_notice(Scale::By(-1)).await,
             },
             () = timer => sup.on_timers().await,
+            () = sample => sup.on_sample().await,
         }
     }
     sup.finish().await
@@ -487,6 +501,39 @@ impl Supervisor {
     async fn scale_or_notice(&mut self, by: Scale) {
         if let Err(e) = self.scale(by).await {
             self.notice(None, Notice::ScaleRefused, e.chain());
+        }
+    }
+
+    /// Reads every current worker's CPU and memory; replaces one that has
+    /// stayed over the memory limit, successor first.
+    async fn on_sample(&mut self) {
+        let now = clock();
+        let mut over = Vec::new();
+        for index in 0..self.slots.len() {
+            let Some(pid) = self.slots[index].pid() else {
+                continue;
+            };
+            let cgroup = self.worker_cgroups.get(&pid).map(WorkerCgroup::dir);
+            let mut pids = vec![pid];
+            pids.extend(self.serving.get(&pid).filter(|&&app| app != pid));
+            let usage = usage::read(cgroup, &pids);
+            let limit = self.config.max_memory;
+            if self.slots[index].record_usage(pid, usage, now, limit) {
+                over.push((index, pid, usage.map_or(0, |u| u.memory)));
+            }
+        }
+        self.publish_snapshot();
+        for (slot, pid, memory) in over {
+            if self.phase != Phase::Running {
+                break;
+            }
+            self.emit(Event::MemoryLimit {
+                slot,
+                pid: pid.as_raw() as u32,
+                memory,
+                limit: self.config.max_memory.unwrap_or(0),
+            });
+            self.request_reload(Target::Slot(slot), None).await;
         }
     }
 

@@ -9,6 +9,7 @@
 //! (starting next to the current one on the same sockets), and *retiring*
 //! predecessors that were told to stop and are draining.
 
+use crate::process::usage::Usage;
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -83,7 +84,17 @@ pub(crate) struct Proc {
     /// Told to stop; SIGKILLed at this moment.
     kill_at: Option<Instant>,
     stopping: bool,
+    /// The last usage reading, and when it was taken.
+    usage: Option<(Instant, Usage)>,
+    /// CPU over the last sampling interval, in percent of one core.
+    cpu_percent: Option<u32>,
+    /// Consecutive readings over the memory limit.
+    over_memory: u32,
 }
+
+/// Readings over the memory limit in a row before the worker is replaced:
+/// one spike (a big request) is not a leak.
+pub(crate) const MEMORY_STRIKES: u32 = 3;
 
 impl Proc {
     fn deadlines(&self) -> impl Iterator<Item = Instant> {
@@ -228,8 +239,55 @@ impl Slot {
                 .map(|p| p.as_raw() as u32)
                 .collect(),
             started: self.current.as_ref().map(|p| p.started),
+            cpu_time: self
+                .current
+                .as_ref()
+                .and_then(|p| p.usage)
+                .map(|(_, u)| u.cpu),
+            cpu_percent: self.current.as_ref().and_then(|p| p.cpu_percent),
+            memory: self
+                .current
+                .as_ref()
+                .and_then(|p| p.usage)
+                .map(|(_, u)| u.memory),
             ready_since: self.current.as_ref().and_then(|p| p.ready_since),
             successor: self.successor_pid().map(|p| p.as_raw() as u32),
+        }
+    }
+
+    /// Records a usage reading of the current worker `pid`. Returns true
+    /// when it has just been over `limit` for [`MEMORY_STRIKES`] readings
+    /// in a row (once per worker).
+    pub(crate) fn record_usage(
+        &mut self,
+        pid: Pid,
+        usage: Option<Usage>,
+        now: Instant,
+        limit: Option<u64>,
+    ) -> bool {
+        let Some(proc) = self.current.as_mut().filter(|p| p.pid == pid) else {
+            return false;
+        };
+        let Some(usage) = usage else {
+            return false;
+        };
+        if let Some((at, before)) = proc.usage {
+            let wall = now.saturating_duration_since(at).as_secs_f64();
+            if wall > 0.0 {
+                let cpu = usage.cpu.saturating_sub(before.cpu).as_secs_f64();
+                proc.cpu_percent = Some((cpu / wall * 100.0).round() as u32);
+            }
+        }
+        proc.usage = Some((now, usage));
+        match limit {
+            Some(limit) if usage.memory > limit && !proc.stopping => {
+                proc.over_memory += 1;
+                proc.over_memory == MEMORY_STRIKES
+            }
+            _ => {
+                proc.over_memory = 0;
+                false
+            }
         }
     }
 
@@ -322,6 +380,9 @@ impl Slot {
             signal_at: None,
             kill_at: None,
             stopping: false,
+            usage: None,
+            cpu_percent: None,
+            over_memory: 0,
         };
         match role {
             Role::Successor => self.successor = Some(proc),
