@@ -140,6 +140,12 @@ struct Cli {
     #[arg(long, value_name = "PATH")]
     control: Option<std::path::PathBuf>,
 
+    /// Serve Prometheus metrics on ADDR (GET /metrics), with /healthz (the
+    /// master runs) and /readyz (every slot that has not failed has a ready
+    /// worker; 503 while stopping) for load balancers and Kubernetes.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+
     /// Serve no control API.
     #[arg(long, conflicts_with = "control")]
     no_control: bool,
@@ -226,6 +232,73 @@ fn parse_restart(s: &str) -> Result<RestartPolicy, String> {
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("`{s}` is not a duration like 500ms or 30s: {e}"))
+}
+
+/// `--metrics`: the facade's values for Prometheus, and the probes.
+async fn serve_metrics(
+    addr: SocketAddr,
+    handle: herd::Handle,
+    sample: Duration,
+) -> Result<tokio::task::JoinHandle<()>, Box<dyn std::error::Error>> {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    use metrics_util::MetricKindMask;
+    // A removed slot's gauges are set no more: gone after a few samples.
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .idle_timeout(
+            MetricKindMask::GAUGE,
+            Some((sample * 5).max(Duration::from_millis(500))),
+        )
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("herd_reload_duration_seconds".into()),
+            &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0],
+        )?
+        .install_recorder()?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Usage(format!("--metrics {addr}: {e}")))?;
+    Ok(tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let handle = handle.clone();
+            let prometheus = prometheus.clone();
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (status, body) = match req.uri().path() {
+                        "/metrics" => {
+                            prometheus.run_upkeep();
+                            (200, prometheus.render())
+                        }
+                        "/healthz" => (200, "ok\n".to_owned()),
+                        "/readyz" => {
+                            let workers = handle.workers();
+                            let ready = handle.phase() == herd::Phase::Running
+                                && workers.iter().any(|w| w.state == herd::WorkerState::Ready)
+                                && workers.iter().all(|w| {
+                                    matches!(
+                                        w.state,
+                                        herd::WorkerState::Ready | herd::WorkerState::Failed
+                                    )
+                                });
+                            if ready {
+                                (200, "ready\n".to_owned())
+                            } else {
+                                (503, "not ready\n".to_owned())
+                            }
+                        }
+                        _ => (404, "GET /metrics, /healthz or /readyz\n".to_owned()),
+                    };
+                    let response = hyper::Response::builder()
+                        .status(status)
+                        .header(hyper::header::CONTENT_TYPE, "text/plain; version=0.0.4")
+                        .body(Full::new(Bytes::from(body)));
+                    async move { response }
+                });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    }))
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -431,6 +504,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.listen(*addr);
     }
     let cluster = builder.build()?;
+    let _metrics = match cli.metrics {
+        Some(addr) => Some(serve_metrics(addr, cluster.handle(), cli.sample_interval).await?),
+        None => None,
+    };
     let control_name = cli.name.clone().unwrap_or_else(|| {
         std::path::Path::new(program)
             .file_name()

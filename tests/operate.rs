@@ -360,3 +360,123 @@ fn herdctl_ls_shows_each_workers_cpu_and_memory() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// GET `path` on the metrics endpoint: (status, body).
+fn scrape(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text[9..12].parse().unwrap();
+    (
+        status,
+        text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned(),
+    )
+}
+
+/// The value of the series `name{labels}` (exactly as rendered).
+fn series(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[test]
+fn prometheus_metrics_and_probes_follow_the_cluster() {
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut m = Master::start(&cmd(
+        &[
+            "-w",
+            "2",
+            "--balance",
+            "proxy",
+            "--ready",
+            "notify",
+            "--sample-interval",
+            "100ms",
+            "--drain-timeout",
+            "3s",
+            "--metrics",
+            &metrics.to_string(),
+        ],
+        &hello_server(),
+    ));
+    m.wait_kind("ready", 2);
+    for _ in 0..6 {
+        m.get("/").unwrap();
+    }
+    m.signal(Signal::SIGHUP);
+    m.wait_events("the reload", |e| complete_reloads(e) == 1);
+    let deadline = std::time::Instant::now() + WAIT;
+    let body = loop {
+        let (status, body) = scrape(metrics, "/metrics");
+        assert_eq!(status, 200);
+        // Gauges follow at the next sample after the reload.
+        let sampled = series(&body, r#"herd_worker_resident_memory_bytes{slot="1"}"#).is_some()
+            && series(&body, r#"herd_worker_up{slot="0"}"#) == Some(1.0)
+            && series(&body, r#"herd_worker_up{slot="1"}"#) == Some(1.0)
+            && series(&body, r#"herd_reloads_total{result="complete"}"#) == Some(1.0);
+        if sampled {
+            break body;
+        }
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(series(&body, "herd_workers"), Some(2.0), "{body}");
+    for slot in ["0", "1"] {
+        let s = |name: &str| series(&body, &format!("{name}{{slot=\"{slot}\"}}"));
+        assert_eq!(s("herd_worker_up"), Some(1.0), "{body}");
+        assert!(s("herd_worker_resident_memory_bytes").unwrap() > 100_000.0);
+        assert!(s("herd_worker_start_time_seconds").unwrap() > 1.7e9);
+        assert!(s("herd_worker_cpu_seconds").is_some());
+        assert!(s("herd_proxy_connections_active").is_some());
+        assert!(s("herd_proxy_connect_errors_total").is_some());
+    }
+    assert_eq!(
+        series(&body, "herd_reload_duration_seconds_count"),
+        Some(1.0),
+        "{body}"
+    );
+    assert!(
+        body.contains("herd_reload_duration_seconds_bucket{le=\"1\"}"),
+        "{body}"
+    );
+    assert!(series(&body, "process_resident_memory_bytes").unwrap() > 1e6);
+    assert!(!body.contains("pid=\""), "never labelled by pid");
+
+    // One slot fewer: its series go.
+    m.signal(Signal::SIGTTOU);
+    m.wait_events("slot 1 removed", |e| {
+        of_kind(e, "exited").any(|x| x["slot"] == 1 && x["expected"] == true)
+    });
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (_, body) = scrape(metrics, "/metrics");
+        if series(&body, r#"herd_worker_up{slot="1"}"#).is_none() {
+            assert_eq!(series(&body, "herd_workers"), Some(1.0), "{body}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    // Ready while it runs; not ready while it stops; alive throughout.
+    assert_eq!(scrape(metrics, "/readyz").0, 200);
+    assert_eq!(scrape(metrics, "/healthz").0, 200);
+    let addr = m.addr;
+    let slow = std::thread::spawn(move || get(addr, "/sleep/1500"));
+    m.wait_log("the slow request", |l| {
+        l.contains("request /sleep/1500 started")
+    });
+    m.signal(Signal::SIGTERM);
+    m.wait_kind("stopping", 1);
+    assert_eq!(scrape(metrics, "/readyz").0, 503);
+    assert_eq!(scrape(metrics, "/healthz").0, 200);
+    assert!(slow.join().unwrap().is_ok());
+    assert!(m.wait_exit().success(), "{}", m.log());
+}

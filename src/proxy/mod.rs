@@ -46,6 +46,10 @@ pub(crate) struct Backend {
     /// The slot mixed into a hash key, stable across the slot's workers.
     key: u64,
     active: ActiveCount,
+    /// Connections forwarded to it, ever.
+    pub(crate) total: AtomicU64,
+    /// Connections to it that could not be made.
+    pub(crate) connect_errors: AtomicU64,
     /// Out of rotation and waiting for its connections to end.
     draining: AtomicBool,
     /// Told the supervisor it is idle (once), on this channel.
@@ -110,6 +114,8 @@ impl Backend {
             refusing_tx,
             key: (slot as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5851_f42d_4c95_7f2d,
             active: ActiveCount::default(),
+            total: AtomicU64::new(0),
+            connect_errors: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             idle_sent: AtomicBool::new(false),
             idle,
@@ -544,8 +550,17 @@ async fn connect(
         let Some(target) = addrs.get(address).or(addrs.first()) else {
             continue;
         };
-        if let Ok(upstream) = Upstream::open(target).await {
-            return Some((counted, upstream));
+        match Upstream::open(target).await {
+            Ok(upstream) => {
+                counted.backend.total.fetch_add(1, Ordering::Relaxed);
+                return Some((counted, upstream));
+            }
+            Err(_) => {
+                counted
+                    .backend
+                    .connect_errors
+                    .fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
     None

@@ -523,6 +523,7 @@ impl Supervisor {
             }
         }
         self.publish_snapshot();
+        self.sample_metrics();
         for (slot, pid, memory) in over {
             if self.phase != Phase::Running {
                 break;
@@ -533,7 +534,39 @@ impl Supervisor {
                 memory,
                 limit: self.config.max_memory.unwrap_or(0),
             });
+            crate::metrics::restart(slot, "memory");
             self.request_reload(Target::Slot(slot), None).await;
+        }
+    }
+
+    /// Hands the last sample to the `metrics` facade (a no-op without the
+    /// feature).
+    fn sample_metrics(&self) {
+        crate::metrics::workers(self.target);
+        for slot in &self.slots {
+            let info = slot.info();
+            crate::metrics::worker(
+                info.slot,
+                slot.is_serving(),
+                info.started.map(|s| s.elapsed()),
+                info.cpu_time,
+                info.memory,
+            );
+            let backend = slot
+                .pid()
+                .and_then(|pid| self.proxy.as_ref().and_then(|p| p.backend(pid)));
+            if let Some(b) = backend {
+                use std::sync::atomic::Ordering::Relaxed;
+                crate::metrics::proxy(
+                    info.slot,
+                    b.active(),
+                    b.total.load(Relaxed),
+                    b.connect_errors.load(Relaxed),
+                );
+            }
+        }
+        if let Some(me) = usage::read(None, &[nix::unistd::getpid()]) {
+            crate::metrics::master(me.cpu, me.memory);
         }
     }
 
@@ -992,7 +1025,10 @@ impl Supervisor {
 
     fn report(&mut self, slot: usize, decision: Decision, tail: Vec<String>) {
         let event = match decision {
-            Decision::Restart(delay) => Event::RestartScheduled { slot, delay },
+            Decision::Restart(delay) => {
+                crate::metrics::restart(slot, "exit");
+                Event::RestartScheduled { slot, delay }
+            }
             Decision::Done => Event::SlotDone { slot },
             Decision::Failed { exits, window } => {
                 if let Some(failure) = self.slots[slot].failure.as_mut() {

@@ -103,6 +103,7 @@ impl Supervisor {
             if run.is_done() {
                 let run = self.reload.take().expect("checked above");
                 let (report, waiters) = run.finish(clock());
+                crate::metrics::reload(report.is_complete(), report.duration);
                 self.emit(Event::ReloadFinished {
                     report: report.clone(),
                 });
