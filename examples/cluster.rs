@@ -146,6 +146,16 @@ struct Cli {
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
 
+    /// Write the master's lines and every worker line, with timestamps, to
+    /// FILE instead of the terminal; reopened on SIGUSR1 (logrotate).
+    #[arg(long, value_name = "FILE")]
+    log_file: Option<std::path::PathBuf>,
+
+    /// Write one file per slot (slot-N.log) and master.log in DIR instead
+    /// of the terminal; reopened on SIGUSR1.
+    #[arg(long, value_name = "DIR")]
+    log_dir: Option<std::path::PathBuf>,
+
     /// Serve no control API.
     #[arg(long, conflicts_with = "control")]
     no_control: bool,
@@ -464,6 +474,11 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.name(name);
     }
     builder = builder.sample_interval(cli.sample_interval);
+    let to_files = cli.log_file.is_some() || cli.log_dir.is_some();
+    if to_files {
+        // The files take the place of the terminal, as with PM2.
+        builder = builder.forward_output(false).log_events(false);
+    }
     if let Some(bytes) = cli.max_memory {
         builder = builder.max_memory(bytes);
     }
@@ -504,6 +519,27 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.listen(*addr);
     }
     let cluster = builder.build()?;
+    let _log_files = if to_files {
+        let files = herd::logfile::LogFiles::start(
+            &cluster.handle(),
+            herd::logfile::Targets {
+                file: cli.log_file.clone(),
+                dir: cli.log_dir.clone(),
+            },
+        )?;
+        let files = std::sync::Arc::new(files);
+        let reopen = files.clone();
+        let mut usr1 =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
+        tokio::spawn(async move {
+            while usr1.recv().await.is_some() {
+                reopen.reopen();
+            }
+        });
+        Some(files)
+    } else {
+        None
+    };
     let _metrics = match cli.metrics {
         Some(addr) => Some(serve_metrics(addr, cluster.handle(), cli.sample_interval).await?),
         None => None,
@@ -553,7 +589,11 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     if !json {
-        cluster.run().await?;
+        let result = cluster.run().await;
+        if let Some(files) = &_log_files {
+            files.finish().await;
+        }
+        result?;
         return Ok(());
     }
     // Every event as a JSON line, in order, the last ones included.
@@ -577,6 +617,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     });
     let result = cluster.run().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), printer).await;
+    if let Some(files) = &_log_files {
+        files.finish().await;
+    }
     result?;
     Ok(())
 }

@@ -122,6 +122,7 @@ pub mod control;
 mod error;
 mod event;
 mod log;
+pub mod logfile;
 mod metrics;
 pub mod net;
 mod node;

@@ -480,3 +480,85 @@ fn prometheus_metrics_and_probes_follow_the_cluster() {
     assert!(slow.join().unwrap().is_ok());
     assert!(m.wait_exit().success(), "{}", m.log());
 }
+
+#[test]
+fn log_files_take_every_line_with_a_timestamp_and_reopen_on_sigusr1() {
+    let dir =
+        std::env::temp_dir().join(format!("herd-logs-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let all = dir.join("all.log");
+    let per_slot = dir.join("slots");
+    let mut m = Master::start(&cmd(
+        &[
+            "-w",
+            "2",
+            "--ready",
+            "notify",
+            "--log-file",
+            &all.display().to_string(),
+            "--log-dir",
+            &per_slot.display().to_string(),
+        ],
+        &hello_server(),
+    ));
+    m.wait_kind("ready", 2);
+    let pids = m.live_pids();
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    let has = |p: &std::path::Path, needle: &str| read(p).contains(needle);
+    let deadline = std::time::Instant::now() + WAIT;
+    while !(has(&all, &format!("pid {}] hello:", pids[1]))
+        && has(&per_slot.join("master.log"), "herd: "))
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", read(&all));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Each line starts with a UTC timestamp; each slot's file has its own.
+    for line in read(&all).lines() {
+        let (stamp, _) = line.split_once(' ').unwrap();
+        assert!(
+            stamp.len() == 24 && stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T',
+            "{line}"
+        );
+    }
+    let slot0 = read(&per_slot.join("slot-0.log"));
+    assert!(
+        slot0.contains(&format!("[slot 0 pid {}]", pids[0])),
+        "{slot0}"
+    );
+    assert!(!slot0.contains("[slot 1 "), "{slot0}");
+    // The terminal gets no worker line.
+    assert!(!m.log().contains("hello: pid="), "{}", m.log());
+
+    // logrotate: rename, SIGUSR1, and new lines go to new files.
+    let rotated = dir.join("all.log.1");
+    std::fs::rename(&all, &rotated).unwrap();
+    std::fs::rename(per_slot.join("slot-0.log"), per_slot.join("slot-0.log.1")).unwrap();
+    m.signal(Signal::SIGUSR1);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    m.signal(Signal::SIGHUP);
+    m.wait_events("the reload", |e| complete_reloads(e) == 1);
+    let successor = m
+        .live_pids()
+        .into_iter()
+        .find(|p| !pids.contains(p))
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while !has(&all, "hello:") || !has(&per_slot.join("slot-0.log"), "hello:") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no new file after SIGUSR1"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        !has(&rotated, &format!("pid={successor}")),
+        "the rotated file took new lines"
+    );
+    let master_lines = |p: &std::path::Path| read(p).matches(" herd: ").count();
+    let before = master_lines(&all);
+    m.signal(Signal::SIGTERM);
+    assert!(m.wait_exit().success(), "{}", m.log());
+    // The stop's lines are written before the master exits.
+    assert!(master_lines(&all) > before, "{}", read(&all));
+    let _ = std::fs::remove_dir_all(&dir);
+}
