@@ -593,6 +593,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         if let Some(files) = &_log_files {
             files.finish().await;
         }
+        if let Some(control) = &_control {
+            control.finish().await;
+        }
         result?;
         return Ok(());
     }
@@ -619,6 +622,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let _ = tokio::time::timeout(Duration::from_secs(2), printer).await;
     if let Some(files) = &_log_files {
         files.finish().await;
+    }
+    if let Some(control) = &_control {
+        control.finish().await;
     }
     result?;
     Ok(())

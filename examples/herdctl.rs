@@ -64,6 +64,9 @@ enum Command {
         slot: Option<usize>,
         #[arg(short = 'n', long, default_value_t = 50)]
         lines: usize,
+        /// Keep printing new lines until the cluster stops.
+        #[arg(short = 'f', long)]
+        follow: bool,
     },
     /// Stops the cluster gracefully.
     Stop,
@@ -174,8 +177,62 @@ async fn request(
     Ok((status, value))
 }
 
+/// `logs -f`: prints each line as the master streams it.
+async fn follow(path: &Path, uri: &str, json: bool) -> Result<u8, Failure> {
+    let stream = tokio::net::UnixStream::connect(path).await.map_err(|e| {
+        Failure(
+            3,
+            format!("no herd master answers on {}: {e}", path.display()),
+        )
+    })?;
+    let lost = |e: hyper::Error| Failure(3, format!("the master closed the connection: {e}"));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(lost)?;
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .uri(uri)
+        .header(hyper::header::HOST, "herd")
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| Failure(2, e.to_string()))?;
+    let mut body = sender.send_request(req).await.map_err(lost)?.into_body();
+    let mut pending = String::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(lost)?.into_data() else {
+            continue;
+        };
+        pending.push_str(&String::from_utf8_lossy(&data));
+        while let Some(end) = pending.find('\n') {
+            let line: String = pending.drain(..=end).collect();
+            if json {
+                print!("{line}");
+            } else if let Ok(l) = serde_json::from_str::<Value>(&line) {
+                println!(
+                    "[slot {} pid {}] {}",
+                    l["slot"],
+                    l["pid"],
+                    l["line"].as_str().unwrap_or("")
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
 async fn run(cli: Cli) -> Result<u8, Failure> {
     let path = socket(&cli)?;
+    if let Command::Logs {
+        slot,
+        lines,
+        follow: true,
+    } = &cli.command
+    {
+        let uri = match slot {
+            Some(s) => format!("/v1/logs?follow=1&slot={s}&lines={lines}"),
+            None => format!("/v1/logs?follow=1&lines={lines}"),
+        };
+        return follow(&path, &uri, cli.json).await;
+    }
     let (method, uri, body) = match &cli.command {
         Command::Ls => ("GET", "/v1/workers".to_owned(), None),
         Command::Reload => ("POST", "/v1/reload".to_owned(), None),
@@ -199,7 +256,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             };
             ("POST", "/v1/scale".to_owned(), Some(body))
         }
-        Command::Logs { slot, lines } => (
+        Command::Logs { slot, lines, .. } => (
             "GET",
             match slot {
                 Some(s) => format!("/v1/logs?slot={s}&lines={lines}"),

@@ -17,6 +17,7 @@
 //! | `POST /v1/scale` `{"workers": N}` or `{"by": ±N}` | `{"from", "to"}` |
 //! | `POST /v1/stop` | `{"stopping": true}`, then a graceful stop |
 //! | `GET /v1/logs?slot=N&lines=K` | `{"lines": [OutputLine...]}` |
+//! | `GET /v1/logs?follow=1&slot=N` | the kept lines, then each new one: one `OutputLine` per line |
 //!
 //! An error is `{"error": "a sentence", "kind": "no_such_slot"}` with a 4xx
 //! or 5xx status.
@@ -77,9 +78,22 @@ pub fn default_dir() -> PathBuf {
 pub struct ControlServer {
     path: PathBuf,
     task: JoinHandle<()>,
+    /// Log streams (`follow`) still open.
+    streams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl ControlServer {
+    /// Once the cluster has stopped: waits (up to a second) until every
+    /// log stream has told its client that the cluster ended.
+    pub async fn finish(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while self.streams.load(std::sync::atomic::Ordering::Acquire) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// The socket's path.
     pub fn path(&self) -> &Path {
         &self.path
@@ -125,7 +139,12 @@ pub async fn serve(handle: Handle, path: impl AsRef<Path>) -> Result<ControlServ
     let logs = Logs::default();
     let mut output = handle.output();
     let keep = logs.clone();
-    let state = Arc::new(State { handle, logs });
+    let streams = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let state = Arc::new(State {
+        handle,
+        logs,
+        streams: streams.clone(),
+    });
     let task = tokio::spawn(async move {
         let collect = tokio::spawn(async move {
             use tokio::sync::broadcast::error::RecvError;
@@ -140,12 +159,17 @@ pub async fn serve(handle: Handle, path: impl AsRef<Path>) -> Result<ControlServ
         accept(listener, state).await;
         collect.abort();
     });
-    Ok(ControlServer { path, task })
+    Ok(ControlServer {
+        path,
+        task,
+        streams,
+    })
 }
 
 struct State {
     handle: Handle,
     logs: Logs,
+    streams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The last lines of each slot's workers.
@@ -228,14 +252,77 @@ async fn accept(listener: UnixListener, state: Arc<State>) {
     }
 }
 
-type Body = Full<Bytes>;
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 fn reply(status: StatusCode, value: Value) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(value.to_string() + "\n")))
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+        .body(Full::new(Bytes::from(value.to_string() + "\n")).boxed())
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
+}
+
+/// A body that streams what the channel carries, until it closes.
+struct Stream(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for Stream {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|line| line.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+/// `GET /v1/logs?follow=1`: the kept lines, then every new one, one JSON
+/// object per line, until the client goes or the cluster stops.
+fn follow(state: &State, slot: Option<usize>, lines: usize) -> Response<Body> {
+    use std::sync::atomic::Ordering;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
+    let mut output = state.handle.output();
+    // The stream ends with the cluster: its events end after `Stopped`.
+    let mut events = state.handle.events();
+    let kept = state.logs.last(slot, lines);
+    let open = state.streams.clone();
+    open.fetch_add(1, Ordering::AcqRel);
+    tokio::spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        let encode = |l: &OutputLine| Bytes::from(to_json(l).to_string() + "\n");
+        let mut ended = false;
+        for l in &kept {
+            if tx.send(encode(l)).await.is_err() {
+                ended = true;
+                break;
+            }
+        }
+        while !ended {
+            tokio::select! {
+                line = output.recv() => match line {
+                    Ok(l) if slot.is_none_or(|s| s == l.slot) => {
+                        ended = tx.send(encode(&l)).await.is_err();
+                    }
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => ended = true,
+                },
+                event = events.recv() => {
+                    ended = matches!(event, Err(RecvError::Closed));
+                }
+            }
+        }
+        // The body ends when `tx` is dropped; then the client is told.
+        drop(tx);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        open.fetch_sub(1, Ordering::AcqRel);
+    });
+    Response::builder()
+        .header(hyper::header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Stream(rx).boxed())
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
 }
 
 fn refuse(status: StatusCode, kind: &str, error: impl std::fmt::Display) -> Response<Body> {
@@ -398,6 +485,9 @@ async fn respond(req: Request<Incoming>, state: &State) -> Response<Body> {
             let lines = query(&req, "lines")
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(LOG_LINES);
+            if query(&req, "follow").is_some_and(|f| f == "1") {
+                return follow(state, slot, lines);
+            }
             reply(
                 StatusCode::OK,
                 json!({ "lines": to_json(&state.logs.last(slot, lines)) }),

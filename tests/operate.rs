@@ -562,3 +562,49 @@ fn log_files_take_every_line_with_a_timestamp_and_reopen_on_sigusr1() {
     assert!(master_lines(&all) > before, "{}", read(&all));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn herdctl_logs_follow_streams_new_lines_until_the_cluster_stops() {
+    use std::io::{BufRead, BufReader};
+    let (mut m, path) = controlled(&["-w", "1", "--ready", "notify"], &hello_server());
+    m.wait_kind("ready", 1);
+    let mut child = std::process::Command::new(example("herdctl"))
+        .arg("--control")
+        .arg(&path)
+        .args(["logs", "-f", "--json", "-n", "0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _guard = GroupGuard(nix::unistd::Pid::from_raw(child.id() as i32));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // A reload makes the successor say hello: that line streams out.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    m.signal(Signal::SIGHUP);
+    m.wait_events("the reload", |e| complete_reloads(e) == 1);
+    let successor = m.live_pids()[0];
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .expect("a streamed line");
+        let l: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if pid_field(&l, "pid") == successor {
+            assert_eq!(l["slot"], 0);
+            assert_eq!(l["stream"], "stdout");
+            break;
+        }
+    }
+    m.signal(Signal::SIGTERM);
+    assert!(m.wait_exit().success());
+    let status = wait_child(&mut child, "herdctl logs -f");
+    assert!(
+        status.success(),
+        "the stream ends with the cluster: {status}"
+    );
+}
