@@ -16,17 +16,22 @@ fn expected_exits(events: &[serde_json::Value], slot: u64) -> usize {
 }
 
 fn scales_under_load_without_a_failed_request(balance: &str) {
-    let mut m = Master::start(&cmd(
+    let (mut m, control) = controlled(
         &["-w", "2", "--balance", balance, "--ready", "notify"],
         &hello_server(),
-    ));
+    );
     m.wait_kind("ready", 2);
     let load = Load::start(m.addr, 2, false);
     load.wait_answered(20);
 
-    // Up by two, one signal at a time.
+    // Up by two: herdctl, then SIGTTIN.
     for (i, to) in [(1, 3), (2, 4)] {
-        m.signal(Signal::SIGTTIN);
+        if i == 1 {
+            let (code, _, err) = herdctl(&control, &["scale", "+1"]);
+            assert_eq!(code, 0, "{err}");
+        } else {
+            m.signal(Signal::SIGTTIN);
+        }
         let events = m.wait_kind("scaled", i);
         let scaled = of_kind(&events, "scaled").last().unwrap();
         assert_eq!(scaled["to"], to, "{scaled}");
@@ -35,9 +40,15 @@ fn scales_under_load_without_a_failed_request(balance: &str) {
     let before = load.answered();
     load.wait_answered(before + 200);
 
-    // Down to one: each removed slot drains before the next signal.
+    // Down to one, each removed slot drained before the next step: herdctl
+    // once, then SIGTTOU.
     for slot in [3, 2, 1] {
-        m.signal(Signal::SIGTTOU);
+        if slot == 3 {
+            let (code, _, err) = herdctl(&control, &["scale", "3"]);
+            assert_eq!(code, 0, "{err}");
+        } else {
+            m.signal(Signal::SIGTTOU);
+        }
         m.wait_events(&format!("slot {slot} to be removed"), |e| {
             expected_exits(e, slot) == 1
         });
