@@ -130,12 +130,14 @@ fn socket(cli: &Cli) -> Result<PathBuf, Failure> {
     }
 }
 
-async fn request(
-    path: &Path,
-    method: &str,
-    uri: &str,
-    body: Option<Value>,
-) -> Result<(u16, Value), Failure> {
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+fn lost(e: hyper::Error) -> Failure {
+    Failure(3, format!("the master closed the connection: {e}"))
+}
+
+/// An HTTP/1 connection to the master's control socket.
+async fn connect(path: &Path) -> Result<Sender, Failure> {
     let stream = tokio::net::UnixStream::connect(path)
         .await
         .map_err(|e| match e.kind() {
@@ -151,11 +153,20 @@ async fn request(
                 format!("no herd master answers on {}: {e}", path.display()),
             ),
         })?;
-    let lost = |e: hyper::Error| Failure(3, format!("the master closed the connection: {e}"));
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(lost)?;
     tokio::spawn(conn);
+    Ok(sender)
+}
+
+async fn request(
+    path: &Path,
+    method: &str,
+    uri: &str,
+    body: Option<Value>,
+) -> Result<(u16, Value), Failure> {
+    let mut sender = connect(path).await?;
     let body = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
     let req = hyper::Request::builder()
         .method(method)
@@ -179,17 +190,7 @@ async fn request(
 
 /// `logs -f`: prints each line as the master streams it.
 async fn follow(path: &Path, uri: &str, json: bool) -> Result<u8, Failure> {
-    let stream = tokio::net::UnixStream::connect(path).await.map_err(|e| {
-        Failure(
-            3,
-            format!("no herd master answers on {}: {e}", path.display()),
-        )
-    })?;
-    let lost = |e: hyper::Error| Failure(3, format!("the master closed the connection: {e}"));
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(lost)?;
-    tokio::spawn(conn);
+    let mut sender = connect(path).await?;
     let req = hyper::Request::builder()
         .uri(uri)
         .header(hyper::header::HOST, "herd")

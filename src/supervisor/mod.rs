@@ -601,19 +601,7 @@ impl Supervisor {
             let index = last.index;
             self.slots.pop();
             let queued = self.listeners.remove_last_slot();
-            if !queued.is_empty() {
-                self.notice(
-                    Some(index),
-                    Notice::ConnectionsPassedOn,
-                    format!(
-                        "passing {} queued connection(s) on to live slots",
-                        queued.len()
-                    ),
-                );
-            }
-            for (conn, target) in queued {
-                tokio::spawn(crate::net::rescue::forward(conn, target));
-            }
+            self.forward_queued(index, queued);
             removed = true;
         }
         if removed {
@@ -1251,6 +1239,15 @@ impl Supervisor {
             return;
         }
         let queued = self.listeners.drain_slot(slot);
+        self.forward_queued(slot, queued);
+    }
+
+    /// Passes connections taken off `slot`'s socket on to the live slots.
+    fn forward_queued(
+        &self,
+        slot: usize,
+        queued: Vec<(std::net::TcpStream, std::net::SocketAddr)>,
+    ) {
         if queued.is_empty() {
             return;
         }
