@@ -95,6 +95,8 @@ pub(crate) struct Config {
     pub(crate) readiness: Readiness,
     pub(crate) start_timeout: Duration,
     pub(crate) watchdog: Option<Duration>,
+    /// Whether the master reports to its own service manager.
+    pub(crate) service_notify: bool,
     /// How often workers' CPU and memory are read (None: never).
     pub(crate) sample_interval: Option<Duration>,
     /// Replace a worker that stays over this many bytes.
@@ -272,6 +274,7 @@ pub struct Builder {
     reload_parallel: usize,
     sample_interval: Duration,
     max_memory: Option<u64>,
+    service_notify: bool,
     node_preload: bool,
     proxy_header: Option<ProxyProtocol>,
     port_contract: bool,
@@ -304,6 +307,7 @@ impl Default for Builder {
             reload_parallel: DEFAULT_RELOAD_PARALLEL,
             sample_interval: DEFAULT_SAMPLE_INTERVAL,
             max_memory: None,
+            service_notify: true,
             node_preload: true,
             proxy_header: None,
             port_contract: false,
@@ -564,6 +568,18 @@ impl Builder {
     #[must_use = "a builder method returns the changed builder"]
     pub fn start_timeout(mut self, timeout: Duration) -> Self {
         self.start_timeout = timeout;
+        self
+    }
+
+    /// Whether the master speaks sd_notify to its own service manager when
+    /// `NOTIFY_SOCKET` is set (default true): `READY=1` once every slot
+    /// serves or has failed, `STATUS=`, `RELOADING=1` and `READY=1` around
+    /// each reload (for `Type=notify-reload`), `STOPPING=1`, and
+    /// `WATCHDOG=1` from the event loop when `WATCHDOG_USEC` asks for it.
+    /// Turn it off when the embedding program reports for itself.
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn service_notify(mut self, on: bool) -> Self {
+        self.service_notify = on;
         self
     }
 
@@ -884,6 +900,7 @@ impl Builder {
             reload_parallel: self.reload_parallel,
             sample_interval: (!self.sample_interval.is_zero()).then_some(self.sample_interval),
             max_memory: self.max_memory,
+            service_notify: self.service_notify,
             proxy_header: self.proxy_header,
             port_contract: self.port_contract,
             proxy_splice: self.proxy_splice,

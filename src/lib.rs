@@ -131,6 +131,7 @@ pub mod proxy;
 pub mod ready;
 #[cfg(feature = "serde")]
 mod serde_impl;
+mod service;
 mod signal;
 mod supervisor;
 pub mod worker;

@@ -40,6 +40,7 @@ use crate::proxy::plane::{self, Plane};
 use crate::proxy::{self, ProxyConfig};
 use crate::ready::notify::NotifySocket;
 use crate::ready::{ipc, pipe, Note, Readiness};
+use crate::service::ServiceNotify;
 use policy::Decision;
 use reload::{ReloadFailure, ReloadRun, Target, Waiter};
 use slot::{Due, ExitOutcome, Role, Slot};
@@ -198,6 +199,8 @@ struct Supervisor {
     serving: HashMap<Pid, Pid>,
     /// Starts, signals and reaps the workers.
     os: Arc<dyn Processes>,
+    /// The master's own service manager (systemd), if it listens.
+    service: Option<ServiceNotify>,
 }
 
 pub(crate) async fn run(
@@ -314,6 +317,7 @@ pub(crate) async fn run(
         }
     };
     let workers = config.workers;
+    let sup_config_notify = config.service_notify;
     let mut sup = Supervisor {
         slots: (0..config.workers).map(Slot::new).collect(),
         config,
@@ -338,6 +342,11 @@ pub(crate) async fn run(
         cgroup,
         worker_cgroups: HashMap::new(),
         serving: HashMap::new(),
+        service: if sup_config_notify {
+            ServiceNotify::from_env()
+        } else {
+            None
+        },
         os,
     };
     sup.changed();
@@ -357,12 +366,25 @@ pub(crate) async fn run(
         }
     }
 
+    let mut service_watchdog = sup
+        .service
+        .as_ref()
+        .and_then(|_| crate::service::watchdog_every())
+        .map(tokio::time::interval);
     let mut sampling = sup.config.sample_interval.map(|every| {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick
     });
     while !sup.finished() {
+        let ping = async {
+            match &mut service_watchdog {
+                Some(tick) => {
+                    tick.tick().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         let sample = async {
             match &mut sampling {
                 Some(tick) => {
@@ -411,6 +433,12 @@ pub(crate) async fn run(
             },
             () = timer => sup.on_timers().await,
             () = sample => sup.on_sample().await,
+            // The loop itself answers: a hung master misses its pings.
+            () = ping => {
+                if let Some(s) = &sup.service {
+                    s.watchdog();
+                }
+            }
         }
     }
     sup.finish().await
@@ -1047,6 +1075,14 @@ impl Supervisor {
             .filter(|s| s.is_serving())
             .map(|s| s.index)
             .collect();
+        if let Some(service) = &mut self.service {
+            let wanted = self.target.min(self.slots.len());
+            let settled = self.phase == Phase::Running
+                && self.slots[..wanted]
+                    .iter()
+                    .all(|s| s.is_serving() || s.state == crate::WorkerState::Failed);
+            service.slots(live.len(), settled, wanted, self.reload.is_some());
+        }
         if let Err(e) = self.listeners.steer_to(&live) {
             self.notice(
                 None,
@@ -1362,6 +1398,9 @@ impl Supervisor {
             return;
         }
         self.phase = Phase::Stopping;
+        if let Some(s) = &self.service {
+            s.stopping();
+        }
         self.changed();
         self.emit(Event::Stopping { graceful });
         let now = clock();

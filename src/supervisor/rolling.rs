@@ -82,6 +82,9 @@ impl Supervisor {
         let targets: Vec<Target> = requests.iter().map(|(t, _)| t.clone()).collect();
         let waiters: Vec<Waiter> = requests.into_iter().filter_map(|(_, w)| w).collect();
         let slots = reload::merge(&targets, self.target.min(self.slots.len()));
+        if let Some(s) = &mut self.service {
+            s.reloading();
+        }
         self.emit(Event::ReloadStarted {
             slots: slots.clone(),
         });
@@ -104,6 +107,9 @@ impl Supervisor {
                 let run = self.reload.take().expect("checked above");
                 let (report, waiters) = run.finish(clock());
                 crate::metrics::reload(report.is_complete(), report.duration);
+                if let Some(s) = &mut self.service {
+                    s.reloaded();
+                }
                 self.emit(Event::ReloadFinished {
                     report: report.clone(),
                 });

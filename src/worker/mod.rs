@@ -143,16 +143,11 @@ pub fn tcp_listeners() -> Result<Vec<TcpListener>> {
 ///
 /// The socket error if the message cannot be sent.
 pub fn notify(state: &str) -> std::io::Result<bool> {
-    use std::os::linux::net::SocketAddrExt;
-    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    use std::os::unix::net::UnixDatagram;
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return Ok(false);
     };
-    let path = path.to_string_lossy().into_owned();
-    let addr = match path.strip_prefix('@') {
-        Some(name) => SocketAddr::from_abstract_name(name.as_bytes())?,
-        None => SocketAddr::from_pathname(&path)?,
-    };
+    let addr = crate::service::address(&path.to_string_lossy())?;
     UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &addr)?;
     Ok(true)
 }

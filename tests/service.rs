@@ -1,0 +1,121 @@
+//! herd as a unit of a service manager: the master's own sd_notify
+//! messages, recorded on a fake NOTIFY_SOCKET (systemd is not PID 1 here).
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::Signal;
+
+/// A datagram socket standing in for systemd's, and the messages it got.
+struct FakeSystemd {
+    path: std::path::PathBuf,
+    messages: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl FakeSystemd {
+    fn new() -> FakeSystemd {
+        let path = std::env::temp_dir().join(format!(
+            "herd-notify-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        let socket = UnixDatagram::bind(&path).unwrap();
+        let (tx, messages) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = socket.recv(&mut buf) {
+                if tx
+                    .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        FakeSystemd {
+            path,
+            messages,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a message that `pred` accepts; returns it.
+    fn wait(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.messages.recv_timeout(left) {
+                Ok(m) => {
+                    self.seen.push(m.clone());
+                    if pred(&m) {
+                        return m;
+                    }
+                }
+                Err(_) => panic!("no {what}; got {:?}", self.seen),
+            }
+        }
+    }
+}
+
+impl Drop for FakeSystemd {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn fields(message: &str) -> Vec<(&str, &str)> {
+    message.lines().filter_map(|l| l.split_once('=')).collect()
+}
+
+#[test]
+fn the_master_tells_its_service_manager_ready_reloading_and_stopping() {
+    let mut systemd = FakeSystemd::new();
+    let socket = systemd.path.clone();
+    let mut m = Master::start_with(
+        &cmd(&["-w", "2", "--ready", "notify"], &hello_server()),
+        |c| {
+            c.env("NOTIFY_SOCKET", &socket)
+                .env("WATCHDOG_USEC", "200000");
+        },
+    );
+
+    let ready = systemd.wait("READY=1", |m| m.contains("READY=1"));
+    assert!(
+        fields(&ready).contains(&("STATUS", "2/2 workers ready")),
+        "{ready}"
+    );
+    m.wait_kind("ready", 2);
+    systemd.wait("a watchdog ping", |m| m == "WATCHDOG=1");
+
+    m.signal(Signal::SIGHUP);
+    let reloading = systemd.wait("RELOADING=1", |m| m.contains("RELOADING=1"));
+    let usec: u64 = fields(&reloading)
+        .iter()
+        .find(|(k, _)| *k == "MONOTONIC_USEC")
+        .expect("MONOTONIC_USEC")
+        .1
+        .parse()
+        .unwrap();
+    assert!(usec > 0);
+    systemd.wait("READY=1 after the reload", |m| {
+        m.lines().any(|l| l == "READY=1")
+    });
+    m.wait_events("the reload", |e| complete_reloads(e) == 1);
+
+    m.signal(Signal::SIGTERM);
+    systemd.wait("STOPPING=1", |m| m.contains("STOPPING=1"));
+    assert!(m.wait_exit().success());
+    // Only the master spoke: the workers report to herd's own socket.
+    let readies = systemd
+        .seen
+        .iter()
+        .filter(|m| m.lines().any(|l| l == "READY=1"))
+        .count();
+    assert_eq!(readies, 2, "{:?}", systemd.seen);
+    std::thread::sleep(Duration::from_millis(50));
+}
