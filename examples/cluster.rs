@@ -31,9 +31,11 @@ struct Cli {
     listen: Vec<Vec<SocketAddr>>,
 
     /// How workers share the address: reuseport (a socket per worker slot),
-    /// shared (one socket for all) or proxy (the master forwards).
-    #[arg(long, value_name = "MODE", default_value = "reuseport", value_parser = parse_balance)]
-    balance: (Balance, bool),
+    /// shared (one socket for all) or proxy (the master forwards)
+    /// [default: reuseport; shared for sockets systemd passed without
+    /// ReusePort=yes].
+    #[arg(long, value_name = "MODE", value_parser = parse_balance)]
+    balance: Option<(Balance, bool)>,
 
     /// With --balance proxy: round-robin, least-conn, p2c or ip-hash.
     #[arg(long, value_name = "STRATEGY", value_parser = parse_strategy)]
@@ -336,7 +338,7 @@ fn main() -> ExitCode {
     // One thread is plenty for a master that only forks, reaps and forwards
     // output, and keeps its footprint small. In proxy mode the master is in
     // the data path: a thread per CPU.
-    let runtime = if cli.balance.0.is_proxy() {
+    let runtime = if cli.balance.is_some_and(|(b, _)| b.is_proxy()) {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -409,13 +411,49 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// Sockets the master was started with (systemd socket activation,
+/// `systemd-socket-activate`), with their addresses.
+fn activated_sockets() -> Result<Vec<(std::os::fd::OwnedFd, SocketAddr)>, Box<dyn std::error::Error>>
+{
+    if std::env::var_os("LISTEN_FDS").is_none() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for fd in herd::worker::listen_fds()? {
+        let addr = socket2::SockRef::from(&fd)
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .ok_or_else(|| Usage("a socket from LISTEN_FDS is not a TCP socket".into()))?;
+        out.push((fd, addr));
+    }
+    Ok(out)
+}
+
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
-    let listen: Vec<SocketAddr> = if cli.listen.is_empty() {
+    let explicit: Vec<SocketAddr> = cli.listen.into_iter().flatten().collect();
+    let mut activated = activated_sockets()?;
+    // With --listen, an activated socket serves the address it is bound to
+    // and the other addresses are bound here; without, every activated
+    // socket serves and nothing else.
+    if !explicit.is_empty() && !activated.is_empty() {
+        activated.retain(|(_, addr)| explicit.contains(addr));
+    }
+    let listen: Vec<SocketAddr> = if !explicit.is_empty() {
+        explicit
+            .into_iter()
+            .filter(|a| !activated.iter().any(|(_, b)| a == b))
+            .collect()
+    } else if activated.is_empty() {
         default_listen()?
     } else {
-        cli.listen.into_iter().flatten().collect()
+        Vec::new()
     };
-    let balance = match (cli.balance, cli.strategy) {
+    let balance_given = cli.balance.is_some();
+    let balance = match (
+        cli.balance.unwrap_or((Balance::ReusePort, false)),
+        cli.strategy,
+    ) {
         ((Balance::Proxy { strategy: named }, true), Some(strategy)) if named != strategy => {
             return Err(Usage(format!(
                 "--balance proxy:{named} and --strategy {strategy} name two strategies; give one"
@@ -430,6 +468,22 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             .into())
         }
         ((other, _), None) => other,
+    };
+    // systemd opens sockets without SO_REUSEPORT unless its unit says
+    // ReusePort=yes: a socket per slot cannot join them.
+    let lacks_reuseport = activated
+        .iter()
+        .any(|(fd, _)| !socket2::SockRef::from(fd).reuse_port().unwrap_or(false));
+    let balance = if !balance_given && balance == Balance::ReusePort && lacks_reuseport {
+        let why = "the sockets passed by LISTEN_FDS lack SO_REUSEPORT (ReusePort=yes): serving them shared";
+        if cli.log_format == "json" {
+            eprintln!("{{\"event\":\"notice\",\"slot\":null,\"notice\":\"activated_shared\",\"message\":\"{why}\"}}");
+        } else {
+            eprintln!("herd: {why}");
+        }
+        Balance::Shared
+    } else {
+        balance
     };
     let ready = match (cli.wait_ready, cli.ready) {
         (false, r) => r,
@@ -514,6 +568,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
     for (k, v) in &cli.env {
         builder = builder.env(k, v);
+    }
+    for (fd, _) in activated {
+        builder = builder.listener(fd);
     }
     for addr in &listen {
         builder = builder.listen(*addr);

@@ -119,3 +119,89 @@ fn the_master_tells_its_service_manager_ready_reloading_and_stopping() {
     assert_eq!(readies, 2, "{:?}", systemd.seen);
     std::thread::sleep(Duration::from_millis(50));
 }
+
+/// `systemd-socket-activate -l ADDR cluster ...`: the master serves the
+/// socket it was given (shared, as it lacks SO_REUSEPORT), and the
+/// connection that woke it, queued on that socket, is answered.
+#[test]
+fn the_master_serves_sockets_passed_by_socket_activation() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::CommandExt;
+    let Ok(activate) = which("systemd-socket-activate") else {
+        eprintln!("systemd-socket-activate is not installed: nothing to test");
+        return;
+    };
+    let port = free_port();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut child = std::process::Command::new(activate)
+        .args(["-l", &addr.to_string(), "-E", "PATH"])
+        .arg(example("cluster"))
+        .args(control_args(&[]))
+        .args(["--log-format", "json", "-w", "2", "--ready", "notify"])
+        .args(hello_server())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("systemd-socket-activate");
+    let _guard = GroupGuard(nix::unistd::Pid::from_raw(child.id() as i32));
+    let stderr = child.stderr.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    // systemd-socket-activate starts the master at the first connection.
+    let waiting = {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nothing listens on {addr}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::thread::spawn(move || get(addr, "/"))
+    };
+    let body = waiting
+        .join()
+        .unwrap()
+        .expect("the queued connection is served");
+    assert!(body.contains("pid="), "{body}");
+    let mut listening = None;
+    let deadline = std::time::Instant::now() + WAIT;
+    while listening.is_none() {
+        let line = lines
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .expect("the master's listening event");
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if v["event"] == "listening" {
+            listening = Some(v);
+        }
+    }
+    let listening = listening.unwrap();
+    assert_eq!(listening["addr"], addr.to_string());
+    assert_eq!(listening["balance"], "shared");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(wait_child(&mut child, "the activated master").success());
+}
+
+fn which(program: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .ok_or(())
+}
