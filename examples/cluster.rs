@@ -176,6 +176,12 @@ struct Cli {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     watchdog: Option<Duration>,
 
+    /// On SIGTERM, stay up this long with /readyz answering 503 before the
+    /// workers stop (time for a load balancer or Kubernetes endpoints to
+    /// drop this host).
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    pre_stop_delay: Duration,
+
     /// How often each worker's CPU and memory are read (0 turns it off).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     sample_interval: Duration,
@@ -527,7 +533,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(name) = &cli.name {
         builder = builder.name(name);
     }
-    builder = builder.sample_interval(cli.sample_interval);
+    builder = builder
+        .sample_interval(cli.sample_interval)
+        .pre_stop_delay(cli.pre_stop_delay);
     let to_files = cli.log_file.is_some() || cli.log_dir.is_some();
     if to_files {
         // The files take the place of the terminal, as with PM2.

@@ -95,6 +95,8 @@ pub(crate) struct Config {
     pub(crate) readiness: Readiness,
     pub(crate) start_timeout: Duration,
     pub(crate) watchdog: Option<Duration>,
+    /// A graceful stop waits this long, not ready, before workers stop.
+    pub(crate) pre_stop_delay: Option<Duration>,
     /// Whether the master reports to its own service manager.
     pub(crate) service_notify: bool,
     /// How often workers' CPU and memory are read (None: never).
@@ -275,6 +277,7 @@ pub struct Builder {
     sample_interval: Duration,
     max_memory: Option<u64>,
     service_notify: bool,
+    pre_stop_delay: Duration,
     node_preload: bool,
     proxy_header: Option<ProxyProtocol>,
     port_contract: bool,
@@ -308,6 +311,7 @@ impl Default for Builder {
             sample_interval: DEFAULT_SAMPLE_INTERVAL,
             max_memory: None,
             service_notify: true,
+            pre_stop_delay: Duration::ZERO,
             node_preload: true,
             proxy_header: None,
             port_contract: false,
@@ -571,6 +575,18 @@ impl Builder {
         self
     }
 
+    /// On a graceful stop, waits this long with the cluster not ready
+    /// ([`Phase::Stopping`], `/readyz` 503) while the workers go on
+    /// serving, before they hear the stop signal (default 0): time for a
+    /// load balancer or Kubernetes to take this host out of its endpoints,
+    /// so that no new connection arrives while the listeners close. A
+    /// second Ctrl-C or SIGQUIT still stops at once.
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn pre_stop_delay(mut self, delay: Duration) -> Self {
+        self.pre_stop_delay = delay;
+        self
+    }
+
     /// Whether the master speaks sd_notify to its own service manager when
     /// `NOTIFY_SOCKET` is set (default true): `READY=1` once every slot
     /// serves or has failed, `STATUS=`, `RELOADING=1` and `READY=1` around
@@ -711,6 +727,7 @@ impl Builder {
             ("drain-timeout", self.drain_timeout),
             ("start-timeout", self.start_timeout),
             ("settle", self.settle),
+            ("pre-stop-delay", self.pre_stop_delay),
             ("proxy-idle-timeout", self.proxy_idle_timeout),
             ("restart-delay", self.supervision.backoff.initial),
             ("restart-delay-max", self.supervision.backoff.max),
@@ -901,6 +918,7 @@ impl Builder {
             sample_interval: (!self.sample_interval.is_zero()).then_some(self.sample_interval),
             max_memory: self.max_memory,
             service_notify: self.service_notify,
+            pre_stop_delay: (!self.pre_stop_delay.is_zero()).then_some(self.pre_stop_delay),
             proxy_header: self.proxy_header,
             port_contract: self.port_contract,
             proxy_splice: self.proxy_splice,

@@ -619,3 +619,33 @@ fn herdctl_logs_follow_streams_new_lines_until_the_cluster_stops() {
         "the stream ends with the cluster: {status}"
     );
 }
+
+#[test]
+fn with_a_pre_stop_delay_readyz_fails_at_once_while_the_workers_still_serve() {
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut m = Master::start(&cmd(
+        &[
+            "-w",
+            "2",
+            "--ready",
+            "notify",
+            "--pre-stop-delay",
+            "1500ms",
+            "--metrics",
+            &metrics.to_string(),
+        ],
+        &hello_server(),
+    ));
+    m.wait_kind("ready", 2);
+    assert_eq!(scrape(metrics, "/readyz").0, 200);
+    m.signal(Signal::SIGTERM);
+    m.wait_kind("stopping", 1);
+    assert_eq!(scrape(metrics, "/readyz").0, 503);
+    // Still served: nobody has been told to stop yet.
+    for _ in 0..10 {
+        assert!(m.get("/").is_ok(), "{}", m.log());
+    }
+    assert_eq!(of_kind(&m.events(), "exited").count(), 0);
+    assert!(m.wait_exit().success(), "{}", m.log());
+    assert_eq!(clean_exits(&m.events()), 2);
+}

@@ -481,4 +481,28 @@ mod tests {
         assert_eq!(c.handle.scale(3).await.unwrap(), 1);
         c.stop().await;
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pre_stop_delay_keeps_workers_serving_while_the_cluster_says_stopping() {
+        let fake = Fake::new(SERVE);
+        let mut c = start(
+            cluster(2).pre_stop_delay(Duration::from_secs(10)),
+            fake.clone(),
+        )
+        .await;
+        c.until(2, ready).await;
+        let handle = c.handle.clone();
+        let stopping = tokio::spawn(async move { handle.shutdown().await });
+        c.until(1, |e| matches!(e, Event::Stopping { graceful: true }))
+            .await;
+        let asked = tokio::time::Instant::now();
+        assert_eq!(c.handle.phase(), crate::Phase::Stopping);
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert!(fake.sent().is_empty(), "nobody is stopped during the delay");
+        stopping.await.unwrap().unwrap();
+        let sent = fake.sent();
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        assert!(sent.iter().all(|s| s.at - asked >= Duration::from_secs(10)));
+        c.run.await.unwrap().unwrap();
+    }
 }

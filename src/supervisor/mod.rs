@@ -199,6 +199,8 @@ struct Supervisor {
     serving: HashMap<Pid, Pid>,
     /// Starts, signals and reaps the workers.
     os: Arc<dyn Processes>,
+    /// A graceful stop waiting out the pre-stop delay.
+    pending_stop: Option<Instant>,
     /// The master's own service manager (systemd), if it listens.
     service: Option<ServiceNotify>,
 }
@@ -342,6 +344,7 @@ pub(crate) async fn run(
         cgroup,
         worker_cgroups: HashMap::new(),
         serving: HashMap::new(),
+        pending_stop: None,
         service: if sup_config_notify {
             ServiceNotify::from_env()
         } else {
@@ -393,7 +396,12 @@ pub(crate) async fn run(
                 None => std::future::pending().await,
             }
         };
-        let deadline = sup.slots.iter().filter_map(Slot::next_deadline).min();
+        let deadline = sup
+            .slots
+            .iter()
+            .filter_map(Slot::next_deadline)
+            .chain(sup.pending_stop)
+            .min();
         let timer = async {
             match deadline {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -1302,6 +1310,10 @@ impl Supervisor {
 
     async fn on_timers(&mut self) {
         let now = clock();
+        if self.pending_stop.is_some_and(|at| at <= now) {
+            self.pending_stop = None;
+            self.stop_now(true);
+        }
         for index in 0..self.slots.len() {
             for due in self.slots[index].take_due(now) {
                 self.on_due(index, due).await;
@@ -1397,12 +1409,31 @@ impl Supervisor {
         if graceful && self.phase == Phase::Stopping {
             return;
         }
+        let delay = self.config.pre_stop_delay.filter(|_| graceful);
+        let announced = self.phase == Phase::Stopping;
         self.phase = Phase::Stopping;
-        if let Some(s) = &self.service {
-            s.stopping();
+        self.pending_stop = None;
+        if !announced {
+            if let Some(s) = &self.service {
+                s.stopping();
+            }
+            self.changed();
         }
-        self.changed();
-        self.emit(Event::Stopping { graceful });
+        // A second, forceful stop is news too.
+        if !announced || !graceful {
+            self.emit(Event::Stopping { graceful });
+        }
+        if let Some(delay) = delay {
+            // Load balancers see the cluster not ready (and take it out of
+            // their endpoints) while the workers still serve.
+            self.pending_stop = Some(clock() + delay);
+            return;
+        }
+        self.stop_now(graceful);
+    }
+
+    /// The stop itself: the workers hear their stop signal and drain.
+    fn stop_now(&mut self, graceful: bool) {
         let now = clock();
         let defer = graceful && self.defers_stop_signal();
         let mut held_back = Vec::new();
