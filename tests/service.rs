@@ -205,3 +205,74 @@ fn which(program: &str) -> Result<std::path::PathBuf, ()> {
         .find(|p| p.is_file())
         .ok_or(())
 }
+
+/// `--print-systemd-unit`: a unit that runs the same command, with a stop
+/// timeout above herd's own drain.
+#[test]
+fn the_printed_unit_runs_the_same_command_under_systemd() {
+    let out = std::process::Command::new(example("cluster"))
+        .args([
+            "--print-systemd-unit",
+            "--socket-unit",
+            "--name",
+            "api",
+            "-w",
+            "4",
+            "-l",
+            "127.0.0.1:8080",
+            "--drain-timeout",
+            "30s",
+            "--pre-stop-delay",
+            "5s",
+            "node",
+            "my server.js",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let value = |key: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(&format!("{key}=")))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(value("Type"), ["notify-reload"]);
+    assert_eq!(value("KillMode"), ["mixed"]);
+    assert_eq!(value("TimeoutStopSec"), ["40"], "30s drain + 5s delay + 5s");
+    assert_eq!(value("ListenStream"), ["127.0.0.1:8080"]);
+    assert_eq!(value("ReusePort"), ["yes"]);
+    let exec = &value("ExecStart")[0];
+    assert!(
+        exec.starts_with(&example("cluster").display().to_string()),
+        "{exec}"
+    );
+    assert!(
+        exec.ends_with(r#"--name api -w 4 -l 127.0.0.1:8080 --drain-timeout 30s --pre-stop-delay 5s node "my server.js""#),
+        "{exec}"
+    );
+    assert!(!exec.contains("--print-systemd-unit"));
+    // systemd's own checker, where it is installed: nothing but its age
+    // (notify-reload needs systemd 253) may be reported.
+    if which("systemd-analyze").is_ok() {
+        let dir = std::env::temp_dir().join(format!("herd-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let service = text.split("# api.service\n").nth(1).unwrap();
+        std::fs::write(dir.join("api.service"), service).unwrap();
+        let check = std::process::Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(dir.join("api.service"))
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&check.stderr).into_owned();
+        for line in report.lines().filter(|l| !l.trim().is_empty()) {
+            assert!(
+                line.contains("notify-reload")
+                    || line.contains("ReloadSignal")
+                    || line.contains("api.socket"),
+                "{report}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
