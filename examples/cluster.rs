@@ -186,6 +186,15 @@ struct Cli {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     watchdog: Option<Duration>,
 
+    /// Run the workers as this user (name or uid), with its groups, HOME and
+    /// USER; the master (root) keeps the sockets it bound.
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
+
+    /// Run the workers with this primary group (name or gid).
+    #[arg(long, value_name = "GROUP")]
+    group: Option<String>,
+
     /// On SIGTERM, stay up this long with /readyz answering 503 before the
     /// workers stop (time for a load balancer or Kubernetes endpoints to
     /// drop this host).
@@ -630,6 +639,12 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         .node_preload(!cli.no_node_preload);
     if let Some(name) = &cli.name {
         builder = builder.name(name);
+    }
+    if let Some(user) = &cli.user {
+        builder = builder.user(user);
+    }
+    if let Some(group) = &cli.group {
+        builder = builder.group(group);
     }
     builder = builder
         .sample_interval(cli.sample_interval)

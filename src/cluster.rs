@@ -95,6 +95,8 @@ pub(crate) struct Config {
     pub(crate) readiness: Readiness,
     pub(crate) start_timeout: Duration,
     pub(crate) watchdog: Option<Duration>,
+    /// The user workers run as, if not the master's.
+    pub(crate) user: Option<WorkerUser>,
     /// A graceful stop waits this long, not ready, before workers stop.
     pub(crate) pre_stop_delay: Option<Duration>,
     /// Whether the master reports to its own service manager.
@@ -113,6 +115,85 @@ pub(crate) struct Config {
     pub(crate) max_connections: Option<usize>,
     /// Proxy mode: close a connection quiet for this long (None: never).
     pub(crate) proxy_idle_timeout: Option<Duration>,
+}
+
+/// A user to run workers as, resolved.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerUser {
+    pub(crate) credentials: crate::process::spawn::Credentials,
+    /// HOME, USER and LOGNAME for the workers.
+    pub(crate) env: Vec<(OsString, OsString)>,
+}
+
+/// Resolves `--user` and `--group`.
+///
+/// # Errors
+///
+/// [`Error::InvalidSetting`] naming the user or group that does not exist,
+/// or saying that only root can run workers as someone else.
+fn resolve_user(user: Option<&str>, group: Option<&str>) -> Result<Option<WorkerUser>> {
+    use nix::unistd::{Gid, Group, Uid, User};
+    if user.is_none() && group.is_none() {
+        return Ok(None);
+    }
+    let refuse = |setting: &'static str, reason: String| Error::InvalidSetting { setting, reason };
+    if !Uid::effective().is_root() {
+        return Err(refuse(
+            if user.is_some() { "user" } else { "group" },
+            format!(
+                "running workers as another user or group needs a master started as root (this one runs as uid {})",
+                Uid::effective()
+            ),
+        ));
+    }
+    let me = User::from_uid(Uid::effective()).ok().flatten();
+    let account = match user {
+        Some(name) => {
+            let found = match name.parse::<u32>() {
+                Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+                Err(_) => User::from_name(name),
+            };
+            found
+                .ok()
+                .flatten()
+                .ok_or_else(|| refuse("user", format!("no user `{name}` on this system")))?
+        }
+        None => me.ok_or_else(|| refuse("group", "the master's own user is unknown".into()))?,
+    };
+    let gid = match group {
+        Some(name) => {
+            let found = match name.parse::<u32>() {
+                Ok(gid) => Group::from_gid(Gid::from_raw(gid)),
+                Err(_) => Group::from_name(name),
+            };
+            found
+                .ok()
+                .flatten()
+                .ok_or_else(|| refuse("group", format!("no group `{name}` on this system")))?
+                .gid
+        }
+        None => account.gid,
+    };
+    let name = std::ffi::CString::new(account.name.as_bytes())
+        .map_err(|_| refuse("user", "the user name holds a NUL byte".into()))?;
+    let groups = nix::unistd::getgrouplist(&name, gid).map_err(|e| {
+        refuse(
+            "user",
+            format!("cannot read the groups of `{}`: {e}", account.name),
+        )
+    })?;
+    Ok(Some(WorkerUser {
+        credentials: crate::process::spawn::Credentials {
+            uid: account.uid.as_raw(),
+            gid: gid.as_raw(),
+            groups: groups.iter().map(|g| g.as_raw()).collect(),
+        },
+        env: vec![
+            ("HOME".into(), account.dir.into_os_string()),
+            ("USER".into(), account.name.clone().into()),
+            ("LOGNAME".into(), account.name.into()),
+        ],
+    }))
 }
 
 /// What a worker runs: a program, its arguments, changes to the master's
@@ -278,6 +359,8 @@ pub struct Builder {
     max_memory: Option<u64>,
     service_notify: bool,
     pre_stop_delay: Duration,
+    user: Option<String>,
+    group: Option<String>,
     node_preload: bool,
     proxy_header: Option<ProxyProtocol>,
     port_contract: bool,
@@ -312,6 +395,8 @@ impl Default for Builder {
             max_memory: None,
             service_notify: true,
             pre_stop_delay: Duration::ZERO,
+            user: None,
+            group: None,
             node_preload: true,
             proxy_header: None,
             port_contract: false,
@@ -572,6 +657,25 @@ impl Builder {
     #[must_use = "a builder method returns the changed builder"]
     pub fn start_timeout(mut self, timeout: Duration) -> Self {
         self.start_timeout = timeout;
+        self
+    }
+
+    /// Runs the workers as this user (a name or a uid), with its primary
+    /// group unless [`Builder::group`] says otherwise, its supplementary
+    /// groups, and its `HOME`, `USER` and `LOGNAME`. The master keeps its
+    /// own privileges, and the privileged sockets it bound; it must run as
+    /// root for this.
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.user = Some(user.into());
+        self
+    }
+
+    /// Runs the workers with this primary group (a name or a gid); needs
+    /// [`Builder::user`] or root.
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = Some(group.into());
         self
     }
 
@@ -872,7 +976,13 @@ impl Builder {
                 reason: "must be at least 1".into(),
             });
         }
+        let worker_user = resolve_user(self.user.as_deref(), self.group.as_deref())?;
         let command = prepare_command(&self.command, self.node_preload)?;
+        if worker_user.is_some() && command.preload.is_some() {
+            // The preload lives in the master's private directory: let the
+            // workers' user through to it (the directory stays unlistable).
+            crate::node::open_for_workers()?;
+        }
         let runs_node = command.runs_node;
         if self.readiness == Readiness::Ipc && !runs_node {
             return Err(Error::InvalidSetting {
@@ -919,6 +1029,7 @@ impl Builder {
             max_memory: self.max_memory,
             service_notify: self.service_notify,
             pre_stop_delay: (!self.pre_stop_delay.is_zero()).then_some(self.pre_stop_delay),
+            user: worker_user,
             proxy_header: self.proxy_header,
             port_contract: self.port_contract,
             proxy_splice: self.proxy_splice,

@@ -276,3 +276,69 @@ fn the_printed_unit_runs_the_same_command_under_systemd() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// The uid and an environment variable of a running process.
+fn uid_and_env(pid: u32, key: &str) -> (u32, Option<String>) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    let value = environ
+        .split(|&b| b == 0)
+        .find_map(|kv| kv.strip_prefix(format!("{key}=").as_bytes()))
+        .map(|v| String::from_utf8_lossy(v).into_owned());
+    (uid, value)
+}
+
+#[test]
+fn workers_run_as_the_given_user_while_the_master_keeps_its_sockets() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("not root: running workers as another user cannot be tested here");
+        return;
+    }
+    for (ready, program) in [("notify", hello_server()), ("auto", node_server())] {
+        let mut m = Master::start(&cmd(
+            &["-w", "2", "--user", "nobody", "--ready", ready],
+            &program,
+        ));
+        m.wait_kind("ready", 2);
+        for pid in m.live_pids() {
+            let (uid, home) = uid_and_env(pid, "USER");
+            assert_eq!(uid, 65534, "worker {pid} runs as nobody");
+            assert_eq!(home.as_deref(), Some("nobody"));
+        }
+        let body = m.get("/").unwrap_or_else(|e| panic!("{e}\n{}", m.log()));
+        assert!(m.live_pids().contains(&pid_of(&body)));
+        m.signal(Signal::SIGTERM);
+        assert!(m.wait_exit().success(), "{}", m.log());
+    }
+}
+
+#[test]
+fn another_user_is_refused_to_a_master_that_is_not_root_and_unknown_ones_are_named() {
+    use std::os::unix::process::CommandExt;
+    let mut m = Master::spawn(&cmd(&["--user", "no-such-user-herd"], &hello_server()));
+    assert_eq!(m.wait_exit().code(), Some(2));
+    assert!(m.log().contains("no-such-user-herd"), "{}", m.log());
+    if nix::unistd::Uid::effective().is_root() {
+        let out = std::process::Command::new(example("cluster"))
+            .args(["--no-control", "--user", "root", "-l", "127.0.0.1:0"])
+            .args(hello_server())
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("root"));
+    }
+}

@@ -87,6 +87,19 @@ pub(crate) fn install_preload() -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Lets other users through the private directory (mode 0711: no listing,
+/// but a file whose name they know, such as the preload, can be read), for
+/// workers that run as another user.
+///
+/// # Errors
+///
+/// [`Error::Io`] if the mode cannot be changed.
+pub(crate) fn open_for_workers() -> Result<()> {
+    let dir = private_dir()?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
+        .map_err(|e| Error::io(format!("letting workers into {}", dir.display()), e))
+}
+
 /// `$XDG_RUNTIME_DIR/herd`, else `/tmp/herd-<uid>`: created 0700, and
 /// refused if someone else owns it or others can write to it.
 pub(crate) fn private_dir() -> Result<PathBuf> {

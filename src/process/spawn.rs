@@ -40,6 +40,17 @@ pub(crate) struct SpawnRequest {
     pub(crate) cwd: Option<CString>,
     /// `cgroup.procs` of the worker's cgroup: the child moves itself there.
     pub(crate) cgroup_procs: Option<OwnedFd>,
+    /// The user the worker runs as, if not the master's.
+    pub(crate) credentials: Option<Credentials>,
+}
+
+/// A user to run a worker as: uid, gid and supplementary groups, resolved
+/// before the fork.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Credentials {
+    pub(crate) uid: libc::uid_t,
+    pub(crate) gid: libc::gid_t,
+    pub(crate) groups: Vec<libc::gid_t>,
 }
 
 /// A worker that has been exec'd.
@@ -72,11 +83,13 @@ const STAGES: &[&str] = &[
     "setting the parent-death signal",
     "changing directory",
     "exec",
+    "changing to the worker's user and groups",
 ];
 const STAGE_FDS: u8 = 0;
 const STAGE_PDEATHSIG: u8 = 1;
 const STAGE_CHDIR: u8 = 2;
 const STAGE_EXEC: u8 = 3;
+const STAGE_CREDENTIALS: u8 = 4;
 
 /// Standard (non-realtime) signals are 1..32 on Linux.
 const NSIG_STANDARD: libc::c_int = 32;
@@ -141,6 +154,10 @@ pub(crate) fn spawn(req: SpawnRequest) -> Result<Spawned, SpawnError> {
         cwd: req.cwd.as_ref().map(|c| c.as_ptr()),
         parent: nix::unistd::getpid().as_raw(),
         cgroup_procs: req.cgroup_procs.as_ref().map(|fd| fd.as_raw_fd()),
+        credentials: req
+            .credentials
+            .as_ref()
+            .map(|c| (c.uid, c.gid, c.groups.as_ptr(), c.groups.len())),
     };
 
     // SAFETY: fork in a multi-threaded process is sound as long as the child
@@ -245,6 +262,8 @@ struct ChildPlan<'a> {
     cwd: Option<*const libc::c_char>,
     parent: libc::pid_t,
     cgroup_procs: Option<RawFd>,
+    /// uid, gid, and the supplementary groups as a pointer and a length.
+    credentials: Option<(libc::uid_t, libc::gid_t, *const libc::gid_t, usize)>,
 }
 
 /// The child between fork and exec.
@@ -252,7 +271,8 @@ struct ChildPlan<'a> {
 /// # Safety
 ///
 /// Must only be called in the child right after `fork`. Every call below is
-/// async-signal-safe (setpgid, write to cgroup.procs, prctl, getppid, getpid, fcntl, dup2,
+/// async-signal-safe (setpgid, write to cgroup.procs, setgroups, setgid, setuid, prctl,
+/// getppid, getpid, fcntl, dup2,
 /// syscall(close_range), sigprocmask, sigaction via `signal`, chdir, execve,
 /// write, _exit), and all memory it writes (the pid slot, the scratch array)
 /// is the child's private copy of buffers the parent allocated before fork.
@@ -265,6 +285,14 @@ unsafe fn run_child(plan: &ChildPlan<'_>) -> ! {
         // runs, held by its process group only.
         if let Some(fd) = plan.cgroup_procs {
             super::cgroup::enter(fd);
+        }
+        // The worker's own user, groups first (they need the privilege the
+        // uid change gives up). Before the parent-death signal: a change of
+        // credentials clears it.
+        if let Some((uid, gid, groups, n)) = plan.credentials {
+            if libc::setgroups(n, groups) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+                fail(plan.status_w, STAGE_CREDENTIALS);
+            }
         }
 
         // Die with the master. If the master already died between fork and

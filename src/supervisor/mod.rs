@@ -718,6 +718,13 @@ impl Supervisor {
             }),
         }
         .env(&self.config.command.env);
+        // A worker run as another user finds that user's HOME, USER and
+        // LOGNAME, not the master's.
+        let mut env = env;
+        if let Some(user) = &self.config.user {
+            env.retain(|(k, _)| !user.env.iter().any(|(u, _)| u == k));
+            env.extend(user.env.iter().cloned());
+        }
         let extra_fds: Vec<_> = ipc_child.into_iter().collect();
         SpawnRequest {
             path: self.config.command.path.clone(),
@@ -727,6 +734,7 @@ impl Supervisor {
             extra_fds,
             cwd: self.config.command.cwd.clone(),
             cgroup_procs: None,
+            credentials: self.config.user.as_ref().map(|u| u.credentials.clone()),
         }
     }
 
