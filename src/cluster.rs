@@ -285,7 +285,9 @@ pub(crate) struct Command {
 ///
 /// The program not found or not executable, a bad directory, a reserved
 /// or malformed environment name, a NUL byte.
-fn prepare_command(command: &WorkerCommand, node_preload: bool) -> Result<Command> {
+/// `preload`: None without the Node preload, else whether it must be
+/// readable by another user.
+fn prepare_command(command: &WorkerCommand, preload: Option<bool>) -> Result<Command> {
     let program = command.program.as_os_str();
     let args = &command.args;
     let env_changes = &command.env;
@@ -301,10 +303,9 @@ fn prepare_command(command: &WorkerCommand, node_preload: bool) -> Result<Comman
     let env = crate::process::contract::base(env_changes);
     let path = resolve_program(program, cwd, &env)?;
     let runs_node = crate::node::is_node(Path::new(program)) || crate::node::runs_node(&path);
-    let preload = if node_preload && runs_node {
-        Some(crate::node::install_preload()?)
-    } else {
-        None
+    let preload = match preload {
+        Some(shared) if runs_node => Some(crate::node::install_preload(shared)?),
+        _ => None,
     };
     let cstring = |s: &OsStr, what: &'static str| {
         CString::new(s.as_bytes()).map_err(|_| Error::InvalidSetting {
@@ -977,12 +978,10 @@ impl Builder {
             });
         }
         let worker_user = resolve_user(self.user.as_deref(), self.group.as_deref())?;
-        let command = prepare_command(&self.command, self.node_preload)?;
-        if worker_user.is_some() && command.preload.is_some() {
-            // The preload lives in the master's private directory: let the
-            // workers' user through to it (the directory stays unlistable).
-            crate::node::open_for_workers()?;
-        }
+        // Workers of another user read the preload from a directory they
+        // may enter.
+        let preload = self.node_preload.then_some(worker_user.is_some());
+        let command = prepare_command(&self.command, preload)?;
         let runs_node = command.runs_node;
         if self.readiness == Readiness::Ipc && !runs_node {
             return Err(Error::InvalidSetting {
@@ -1192,7 +1191,7 @@ impl Cluster {
             snapshot: snapshot_rx,
             proxy_counters: Arc::new(crate::proxy::Counters::new(log.clone())),
             log,
-            node_preload: config.node_preload,
+            node_preload: config.node_preload.then_some(config.user.is_some()),
             addrs: listeners.local_addrs().into(),
             backends: Default::default(),
         };
@@ -1255,8 +1254,9 @@ pub struct Handle {
     control: mpsc::UnboundedSender<Control>,
     snapshot: watch::Receiver<Snapshot>,
     log: Log,
-    /// Whether Node programs get the preload (for [`Handle::set_command`]).
-    node_preload: bool,
+    /// Whether Node programs get the preload, and whether another user's
+    /// workers must read it (for [`Handle::set_command`]).
+    node_preload: Option<bool>,
     addrs: Arc<[SocketAddr]>,
     backends: crate::proxy::Registry,
     proxy_counters: Arc<crate::proxy::Counters>,

@@ -69,8 +69,12 @@ fn shebang_runs_node(head: &[u8]) -> bool {
 /// # Errors
 ///
 /// [`Error::Io`] if the private directory cannot be made or is not private.
-pub(crate) fn install_preload() -> Result<PathBuf> {
-    let dir = private_dir()?;
+pub(crate) fn install_preload(shared: bool) -> Result<PathBuf> {
+    let dir = if shared {
+        shared_dir()?
+    } else {
+        private_dir()?
+    };
     let hash = fnv1a(PRELOAD_JS.as_bytes());
     let path = dir.join(format!("preload-{hash:016x}.js"));
     if std::fs::read_to_string(&path).is_ok_and(|s| s == PRELOAD_JS) {
@@ -87,19 +91,6 @@ pub(crate) fn install_preload() -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Lets other users through the private directory (mode 0711: no listing,
-/// but a file whose name they know, such as the preload, can be read), for
-/// workers that run as another user.
-///
-/// # Errors
-///
-/// [`Error::Io`] if the mode cannot be changed.
-pub(crate) fn open_for_workers() -> Result<()> {
-    let dir = private_dir()?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
-        .map_err(|e| Error::io(format!("letting workers into {}", dir.display()), e))
-}
-
 /// `$XDG_RUNTIME_DIR/herd`, else `/tmp/herd-<uid>`: created 0700, and
 /// refused if someone else owns it or others can write to it.
 pub(crate) fn private_dir() -> Result<PathBuf> {
@@ -108,7 +99,23 @@ pub(crate) fn private_dir() -> Result<PathBuf> {
         Some(d) if Path::new(&d).is_dir() => PathBuf::from(d).join("herd"),
         _ => std::env::temp_dir().join(format!("herd-{uid}")),
     };
-    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+    own_dir(dir, 0o700)
+}
+
+/// `/tmp/herd-<uid>-shared`: created 0755, for what workers running as
+/// another user must read (the preload); refused, as the private one, if
+/// someone else owns it or others can write to it.
+pub(crate) fn shared_dir() -> Result<PathBuf> {
+    let uid = nix::unistd::getuid().as_raw();
+    own_dir(
+        std::env::temp_dir().join(format!("herd-{uid}-shared")),
+        0o755,
+    )
+}
+
+fn own_dir(dir: PathBuf, mode: u32) -> Result<PathBuf> {
+    let uid = nix::unistd::getuid().as_raw();
+    match std::fs::DirBuilder::new().mode(mode).create(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(Error::io(format!("creating {}", dir.display()), e)),
@@ -181,11 +188,16 @@ mod tests {
 
     #[test]
     fn the_preload_is_installed_once_in_a_private_directory() {
-        let a = install_preload().unwrap();
-        let b = install_preload().unwrap();
+        let a = install_preload(false).unwrap();
+        let b = install_preload(false).unwrap();
         assert_eq!(a, b);
         assert_eq!(std::fs::read_to_string(&a).unwrap(), PRELOAD_JS);
         let dir = std::fs::metadata(a.parent().unwrap()).unwrap();
         assert_eq!(dir.mode() & 0o077, 0);
+        // For workers of another user: readable, still not writable.
+        let shared = install_preload(true).unwrap();
+        assert_eq!(std::fs::read_to_string(&shared).unwrap(), PRELOAD_JS);
+        let dir = std::fs::metadata(shared.parent().unwrap()).unwrap();
+        assert_eq!(dir.mode() & 0o777, 0o755);
     }
 }
