@@ -649,3 +649,51 @@ fn with_a_pre_stop_delay_readyz_fails_at_once_while_the_workers_still_serve() {
     assert!(m.wait_exit().success(), "{}", m.log());
     assert_eq!(clean_exits(&m.events()), 2);
 }
+
+#[test]
+fn restarts_are_counted_by_reason() {
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let m = Master::start(&cmd(
+        &[
+            "-w",
+            "1",
+            "--ready",
+            "notify",
+            "--watchdog",
+            "1s",
+            "--sample-interval",
+            "100ms",
+            "--restart-delay",
+            "10ms",
+            "--metrics",
+            &metrics.to_string(),
+        ],
+        &hello_server(),
+    ));
+    m.wait_kind("ready", 1);
+    let hung = m.live_pids()[0];
+    let addr = m.addr;
+    let _client = std::thread::spawn(move || get(addr, "/hang/10000"));
+    m.wait_pid_event("watchdog_timeout", hung);
+    m.wait_kind("ready", 2);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (_, body) = scrape(metrics, "/metrics");
+        let watchdog = series(
+            &body,
+            r#"herd_worker_restarts_total{slot="0",reason="watchdog"}"#,
+        )
+        .or_else(|| {
+            series(
+                &body,
+                r#"herd_worker_restarts_total{reason="watchdog",slot="0"}"#,
+            )
+        });
+        if watchdog == Some(1.0) {
+            assert!(!body.contains(r#"reason="exit""#), "{body}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

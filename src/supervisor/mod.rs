@@ -199,6 +199,9 @@ struct Supervisor {
     serving: HashMap<Pid, Pid>,
     /// Starts, signals and reaps the workers.
     os: Arc<dyn Processes>,
+    /// Workers the master killed, and why (`watchdog`, `start_timeout`),
+    /// for the restart that follows.
+    killed_for: HashMap<Pid, &'static str>,
     /// A graceful stop waiting out the pre-stop delay.
     pending_stop: Option<Instant>,
     /// The master's own service manager (systemd), if it listens.
@@ -345,6 +348,7 @@ pub(crate) async fn run(
         worker_cgroups: HashMap::new(),
         serving: HashMap::new(),
         pending_stop: None,
+        killed_for: HashMap::new(),
         service: if sup_config_notify {
             ServiceNotify::from_env()
         } else {
@@ -992,6 +996,7 @@ impl Supervisor {
             }
         };
         self.serving.remove(&r.pid);
+        let killed_for = self.killed_for.remove(&r.pid);
         self.worker_cgroups.remove(&r.pid);
         let passed = self.proxy.as_mut().map_or(0, |p| p.reaped(r.pid));
         self.passed_on(r.slot, passed);
@@ -1028,7 +1033,13 @@ impl Supervisor {
             }
         }
         match outcome {
-            ExitOutcome::Current(decision) => self.report(r.slot, decision, r.tail),
+            ExitOutcome::Current(decision) => {
+                if matches!(decision, Decision::Restart(_)) {
+                    let reason = killed_for.unwrap_or("exit");
+                    crate::metrics::restart(r.slot, reason);
+                }
+                self.report(r.slot, decision, r.tail)
+            }
             ExitOutcome::Successor => {
                 let reason = if self.timed_out.remove(&r.pid) {
                     format!(
@@ -1057,10 +1068,7 @@ impl Supervisor {
 
     fn report(&mut self, slot: usize, decision: Decision, tail: Vec<String>) {
         let event = match decision {
-            Decision::Restart(delay) => {
-                crate::metrics::restart(slot, "exit");
-                Event::RestartScheduled { slot, delay }
-            }
+            Decision::Restart(delay) => Event::RestartScheduled { slot, delay },
             Decision::Done => Event::SlotDone { slot },
             Decision::Failed { exits, window } => {
                 if let Some(failure) = self.slots[slot].failure.as_mut() {
@@ -1354,6 +1362,8 @@ impl Supervisor {
                 });
                 if role == Role::Successor {
                     self.timed_out.insert(pid);
+                } else {
+                    self.killed_for.insert(pid, "start_timeout");
                 }
                 self.kill_tree(pid);
             }
@@ -1375,6 +1385,7 @@ impl Supervisor {
                     slot: index,
                     pid: pid.as_raw() as u32,
                 });
+                self.killed_for.insert(pid, "watchdog");
                 self.kill_tree(pid);
             }
         }
