@@ -338,6 +338,20 @@ async fn serve_metrics(
     }))
 }
 
+/// The cluster's name: `--name`, else the program's file name (None
+/// without a program). It names the control socket and the systemd units.
+fn cluster_name(cli: &Cli) -> Option<String> {
+    if let Some(name) = &cli.name {
+        return Some(name.clone());
+    }
+    let program = std::path::Path::new(cli.command.first()?);
+    Some(
+        program
+            .file_name()
+            .map_or_else(|| "herd".into(), |n| n.to_string_lossy().into_owned()),
+    )
+}
+
 /// `--print-systemd-unit`: the service (and with `--socket-unit` the
 /// socket) unit that runs the command line this was called with.
 fn systemd_units(cli: &Cli) -> Result<String, String> {
@@ -363,12 +377,7 @@ fn systemd_units(cli: &Cli) -> Result<String, String> {
             .filter(|a| a != "--print-systemd-unit" && a != "--socket-unit")
             .map(|a| quote(&a)),
     );
-    let program = cli.command.first().ok_or("no program given")?;
-    let name = cli.name.clone().unwrap_or_else(|| {
-        std::path::Path::new(program)
-            .file_name()
-            .map_or_else(|| "herd".into(), |n| n.to_string_lossy().into_owned())
-    });
+    let name = cluster_name(cli).ok_or("no program given")?;
     // systemd SIGKILLs what is left after TimeoutStopSec: herd's own drain,
     // the pre-stop delay and a margin come first.
     let stop = cli.drain_timeout + cli.pre_stop_delay + Duration::from_secs(5);
@@ -544,6 +553,7 @@ fn activated_sockets() -> Result<Vec<(std::os::fd::OwnedFd, SocketAddr)>, Box<dy
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let control_name = cluster_name(&cli).unwrap_or_else(|| "herd".into());
     let explicit: Vec<SocketAddr> = cli.listen.into_iter().flatten().collect();
     let mut activated = activated_sockets()?;
     // With --listen, an activated socket serves the address it is bound to
@@ -697,7 +707,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.listen(*addr);
     }
     let cluster = builder.build()?;
-    let _log_files = if to_files {
+    let log_files = if to_files {
         let files = herd::logfile::LogFiles::start(
             &cluster.handle(),
             herd::logfile::Targets {
@@ -718,16 +728,12 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         None
     };
-    let _metrics = match cli.metrics {
+    // Serves until the process exits.
+    let _metrics_task = match cli.metrics {
         Some(addr) => Some(serve_metrics(addr, cluster.handle(), cli.sample_interval).await?),
         None => None,
     };
-    let control_name = cli.name.clone().unwrap_or_else(|| {
-        std::path::Path::new(program)
-            .file_name()
-            .map_or_else(|| "herd".into(), |n| n.to_string_lossy().into_owned())
-    });
-    let _control = if cli.no_control {
+    let control = if cli.no_control {
         None
     } else {
         let path = cli
@@ -768,10 +774,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
     if !json {
         let result = cluster.run().await;
-        if let Some(files) = &_log_files {
+        if let Some(files) = &log_files {
             files.finish().await;
         }
-        if let Some(control) = &_control {
+        if let Some(control) = &control {
             control.finish().await;
         }
         result?;
@@ -798,10 +804,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     });
     let result = cluster.run().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), printer).await;
-    if let Some(files) = &_log_files {
+    if let Some(files) = &log_files {
         files.finish().await;
     }
-    if let Some(control) = &_control {
+    if let Some(control) = &control {
         control.finish().await;
     }
     result?;

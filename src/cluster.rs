@@ -1454,7 +1454,7 @@ impl Handle {
     /// own that joins the group). The highest slots are removed: their
     /// workers drain as in a stop, and connections still queued on their
     /// sockets are passed on. SIGTTIN and SIGTTOU do the same by one (as
-    /// gunicorn). Returns the number of slots before.
+    /// gunicorn). Returns the number of slots before and after.
     ///
     /// # Errors
     ///
@@ -1462,7 +1462,7 @@ impl Handle {
     /// a reload runs or removed slots still drain, or beyond reuseport's
     /// steering limit; [`Error::Listen`] when a new slot's socket cannot be
     /// bound (nothing changes then); [`Error::NotRunning`].
-    pub async fn scale(&self, workers: usize) -> Result<usize> {
+    pub async fn scale(&self, workers: usize) -> Result<(usize, usize)> {
         self.ask(|reply| Control::Scale {
             to: supervisor::Scale::To(workers),
             reply,
@@ -1471,12 +1471,12 @@ impl Handle {
     }
 
     /// [`Handle::scale`] by a difference: `+2`, `-1` (never below one
-    /// slot). Returns the number of slots before.
+    /// slot). Returns the number of slots before and after.
     ///
     /// # Errors
     ///
     /// As [`Handle::scale`].
-    pub async fn scale_by(&self, delta: isize) -> Result<usize> {
+    pub async fn scale_by(&self, delta: isize) -> Result<(usize, usize)> {
         self.ask(|reply| Control::Scale {
             to: supervisor::Scale::By(delta),
             reply,

@@ -450,26 +450,19 @@ async fn respond(req: Request<Incoming>, state: &State) -> Response<Body> {
                 Ok(b) => b,
                 Err(r) => return r,
             };
-            let (result, to): (Result<usize>, Box<dyn Fn(usize) -> usize + Send>) =
-                match (body["workers"].as_u64(), body["by"].as_i64()) {
-                    (Some(n), None) => (
-                        handle.scale(n as usize).await,
-                        Box::new(move |_| n as usize),
-                    ),
-                    (None, Some(d)) => (
-                        handle.scale_by(d as isize).await,
-                        Box::new(move |from| from.saturating_add_signed(d as isize).max(1)),
-                    ),
-                    _ => {
-                        return refuse(
-                            StatusCode::BAD_REQUEST,
-                            "invalid",
-                            "give `workers` (a count) or `by` (a difference)",
-                        )
-                    }
-                };
+            let result = match (body["workers"].as_u64(), body["by"].as_i64()) {
+                (Some(n), None) => handle.scale(n as usize).await,
+                (None, Some(d)) => handle.scale_by(d as isize).await,
+                _ => {
+                    return refuse(
+                        StatusCode::BAD_REQUEST,
+                        "invalid",
+                        "give `workers` (a count) or `by` (a difference)",
+                    )
+                }
+            };
             match result {
-                Ok(from) => reply(StatusCode::OK, json!({ "from": from, "to": to(from) })),
+                Ok((from, to)) => reply(StatusCode::OK, json!({ "from": from, "to": to })),
                 Err(e) => failed(&e),
             }
         }

@@ -14,7 +14,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -183,12 +183,10 @@ impl Drop for LogFiles {
     }
 }
 
+/// Queues a line for the writer; a full queue (or a writer gone) drops it.
 fn send(tx: &SyncSender<Msg>, dropped: &AtomicU64, slot: Option<usize>, text: String) {
-    match tx.try_send(Msg::Line { slot, text }) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-            dropped.fetch_add(1, Ordering::Relaxed);
-        }
+    if tx.try_send(Msg::Line { slot, text }).is_err() {
+        dropped.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -34,8 +34,9 @@ impl ServiceNotify {
     }
 
     fn send(&self, message: &str) {
-        use std::os::unix::net::UnixDatagram as D;
-        let _ = D::send_to_addr(&self.socket, message.as_bytes(), &self.addr);
+        // systemd may be gone or slow: a lost datagram is not the master's
+        // problem.
+        let _ = self.socket.send_to_addr(message.as_bytes(), &self.addr);
     }
 
     /// The state of the slots changed: READY=1 the first time every slot

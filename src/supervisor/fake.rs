@@ -406,7 +406,7 @@ mod tests {
         c.until(2, ready).await;
         let first = fake.spawned();
 
-        assert_eq!(c.handle.scale(4).await.unwrap(), 2);
+        assert_eq!(c.handle.scale(4).await.unwrap(), (2, 4));
         let events = c.until(2, ready).await;
         assert!(
             events.contains(&Event::Scaled { from: 2, to: 4 }),
@@ -418,7 +418,7 @@ mod tests {
         assert!(fake.sent().is_empty(), "nobody was stopped");
 
         // Down to 1: slots 3, 2, 1 drain; slot 0 is left alone.
-        assert_eq!(c.handle.scale_by(-3).await.unwrap(), 4);
+        assert_eq!(c.handle.scale_by(-3).await.unwrap(), (4, 1));
         c.until(3, |e| matches!(e, Event::Exited { .. })).await;
         tokio::task::yield_now().await;
         let workers = c.handle.workers();
@@ -478,7 +478,7 @@ mod tests {
         c.until(1, |e| matches!(e, Event::Exited { slot: 1, .. }))
             .await;
         tokio::task::yield_now().await;
-        assert_eq!(c.handle.scale(3).await.unwrap(), 1);
+        assert_eq!(c.handle.scale(3).await.unwrap(), (1, 3));
         c.stop().await;
     }
 

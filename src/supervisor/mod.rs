@@ -79,7 +79,7 @@ pub(crate) enum Control {
     },
     Scale {
         to: Scale,
-        reply: tokio::sync::oneshot::Sender<Result<usize>>,
+        reply: tokio::sync::oneshot::Sender<Result<(usize, usize)>>,
     },
 }
 
@@ -475,8 +475,8 @@ impl Supervisor {
     /// Scales to a number of slots: new slots get sockets (reuseport) and a
     /// worker at once; removed slots (the highest) drain like a stop, and
     /// are gone once their workers are, their queued connections passed on.
-    /// Returns the number of slots asked for before.
-    async fn scale(&mut self, to: Scale) -> Result<usize> {
+    /// Returns the number of slots asked for before and from now on.
+    async fn scale(&mut self, to: Scale) -> Result<(usize, usize)> {
         let from = self.target;
         let to = match to {
             Scale::To(n) => n,
@@ -510,7 +510,7 @@ impl Supervisor {
             )));
         }
         if to == from {
-            return Ok(from);
+            return Ok((from, to));
         }
         for added in 0..to.saturating_sub(from) {
             if let Err(e) = self.listeners.add_slot() {
@@ -534,7 +534,7 @@ impl Supervisor {
         self.watch_listeners();
         self.changed();
         self.trim_slots();
-        Ok(from)
+        Ok((from, to))
     }
 
     /// [`Supervisor::scale`] from a signal: a refusal is a notice.
@@ -582,6 +582,10 @@ impl Supervisor {
     /// Hands the last sample to the `metrics` facade (a no-op without the
     /// feature).
     fn sample_metrics(&self) {
+        // Without the feature nothing would take the values: read nothing.
+        if !cfg!(feature = "metrics") {
+            return;
+        }
         crate::metrics::workers(self.target);
         for slot in &self.slots {
             let info = slot.info();
