@@ -18,13 +18,6 @@ use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-fn tool(name: &str) -> bool {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .any(|d| d.join(name).is_file())
-}
-
 fn run(args: &[&str]) {
     let status = Command::new(args[0])
         .args(&args[1..])
@@ -162,7 +155,7 @@ impl Drop for Herd {
 #[test]
 fn two_hosts_behind_haproxy_reload_and_stop_without_a_failed_request() {
     let root = nix::unistd::Uid::effective().is_root();
-    if !(root && tool("ip") && tool("haproxy")) {
+    if !(root && on_path("ip").is_some() && on_path("haproxy").is_some()) {
         eprintln!("needs root, ip and haproxy: the multi-host test cannot run here");
         return;
     }
@@ -241,22 +234,17 @@ fn two_hosts_behind_haproxy_reload_and_stop_without_a_failed_request() {
     a.signal(Signal::SIGHUP);
     a.wait("host A's reload", |e| complete_reloads(e) == 1);
     let after_reload = keep_alive.answered() + fresh.answered();
-    std::thread::sleep(Duration::from_millis(500));
+    // Both hosts serve the load again before A leaves.
+    keep_alive.wait_answered(keep_alive.answered() + 200);
 
     // Host A leaves: /readyz fails at once, HAProxy takes it out within a
     // check or two, and only then do its workers stop.
     a.signal(Signal::SIGTERM);
-    let deadline = Instant::now() + WAIT;
     let mut a_child = a;
-    let status = loop {
-        if let Some(s) = a_child.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "host A did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_child(&mut a_child.child, "host A's master");
     assert!(status.success(), "host A's master: {status}");
-    std::thread::sleep(Duration::from_millis(500));
+    // Host B alone carries the load on.
+    keep_alive.wait_answered(keep_alive.answered() + 200);
     let ka = keep_alive.finish();
     let fr = fresh.finish();
     let took = started.elapsed();

@@ -5,6 +5,8 @@ mod common;
 
 use std::collections::HashSet;
 
+use std::os::unix::process::CommandExt;
+
 use common::*;
 use nix::sys::signal::Signal;
 
@@ -545,7 +547,15 @@ fn log_files_take_every_line_with_a_timestamp_and_reopen_on_sigusr1() {
     std::fs::rename(&all, &rotated).unwrap();
     std::fs::rename(per_slot.join("slot-0.log"), per_slot.join("slot-0.log.1")).unwrap();
     m.signal(Signal::SIGUSR1);
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    // Reopening by the path makes the file again.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !all.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGUSR1 reopened nothing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     m.signal(Signal::SIGHUP);
     m.wait_events("the reload", |e| complete_reloads(e) == 1);
     let successor = m
@@ -582,8 +592,9 @@ fn herdctl_logs_follow_streams_new_lines_until_the_cluster_stops() {
     let mut child = std::process::Command::new(example("herdctl"))
         .arg("--control")
         .arg(&path)
-        .args(["logs", "-f", "--json", "-n", "0"])
+        .args(["logs", "-f", "--json", "-n", "1"])
         .stdout(std::process::Stdio::piped())
+        .process_group(0)
         .spawn()
         .unwrap();
     let _guard = GroupGuard(nix::unistd::Pid::from_raw(child.id() as i32));
@@ -594,8 +605,10 @@ fn herdctl_logs_follow_streams_new_lines_until_the_cluster_stops() {
             let _ = tx.send(line);
         }
     });
+    // The kept line comes first: from then on the stream is subscribed.
+    let first = rx.recv_timeout(WAIT).expect("the kept line");
+    assert!(first.contains("hello: pid="), "{first}");
     // A reload makes the successor say hello: that line streams out.
-    std::thread::sleep(std::time::Duration::from_millis(300));
     m.signal(Signal::SIGHUP);
     m.wait_events("the reload", |e| complete_reloads(e) == 1);
     let successor = m.live_pids()[0];

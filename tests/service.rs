@@ -5,7 +5,7 @@ mod common;
 
 use std::os::unix::net::UnixDatagram;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::*;
 use nix::sys::signal::Signal;
@@ -117,7 +117,6 @@ fn the_master_tells_its_service_manager_ready_reloading_and_stopping() {
         .filter(|m| m.lines().any(|l| l == "READY=1"))
         .count();
     assert_eq!(readies, 2, "{:?}", systemd.seen);
-    std::thread::sleep(Duration::from_millis(50));
 }
 
 /// `systemd-socket-activate -l ADDR cluster ...`: the master serves the
@@ -127,7 +126,7 @@ fn the_master_tells_its_service_manager_ready_reloading_and_stopping() {
 fn the_master_serves_sockets_passed_by_socket_activation() {
     use std::io::{BufRead, BufReader};
     use std::os::unix::process::CommandExt;
-    let Ok(activate) = which("systemd-socket-activate") else {
+    let Some(activate) = on_path("systemd-socket-activate") else {
         eprintln!("systemd-socket-activate is not installed: nothing to test");
         return;
     };
@@ -197,15 +196,6 @@ fn the_master_serves_sockets_passed_by_socket_activation() {
     assert!(wait_child(&mut child, "the activated master").success());
 }
 
-fn which(program: &str) -> Result<std::path::PathBuf, ()> {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
-        .ok_or(())
-}
-
 /// `--print-systemd-unit`: a unit that runs the same command, with a stop
 /// timeout above herd's own drain.
 #[test]
@@ -254,7 +244,7 @@ fn the_printed_unit_runs_the_same_command_under_systemd() {
     assert!(!exec.contains("--print-systemd-unit"));
     // systemd's own checker, where it is installed: nothing but its age
     // (notify-reload needs systemd 253) may be reported.
-    if which("systemd-analyze").is_ok() {
+    if on_path("systemd-analyze").is_some() {
         let dir = std::env::temp_dir().join(format!("herd-unit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let service = text.split("# api.service\n").nth(1).unwrap();

@@ -500,6 +500,15 @@ pub fn control_args(args: &[String]) -> Vec<String> {
     vec!["--control".into(), path.display().to_string()]
 }
 
+/// Where `program` is on PATH, if it is installed.
+pub fn on_path(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
 /// A loopback port that is free now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
