@@ -196,7 +196,7 @@ impl Drop for ClusterCgroup {
 
 impl WorkerCgroup {
     /// An fd for the child to move itself into this cgroup (it writes "0").
-    /// The cgroup's directory (its `memory.current`, `cpu.stat`).
+    /// The cgroup's directory (its `memory.stat`, `cpu.stat`).
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }

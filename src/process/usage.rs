@@ -1,6 +1,6 @@
 //! What a worker uses: CPU time and resident memory.
 //!
-//! From the worker's cgroup when it has one (`cpu.stat`, `memory.current`:
+//! From the worker's cgroup when it has one (`cpu.stat`, `memory.stat`:
 //! its whole tree, a launcher's app included), else from `/proc` for the
 //! given processes (the worker and, under a launcher, its app).
 
@@ -42,11 +42,7 @@ pub(crate) fn read(cgroup: Option<&Path>, pids: &[Pid]) -> Option<Usage> {
 }
 
 fn from_cgroup(dir: &Path) -> Option<Usage> {
-    let memory = std::fs::read_to_string(dir.join("memory.current"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
+    let memory = resident(&std::fs::read_to_string(dir.join("memory.stat")).ok()?)?;
     let stat = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
     let usec: u64 = stat
         .lines()
@@ -58,6 +54,18 @@ fn from_cgroup(dir: &Path) -> Option<Usage> {
         cpu: Duration::from_micros(usec),
         memory,
     })
+}
+
+/// What the cgroup's processes hold in memory, as their RSS counts it:
+/// anonymous memory plus mapped files. Not `memory.current`, which also
+/// counts the page cache of every file the tree read (node_modules), and
+/// would make a memory limit replace workers that leak nothing.
+fn resident(stat: &str) -> Option<u64> {
+    let field = |name: &str| {
+        stat.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<u64>().ok())
+    };
+    Some(field("anon")? + field("file_mapped").unwrap_or(0))
 }
 
 fn from_proc(pid: Pid) -> Option<Usage> {
@@ -124,6 +132,13 @@ mod tests {
         let later = read(None, &[me]).unwrap();
         assert!(later.cpu >= u.cpu);
         assert!(read(None, &[Pid::from_raw(i32::MAX)]).is_none());
+    }
+
+    #[test]
+    fn a_cgroups_memory_is_its_anonymous_and_mapped_memory_not_its_cache() {
+        let stat = "anon 52428800\nfile 734003200\nkernel 1048576\nfile_mapped 10485760\nanon_thp 0\n";
+        assert_eq!(resident(stat), Some(62914560));
+        assert_eq!(resident("file 1\n"), None);
     }
 
     #[test]
