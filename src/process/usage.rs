@@ -62,8 +62,13 @@ fn from_cgroup(dir: &Path) -> Option<Usage> {
 /// would make a memory limit replace workers that leak nothing.
 fn resident(stat: &str) -> Option<u64> {
     let field = |name: &str| {
-        stat.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<u64>().ok())
+        stat.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
     };
     Some(field("anon")? + field("file_mapped").unwrap_or(0))
 }
@@ -136,7 +141,8 @@ mod tests {
 
     #[test]
     fn a_cgroups_memory_is_its_anonymous_and_mapped_memory_not_its_cache() {
-        let stat = "anon 52428800\nfile 734003200\nkernel 1048576\nfile_mapped 10485760\nanon_thp 0\n";
+        let stat =
+            "anon 52428800\nfile 734003200\nkernel 1048576\nfile_mapped 10485760\nanon_thp 0\n";
         assert_eq!(resident(stat), Some(62914560));
         assert_eq!(resident("file 1\n"), None);
     }
