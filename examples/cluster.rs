@@ -291,9 +291,20 @@ async fn serve_metrics(
             &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0],
         )?
         .install_recorder()?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| Usage(format!("--metrics {addr}: {e}")))?;
+    // After an upgrade in place, the listener the previous master served:
+    // probes queued on it during the exec are answered, not refused.
+    let key = format!("metrics:{addr}");
+    let listener = match handle.take_carried(&key) {
+        Some(fd) => {
+            let listener = std::net::TcpListener::from(fd);
+            listener.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(listener)?
+        }
+        None => tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Usage(format!("--metrics {addr}: {e}")))?,
+    };
+    handle.carry(&key, &listener)?;
     Ok(tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let handle = handle.clone();

@@ -8,6 +8,7 @@
 //! cargo run --example herdctl -- scale +2      # or 4, or -1
 //! cargo run --example herdctl -- logs 0 -n 20
 //! cargo run --example herdctl -- stop
+//! cargo run --example herdctl -- upgrade       # the master re-executes its binary
 //! ```
 //!
 //! It finds the master by `--control PATH`, by `--name NAME` (the master's
@@ -70,7 +71,14 @@ enum Command {
     },
     /// Stops the cluster gracefully.
     Stop,
+    /// Upgrades the master in place (as SIGUSR2): its binary, as the file
+    /// is now, passes a pre-flight check, then replaces the master in the
+    /// same process; the workers keep serving. Waits for the new master.
+    Upgrade,
 }
+
+/// How long `upgrade` waits for the new master to answer.
+const UPGRADE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// An error with the exit status it means.
 struct Failure(u8, String);
@@ -266,6 +274,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             None,
         ),
         Command::Stop => ("POST", "/v1/stop".to_owned(), None),
+        Command::Upgrade => ("POST", "/v1/upgrade".to_owned(), None),
     };
     let (status, answer) = request(&path, method, &uri, body).await?;
     if !(200..300).contains(&status) {
@@ -274,6 +283,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             .map_or_else(|| format!("the master answered {status}"), str::to_owned);
         let code = if status == 403 { 4 } else { 5 };
         return Err(Failure(code, message));
+    }
+    if let Command::Upgrade = cli.command {
+        return upgraded(&path, &answer, cli.json).await;
     }
     if cli.json {
         println!("{answer}");
@@ -330,6 +342,42 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         _ => {}
     }
     Ok(0)
+}
+
+/// `upgrade`: waits until the new master answers with one upgrade more.
+async fn upgraded(path: &Path, answer: &Value, json: bool) -> Result<u8, Failure> {
+    let before = answer["upgrades"].as_u64().unwrap_or(0);
+    let deadline = tokio::time::Instant::now() + UPGRADE_WAIT;
+    loop {
+        // The old master's connections end with its exec; the socket
+        // itself stays, and the new master answers on it.
+        if let Ok((200, now)) = request(path, "GET", "/v1/workers", None).await {
+            let upgrades = now["upgrades"].as_u64().unwrap_or(0);
+            if upgrades > before {
+                if json {
+                    println!("{now}");
+                } else {
+                    println!(
+                        "upgraded in place: pid {}, upgrade {upgrades}, {} worker(s) kept",
+                        now["pid"],
+                        now["workers"].as_array().map_or(0, Vec::len)
+                    );
+                }
+                return Ok(0);
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(Failure(
+                1,
+                format!(
+                    "the master accepted the upgrade but did not answer as upgraded within {}s \
+                     (see its log: the exec may have failed)",
+                    UPGRADE_WAIT.as_secs()
+                ),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 fn duration(ms: u64) -> String {

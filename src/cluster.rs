@@ -73,6 +73,8 @@ pub enum Phase {
 pub(crate) struct Snapshot {
     pub(crate) phase: Phase,
     pub(crate) workers: Vec<WorkerInfo>,
+    /// Master upgrades in place this cluster has been through.
+    pub(crate) upgrades: u32,
 }
 
 /// Everything the event loop needs, validated.
@@ -806,6 +808,10 @@ impl Builder {
     /// [`Error::AddressInUse`] or [`Error::Listen`] naming the address that
     /// could not be bound.
     pub fn build(self) -> Result<Cluster> {
+        crate::upgrade::remember_exe();
+        // A master started by an upgrade (or its pre-flight) takes over
+        // the sockets and workers described to it instead of binding.
+        let inherited = crate::upgrade::inherited()?;
         if self.command.program.is_empty() {
             return Err(Error::NoProgram);
         }
@@ -1007,7 +1013,7 @@ impl Builder {
                 ),
             });
         }
-        let config = Config {
+        let mut config = Config {
             command,
             node_preload: self.node_preload,
             workers,
@@ -1058,6 +1064,23 @@ impl Builder {
                 reason: "must be at least 1".into(),
             });
         }
+        match inherited {
+            Some(crate::upgrade::Inherited::Check(state)) => {
+                // The pre-flight of an upgrade: this binary would take over.
+                state.compatible(self.balance)?;
+                println!("{}", crate::upgrade::CHECK_OK);
+                std::process::exit(0);
+            }
+            Some(crate::upgrade::Inherited::Adopt(state)) => {
+                state.compatible(self.balance)?;
+                // The running cluster's sockets, mode and number of slots
+                // carry over; the rest of the configuration is this one.
+                let (listeners, adopted) = state.take_over()?;
+                config.workers = adopted.slots.len();
+                return Ok(Cluster::new(config, listeners, Some(adopted)));
+            }
+            None => {}
+        }
         let mut sources = Vec::with_capacity(self.listen.len());
         for source in &self.listen {
             sources.push(match source {
@@ -1066,7 +1089,7 @@ impl Builder {
             });
         }
         let listeners = Listeners::bind(sources, self.balance, workers, backlog)?;
-        Ok(Cluster::new(config, listeners))
+        Ok(Cluster::new(config, listeners, None))
     }
 }
 
@@ -1168,6 +1191,8 @@ fn resolve_program(
 pub struct Cluster {
     config: Config,
     listeners: Listeners,
+    /// What a previous master handed on (an upgrade in place).
+    inherited: Option<crate::upgrade::Adopted>,
     handle: Handle,
     control_rx: mpsc::UnboundedReceiver<Control>,
     snapshot_tx: watch::Sender<Snapshot>,
@@ -1179,11 +1204,16 @@ impl Cluster {
         Builder::default()
     }
 
-    fn new(config: Config, listeners: Listeners) -> Self {
+    fn new(
+        config: Config,
+        listeners: Listeners,
+        inherited: Option<crate::upgrade::Adopted>,
+    ) -> Self {
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (snapshot_tx, snapshot_rx) = watch::channel(Snapshot {
             phase: Phase::Created,
             workers: Vec::new(),
+            upgrades: 0,
         });
         let log = Log::new(config.name.clone(), config.log_events);
         let handle = Handle {
@@ -1194,10 +1224,21 @@ impl Cluster {
             node_preload: config.node_preload.then_some(config.user.is_some()),
             addrs: listeners.local_addrs().into(),
             backends: Default::default(),
+            carried: Default::default(),
         };
+        let mut inherited = inherited;
+        if let Some(adopted) = &mut inherited {
+            let mut incoming = handle
+                .carried
+                .incoming
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            incoming.extend(std::mem::take(&mut adopted.carried));
+        }
         Cluster {
             config,
             listeners,
+            inherited,
             handle,
             control_rx,
             snapshot_tx,
@@ -1239,6 +1280,7 @@ impl Cluster {
         supervisor::run(
             self.config,
             self.listeners,
+            self.inherited,
             self.handle,
             self.control_rx,
             self.snapshot_tx,
@@ -1258,6 +1300,8 @@ pub struct Handle {
     /// workers must read it (for [`Handle::set_command`]).
     node_preload: Option<bool>,
     addrs: Arc<[SocketAddr]>,
+    /// Fds carried across a master upgrade.
+    carried: Arc<crate::upgrade::Carried>,
     backends: crate::proxy::Registry,
     proxy_counters: Arc<crate::proxy::Counters>,
 }
@@ -1482,6 +1526,58 @@ impl Handle {
             reply,
         })
         .await
+    }
+
+    /// Upgrades the master in place, as SIGUSR2 does: the binary this
+    /// process was started from (the file now at that path: the new
+    /// version) first runs once as a pre-flight check with the same
+    /// arguments, then this process re-executes it. The pid stays, the
+    /// listening sockets and the workers are handed on (they keep serving
+    /// and keep their pids), and the new master supervises them. Waits,
+    /// while a reload runs or workers start or drain, for the cluster to
+    /// settle first (at most a minute).
+    ///
+    /// Resolves once the pre-flight passed and the exec is under way:
+    /// moments later this process runs the new binary, which emits
+    /// [`Event::Upgraded`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Upgrade`] naming why, and the master goes on as before:
+    /// the pre-flight failed (its output is quoted), proxy mode (the master
+    /// relays every connection, which an exec would cut), the cluster is
+    /// stopping or did not settle, the exec failed.
+    /// [`Error::NotRunning`].
+    pub async fn upgrade(&self) -> Result<()> {
+        self.ask(|reply| Control::Upgrade { reply }).await
+    }
+
+    /// How many master upgrades in place this cluster has been through.
+    pub fn upgrades(&self) -> u32 {
+        self.snapshot.borrow().upgrades
+    }
+
+    /// Hands a duplicate of `fd` to the next master at an upgrade, under
+    /// `key`, where [`Handle::take_carried`] finds it: a socket the program
+    /// serves besides the cluster's (an admin or metrics listener), which
+    /// then never closes. [`crate::control::serve`] carries its socket.
+    ///
+    /// # Errors
+    ///
+    /// The fd cannot be duplicated.
+    pub fn carry(&self, key: &str, fd: impl std::os::fd::AsFd) -> std::io::Result<()> {
+        self.carried.carry(key, fd.as_fd().try_clone_to_owned()?);
+        Ok(())
+    }
+
+    /// The fd the previous master carried under `key`, in a master started
+    /// by an upgrade (once; None otherwise).
+    pub fn take_carried(&self, key: &str) -> Option<OwnedFd> {
+        self.carried.take(key)
+    }
+
+    pub(crate) fn carried(&self) -> &Arc<crate::upgrade::Carried> {
+        &self.carried
     }
 
     /// The cluster's name ([`Builder::name`]).

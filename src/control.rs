@@ -10,12 +10,13 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `GET /v1/workers` | `{"name", "phase", "workers": [WorkerInfo...]}` |
+//! | `GET /v1/workers` | `{"name", "phase", "pid", "upgrades", "workers": [WorkerInfo...]}` |
 //! | `POST /v1/reload` | the [`crate::ReloadReport`] |
 //! | `POST /v1/restart/N` | the report of slot N's soft restart |
 //! | `POST /v1/signal` `{"signal": "USR1", "slot": N?}` | `{"pids": [...]}` |
 //! | `POST /v1/scale` `{"workers": N}` or `{"by": ±N}` | `{"from", "to"}` |
 //! | `POST /v1/stop` | `{"stopping": true}`, then a graceful stop |
+//! | `POST /v1/upgrade` | `{"upgrading": true, "upgrades": N}` once the new binary passed its pre-flight; then the master re-executes it |
 //! | `GET /v1/logs?slot=N&lines=K` | `{"lines": [OutputLine...]}` |
 //! | `GET /v1/logs?follow=1&slot=N` | the kept lines, then each new one: one `OutputLine` per line |
 //!
@@ -126,16 +127,25 @@ pub async fn serve(handle: Handle, path: impl AsRef<Path>) -> Result<ControlServ
                 .map_err(|e| io("creating the directory of", e))?;
         }
     }
-    if path.exists() {
-        if UnixStream::connect(&path).await.is_ok() {
-            return Err(Error::ControlInUse { path });
+    // After an upgrade in place, the socket the previous master served:
+    // clients queued on it during the exec are answered by this one.
+    let key = format!("control:{}", path.display());
+    let listener = match handle.take_carried(&key) {
+        Some(fd) => {
+            let std = std::os::unix::net::UnixListener::from(fd);
+            std.set_nonblocking(true)
+                .map_err(|e| io("taking over the control socket", e))?;
+            Some(UnixListener::from_std(std).map_err(|e| io("taking over the control socket", e))?)
         }
-        // Left by a master that died: nobody answers there.
-        std::fs::remove_file(&path).map_err(|e| io("removing the stale socket", e))?;
-    }
-    let listener = UnixListener::bind(&path).map_err(|e| io("binding the control socket", e))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| io("restricting the control socket", e))?;
+        None => None,
+    };
+    let listener = match listener {
+        Some(l) => l,
+        None => bind(&path).await?,
+    };
+    handle
+        .carry(&key, &listener)
+        .map_err(|e| io("keeping the control socket for an upgrade", e))?;
     let logs = Logs::default();
     let mut output = handle.output();
     let keep = logs.clone();
@@ -164,6 +174,24 @@ pub async fn serve(handle: Handle, path: impl AsRef<Path>) -> Result<ControlServ
         task,
         streams,
     })
+}
+
+/// Binds the control socket at `path`, unless another master answers there.
+async fn bind(path: &Path) -> Result<UnixListener> {
+    let io = |what: &str, e| Error::io(format!("{what} {}", path.display()), e);
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(Error::ControlInUse {
+                path: path.to_path_buf(),
+            });
+        }
+        // Left by a master that died: nobody answers there.
+        std::fs::remove_file(path).map_err(|e| io("removing the stale socket", e))?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| io("binding the control socket", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| io("restricting the control socket", e))?;
+    Ok(listener)
 }
 
 struct State {
@@ -395,9 +423,24 @@ async fn respond(req: Request<Incoming>, state: &State) -> Response<Body> {
             json!({
                 "name": handle.name(),
                 "phase": to_json(&handle.phase()),
+                "pid": std::process::id(),
+                "upgrades": handle.upgrades(),
                 "workers": to_json(&handle.workers()),
             }),
         ),
+        (&Method::POST, "/v1/upgrade") => {
+            let before = handle.upgrades();
+            match handle.upgrade().await {
+                Ok(()) => reply(
+                    StatusCode::OK,
+                    json!({ "upgrading": true, "upgrades": before }),
+                ),
+                Err(e @ Error::Upgrade { .. }) => {
+                    refuse(StatusCode::CONFLICT, "upgrade_failed", e.chain())
+                }
+                Err(e) => failed(&e),
+            }
+        }
         (&Method::POST, "/v1/reload") => match handle.reload().await {
             Ok(report) => reply(StatusCode::OK, to_json(&report)),
             Err(e) => failed(&e),

@@ -161,6 +161,14 @@ pub enum Error {
     #[error("the cluster is not running")]
     NotRunning,
 
+    /// The master could not be upgraded in place (it keeps running as it
+    /// was), or an upgraded master could not take over what it inherited.
+    #[error("master upgrade: {reason}")]
+    Upgrade {
+        /// Why.
+        reason: String,
+    },
+
     /// The worker-side API found no inherited sockets or an inconsistent
     /// socket-activation environment.
     #[error("socket activation: {0}")]

@@ -221,6 +221,25 @@ pub enum Event {
         /// The limit, in bytes.
         limit: u64,
     },
+    /// The new binary passed its pre-flight check: the master re-executes
+    /// it now, in the same process, and the workers keep serving.
+    Upgrading {
+        /// The binary that takes over.
+        binary: String,
+    },
+    /// A master upgrade did not happen; the master goes on as it was.
+    UpgradeFailed {
+        /// Why (the pre-flight's own words where it failed).
+        reason: String,
+    },
+    /// This master took over from the one before it (an upgrade in place)
+    /// and supervises the workers it handed on.
+    Upgraded {
+        /// Upgrades this cluster has been through.
+        upgrades: u32,
+        /// The workers taken over, by slot (their pids are unchanged).
+        workers: Vec<u32>,
+    },
     /// Every worker has been reaped; `run()` is about to return.
     Stopped,
 }
@@ -414,6 +433,18 @@ impl fmt::Display for Event {
                 f.write_str(message)
             }
             Event::Scaled { from, to } => write!(f, "scaling from {from} to {to} worker(s)"),
+            Event::Upgrading { binary } => {
+                write!(f, "upgrading the master in place: executing {binary}")
+            }
+            Event::UpgradeFailed { reason } => {
+                write!(f, "master upgrade abandoned, still running as before: {reason}")
+            }
+            Event::Upgraded { upgrades, workers } => write!(
+                f,
+                "master upgraded in place (upgrade {upgrades}), supervising {} worker(s) it took \
+                 over",
+                workers.len()
+            ),
             Event::MemoryLimit {
                 slot,
                 pid,
@@ -554,6 +585,11 @@ impl Event {
                 .str("notice", notice.name())
                 .str("message", message),
             Event::Scaled { from, to } => j.num("from", *from).num("to", *to),
+            Event::Upgrading { binary } => j.str("binary", binary),
+            Event::UpgradeFailed { reason } => j.str("reason", reason),
+            Event::Upgraded { upgrades, workers } => j
+                .num("upgrades", *upgrades)
+                .raw("workers", &json_list(workers.iter().map(|p| p.to_string()))),
             Event::MemoryLimit {
                 slot,
                 pid,
@@ -591,6 +627,9 @@ impl Event {
             Event::ListenerReplaced { .. } => "listener_replaced",
             Event::Notice { .. } => "notice",
             Event::Scaled { .. } => "scaled",
+            Event::Upgrading { .. } => "upgrading",
+            Event::UpgradeFailed { .. } => "upgrade_failed",
+            Event::Upgraded { .. } => "upgraded",
             Event::MemoryLimit { .. } => "memory_limit",
             Event::Stopped => "stopped",
         }

@@ -134,6 +134,7 @@ mod serde_impl;
 mod service;
 mod signal;
 mod supervisor;
+mod upgrade;
 pub mod worker;
 
 pub use balance::Strategy;

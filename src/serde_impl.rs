@@ -75,6 +75,13 @@ mod tests {
                 notice: Notice::ReloadQueued,
                 message: "later".into(),
             },
+            Event::Upgraded {
+                upgrades: 2,
+                workers: vec![10, 11],
+            },
+            Event::UpgradeFailed {
+                reason: "no \"binary\"".into(),
+            },
             Event::Stopped,
         ];
         for e in events {

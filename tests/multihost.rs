@@ -1,8 +1,8 @@
 //! Beyond one host: two "hosts" in network namespaces of this test's own,
 //! each running a herd, behind HAProxy in the root namespace that
-//! health-checks `/readyz`. Under load: a rolling reload of host A, then
-//! a stop of host A, which HAProxy drains first thanks to the pre-stop
-//! delay: no request may fail.
+//! health-checks `/readyz`. Under load: a rolling reload of host A, an
+//! upgrade in place of host B's master, then a stop of host A, which
+//! HAProxy drains first thanks to the pre-stop delay: no request may fail.
 //!
 //! Needs root, `ip` (iproute2) and `haproxy`; `.ci/run` installs them.
 //! Elsewhere it says why it cannot run and passes.
@@ -153,7 +153,7 @@ impl Drop for Herd {
 }
 
 #[test]
-fn two_hosts_behind_haproxy_reload_and_stop_without_a_failed_request() {
+fn two_hosts_behind_haproxy_reload_upgrade_and_stop_without_a_failed_request() {
     let root = nix::unistd::Uid::effective().is_root();
     if !(root && on_path("ip").is_some() && on_path("haproxy").is_some()) {
         eprintln!("needs root, ip and haproxy: the multi-host test cannot run here");
@@ -239,6 +239,21 @@ fn two_hosts_behind_haproxy_reload_and_stop_without_a_failed_request() {
 
     // Host A leaves: /readyz fails at once, HAProxy takes it out within a
     // check or two, and only then do its workers stop.
+    // Host B's master upgrades in place: same workers, still in HAProxy's
+    // rotation (its health listener is handed on with the rest).
+    let b_workers = a_pids(&b);
+    b.signal(Signal::SIGUSR2);
+    b.wait("host B's upgrade", |e| of_kind(e, "upgraded").count() == 1);
+    let upgraded = of_kind(&b.events(), "upgraded").next().unwrap().clone();
+    let kept: Vec<u32> = upgraded["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(kept, b_workers, "{upgraded}");
+    keep_alive.wait_answered(keep_alive.answered() + 200);
+
     a.signal(Signal::SIGTERM);
     let mut a_child = a;
     let status = wait_child(&mut a_child.child, "host A's master");

@@ -73,7 +73,7 @@ fn fields(message: &str) -> Vec<(&str, &str)> {
 }
 
 #[test]
-fn the_master_tells_its_service_manager_ready_reloading_and_stopping() {
+fn the_master_tells_its_service_manager_ready_reloading_upgrading_and_stopping() {
     let mut systemd = FakeSystemd::new();
     let socket = systemd.path.clone();
     let mut m = Master::start_with(
@@ -107,6 +107,20 @@ fn the_master_tells_its_service_manager_ready_reloading_and_stopping() {
     });
     m.wait_events("the reload", |e| complete_reloads(e) == 1);
 
+    // An upgrade in place is a reload to systemd: RELOADING=1 from the
+    // old master, READY=1 from the new one, in the same process.
+    m.signal(Signal::SIGUSR2);
+    systemd.wait("RELOADING=1 for the upgrade", |m| m.contains("RELOADING=1"));
+    let ready = systemd.wait("READY=1 from the new master", |m| {
+        m.lines().any(|l| l == "READY=1")
+    });
+    assert!(
+        fields(&ready).contains(&("STATUS", "2/2 workers ready")),
+        "{ready}"
+    );
+    m.wait_kind("upgraded", 1);
+    systemd.wait("the new master's watchdog ping", |m| m == "WATCHDOG=1");
+
     m.signal(Signal::SIGTERM);
     systemd.wait("STOPPING=1", |m| m.contains("STOPPING=1"));
     assert!(m.wait_exit().success());
@@ -116,7 +130,7 @@ fn the_master_tells_its_service_manager_ready_reloading_and_stopping() {
         .iter()
         .filter(|m| m.lines().any(|l| l == "READY=1"))
         .count();
-    assert_eq!(readies, 2, "{:?}", systemd.seen);
+    assert_eq!(readies, 3, "{:?}", systemd.seen);
 }
 
 /// `systemd-socket-activate -l ADDR cluster ...`: the master serves the

@@ -202,6 +202,15 @@ pub(crate) fn adopt(fd: &std::os::fd::OwnedFd, balance: Balance, backlog: u32) -
     Ok(Bound::Socket(socket, addr))
 }
 
+/// The listeners as [`Listeners::describe`] shows them to an upgrade.
+pub(crate) struct Layout<'a> {
+    /// Per address: its sockets in slot order, and the group's order.
+    pub(crate) groups: Vec<(SocketAddr, &'a [usize], Vec<std::os::fd::BorrowedFd<'a>>)>,
+    pub(crate) steered: &'a [usize],
+    pub(crate) steer_broken: bool,
+    pub(crate) backlog: u32,
+}
+
 /// Every socket the master listens on, laid out by address and slot.
 #[derive(Debug)]
 pub(crate) struct Listeners {
@@ -279,6 +288,76 @@ impl Listeners {
             steered: Vec::new(),
             steer_broken: false,
         })
+    }
+
+    /// Listeners a previous master handed on (an upgrade): the sockets in
+    /// slot order and the kernel's order of each address's group.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Upgrade`] when a socket does not listen at its address.
+    pub(crate) fn inherited(
+        state: Vec<crate::upgrade::ListenerState<std::os::fd::OwnedFd>>,
+        balance: Balance,
+        backlog: u32,
+        steered: Vec<usize>,
+        steer_broken: bool,
+    ) -> Result<Self> {
+        let mut sockets = Vec::with_capacity(state.len());
+        let mut local = Vec::with_capacity(state.len());
+        let mut order = Vec::with_capacity(state.len());
+        for l in state {
+            let group: Vec<Socket> = l.fds.into_iter().map(Socket::from).collect();
+            for socket in &group {
+                let at = socket.local_addr().ok().and_then(|a| a.as_socket());
+                if at != Some(l.addr) || !socket.is_listener().unwrap_or(false) {
+                    return Err(Error::Upgrade {
+                        reason: format!(
+                            "an inherited socket for {} is not listening there ({at:?})",
+                            l.addr
+                        ),
+                    });
+                }
+            }
+            local.push(l.addr);
+            order.push(l.order);
+            sockets.push(group);
+        }
+        Ok(Listeners {
+            sockets,
+            local,
+            balance,
+            backlog,
+            order,
+            steered,
+            steer_broken,
+        })
+    }
+
+    /// What an upgrade hands on: per address, its sockets in slot order
+    /// and the group's order; the slots steered to, whether steering
+    /// broke, and the backlog.
+    pub(crate) fn describe(&self) -> Layout<'_> {
+        use std::os::fd::AsFd;
+        let groups = self
+            .sockets
+            .iter()
+            .zip(&self.local)
+            .zip(&self.order)
+            .map(|((group, addr), order)| {
+                (
+                    *addr,
+                    order.as_slice(),
+                    group.iter().map(|s| s.as_fd()).collect(),
+                )
+            })
+            .collect();
+        Layout {
+            groups,
+            steered: &self.steered,
+            steer_broken: self.steer_broken,
+            backlog: self.backlog,
+        }
     }
 
     /// The addresses actually bound, in configuration order.

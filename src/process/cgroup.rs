@@ -11,11 +11,9 @@
 //! master opened), and `cgroup.kill` ends the worker's whole tree when its
 //! main process has exited, at the drain timeout, or on a forced stop.
 //!
-//! The master itself may die by SIGKILL. A sentinel (a `/bin/sh` started
-//! at start in a session of its own, deaf to every catchable signal) reads
-//! a pipe whose only write end is the master's: when the master is gone,
-//! for whatever reason, it reads EOF and writes `cgroup.kill` of the
-//! cluster's cgroup, which ends every worker tree.
+//! The master itself may die by SIGKILL: then the sentinel (see
+//! [`super::sentinel`]) writes `cgroup.kill` of the cluster's cgroup, which
+//! ends every worker tree.
 //!
 //! Why not a child subreaper: orphans would become the master's children,
 //! and an embedding program may own children of its own; telling them
@@ -23,7 +21,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +29,6 @@ use std::time::Duration;
 
 use nix::fcntl::OFlag;
 use nix::libc;
-use nix::unistd::Pid;
 
 /// How long a killed cgroup may take to empty before it is left behind.
 const EMPTY_WAIT: Duration = Duration::from_secs(5);
@@ -40,15 +37,12 @@ const EMPTY_POLL: Duration = Duration::from_millis(10);
 
 static CLUSTERS: AtomicU64 = AtomicU64::new(0);
 
-/// The cgroup of one cluster, and the sentinel that kills it when the
-/// master dies.
+/// The cgroup of one cluster.
 #[derive(Debug)]
 pub(crate) struct ClusterCgroup {
     dir: PathBuf,
-    /// The write end of the sentinel's pipe; closing it lets the sentinel
-    /// kill the cgroup and exit.
-    sentinel_pipe: Option<OwnedFd>,
-    sentinel: Option<Pid>,
+    /// Removed when the cluster ends (not when an upgrade hands it on).
+    owned: bool,
 }
 
 /// One worker's cgroup.
@@ -80,7 +74,7 @@ fn own_cgroup_dir() -> Option<PathBuf> {
 }
 
 impl ClusterCgroup {
-    /// Creates the cluster's cgroup and starts its sentinel. `Ok(None)`
+    /// Creates the cluster's cgroup. `Ok(None)`
     /// where cgroup v2 is not there or not writable: then only process
     /// groups hold the workers' trees.
     pub(crate) fn create() -> io::Result<Option<ClusterCgroup>> {
@@ -107,13 +101,22 @@ impl ClusterCgroup {
             let _ = std::fs::remove_dir(&dir);
             return Ok(None);
         }
-        let mut cluster = ClusterCgroup {
-            dir,
-            sentinel_pipe: None,
-            sentinel: None,
-        };
-        cluster.start_sentinel()?;
-        Ok(Some(cluster))
+        Ok(Some(ClusterCgroup { dir, owned: true }))
+    }
+
+    /// The cgroup a previous master created (an upgrade).
+    pub(crate) fn adopt(dir: PathBuf) -> ClusterCgroup {
+        ClusterCgroup { dir, owned: true }
+    }
+
+    /// Its directory.
+    pub(crate) fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Its `cgroup.kill`, for the sentinel.
+    pub(crate) fn kill_path(&self) -> PathBuf {
+        self.dir.join("cgroup.kill")
     }
 
     /// Creates the cgroup of one worker.
@@ -128,58 +131,15 @@ impl ClusterCgroup {
         Ok(WorkerCgroup { dir })
     }
 
-    fn start_sentinel(&mut self) -> io::Result<()> {
-        // Everything the child needs, prepared before the fork. It execs a
-        // shell rather than living on as a copy of the master, which would
-        // pin every page the master (an embedding program, maybe large)
-        // had at the fork.
-        let sh = CString::new(SENTINEL_SHELL).map_err(io::Error::other)?;
-        let kill_path = CString::new(self.dir.join("cgroup.kill").as_os_str().as_bytes())
-            .map_err(io::Error::other)?;
-        let argv_owned = [
-            CString::new("herd-sentinel").map_err(io::Error::other)?,
-            CString::new("-c").map_err(io::Error::other)?,
-            CString::new(SENTINEL_SCRIPT).map_err(io::Error::other)?,
-            kill_path,
-        ];
-        let mut argv: Vec<*const libc::c_char> = argv_owned.iter().map(|a| a.as_ptr()).collect();
-        argv.push(std::ptr::null());
-        let envp: [*const libc::c_char; 1] = [std::ptr::null()];
-        if !Path::new(SENTINEL_SHELL).exists() {
-            return Err(io::Error::new(io::ErrorKind::NotFound, SENTINEL_SHELL));
-        }
-        let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-        let r = read_end.as_raw_fd();
-        // SAFETY: the child runs only async-signal-safe calls (setsid,
-        // signal, fcntl, dup2, close_range, execve, _exit) on memory and fds
-        // prepared before the fork, and never returns.
-        let pid = unsafe { libc::fork() };
-        if pid < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if pid == 0 {
-            // SAFETY: we are the child of a fork; see `sentinel`.
-            unsafe { sentinel(r, sh.as_ptr(), argv.as_ptr(), envp.as_ptr()) }
-        }
-        drop(read_end);
-        self.sentinel_pipe = Some(write_end);
-        self.sentinel = Some(Pid::from_raw(pid));
-        Ok(())
-    }
-
-    /// Kills whatever is left in the cluster's cgroup, stops the sentinel
-    /// and removes the cgroup. Blocking for a moment: call it off the
-    /// event loop.
+    /// Kills whatever is left in the cluster's cgroup and removes it.
+    /// Blocking for a moment: call it off the event loop.
     pub(crate) fn finish(mut self) {
         self.shut_down();
     }
 
     fn shut_down(&mut self) {
+        self.owned = false;
         write_kill(&self.dir);
-        drop(self.sentinel_pipe.take());
-        if let Some(pid) = self.sentinel.take() {
-            let _ = nix::sys::wait::waitpid(pid, None);
-        }
         if wait_empty_blocking(&self.dir) {
             remove_tree(&self.dir);
         }
@@ -188,19 +148,24 @@ impl ClusterCgroup {
 
 impl Drop for ClusterCgroup {
     fn drop(&mut self) {
-        if self.sentinel.is_some() {
+        if self.owned {
             self.shut_down();
         }
     }
 }
 
 impl WorkerCgroup {
-    /// An fd for the child to move itself into this cgroup (it writes "0").
+    /// The cgroup of a worker a previous master started (an upgrade).
+    pub(crate) fn adopt(dir: PathBuf) -> WorkerCgroup {
+        WorkerCgroup { dir }
+    }
+
     /// The cgroup's directory (its `memory.stat`, `cpu.stat`).
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 
+    /// An fd for the child to move itself into this cgroup (it writes "0").
     pub(crate) fn procs_fd(&self) -> io::Result<OwnedFd> {
         let path = CString::new(self.dir.join("cgroup.procs").as_os_str().as_bytes())
             .map_err(io::Error::other)?;
@@ -286,47 +251,6 @@ fn remove_tree(dir: &Path) {
         }
     }
     let _ = std::fs::remove_dir(dir);
-}
-
-/// The sentinel's shell, present on every Linux system herd runs on.
-const SENTINEL_SHELL: &str = "/bin/sh";
-/// Reads stdin (the master's pipe) until EOF, then kills the cgroup whose
-/// `cgroup.kill` is `$0`.
-const SENTINEL_SCRIPT: &str = "while read -r _; do :; done; echo 1 > \"$0\"";
-
-/// The sentinel, between fork and exec: out of the master's session,
-/// deaf to catchable signals (ignored dispositions survive exec), the pipe
-/// as stdin, nothing else of the master's open, then the shell.
-///
-/// # Safety
-///
-/// Child side of fork only: async-signal-safe calls on memory and fds the
-/// parent prepared before the fork.
-unsafe fn sentinel(
-    pipe: libc::c_int,
-    sh: *const libc::c_char,
-    argv: *const *const libc::c_char,
-    envp: *const *const libc::c_char,
-) -> ! {
-    unsafe {
-        // A Ctrl-C or a killpg meant for the master's group must not
-        // reach it.
-        libc::setsid();
-        for sig in 1..32 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP && sig != libc::SIGCHLD {
-                libc::signal(sig, libc::SIG_IGN);
-            }
-        }
-        let high = libc::fcntl(pipe, libc::F_DUPFD_CLOEXEC, 64);
-        if high < 0 || libc::dup2(high, 0) < 0 {
-            libc::_exit(1);
-        }
-        // Not even its stdout and stderr: the master's may be pipes whose
-        // readers wait for EOF.
-        libc::syscall(libc::SYS_close_range, 1u32, u32::MAX, 0u32);
-        libc::execve(sh, argv, envp);
-        libc::_exit(127)
-    }
 }
 
 /// Writes "0" to `fd` (the cgroup.procs of the worker's cgroup): moves the

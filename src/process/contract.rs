@@ -34,6 +34,7 @@ const RESERVED: &[&str] = &[
     "HERD_WAIT_READY",
     "HERD_PRELOAD",
     "HERD_STOP_SIGNAL",
+    crate::upgrade::ENV,
 ];
 
 /// Variables a worker must not inherit from the master, and that are not

@@ -13,6 +13,7 @@ pub(crate) mod contract;
 pub(crate) mod os;
 pub(crate) mod output;
 pub(crate) mod reap;
+pub(crate) mod sentinel;
 pub(crate) mod spawn;
 pub(crate) mod spawner;
 pub(crate) mod usage;

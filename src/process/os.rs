@@ -27,6 +27,9 @@ pub(crate) struct Launched {
     /// Read ends of its stdout and stderr, when it has them.
     pub(crate) output: Option<(OwnedFd, OwnedFd)>,
     pub(crate) reaped: Reaped,
+    /// A duplicate of its pidfd, handed on by an upgrade (None: a fake
+    /// process, which cannot be).
+    pub(crate) pidfd: Option<OwnedFd>,
 }
 
 /// Starting, signalling and reaping worker processes.
@@ -63,6 +66,7 @@ impl Processes for Real {
             Ok(Launched {
                 pid,
                 output: Some((spawned.stdout, spawned.stderr)),
+                pidfd: spawned.pidfd.try_clone().ok(),
                 reaped: Box::pin(reap::wait(pid, spawned.pidfd)),
             })
         })

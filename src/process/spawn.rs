@@ -42,6 +42,9 @@ pub(crate) struct SpawnRequest {
     pub(crate) cgroup_procs: Option<OwnedFd>,
     /// The user the worker runs as, if not the master's.
     pub(crate) credentials: Option<Credentials>,
+    /// Ask for SIGKILL when the forking thread ends: only when no sentinel
+    /// watches the master (see [`super::sentinel`]).
+    pub(crate) pdeathsig: bool,
 }
 
 /// A user to run a worker as: uid, gid and supplementary groups, resolved
@@ -158,6 +161,7 @@ pub(crate) fn spawn(req: SpawnRequest) -> Result<Spawned, SpawnError> {
             .credentials
             .as_ref()
             .map(|c| (c.uid, c.gid, c.groups.as_ptr(), c.groups.len())),
+        pdeathsig: req.pdeathsig,
     };
 
     // SAFETY: fork in a multi-threaded process is sound as long as the child
@@ -264,6 +268,7 @@ struct ChildPlan<'a> {
     cgroup_procs: Option<RawFd>,
     /// uid, gid, and the supplementary groups as a pointer and a length.
     credentials: Option<(libc::uid_t, libc::gid_t, *const libc::gid_t, usize)>,
+    pdeathsig: bool,
 }
 
 /// The child between fork and exec.
@@ -295,15 +300,17 @@ unsafe fn run_child(plan: &ChildPlan<'_>) -> ! {
             }
         }
 
-        // Die with the master. If the master already died between fork and
-        // here, the signal will never come, so check by hand.
-        if libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        ) != 0
+        // Die with the master, where no sentinel does that. If the master
+        // already died between fork and here, no signal will come, so
+        // check by hand.
+        if plan.pdeathsig
+            && libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
         {
             fail(plan.status_w, STAGE_PDEATHSIG);
         }

@@ -11,7 +11,15 @@ use tokio::sync::oneshot;
 
 use super::spawn::{self, SpawnError, SpawnRequest, Spawned};
 
-type Job = (SpawnRequest, oneshot::Sender<Result<Spawned, SpawnError>>);
+enum Job {
+    Spawn(SpawnRequest, oneshot::Sender<Result<Spawned, SpawnError>>),
+    /// Replace the process (an upgrade of the master): only this thread
+    /// may, as it is the parent of every worker.
+    Exec(
+        Box<crate::upgrade::ExecRequest>,
+        oneshot::Sender<std::io::Error>,
+    ),
+}
 
 static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
 
@@ -21,7 +29,16 @@ fn sender() -> Result<mpsc::Sender<Job>, SpawnError> {
         let started = std::thread::Builder::new()
             .name("herd-spawner".into())
             .spawn(move || {
-                for (req, reply) in rx {
+                for job in rx {
+                    let (req, reply) = match job {
+                        Job::Spawn(req, reply) => (req, reply),
+                        Job::Exec(req, reply) => {
+                            if !reply.is_closed() {
+                                let _ = reply.send(crate::upgrade::exec(&req));
+                            }
+                            continue;
+                        }
+                    };
                     // Whoever asked is gone (run() was dropped): start
                     // nothing that nobody would supervise.
                     if reply.is_closed() {
@@ -50,6 +67,20 @@ pub(crate) async fn spawn(req: SpawnRequest) -> Result<Spawned, SpawnError> {
         source: std::io::Error::other("spawner thread is not running"),
     };
     let (tx, rx) = oneshot::channel();
-    sender()?.send((req, tx)).map_err(|_| gone())?;
+    sender()?.send(Job::Spawn(req, tx)).map_err(|_| gone())?;
     rx.await.map_err(|_| gone())?
+}
+
+/// Replaces the process with `req` on the spawner thread; returns only
+/// with the reason it could not.
+pub(crate) async fn exec(req: crate::upgrade::ExecRequest) -> std::io::Error {
+    let gone = || std::io::Error::other("the spawner thread is not running");
+    let (tx, rx) = oneshot::channel();
+    let Ok(sender) = sender() else {
+        return gone();
+    };
+    if sender.send(Job::Exec(Box::new(req), tx)).is_err() {
+        return gone();
+    }
+    rx.await.unwrap_or_else(|_| gone())
 }

@@ -59,6 +59,23 @@ impl NotifySocket {
         })
     }
 
+    /// The notify socket a previous master handed on (an upgrade): its
+    /// workers keep sending to the same name.
+    pub(crate) fn adopt(fd: OwnedFd, env_value: String) -> io::Result<Self> {
+        nix::fcntl::fcntl(
+            &fd,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )?;
+        // SAFETY: as in `bind`.
+        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }?;
+        Ok(NotifySocket { fd, env_value })
+    }
+
+    /// A duplicate of the socket, kept for an upgrade.
+    pub(crate) fn duplicate(&self) -> io::Result<OwnedFd> {
+        self.fd.get_ref().try_clone()
+    }
+
     /// Forwards every note to `tx`, with the sender's pid from its
     /// credentials, until `tx` closes.
     pub(crate) async fn serve(self, tx: mpsc::UnboundedSender<Note>) {

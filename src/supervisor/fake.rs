@@ -147,6 +147,7 @@ impl Processes for Fake {
             Ok(Launched {
                 pid,
                 output: None,
+                pidfd: None,
                 reaped: Box::pin(async move {
                     Ok(rx.await.unwrap_or(Exit::Signal(crate::Signal::KILL)))
                 }),

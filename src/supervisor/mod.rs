@@ -14,6 +14,7 @@ pub mod policy;
 pub mod reload;
 mod rolling;
 pub mod slot;
+mod upgrade;
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
@@ -33,7 +34,8 @@ use crate::event::{Event, Millis, Notice};
 use crate::net::Listeners;
 use crate::process::cgroup::{ClusterCgroup, WorkerCgroup};
 use crate::process::os::Processes;
-use crate::process::output::{self, Sink, Stream, Tail};
+use crate::process::output;
+use crate::process::sentinel::Sentinel;
 use crate::process::spawn::SpawnRequest;
 use crate::process::{process_group_of, usage, Exit, KillMode};
 use crate::proxy::plane::{self, Plane};
@@ -81,6 +83,9 @@ pub(crate) enum Control {
         to: Scale,
         reply: tokio::sync::oneshot::Sender<Result<(usize, usize)>>,
     },
+    Upgrade {
+        reply: tokio::sync::oneshot::Sender<Result<()>>,
+    },
 }
 
 /// A number of workers to scale to.
@@ -108,6 +113,7 @@ struct Signals {
     hup: tokio::signal::unix::Signal,
     ttin: tokio::signal::unix::Signal,
     ttou: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -123,6 +129,8 @@ impl Signals {
             // gunicorn's: one worker more, one fewer.
             ttin: kind(SignalKind::from_raw(nix::libc::SIGTTIN), "SIGTTIN")?,
             ttou: kind(SignalKind::from_raw(nix::libc::SIGTTOU), "SIGTTOU")?,
+            // nginx's: upgrade the master in place.
+            usr2: kind(SignalKind::user_defined2(), "SIGUSR2")?,
         })
     }
 }
@@ -135,6 +143,7 @@ enum MasterSignal {
     Hup,
     Ttin,
     Ttou,
+    Usr2,
 }
 
 async fn next_signal(signals: &mut Option<Signals>) -> MasterSignal {
@@ -146,6 +155,7 @@ async fn next_signal(signals: &mut Option<Signals>) -> MasterSignal {
             _ = s.hup.recv() => MasterSignal::Hup,
             _ = s.ttin.recv() => MasterSignal::Ttin,
             _ = s.ttou.recv() => MasterSignal::Ttou,
+            _ = s.usr2.recv() => MasterSignal::Usr2,
         },
         None => std::future::pending().await,
     }
@@ -206,11 +216,24 @@ struct Supervisor {
     pending_stop: Option<Instant>,
     /// The master's own service manager (systemd), if it listens.
     service: Option<ServiceNotify>,
+    /// Kills the workers' groups if the master dies (None: they asked for
+    /// the parent-death signal instead).
+    sentinel: Option<Sentinel>,
+    /// Each live worker's tasks, and the master's fds for an upgrade.
+    monitors: HashMap<Pid, upgrade::Monitor>,
+    /// A duplicate of the workers' notify socket, for an upgrade.
+    notify_fd: Option<std::os::fd::OwnedFd>,
+    /// Upgrade requests waiting for the cluster to settle, and since when.
+    upgrade_requests: Vec<Option<tokio::sync::oneshot::Sender<Result<()>>>>,
+    upgrade_since: Option<Instant>,
+    /// Master upgrades this cluster has been through.
+    upgrades: u32,
 }
 
 pub(crate) async fn run(
     config: Config,
     listeners: Listeners,
+    inherited: Option<crate::upgrade::Adopted>,
     handle: Handle,
     mut control_rx: mpsc::UnboundedReceiver<Control>,
     snapshot: watch::Sender<Snapshot>,
@@ -237,10 +260,18 @@ pub(crate) async fn run(
     // Tasks that live as long as the cluster runs, and no longer: an
     // embedding program's runtime may go on after run() returns.
     let mut background = Vec::new();
+    let mut inherited = inherited;
+    let mut notify_fd = None;
+    let inherited_notify = inherited.as_mut().and_then(|a| a.notify.take());
     let notify_env = if mode == Readiness::Notify || config.watchdog.is_some() {
-        let socket =
-            NotifySocket::bind().map_err(|e| Error::io("creating the notify socket", e))?;
+        // After an upgrade, the socket the workers already send to.
+        let socket = match inherited_notify {
+            Some((fd, name)) => NotifySocket::adopt(fd, name),
+            None => NotifySocket::bind(),
+        }
+        .map_err(|e| Error::io("creating the notify socket", e))?;
         let env = socket.env_value.clone();
+        notify_fd = socket.duplicate().ok();
         background.push(tokio::spawn(socket.serve(notes_tx.clone())));
         Some(env)
     } else {
@@ -306,7 +337,12 @@ pub(crate) async fn run(
     });
 
     // A fake operating system's workers have no cgroups.
-    let cgroup = match os.cgroups().then(ClusterCgroup::create) {
+    let inherited_cgroup = inherited.as_mut().and_then(|a| a.cgroup.take());
+    let cgroup = match inherited_cgroup {
+        Some(dir) => Some(Ok(Some(ClusterCgroup::adopt(dir)))),
+        None => os.cgroups().then(ClusterCgroup::create),
+    };
+    let cgroup = match cgroup {
         None => None,
         Some(Ok(c)) => c,
         Some(Err(e)) => {
@@ -320,6 +356,28 @@ pub(crate) async fn run(
             );
             None
         }
+    };
+    let inherited_sentinel = inherited.as_mut().and_then(|a| a.sentinel.take());
+    let sentinel = match inherited_sentinel {
+        Some((pipe, pid)) => Some(Sentinel::adopt(pipe, pid)),
+        None if os.cgroups() => {
+            match Sentinel::start(cgroup.as_ref().map(|c| c.kill_path()).as_deref()) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    handle.log().notice(
+                        None,
+                        Notice::NoCgroup,
+                        format!(
+                            "cannot start the sentinel that ends the workers if the master is \
+                             killed ({e}); they get the parent-death signal instead, and an \
+                             upgrade in place would end them"
+                        ),
+                    );
+                    None
+                }
+            }
+        }
+        None => None,
     };
     let workers = config.workers;
     let sup_config_notify = config.service_notify;
@@ -355,11 +413,24 @@ pub(crate) async fn run(
             None
         },
         os,
+        sentinel,
+        monitors: HashMap::new(),
+        notify_fd,
+        upgrade_requests: Vec::new(),
+        upgrade_since: None,
+        upgrades: 0,
     };
+    let adopting = inherited.is_some();
+    if let Some(adopted) = inherited {
+        sup.adopt(adopted);
+    }
     sup.changed();
     sup.watch_listeners();
 
     for i in 0..sup.slots.len() {
+        if adopting {
+            break;
+        }
         // A stop may already be queued (shutdown() before run()).
         if let Ok(Control::Stop { graceful }) = control_rx.try_recv() {
             sup.stop(graceful);
@@ -430,6 +501,7 @@ pub(crate) async fn run(
                     let _ = reply.send(sup.scale(to).await);
                 }
                 Control::Reload { target, reply } => sup.request_reload(target, Some(reply)).await,
+                Control::Upgrade { reply } => sup.request_upgrade(Some(reply)),
             },
             sig = next_signal(&mut signals) => match sig {
                 MasterSignal::Term => sup.stop(true),
@@ -442,6 +514,7 @@ pub(crate) async fn run(
                 MasterSignal::Hup => sup.request_reload(Target::All, None).await,
                 MasterSignal::Ttin => sup.scale_or_notice(Scale::By(1)).await,
                 MasterSignal::Ttou => sup.scale_or_notice(Scale::By(-1)).await,
+                MasterSignal::Usr2 => sup.request_upgrade(None),
             },
             () = timer => sup.on_timers().await,
             () = sample => sup.on_sample().await,
@@ -451,6 +524,9 @@ pub(crate) async fn run(
                     s.watchdog();
                 }
             }
+        }
+        if !sup.upgrade_requests.is_empty() {
+            sup.try_upgrade(&reaped_rx).await;
         }
     }
     sup.finish().await
@@ -685,6 +761,7 @@ impl Supervisor {
         self.snapshot.send_replace(Snapshot {
             phase: self.phase,
             workers,
+            upgrades: self.upgrades,
         });
     }
 
@@ -743,6 +820,7 @@ impl Supervisor {
             cwd: self.config.command.cwd.clone(),
             cgroup_procs: None,
             credentials: self.config.user.as_ref().map(|u| u.credentials.clone()),
+            pdeathsig: self.sentinel.is_none(),
         }
     }
 
@@ -869,59 +947,29 @@ impl Supervisor {
             pid: pid.as_raw() as u32,
         });
 
-        if let Some(master_end) = ipc_master {
-            if self.config.command.preload.is_some() {
-                let counts = matches!(self.ready.mode, Readiness::Listen | Readiness::Ipc);
-                tokio::spawn(pipe::serve(master_end, pid, counts, self.notes_tx.clone()));
-            } else {
-                tokio::spawn(ipc::serve(master_end, pid, self.notes_tx.clone()));
-            }
+        if let Some(sentinel) = &self.sentinel {
+            sentinel.track(pid);
         }
-        let tx = self.reaped_tx.clone();
-        let tail = Tail::default();
-        let sink = Arc::new(Sink {
-            prefix: match self.handle.name() {
-                Some(name) => format!("[{name} slot {index} pid {pid}] "),
-                None => format!("[slot {index} pid {pid}] "),
-            }
-            .into(),
-            tail: tail.clone(),
-            forward: self.config.forward_output,
-            log: self.handle.log().clone(),
-            slot: index,
-            pid: pid.as_raw() as u32,
+        let channel = ipc_master.map(|fd| {
+            let kind = if self.config.command.preload.is_some() {
+                crate::upgrade::ChannelKind::Pipe
+            } else {
+                crate::upgrade::ChannelKind::Ipc
+            };
+            (kind, fd)
         });
-        tokio::spawn(async move {
-            let pumps = spawned.output.map(|(stdout, stderr)| {
-                (
-                    tokio::spawn(output::pump(stdout, Stream::Stdout, sink.clone())),
-                    tokio::spawn(output::pump(stderr, Stream::Stderr, sink)),
-                )
-            });
-            let result = spawned.reaped.await;
-            // The main process is gone: so is everything it started, in
-            // its group or not.
-            if let Some(w) = worker_cgroup {
-                w.remove().await;
-            }
-            // Let the last lines through before the exit is reported, so
-            // the log reads in order.
-            if let Some((out, err)) = pumps {
-                let _ = tokio::time::timeout(OUTPUT_GRACE, async {
-                    let _ = out.await;
-                    let _ = err.await;
-                })
-                .await;
-            }
-            let _ = tx.send(Reaped {
-                slot: index,
-                generation,
-                pid,
-                result,
-                tail: tail.lines(),
-            });
-        });
-
+        self.attach(
+            index,
+            generation,
+            pid,
+            upgrade::Attachment {
+                reaped: spawned.reaped,
+                pidfd: spawned.pidfd,
+                output: spawned.output,
+                channel,
+                cgroup: worker_cgroup,
+            },
+        );
         Ok(())
     }
 
@@ -1000,6 +1048,10 @@ impl Supervisor {
             }
         };
         self.serving.remove(&r.pid);
+        self.monitors.remove(&r.pid);
+        if let Some(sentinel) = &self.sentinel {
+            sentinel.untrack(r.pid);
+        }
         let killed_for = self.killed_for.remove(&r.pid);
         self.worker_cgroups.remove(&r.pid);
         let passed = self.proxy.as_mut().map_or(0, |p| p.reaped(r.pid));
@@ -1529,6 +1581,10 @@ impl Supervisor {
         if let Some(cgroup) = self.cgroup.take() {
             let _ = tokio::task::spawn_blocking(move || cgroup.finish()).await;
         }
+        if let Some(sentinel) = self.sentinel.take() {
+            let _ = tokio::task::spawn_blocking(move || sentinel.finish()).await;
+        }
+        self.answer_upgrades(Err(Error::NotRunning));
         self.phase = Phase::Stopped;
         self.emit(Event::Stopped);
         self.handle.log().close_events();

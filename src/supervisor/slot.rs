@@ -219,6 +219,65 @@ impl Slot {
         }
     }
 
+    /// A slot as a previous master described it (an upgrade): its
+    /// counters, its state, and its ready worker if it has one, started at
+    /// `started` and ready since `ready_since`.
+    pub(crate) fn adopted(
+        state: &crate::upgrade::SlotState,
+        worker: Option<(Pid, Instant, Option<Instant>)>,
+        watchdog: Option<Duration>,
+        now: Instant,
+    ) -> Self {
+        let mut slot = Slot::new(state.index);
+        slot.state = state.state;
+        slot.generation = state.generation;
+        slot.spawns = state.spawns;
+        slot.restarts = state.restarts;
+        slot.last_exit = state.last_exit;
+        slot.current = worker.map(|(pid, started, ready_since)| Proc {
+            pid,
+            generation: state.generation,
+            started,
+            ready: true,
+            ready_since: Some(ready_since.unwrap_or(now)),
+            ready_at: None,
+            ready_by: None,
+            watchdog_by: watchdog.map(|w| now + w),
+            signal_at: None,
+            kill_at: None,
+            stopping: false,
+            usage: None,
+            cpu_percent: None,
+            over_memory: 0,
+        });
+        slot
+    }
+
+    /// What an upgrade hands on of this slot, if it is settled: one ready
+    /// worker and nothing else, or empty for good. None while anything
+    /// starts, drains or waits.
+    pub(crate) fn settled_state(&self) -> Option<crate::upgrade::SlotState> {
+        let settled = match self.state {
+            WorkerState::Ready => {
+                self.current
+                    .as_ref()
+                    .is_some_and(|p| p.ready && !p.stopping)
+                    && self.successor.is_none()
+                    && self.retiring.is_empty()
+            }
+            WorkerState::Exited | WorkerState::Failed => !self.is_live(),
+            _ => false,
+        };
+        settled.then_some(crate::upgrade::SlotState {
+            index: self.index,
+            spawns: self.spawns,
+            restarts: self.restarts,
+            generation: self.generation,
+            state: self.state,
+            last_exit: self.last_exit,
+        })
+    }
+
     /// The current worker's pid.
     pub(crate) fn pid(&self) -> Option<Pid> {
         self.current.as_ref().map(|p| p.pid)

@@ -165,8 +165,27 @@ impl Master {
     }
 
     fn spawn_with(args: &[String], tweak: impl FnOnce(&mut Command)) -> Master {
+        Self::spawn_program(&example("cluster"), args, tweak)
+    }
+
+    /// [`Master::start`] of a copy of the cluster example at `binary`.
+    pub fn start_binary(binary: &Path, args: &[String]) -> Master {
+        let mut all = s(&["--log-format", "json"]);
+        all.extend(args.iter().cloned());
+        let mut m = Self::spawn_program(binary, &all, |_| {});
+        let events = m.wait_events("the listening event", |e| {
+            of_kind(e, "listening").count() > 0
+        });
+        m.addr = of_kind(&events, "listening").next().unwrap()["addr"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap();
+        m
+    }
+
+    fn spawn_program(program: &Path, args: &[String], tweak: impl FnOnce(&mut Command)) -> Master {
         use std::os::unix::process::CommandExt;
-        let mut cmd = Command::new(example("cluster"));
+        let mut cmd = Command::new(program);
         cmd.args(control_args(args))
             .args(args)
             .stdin(Stdio::null())

@@ -1,0 +1,212 @@
+//! What ends the workers when the master is killed.
+//!
+//! The master may die by SIGKILL (the OOM killer, `kill -9`, an abort).
+//! The sentinel, a `/bin/sh` started with the cluster in a session of its
+//! own and deaf to every catchable signal, reads a pipe whose only write
+//! end is the master's. The master writes `+PGID` when it starts a worker
+//! and `-PGID` once it has reaped it. When the master is gone, for whatever
+//! reason, the sentinel reads EOF, writes the cluster cgroup's
+//! `cgroup.kill` (where there is one) and SIGKILLs every process group
+//! still listed.
+//!
+//! This is a process, not `PR_SET_PDEATHSIG`, because that signal is tied
+//! to the *thread* that forked the worker: an upgrade of the master execs
+//! the new binary, which ends every thread but one, and the workers it
+//! adopted would die at the upgrade after. The sentinel is a child of the
+//! process, survives the exec, and its pipe is handed on with the rest.
+
+use std::ffi::CString;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use nix::fcntl::OFlag;
+use nix::libc;
+use nix::unistd::Pid;
+
+/// The sentinel's shell, present on every Linux system herd runs on.
+const SHELL: &str = "/bin/sh";
+/// Keeps the listed groups in `$g` until EOF, then kills the cgroup whose
+/// `cgroup.kill` is `$0` (unless it is `-`) and every group left.
+const SCRIPT: &str = r#"g=' '
+while read -r l; do
+  case $l in
+    +*) g="$g${l#+} " ;;
+    -*) case $g in *" ${l#-} "*) g="${g%%" ${l#-} "*} ${g#*" ${l#-} "}" ;; esac ;;
+  esac
+done
+[ "$0" = - ] || echo 1 > "$0"
+for p in $g; do kill -9 -"$p"; done"#;
+
+/// The cluster's sentinel: the write end of its pipe and its pid.
+#[derive(Debug)]
+pub(crate) struct Sentinel {
+    pipe: std::fs::File,
+    pid: Pid,
+}
+
+impl Sentinel {
+    /// Starts a sentinel that also kills the cgroup whose `cgroup.kill` is
+    /// `kill_path`.
+    pub(crate) fn start(kill_path: Option<&Path>) -> io::Result<Sentinel> {
+        // Everything the child needs, prepared before the fork. It execs a
+        // shell rather than living on as a copy of the master, which would
+        // pin every page the master (an embedding program, maybe large)
+        // had at the fork.
+        let nul = |e| io::Error::other(e);
+        let sh = CString::new(SHELL).map_err(nul)?;
+        let target = match kill_path {
+            Some(p) => CString::new(p.as_os_str().as_bytes()).map_err(nul)?,
+            None => CString::new("-").map_err(nul)?,
+        };
+        let argv_owned = [
+            CString::new("herd-sentinel").map_err(nul)?,
+            CString::new("-c").map_err(nul)?,
+            CString::new(SCRIPT).map_err(nul)?,
+            target,
+        ];
+        let mut argv: Vec<*const libc::c_char> = argv_owned.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let path_env = CString::new("PATH=/usr/bin:/bin").map_err(nul)?;
+        let envp: [*const libc::c_char; 2] = [path_env.as_ptr(), std::ptr::null()];
+        if !Path::new(SHELL).exists() {
+            return Err(io::Error::new(io::ErrorKind::NotFound, SHELL));
+        }
+        let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        let r = read_end.as_raw_fd();
+        // SAFETY: the child runs only async-signal-safe calls (setsid,
+        // signal, fcntl, dup2, close_range, execve, _exit) on memory and fds
+        // prepared before the fork, and never returns.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if pid == 0 {
+            // SAFETY: we are the child of a fork; see `child`.
+            unsafe { child(r, sh.as_ptr(), argv.as_ptr(), envp.as_ptr()) }
+        }
+        drop(read_end);
+        Ok(Sentinel {
+            pipe: std::fs::File::from(write_end),
+            pid: Pid::from_raw(pid),
+        })
+    }
+
+    /// The sentinel a previous master started (an upgrade).
+    pub(crate) fn adopt(pipe: OwnedFd, pid: i32) -> Sentinel {
+        Sentinel {
+            pipe: std::fs::File::from(pipe),
+            pid: Pid::from_raw(pid),
+        }
+    }
+
+    /// The write end of its pipe, and its pid (for an upgrade).
+    pub(crate) fn parts(&self) -> (&std::fs::File, Pid) {
+        (&self.pipe, self.pid)
+    }
+
+    /// Lists a worker's process group, to be killed if the master dies.
+    pub(crate) fn track(&self, pgid: Pid) {
+        let _ = (&self.pipe).write_all(format!("+{pgid}\n").as_bytes());
+    }
+
+    /// Takes a reaped worker's process group off the list.
+    pub(crate) fn untrack(&self, pgid: Pid) {
+        let _ = (&self.pipe).write_all(format!("-{pgid}\n").as_bytes());
+    }
+
+    /// Stops the sentinel (it kills what is still listed) and reaps it.
+    /// Blocking for a moment: call it off the event loop.
+    pub(crate) fn finish(self) {
+        let Sentinel { pipe, pid } = self;
+        drop(pipe);
+        let _ = nix::sys::wait::waitpid(pid, None);
+    }
+}
+
+/// The sentinel, between fork and exec: out of the master's session,
+/// deaf to catchable signals (ignored dispositions survive exec), the pipe
+/// as stdin, nothing else of the master's open, then the shell.
+///
+/// # Safety
+///
+/// Child side of fork only: async-signal-safe calls on memory and fds the
+/// parent prepared before the fork.
+unsafe fn child(
+    pipe: libc::c_int,
+    sh: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+) -> ! {
+    unsafe {
+        // A Ctrl-C or a killpg meant for the master's group must not
+        // reach it.
+        libc::setsid();
+        for sig in 1..32 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP && sig != libc::SIGCHLD {
+                libc::signal(sig, libc::SIG_IGN);
+            }
+        }
+        let high = libc::fcntl(pipe, libc::F_DUPFD_CLOEXEC, 64);
+        if high < 0 || libc::dup2(high, 0) < 0 {
+            libc::_exit(1);
+        }
+        // Not even its stdout and stderr: the master's may be pipes whose
+        // readers wait for EOF.
+        libc::syscall(libc::SYS_close_range, 1u32, u32::MAX, 0u32);
+        libc::execve(sh, argv, envp);
+        libc::_exit(127)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn alive(pid: Pid) -> bool {
+        // A zombie counts as gone.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+    }
+
+    fn wait_gone(pid: Pid) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if !alive(pid) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    fn group_leader() -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_groups_still_listed_are_killed_when_the_master_end_closes() {
+        let mut listed = group_leader();
+        let mut untracked = group_leader();
+        let sentinel = Sentinel::start(None).unwrap();
+        let a = Pid::from_raw(listed.id() as i32);
+        let b = Pid::from_raw(untracked.id() as i32);
+        sentinel.track(a);
+        sentinel.track(b);
+        sentinel.untrack(b);
+        sentinel.finish();
+        assert!(wait_gone(a), "the listed group was killed");
+        assert!(alive(b), "the group taken off the list was left alone");
+        let _ = untracked.kill();
+        let _ = untracked.wait();
+        let _ = listed.wait();
+    }
+}

@@ -1,0 +1,629 @@
+//! Watching a worker's fds, and handing them to the next master.
+//!
+//! Every live worker has a *monitor*: the tasks that read its output and
+//! readiness channel and wait for its exit, and (for real processes) a
+//! duplicate of each fd those tasks own. An upgrade stops the tasks first,
+//! so that no exit is reaped and no line read by a master about to be
+//! replaced, then hands the duplicates on. The new master, or this one if
+//! the exec fails, starts the same tasks again from them.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::unistd::Pid;
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinHandle};
+
+use super::{clock, Reaped, Supervisor, OUTPUT_GRACE};
+use crate::cluster::Phase;
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::process::cgroup::WorkerCgroup;
+use crate::process::output::{self, Sink, Stream, Tail};
+use crate::process::spawn::SpawnRequest;
+use crate::process::{os, reap, spawner};
+use crate::ready::{ipc, pipe, Readiness};
+use crate::upgrade::{self as handoff, ChannelKind, ListenerState, State, WorkerRecord};
+
+/// How long an upgrade waits for the cluster to settle (a reload to end,
+/// workers to start or drain) before it is abandoned.
+const SETTLE_LIMIT: Duration = Duration::from_secs(60);
+/// How long subscribers (an event printer) get to write the `upgrading`
+/// event before the exec ends them.
+const EVENT_GRACE: Duration = Duration::from_millis(50);
+
+/// The master's fds of one worker, kept for an upgrade.
+pub(super) struct Carry {
+    pidfd: OwnedFd,
+    output: Option<(OwnedFd, OwnedFd)>,
+    channel: Option<(ChannelKind, OwnedFd)>,
+}
+
+/// A live worker's tasks and its carried fds.
+pub(super) struct Monitor {
+    /// Waits for the exit, then reports it.
+    watcher: JoinHandle<()>,
+    /// Output pumps and the readiness reader.
+    readers: Vec<AbortHandle>,
+    carry: Option<Carry>,
+}
+
+/// What watching a worker starts from.
+pub(super) struct Attachment {
+    pub(super) reaped: os::Reaped,
+    /// A duplicate of its pidfd (None: a fake process).
+    pub(super) pidfd: Option<OwnedFd>,
+    pub(super) output: Option<(OwnedFd, OwnedFd)>,
+    pub(super) channel: Option<(ChannelKind, OwnedFd)>,
+    pub(super) cgroup: Option<WorkerCgroup>,
+}
+
+fn dup(fd: &OwnedFd) -> io::Result<OwnedFd> {
+    fd.try_clone()
+}
+
+impl Supervisor {
+    /// Starts watching worker `pid` of slot `index`: its readiness
+    /// channel, its output, its exit.
+    pub(super) fn attach(&mut self, index: usize, generation: u64, pid: Pid, a: Attachment) {
+        // Duplicates first: the tasks take the originals.
+        let carry = a.pidfd.map(|pidfd| Carry {
+            pidfd,
+            output: a
+                .output
+                .as_ref()
+                .and_then(|(o, e)| Some((dup(o).ok()?, dup(e).ok()?))),
+            channel: a
+                .channel
+                .as_ref()
+                .and_then(|(k, fd)| Some((*k, dup(fd).ok()?))),
+        });
+        let mut readers = Vec::new();
+        if let Some((kind, master_end)) = a.channel {
+            let task = match kind {
+                ChannelKind::Pipe => {
+                    let counts = matches!(self.ready.mode, Readiness::Listen | Readiness::Ipc);
+                    tokio::spawn(pipe::serve(master_end, pid, counts, self.notes_tx.clone()))
+                }
+                ChannelKind::Ipc => {
+                    tokio::spawn(ipc::serve(master_end, pid, self.notes_tx.clone()))
+                }
+            };
+            readers.push(task.abort_handle());
+        }
+        let tail = Tail::default();
+        let sink = Arc::new(Sink {
+            prefix: match self.handle.name() {
+                Some(name) => format!("[{name} slot {index} pid {pid}] "),
+                None => format!("[slot {index} pid {pid}] "),
+            }
+            .into(),
+            tail: tail.clone(),
+            forward: self.config.forward_output,
+            log: self.handle.log().clone(),
+            slot: index,
+            pid: pid.as_raw() as u32,
+        });
+        let pumps = a.output.map(|(stdout, stderr)| {
+            (
+                tokio::spawn(output::pump(stdout, Stream::Stdout, sink.clone())),
+                tokio::spawn(output::pump(stderr, Stream::Stderr, sink)),
+            )
+        });
+        if let Some((out, err)) = &pumps {
+            readers.extend([out.abort_handle(), err.abort_handle()]);
+        }
+        let tx = self.reaped_tx.clone();
+        let reaped = a.reaped;
+        let worker_cgroup = a.cgroup;
+        let watcher = tokio::spawn(async move {
+            let result = reaped.await;
+            // The main process is gone: so is everything it started, in
+            // its group or not.
+            if let Some(w) = worker_cgroup {
+                w.remove().await;
+            }
+            // Let the last lines through before the exit is reported, so
+            // the log reads in order.
+            if let Some((out, err)) = pumps {
+                let _ = tokio::time::timeout(OUTPUT_GRACE, async {
+                    let _ = out.await;
+                    let _ = err.await;
+                })
+                .await;
+            }
+            let _ = tx.send(Reaped {
+                slot: index,
+                generation,
+                pid,
+                result,
+                tail: tail.lines(),
+            });
+        });
+        self.monitors.insert(
+            pid,
+            Monitor {
+                watcher,
+                readers,
+                carry,
+            },
+        );
+    }
+
+    /// Stops every worker's tasks. False if one of them had already seen
+    /// its worker exit (the exit is on its way to the loop).
+    async fn detach_all(&mut self) -> bool {
+        let mut clean = true;
+        for monitor in self.monitors.values_mut() {
+            for r in &monitor.readers {
+                r.abort();
+            }
+            monitor.watcher.abort();
+            if let Ok(()) = (&mut monitor.watcher).await {
+                clean = false;
+            }
+        }
+        clean
+    }
+
+    /// Starts every worker's tasks again from the carried fds (an upgrade
+    /// that did not happen).
+    fn reattach_all(&mut self) {
+        let monitors = std::mem::take(&mut self.monitors);
+        for (pid, monitor) in monitors {
+            let Some(carry) = monitor.carry else {
+                continue;
+            };
+            let Some((index, _)) = self.slot_of(pid) else {
+                continue;
+            };
+            let generation = self.slots[index].generation;
+            self.attach_carried(index, generation, pid, carry);
+        }
+    }
+
+    /// Watches a worker from its carried fds (after an upgrade, or one that
+    /// did not happen). A worker whose fds cannot be duplicated any more is
+    /// SIGKILLed: it could not be supervised.
+    fn attach_carried(&mut self, index: usize, generation: u64, pid: Pid, carry: Carry) {
+        let tasks_fds = (|| -> io::Result<_> {
+            let pidfd = dup(&carry.pidfd)?;
+            let output = match &carry.output {
+                Some((o, e)) => Some((dup(o)?, dup(e)?)),
+                None => None,
+            };
+            let channel = match &carry.channel {
+                Some((k, fd)) => Some((*k, dup(fd)?)),
+                None => None,
+            };
+            Ok((pidfd, output, channel))
+        })();
+        let (pidfd, output, channel) = match tasks_fds {
+            Ok(fds) => fds,
+            Err(e) => {
+                self.notice(
+                    Some(index),
+                    crate::Notice::ReapFailed,
+                    format!("cannot watch pid {pid} any more ({e}): killing it"),
+                );
+                self.kill_tree(pid);
+                // Reaped by nobody else: wait for it here.
+                let _ = nix::sys::wait::waitpid(pid, None);
+                return;
+            }
+        };
+        let cgroup = self.worker_cgroups.get(&pid).cloned();
+        self.attach(
+            index,
+            generation,
+            pid,
+            Attachment {
+                reaped: Box::pin(reap::wait(pid, pidfd)),
+                pidfd: Some(carry.pidfd),
+                output,
+                channel,
+                cgroup,
+            },
+        );
+        // `attach` duplicated the carried fds again: the first copies go.
+        drop(carry.output);
+        drop(carry.channel);
+    }
+
+    /// Takes over what the previous master handed on.
+    pub(super) fn adopt(&mut self, adopted: handoff::Adopted) {
+        let now = clock();
+        self.upgrades = adopted.upgrades;
+        let mut workers = std::collections::HashMap::new();
+        for w in adopted.workers {
+            workers.insert(w.slot, w);
+        }
+        self.slots = adopted
+            .slots
+            .iter()
+            .map(|s| {
+                let worker = workers.get(&s.index).map(|w| {
+                    (
+                        Pid::from_raw(w.pid),
+                        now.checked_sub(w.age).unwrap_or(now),
+                        w.ready_for.and_then(|d| now.checked_sub(d)),
+                    )
+                });
+                super::Slot::adopted(s, worker, self.ready.watchdog, now)
+            })
+            .collect();
+        self.target = self.slots.len();
+        let mut pids = vec![0; self.slots.len()];
+        let mut slots: Vec<_> = workers.into_iter().collect();
+        slots.sort_unstable_by_key(|(slot, _)| *slot);
+        for (slot, w) in slots {
+            let pid = Pid::from_raw(w.pid);
+            pids[slot] = w.pid as u32;
+            if let Some(dir) = w.cgroup {
+                self.worker_cgroups.insert(pid, WorkerCgroup::adopt(dir));
+            }
+            if let Some(app) = w.app {
+                self.serving.insert(pid, Pid::from_raw(app));
+            }
+            let generation = self.slots[slot].generation;
+            self.attach_carried(
+                slot,
+                generation,
+                pid,
+                Carry {
+                    pidfd: w.pidfd,
+                    output: w.output,
+                    channel: w.channel,
+                },
+            );
+        }
+        self.emit(Event::Upgraded {
+            upgrades: self.upgrades,
+            workers: pids.into_iter().filter(|&p| p != 0).collect(),
+        });
+    }
+
+    /// An upgrade was asked for (SIGUSR2, [`crate::Handle::upgrade`]).
+    pub(super) fn request_upgrade(
+        &mut self,
+        reply: Option<tokio::sync::oneshot::Sender<Result<()>>>,
+    ) {
+        if self.upgrade_requests.is_empty() {
+            self.upgrade_since = Some(clock());
+        }
+        self.upgrade_requests.push(reply);
+    }
+
+    /// Answers every pending upgrade request.
+    pub(super) fn answer_upgrades(&mut self, result: Result<()>) {
+        self.upgrade_since = None;
+        for reply in self.upgrade_requests.drain(..).flatten() {
+            let _ = reply.send(match &result {
+                Ok(()) => Ok(()),
+                Err(Error::NotRunning) => Err(Error::NotRunning),
+                Err(e) => Err(Error::Upgrade {
+                    reason: match e {
+                        Error::Upgrade { reason } => reason.clone(),
+                        other => other.to_string(),
+                    },
+                }),
+            });
+        }
+    }
+
+    fn refuse_upgrade(&mut self, reason: String) {
+        self.emit(Event::UpgradeFailed {
+            reason: reason.clone(),
+        });
+        self.answer_upgrades(Err(Error::Upgrade { reason }));
+    }
+
+    /// Why an upgrade cannot happen at all (Err), or not yet (Ok(false)).
+    fn upgrade_possible(&self) -> std::result::Result<bool, String> {
+        if self.proxy.is_some() {
+            return Err(
+                "proxy mode: the master relays every connection, and an exec would cut them all \
+                 (restart, or use reuseport or shared mode)"
+                    .into(),
+            );
+        }
+        if self.phase != Phase::Running {
+            return Err("the cluster is stopping".into());
+        }
+        if handoff::exe().is_none() {
+            return Err("the path of this program's binary is unknown".into());
+        }
+        if self.monitors.values().any(|m| m.carry.is_none()) {
+            return Err("these workers cannot be handed on (not real processes)".into());
+        }
+        let settled = self.reload.is_none()
+            && self.queued.is_empty()
+            && self.pending_stop.is_none()
+            && self.slots.len() == self.target
+            && self.slots.iter().all(|s| s.settled_state().is_some());
+        Ok(settled)
+    }
+
+    /// Upgrades now if the cluster is settled; waits (up to a limit) if it
+    /// is not; refuses if it cannot be.
+    pub(super) async fn try_upgrade(&mut self, reaped_rx: &mpsc::UnboundedReceiver<Reaped>) {
+        match self.upgrade_possible() {
+            Err(reason) => return self.refuse_upgrade(reason),
+            Ok(false) => {
+                let waited = self
+                    .upgrade_since
+                    .map_or(Duration::ZERO, |t| clock().saturating_duration_since(t));
+                if waited > SETTLE_LIMIT {
+                    self.refuse_upgrade(format!(
+                        "the cluster did not settle (a reload, a start or a drain) within {}",
+                        crate::event::Millis(SETTLE_LIMIT)
+                    ));
+                }
+                return;
+            }
+            Ok(true) => {}
+        }
+        let exe = handoff::exe().unwrap_or_default();
+        // The pre-flight reads the same description, without the fds.
+        let check = match self.describe(false) {
+            Ok((state, _)) => state.encode(),
+            Err(e) => return self.refuse_upgrade(format!("describing the cluster: {e}")),
+        };
+        if let Err(reason) = preflight(&exe, &check).await {
+            return self.refuse_upgrade(reason);
+        }
+        // Stop reading and reaping; if a worker exited meanwhile, let the
+        // loop handle that and try again.
+        if !self.detach_all().await || !reaped_rx.is_empty() {
+            self.reattach_all();
+            return;
+        }
+        let (state, keep) = match self.describe(true) {
+            Ok(described) => described,
+            Err(e) => {
+                self.reattach_all();
+                return self.refuse_upgrade(format!("handing on the fds: {e}"));
+            }
+        };
+        let request = match exec_request(&exe, &state, self.config.handle_signals) {
+            Ok(r) => r,
+            Err(e) => {
+                self.reattach_all();
+                return self.refuse_upgrade(e.to_string());
+            }
+        };
+        let (request, memfd) = request;
+        if let Some(service) = &mut self.service {
+            service.reloading();
+        }
+        self.emit(Event::Upgrading {
+            binary: exe.display().to_string(),
+        });
+        self.answer_upgrades(Ok(()));
+        tokio::time::sleep(EVENT_GRACE).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), output::flush()).await;
+        let error = spawner::exec(request).await;
+        // Still here: the exec failed, and this master goes on.
+        drop((keep, memfd));
+        self.reattach_all();
+        if let Some(service) = &mut self.service {
+            service.reloaded();
+        }
+        self.emit(Event::UpgradeFailed {
+            reason: format!("executing {}: {error}", exe.display()),
+        });
+    }
+
+    /// The cluster as the next master takes it over. With `inherit`, each
+    /// fd named is a fresh duplicate that survives exec (returned, to be
+    /// kept open until then); without, the numbers are only for reading.
+    fn describe(&self, inherit: bool) -> io::Result<(State<RawFd>, Vec<OwnedFd>)> {
+        let mut keep = Vec::new();
+        let mut fd = |f: std::os::fd::BorrowedFd<'_>| -> io::Result<RawFd> {
+            if inherit {
+                let d = handoff::inheritable(f)?;
+                let n = d.as_raw_fd();
+                keep.push(d);
+                Ok(n)
+            } else {
+                Ok(f.as_raw_fd())
+            }
+        };
+        let layout = self.listeners.describe();
+        let mut listeners = Vec::new();
+        for (addr, order, fds) in layout.groups {
+            listeners.push(ListenerState {
+                addr,
+                order: order.to_vec(),
+                fds: fds.into_iter().map(&mut fd).collect::<io::Result<_>>()?,
+            });
+        }
+        let notify = match (&self.notify_fd, &self.notify_env) {
+            (Some(f), Some(name)) => Some((fd(f.as_fd())?, name.clone())),
+            _ => None,
+        };
+        let sentinel = match &self.sentinel {
+            Some(s) => {
+                let (pipe, pid) = s.parts();
+                Some((fd(pipe.as_fd())?, pid.as_raw()))
+            }
+            None => None,
+        };
+        let now = clock();
+        let mut slots = Vec::new();
+        let mut workers = Vec::new();
+        for slot in &self.slots {
+            let state = slot
+                .settled_state()
+                .ok_or_else(|| io::Error::other(format!("slot {} is not settled", slot.index)))?;
+            slots.push(state);
+            let Some(pid) = slot.pid() else {
+                continue;
+            };
+            let carry = self
+                .monitors
+                .get(&pid)
+                .and_then(|m| m.carry.as_ref())
+                .ok_or_else(|| io::Error::other(format!("pid {pid} has no fds to hand on")))?;
+            let info = slot.info();
+            workers.push(WorkerRecord {
+                slot: slot.index,
+                pid: pid.as_raw(),
+                generation: slot.generation,
+                age: info
+                    .started
+                    .map_or(Duration::ZERO, |s| now.saturating_duration_since(s)),
+                ready_for: info.ready_since.map(|s| now.saturating_duration_since(s)),
+                pidfd: fd(carry.pidfd.as_fd())?,
+                output: match &carry.output {
+                    Some((o, e)) => Some((fd(o.as_fd())?, fd(e.as_fd())?)),
+                    None => None,
+                },
+                channel: match &carry.channel {
+                    Some((k, c)) => Some((*k, fd(c.as_fd())?)),
+                    None => None,
+                },
+                app: self.serving.get(&pid).map(|p| p.as_raw()),
+                cgroup: self.worker_cgroups.get(&pid).map(|c| c.dir().to_path_buf()),
+            });
+        }
+        let carried = self
+            .handle
+            .carried()
+            .outgoing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, f)| Ok((k.clone(), fd(f.as_fd())?)))
+            .collect::<io::Result<Vec<_>>>()?;
+        let state = State {
+            upgrades: self.upgrades + 1,
+            balance: self.listeners.balance(),
+            backlog: layout.backlog,
+            steered: layout.steered.to_vec(),
+            steer_broken: layout.steer_broken,
+            listeners,
+            notify,
+            cgroup: self.cgroup.as_ref().map(|c| c.path().to_path_buf()),
+            sentinel,
+            slots,
+            workers,
+            carried,
+        };
+        Ok((state, keep))
+    }
+}
+
+/// The exec of `exe` with this process's arguments and the description in
+/// an inherited memfd (returned: it must stay open until the exec).
+fn exec_request(
+    exe: &std::path::Path,
+    state: &State<RawFd>,
+    ignore_signals: bool,
+) -> Result<(handoff::ExecRequest, OwnedFd)> {
+    use std::os::unix::ffi::OsStrExt;
+    let memfd = handoff::memfd(&state.encode(), true)
+        .map_err(|e| Error::io("writing the description of the cluster", e))?;
+    let env = handoff::environment((handoff::ENV, format!("state:{}", memfd.as_raw_fd())));
+    let env = env
+        .iter()
+        .map(|(k, v)| {
+            let mut e = k.as_bytes().to_vec();
+            e.push(b'=');
+            e.extend_from_slice(v.as_bytes());
+            handoff::c_string("an environment variable", &e)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let argv = std::env::args_os()
+        .map(|a| handoff::c_string("an argument", a.as_bytes()))
+        .collect::<Result<Vec<_>>>()?;
+    let request = handoff::ExecRequest {
+        path: handoff::c_string("the binary's path", exe.as_os_str().as_bytes())?,
+        argv,
+        env,
+        ignore_signals,
+    };
+    Ok((request, memfd))
+}
+
+/// Runs the new binary once with `HERD_UPGRADE=check:3` and the
+/// description on fd 3: it must print [`handoff::CHECK_OK`] and exit 0.
+/// Err is the reason, with the binary's last words.
+async fn preflight(exe: &std::path::Path, description: &str) -> std::result::Result<(), String> {
+    use std::io::Read;
+    use std::os::unix::ffi::OsStrExt;
+    let what = format!("the new binary {}", exe.display());
+    let memfd = handoff::memfd(description, false)
+        .map_err(|e| format!("writing the description for the pre-flight: {e}"))?;
+    let env = handoff::environment((handoff::ENV, "check:3".into()));
+    let argv = std::env::args_os()
+        .map(|a| handoff::c_string("an argument", a.as_bytes()))
+        .collect::<Result<Vec<_>>>()
+        .map_err(|e| e.to_string())?;
+    let path = handoff::c_string("the binary's path", exe.as_os_str().as_bytes())
+        .map_err(|e| e.to_string())?;
+    let request = SpawnRequest {
+        path,
+        argv,
+        env,
+        listen_fds: Vec::new(),
+        extra_fds: vec![memfd],
+        cwd: None,
+        cgroup_procs: None,
+        credentials: None,
+        pdeathsig: true,
+    };
+    let started = Instant::now();
+    let spawned = spawner::spawn(request)
+        .await
+        .map_err(|e| format!("{what} cannot be started ({}: {})", e.stage, e.source))?;
+    let pid = spawned.pid;
+    let read = |fd: OwnedFd| {
+        tokio::task::spawn_blocking(move || {
+            let mut text = Vec::new();
+            let _ = std::fs::File::from(fd)
+                .take(64 * 1024)
+                .read_to_end(&mut text);
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let stdout = read(spawned.stdout);
+    let stderr = read(spawned.stderr);
+    let exit = match tokio::time::timeout(
+        handoff::CHECK_TIMEOUT,
+        reap::wait(pid, spawned.pidfd.try_clone().map_err(|e| e.to_string())?),
+    )
+    .await
+    {
+        Ok(exit) => exit.map_err(|e| format!("waiting for {what}: {e}"))?,
+        Err(_) => {
+            crate::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = reap::wait(pid, spawned.pidfd).await;
+            return Err(format!(
+                "{what} did not finish its pre-flight check within {}",
+                crate::event::Millis(handoff::CHECK_TIMEOUT)
+            ));
+        }
+    };
+    let out = stdout.await.unwrap_or_default();
+    let err = stderr.await.unwrap_or_default();
+    if exit.success() && out.lines().any(|l| l == handoff::CHECK_OK) {
+        return Ok(());
+    }
+    let last = err
+        .lines()
+        .chain(out.lines())
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap_or("no output");
+    let ended = match exit {
+        crate::Exit::Code(0) => "exited 0 without confirming it can take over".to_owned(),
+        crate::Exit::Code(c) => format!("exited with code {c}"),
+        crate::Exit::Signal(s) => format!("was killed by {}", s.name()),
+    };
+    Err(format!(
+        "{what} failed its pre-flight check after {}: it {ended}: {last}",
+        crate::event::Millis(started.elapsed())
+    ))
+}
