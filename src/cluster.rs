@@ -595,15 +595,17 @@ impl Builder {
         }
     }
 
-    /// Whether `run()` handles SIGTERM, SIGINT, SIGQUIT and SIGHUP sent to
-    /// the master (default true): SIGTERM and SIGINT stop gracefully (a
-    /// second SIGINT kills), SIGQUIT kills at once, SIGHUP starts a rolling
-    /// reload (as [`Handle::reload`]). Turn off when the embedding program
-    /// handles signals itself and calls [`Handle::shutdown`] and
-    /// [`Handle::reload`].
+    /// Whether `run()` handles SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGTTIN,
+    /// SIGTTOU and SIGUSR2 sent to the master (default true): SIGTERM and
+    /// SIGINT stop gracefully (a second SIGINT kills), SIGQUIT kills at
+    /// once, SIGHUP starts a rolling reload (as [`Handle::reload`]),
+    /// SIGTTIN and SIGTTOU scale by one (as [`Handle::scale_by`]), SIGUSR2
+    /// upgrades the master in place (as [`Handle::upgrade`]). Turn off when
+    /// the embedding program handles signals itself and calls the handle's
+    /// methods.
     ///
     /// tokio never gives a signal back once it listened for it: after
-    /// `run()` returns, these four signals stay caught, and a SIGTERM or
+    /// `run()` returns, these signals stay caught, and a SIGTERM or
     /// Ctrl-C does nothing to the process (a later `run()` in the same
     /// process still gets them). A program that goes on after its cluster
     /// and must stay stoppable by those signals handles them itself (and
@@ -1546,7 +1548,8 @@ impl Handle {
     /// [`Error::Upgrade`] naming why, and the master goes on as before:
     /// the pre-flight failed (its output is quoted), proxy mode (the master
     /// relays every connection, which an exec would cut), the cluster is
-    /// stopping or did not settle, the exec failed.
+    /// stopping or did not settle, another cluster runs in this process
+    /// (the exec would end it), the exec failed.
     /// [`Error::NotRunning`].
     pub async fn upgrade(&self) -> Result<()> {
         self.ask(|reply| Control::Upgrade { reply }).await

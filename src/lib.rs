@@ -86,6 +86,17 @@
 //! its process group is killed before it is reaped, so no generation leaves
 //! orphans behind.
 //!
+//! **Upgrading the master.** SIGUSR2 (or [`Handle::upgrade`]) runs the
+//! program's binary, as the file is now, once as a pre-flight check with
+//! the same arguments (`HERD_UPGRADE=check:3`: [`Builder::build`] checks
+//! its configuration against the running cluster, prints a confirmation
+//! and exits), then re-executes it in the same process. The sockets, the
+//! workers' pidfds, output pipes and readiness channels, the notify socket
+//! and what the program [`Handle::carry`]s cross `execve` with the slot
+//! table in a memfd (`HERD_UPGRADE=state:FD`); `build()` in the new binary
+//! takes them over instead of binding, and `run()` supervises the same
+//! workers. Not in proxy mode.
+//!
 //! **Node apps.** For a program that runs Node (`node`, or a script whose
 //! `#!` line starts it: npm, npx, tsx, `./app.js`), a preload injected with
 //! `NODE_OPTIONS` finds herd's sockets by inode wherever the app runs in the

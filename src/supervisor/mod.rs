@@ -239,6 +239,7 @@ pub(crate) async fn run(
     snapshot: watch::Sender<Snapshot>,
     os: Arc<dyn Processes>,
 ) -> Result<()> {
+    let _running = upgrade::Running::new();
     let mut signals = if config.handle_signals {
         Some(Signals::install()?)
     } else {

@@ -34,6 +34,26 @@ const SETTLE_LIMIT: Duration = Duration::from_secs(60);
 /// event before the exec ends them.
 const EVENT_GRACE: Duration = Duration::from_millis(50);
 
+/// Clusters running in this process: an exec would end all but the one
+/// that upgrades.
+static RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts a running cluster until dropped.
+pub(super) struct Running;
+
+impl Running {
+    pub(super) fn new() -> Running {
+        RUNNING.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Running
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// The master's fds of one worker, kept for an upgrade.
 pub(super) struct Carry {
     pidfd: OwnedFd,
@@ -331,6 +351,12 @@ impl Supervisor {
         }
         if self.phase != Phase::Running {
             return Err("the cluster is stopping".into());
+        }
+        let running = RUNNING.load(std::sync::atomic::Ordering::SeqCst);
+        if running > 1 {
+            return Err(format!(
+                "{running} clusters run in this process, and an exec would end all but this one"
+            ));
         }
         if handoff::exe().is_none() {
             return Err("the path of this program's binary is unknown".into());
