@@ -71,6 +71,22 @@ impl Log {
         }
     }
 
+    /// Waits, at most `limit`, until every subscriber has received every
+    /// event sent so far (before the process is replaced by an upgrade).
+    pub(crate) async fn delivered(&self, limit: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let queued = {
+                let events = self.0.events.lock().unwrap_or_else(|p| p.into_inner());
+                events.as_ref().map_or(0, broadcast::Sender::len)
+            };
+            if queued == 0 || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+
     /// An [`Event::Notice`].
     pub(crate) fn notice(&self, slot: Option<usize>, notice: Notice, message: String) {
         self.event(Event::Notice {

@@ -245,13 +245,7 @@ fn two_hosts_behind_haproxy_reload_upgrade_and_stop_without_a_failed_request() {
     b.signal(Signal::SIGUSR2);
     b.wait("host B's upgrade", |e| of_kind(e, "upgraded").count() == 1);
     let upgraded = of_kind(&b.events(), "upgraded").next().unwrap().clone();
-    let kept: Vec<u32> = upgraded["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_u64().unwrap() as u32)
-        .collect();
-    assert_eq!(kept, b_workers, "{upgraded}");
+    assert_eq!(pids_in(&upgraded, "workers"), b_workers, "{upgraded}");
     keep_alive.wait_answered(keep_alive.answered() + 200);
 
     a.signal(Signal::SIGTERM);

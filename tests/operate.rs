@@ -96,51 +96,6 @@ fn proxy_mode_scales_up_and_down_under_load_without_a_failed_request() {
 }
 
 /// A master with its control socket at a path of the test's own.
-fn controlled(extra: &[&str], program: &[String]) -> (Master, std::path::PathBuf) {
-    let path = std::env::temp_dir()
-        .join(format!("herd-ctl-{}-{}", std::process::id(), free_port()))
-        .join("control.sock");
-    let mut args = s(&["--control", &path.display().to_string()]);
-    args.extend(cmd(extra, program));
-    (Master::start(&args), path)
-}
-
-/// Runs herdctl against `path`: (exit code, stdout, stderr).
-fn herdctl(path: &std::path::Path, args: &[&str]) -> (i32, String, String) {
-    herdctl_as(path, args, None)
-}
-
-fn herdctl_as(path: &std::path::Path, args: &[&str], uid: Option<u32>) -> (i32, String, String) {
-    use std::os::unix::process::CommandExt;
-    let mut c = std::process::Command::new(example("herdctl"));
-    c.arg("--control").arg(path).args(args);
-    if let Some(uid) = uid {
-        c.uid(uid).gid(uid);
-    }
-    let mut child = c
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("herdctl");
-    let status = wait_child(&mut child, "herdctl");
-    let mut out = String::new();
-    let mut err = String::new();
-    use std::io::Read;
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    (status.code().unwrap_or(-1), out, err)
-}
-
 #[test]
 fn herdctl_lists_reloads_restarts_scales_and_stops() {
     let (mut m, path) = controlled(&["-w", "2", "--ready", "notify"], &hello_server());

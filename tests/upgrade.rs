@@ -4,46 +4,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-
-/// A control socket path of the test's own.
-fn control_path() -> PathBuf {
-    std::env::temp_dir()
-        .join(format!("herd-up-{}-{}", std::process::id(), free_port()))
-        .join("control.sock")
-}
-
-/// Runs herdctl against `path`: (exit code, stdout, stderr).
-fn herdctl(path: &Path, args: &[&str]) -> (i32, String, String) {
-    use std::io::Read;
-    let mut child = std::process::Command::new(example("herdctl"))
-        .arg("--control")
-        .arg(path)
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("herdctl");
-    let status = wait_child(&mut child, "herdctl");
-    let (mut out, mut err) = (String::new(), String::new());
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    (status.code().unwrap_or(-1), out, err)
-}
 
 /// The ready workers' pids by slot, from the master's own table.
 fn table(path: &Path) -> serde_json::Value {
@@ -62,12 +27,9 @@ fn pids(table: &serde_json::Value) -> Vec<u32> {
 }
 
 fn upgrades_under_load(balance: &str, extra: &[&str], program: &[String]) {
-    let control = control_path();
-    let mut opts = vec!["-w", "2", "--balance", balance, "--control"];
-    let control_text = control.display().to_string();
-    opts.push(&control_text);
+    let mut opts = vec!["-w", "2", "--balance", balance];
     opts.extend(extra);
-    let mut m = Master::start(&cmd(&opts, program));
+    let (mut m, control) = controlled(&opts, program);
     m.wait_kind("ready", 2);
     let before = table(&control);
     let workers = pids(&before);
@@ -78,25 +40,14 @@ fn upgrades_under_load(balance: &str, extra: &[&str], program: &[String]) {
     m.signal(Signal::SIGUSR2);
     let events = m.wait_kind("upgraded", 1);
     let upgraded = of_kind(&events, "upgraded").next().unwrap();
-    let kept: Vec<u32> = upgraded["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_u64().unwrap() as u32)
-        .collect();
-    assert_eq!(kept, workers, "{upgraded}");
+    assert_eq!(pids_in(upgraded, "workers"), workers, "{upgraded}");
     let after = table(&control);
     assert_eq!(after["pid"], m.child.id(), "the master kept its pid");
     assert_eq!(after["upgrades"], 1);
     assert_eq!(pids(&after), workers, "the workers kept their pids");
     let n = load.answered();
     load.wait_answered(n + 200);
-    let stats = load.finish();
-    assert!(
-        stats.errors.is_empty(),
-        "failed requests: {:?}",
-        stats.errors
-    );
+    load.finish_without_failures();
 
     // Still supervised (without load: a worker killed by SIGKILL takes the
     // requests it had accepted with it): a killed worker is reaped and
@@ -126,12 +77,7 @@ fn upgrades_under_load(balance: &str, extra: &[&str], program: &[String]) {
     let n = load.answered();
     load.wait_answered(n + 200);
 
-    let stats = load.finish();
-    assert!(
-        stats.errors.is_empty(),
-        "failed requests: {:?}",
-        stats.errors
-    );
+    load.finish_without_failures();
     m.signal(Signal::SIGTERM);
     assert!(m.wait_exit().success(), "{}", m.log());
     wait_dead(&reloaded, "the workers after the stop");
@@ -220,12 +166,7 @@ fn a_broken_new_binary_aborts_the_upgrade_and_the_master_goes_on() {
     m.wait_kind("upgraded", 1);
     let n = load.answered();
     load.wait_answered(n + 200);
-    let stats = load.finish();
-    assert!(
-        stats.errors.is_empty(),
-        "failed requests: {:?}",
-        stats.errors
-    );
+    load.finish_without_failures();
     m.signal(Signal::SIGTERM);
     assert!(m.wait_exit().success(), "{}", m.log());
     let _ = std::fs::remove_dir_all(&dir);
@@ -233,12 +174,7 @@ fn a_broken_new_binary_aborts_the_upgrade_and_the_master_goes_on() {
 
 #[test]
 fn proxy_mode_refuses_an_upgrade_and_goes_on() {
-    let control = control_path();
-    let control_text = control.display().to_string();
-    let mut m = Master::start(&cmd(
-        &["-w", "2", "--balance", "proxy", "--control", &control_text],
-        &node_server(),
-    ));
+    let (mut m, control) = controlled(&["-w", "2", "--balance", "proxy"], &node_server());
     m.wait_kind("ready", 2);
     let (code, _, err) = herdctl(&control, &["upgrade"]);
     assert_eq!(code, 5, "{err}");
@@ -247,4 +183,15 @@ fn proxy_mode_refuses_an_upgrade_and_goes_on() {
     assert!(get(m.addr, "/").is_ok());
     m.signal(Signal::SIGTERM);
     assert!(m.wait_exit().success(), "{}", m.log());
+}
+
+#[test]
+fn an_upgrade_in_place_keeps_node_workers_on_their_ipc_channel() {
+    // Without the preload, readiness is process.send('ready') on Node's
+    // IPC channel, whose master end is handed on too.
+    upgrades_under_load(
+        "reuseport",
+        &["--no-node-preload", "--wait-ready"],
+        &node_server(),
+    );
 }

@@ -183,30 +183,47 @@ mod tests {
         false
     }
 
-    fn group_leader() -> std::process::Child {
-        use std::os::unix::process::CommandExt;
-        std::process::Command::new("sleep")
-            .arg("30")
-            .process_group(0)
-            .spawn()
-            .unwrap()
+    /// A `sleep` leading a process group of its own, killed and reaped on
+    /// drop whatever the test did.
+    struct Leader(std::process::Child);
+
+    impl Leader {
+        fn start() -> Leader {
+            use std::os::unix::process::CommandExt;
+            Leader(
+                std::process::Command::new("sleep")
+                    .arg("30")
+                    .process_group(0)
+                    .spawn()
+                    .unwrap(),
+            )
+        }
+
+        fn pid(&self) -> Pid {
+            Pid::from_raw(self.0.id() as i32)
+        }
+    }
+
+    impl Drop for Leader {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 
     #[test]
     fn the_groups_still_listed_are_killed_when_the_master_end_closes() {
-        let mut listed = group_leader();
-        let mut untracked = group_leader();
+        let listed = Leader::start();
+        let untracked = Leader::start();
         let sentinel = Sentinel::start(None).unwrap();
-        let a = Pid::from_raw(listed.id() as i32);
-        let b = Pid::from_raw(untracked.id() as i32);
-        sentinel.track(a);
-        sentinel.track(b);
-        sentinel.untrack(b);
+        sentinel.track(listed.pid());
+        sentinel.track(untracked.pid());
+        sentinel.untrack(untracked.pid());
         sentinel.finish();
-        assert!(wait_gone(a), "the listed group was killed");
-        assert!(alive(b), "the group taken off the list was left alone");
-        let _ = untracked.kill();
-        let _ = untracked.wait();
-        let _ = listed.wait();
+        assert!(wait_gone(listed.pid()), "the listed group was killed");
+        assert!(
+            alive(untracked.pid()),
+            "the group taken off the list was left alone"
+        );
     }
 }

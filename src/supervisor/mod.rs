@@ -959,18 +959,14 @@ impl Supervisor {
             };
             (kind, fd)
         });
-        self.attach(
-            index,
-            generation,
-            pid,
-            upgrade::Attachment {
-                reaped: spawned.reaped,
-                pidfd: spawned.pidfd,
-                output: spawned.output,
-                channel,
-                cgroup: worker_cgroup,
-            },
-        );
+        let attachment = upgrade::Attachment {
+            reaped: spawned.reaped,
+            output: spawned.output,
+            channel,
+            cgroup: worker_cgroup,
+        };
+        let carry = upgrade::Carry::of(spawned.pidfd, &attachment);
+        self.attach(index, generation, pid, attachment, carry);
         Ok(())
     }
 
@@ -1585,7 +1581,7 @@ impl Supervisor {
         if let Some(sentinel) = self.sentinel.take() {
             let _ = tokio::task::spawn_blocking(move || sentinel.finish()).await;
         }
-        self.answer_upgrades(Err(Error::NotRunning));
+        self.answer_upgrades(|| Err(Error::NotRunning));
         self.phase = Phase::Stopped;
         self.emit(Event::Stopped);
         self.handle.log().close_events();

@@ -97,6 +97,26 @@ pub(crate) struct Proc {
 pub(crate) const MEMORY_STRIKES: u32 = 3;
 
 impl Proc {
+    /// A process started at `started`, not ready, with no deadline.
+    fn new(pid: Pid, generation: u64, started: Instant) -> Proc {
+        Proc {
+            pid,
+            generation,
+            started,
+            ready: false,
+            ready_since: None,
+            ready_at: None,
+            ready_by: None,
+            watchdog_by: None,
+            signal_at: None,
+            kill_at: None,
+            stopping: false,
+            usage: None,
+            cpu_percent: None,
+            over_memory: 0,
+        }
+    }
+
     fn deadlines(&self) -> impl Iterator<Item = Instant> {
         [
             self.ready_at,
@@ -235,20 +255,10 @@ impl Slot {
         slot.restarts = state.restarts;
         slot.last_exit = state.last_exit;
         slot.current = worker.map(|(pid, started, ready_since)| Proc {
-            pid,
-            generation: state.generation,
-            started,
             ready: true,
             ready_since: Some(ready_since.unwrap_or(now)),
-            ready_at: None,
-            ready_by: None,
             watchdog_by: watchdog.map(|w| now + w),
-            signal_at: None,
-            kill_at: None,
-            stopping: false,
-            usage: None,
-            cpu_percent: None,
-            over_memory: 0,
+            ..Proc::new(pid, state.generation, started)
         });
         slot
     }
@@ -427,21 +437,12 @@ impl Slot {
         };
         let immediate = after.is_none() && !readiness.reported;
         let proc = Proc {
-            pid,
-            generation,
-            started: now,
             ready: immediate,
             ready_since: immediate.then_some(now),
             ready_at: after.map(|d| now + d),
             ready_by: (readiness.reported && readiness.after.is_none())
                 .then(|| now + readiness.start_timeout),
-            watchdog_by: None,
-            signal_at: None,
-            kill_at: None,
-            stopping: false,
-            usage: None,
-            cpu_percent: None,
-            over_memory: 0,
+            ..Proc::new(pid, generation, now)
         };
         match role {
             Role::Successor => self.successor = Some(proc),

@@ -30,9 +30,9 @@ use crate::upgrade::{self as handoff, ChannelKind, ListenerState, State, WorkerR
 /// How long an upgrade waits for the cluster to settle (a reload to end,
 /// workers to start or drain) before it is abandoned.
 const SETTLE_LIMIT: Duration = Duration::from_secs(60);
-/// How long subscribers (an event printer) get to write the `upgrading`
+/// How long subscribers (an event printer) get to receive the `upgrading`
 /// event before the exec ends them.
-const EVENT_GRACE: Duration = Duration::from_millis(50);
+const EVENT_GRACE: Duration = Duration::from_millis(200);
 
 /// Clusters running in this process: an exec would end all but the one
 /// that upgrades.
@@ -70,11 +70,9 @@ pub(super) struct Monitor {
     carry: Option<Carry>,
 }
 
-/// What watching a worker starts from.
+/// What watching a worker starts from; the tasks own these fds.
 pub(super) struct Attachment {
     pub(super) reaped: os::Reaped,
-    /// A duplicate of its pidfd (None: a fake process).
-    pub(super) pidfd: Option<OwnedFd>,
     pub(super) output: Option<(OwnedFd, OwnedFd)>,
     pub(super) channel: Option<(ChannelKind, OwnedFd)>,
     pub(super) cgroup: Option<WorkerCgroup>,
@@ -84,22 +82,51 @@ fn dup(fd: &OwnedFd) -> io::Result<OwnedFd> {
     fd.try_clone()
 }
 
+impl Carry {
+    /// The master's copies of a new worker's fds: `pidfd` (None for a fake
+    /// process, which cannot be handed on) and duplicates of the tasks'.
+    pub(super) fn of(pidfd: Option<OwnedFd>, a: &Attachment) -> Option<Carry> {
+        Some(Carry {
+            pidfd: pidfd?,
+            output: match &a.output {
+                Some((o, e)) => Some((dup(o).ok()?, dup(e).ok()?)),
+                None => None,
+            },
+            channel: match &a.channel {
+                Some((k, fd)) => Some((*k, dup(fd).ok()?)),
+                None => None,
+            },
+        })
+    }
+
+    /// Duplicates for a new set of tasks, reaping through `pidfd`.
+    fn attachment(&self, pid: Pid, cgroup: Option<WorkerCgroup>) -> io::Result<Attachment> {
+        Ok(Attachment {
+            reaped: Box::pin(reap::wait(pid, dup(&self.pidfd)?)),
+            output: match &self.output {
+                Some((o, e)) => Some((dup(o)?, dup(e)?)),
+                None => None,
+            },
+            channel: match &self.channel {
+                Some((k, fd)) => Some((*k, dup(fd)?)),
+                None => None,
+            },
+            cgroup,
+        })
+    }
+}
+
 impl Supervisor {
     /// Starts watching worker `pid` of slot `index`: its readiness
-    /// channel, its output, its exit.
-    pub(super) fn attach(&mut self, index: usize, generation: u64, pid: Pid, a: Attachment) {
-        // Duplicates first: the tasks take the originals.
-        let carry = a.pidfd.map(|pidfd| Carry {
-            pidfd,
-            output: a
-                .output
-                .as_ref()
-                .and_then(|(o, e)| Some((dup(o).ok()?, dup(e).ok()?))),
-            channel: a
-                .channel
-                .as_ref()
-                .and_then(|(k, fd)| Some((*k, dup(fd).ok()?))),
-        });
+    /// channel, its output, its exit. `carry` is kept for an upgrade.
+    pub(super) fn attach(
+        &mut self,
+        index: usize,
+        generation: u64,
+        pid: Pid,
+        a: Attachment,
+        carry: Option<Carry>,
+    ) {
         let mut readers = Vec::new();
         if let Some((kind, master_end)) = a.channel {
             let task = match kind {
@@ -208,20 +235,9 @@ impl Supervisor {
     /// did not happen). A worker whose fds cannot be duplicated any more is
     /// SIGKILLed: it could not be supervised.
     fn attach_carried(&mut self, index: usize, generation: u64, pid: Pid, carry: Carry) {
-        let tasks_fds = (|| -> io::Result<_> {
-            let pidfd = dup(&carry.pidfd)?;
-            let output = match &carry.output {
-                Some((o, e)) => Some((dup(o)?, dup(e)?)),
-                None => None,
-            };
-            let channel = match &carry.channel {
-                Some((k, fd)) => Some((*k, dup(fd)?)),
-                None => None,
-            };
-            Ok((pidfd, output, channel))
-        })();
-        let (pidfd, output, channel) = match tasks_fds {
-            Ok(fds) => fds,
+        let cgroup = self.worker_cgroups.get(&pid).cloned();
+        let attachment = match carry.attachment(pid, cgroup) {
+            Ok(a) => a,
             Err(e) => {
                 self.notice(
                     Some(index),
@@ -234,37 +250,20 @@ impl Supervisor {
                 return;
             }
         };
-        let cgroup = self.worker_cgroups.get(&pid).cloned();
-        self.attach(
-            index,
-            generation,
-            pid,
-            Attachment {
-                reaped: Box::pin(reap::wait(pid, pidfd)),
-                pidfd: Some(carry.pidfd),
-                output,
-                channel,
-                cgroup,
-            },
-        );
-        // `attach` duplicated the carried fds again: the first copies go.
-        drop(carry.output);
-        drop(carry.channel);
+        self.attach(index, generation, pid, attachment, Some(carry));
     }
 
     /// Takes over what the previous master handed on.
     pub(super) fn adopt(&mut self, adopted: handoff::Adopted) {
         let now = clock();
         self.upgrades = adopted.upgrades;
-        let mut workers = std::collections::HashMap::new();
-        for w in adopted.workers {
-            workers.insert(w.slot, w);
-        }
+        let mut workers = adopted.workers;
+        workers.sort_unstable_by_key(|w| w.slot);
         self.slots = adopted
             .slots
             .iter()
             .map(|s| {
-                let worker = workers.get(&s.index).map(|w| {
+                let worker = workers.iter().find(|w| w.slot == s.index).map(|w| {
                     (
                         Pid::from_raw(w.pid),
                         now.checked_sub(w.age).unwrap_or(now),
@@ -275,12 +274,9 @@ impl Supervisor {
             })
             .collect();
         self.target = self.slots.len();
-        let mut pids = vec![0; self.slots.len()];
-        let mut slots: Vec<_> = workers.into_iter().collect();
-        slots.sort_unstable_by_key(|(slot, _)| *slot);
-        for (slot, w) in slots {
-            let pid = Pid::from_raw(w.pid);
-            pids[slot] = w.pid as u32;
+        let pids = workers.iter().map(|w| w.pid as u32).collect();
+        for w in workers {
+            let (slot, pid) = (w.slot, Pid::from_raw(w.pid));
             if let Some(dir) = w.cgroup {
                 self.worker_cgroups.insert(pid, WorkerCgroup::adopt(dir));
             }
@@ -301,7 +297,7 @@ impl Supervisor {
         }
         self.emit(Event::Upgraded {
             upgrades: self.upgrades,
-            workers: pids.into_iter().filter(|&p| p != 0).collect(),
+            workers: pids,
         });
     }
 
@@ -316,20 +312,11 @@ impl Supervisor {
         self.upgrade_requests.push(reply);
     }
 
-    /// Answers every pending upgrade request.
-    pub(super) fn answer_upgrades(&mut self, result: Result<()>) {
+    /// Answers every pending upgrade request with what `outcome` makes.
+    pub(super) fn answer_upgrades(&mut self, outcome: impl Fn() -> Result<()>) {
         self.upgrade_since = None;
         for reply in self.upgrade_requests.drain(..).flatten() {
-            let _ = reply.send(match &result {
-                Ok(()) => Ok(()),
-                Err(Error::NotRunning) => Err(Error::NotRunning),
-                Err(e) => Err(Error::Upgrade {
-                    reason: match e {
-                        Error::Upgrade { reason } => reason.clone(),
-                        other => other.to_string(),
-                    },
-                }),
-            });
+            let _ = reply.send(outcome());
         }
     }
 
@@ -337,7 +324,11 @@ impl Supervisor {
         self.emit(Event::UpgradeFailed {
             reason: reason.clone(),
         });
-        self.answer_upgrades(Err(Error::Upgrade { reason }));
+        self.answer_upgrades(|| {
+            Err(Error::Upgrade {
+                reason: reason.clone(),
+            })
+        });
     }
 
     /// Why an upgrade cannot happen at all (Err), or not yet (Ok(false)).
@@ -362,7 +353,11 @@ impl Supervisor {
             return Err("the path of this program's binary is unknown".into());
         }
         if self.monitors.values().any(|m| m.carry.is_none()) {
-            return Err("these workers cannot be handed on (not real processes)".into());
+            return Err(
+                "a worker cannot be handed on (a fake process, or its fds could not be \
+                 duplicated when it started)"
+                    .into(),
+            );
         }
         let settled = self.reload.is_none()
             && self.queued.is_empty()
@@ -427,8 +422,8 @@ impl Supervisor {
         self.emit(Event::Upgrading {
             binary: exe.display().to_string(),
         });
-        self.answer_upgrades(Ok(()));
-        tokio::time::sleep(EVENT_GRACE).await;
+        self.answer_upgrades(|| Ok(()));
+        self.handle.log().delivered(EVENT_GRACE).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), output::flush()).await;
         let error = spawner::exec(request).await;
         // Still here: the exec failed, and this master goes on.

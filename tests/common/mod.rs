@@ -630,6 +630,17 @@ impl Load {
         }
     }
 
+    /// Stops the load and asserts that no request failed.
+    pub fn finish_without_failures(self) -> LoadStats {
+        let stats = self.finish();
+        assert!(
+            stats.errors.is_empty(),
+            "failed requests: {:?}",
+            stats.errors
+        );
+        stats
+    }
+
     pub fn finish(self) -> LoadStats {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         let mut all = LoadStats::default();
@@ -718,4 +729,70 @@ fn exchange(c: &mut KeepAlive) -> Result<(String, bool), String> {
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A control socket path of a test's own, in a directory of its own.
+pub fn control_path() -> PathBuf {
+    std::env::temp_dir()
+        .join(format!("herd-ctl-{}-{}", std::process::id(), free_port()))
+        .join("control.sock")
+}
+
+/// A master started with a control socket of its own, and that socket.
+pub fn controlled(extra: &[&str], program: &[String]) -> (Master, std::path::PathBuf) {
+    let path = control_path();
+    let mut args = s(&["--control", &path.display().to_string()]);
+    args.extend(cmd(extra, program));
+    (Master::start(&args), path)
+}
+
+/// Runs herdctl against `path`: (exit code, stdout, stderr).
+pub fn herdctl(path: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    herdctl_as(path, args, None)
+}
+
+/// [`herdctl`] as another user.
+pub fn herdctl_as(
+    path: &std::path::Path,
+    args: &[&str],
+    uid: Option<u32>,
+) -> (i32, String, String) {
+    use std::os::unix::process::CommandExt;
+    let mut c = std::process::Command::new(example("herdctl"));
+    c.arg("--control").arg(path).args(args);
+    if let Some(uid) = uid {
+        c.uid(uid).gid(uid);
+    }
+    let mut child = c
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("herdctl");
+    let status = wait_child(&mut child, "herdctl");
+    let mut out = String::new();
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (status.code().unwrap_or(-1), out, err)
+}
+
+/// A list of pids in a JSON event (`upgraded`'s `workers`).
+pub fn pids_in(event: &serde_json::Value, key: &str) -> Vec<u32> {
+    event[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {key} list in {event}"))
+        .iter()
+        .map(|p| p.as_u64().expect("a pid") as u32)
+        .collect()
 }
