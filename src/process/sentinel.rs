@@ -87,6 +87,9 @@ impl Sentinel {
             unsafe { child(r, sh.as_ptr(), argv.as_ptr(), envp.as_ptr()) }
         }
         drop(read_end);
+        // A sentinel that stopped reading (SIGSTOP) must not stall the
+        // master's event loop once the pipe is full: a lost line is better.
+        nix::fcntl::fcntl(&write_end, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
         Ok(Sentinel {
             pipe: std::fs::File::from(write_end),
             pid: Pid::from_raw(pid),
