@@ -31,13 +31,15 @@ struct Cli {
     listen: Vec<Vec<SocketAddr>>,
 
     /// How workers share the address: reuseport (a socket per worker slot),
-    /// shared (one socket for all) or proxy (the master forwards)
+    /// shared (one socket for all), proxy (the master forwards connections)
+    /// or http (the master keeps the clients' connections and forwards each
+    /// request: reloads are invisible whatever the app does)
     /// [default: reuseport; shared for sockets systemd passed without
     /// ReusePort=yes].
     #[arg(long, value_name = "MODE", value_parser = parse_balance)]
     balance: Option<(Balance, bool)>,
 
-    /// With --balance proxy: round-robin, least-conn, p2c or ip-hash.
+    /// With --balance proxy or http: round-robin, least-conn, p2c or ip-hash.
     #[arg(long, value_name = "STRATEGY", value_parser = parse_strategy)]
     strategy: Option<herd::balance::Strategy>,
 
@@ -588,16 +590,17 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         cli.balance.unwrap_or((Balance::ReusePort, false)),
         cli.strategy,
     ) {
-        ((Balance::Proxy { strategy: named }, true), Some(strategy)) if named != strategy => {
+        ((b, true), Some(strategy)) if b.strategy().is_some_and(|named| named != strategy) => {
             return Err(Usage(format!(
-                "--balance proxy:{named} and --strategy {strategy} name two strategies; give one"
+                "--balance {b} and --strategy {strategy} name two strategies; give one"
             ))
             .into())
         }
         ((Balance::Proxy { .. }, _), Some(strategy)) => Balance::Proxy { strategy },
+        ((Balance::Http { .. }, _), Some(strategy)) => Balance::Http { strategy },
         ((other, _), Some(_)) => {
             return Err(Usage(format!(
-                "--strategy needs --balance proxy, not --balance {other}"
+                "--strategy needs --balance proxy or http, not --balance {other}"
             ))
             .into())
         }

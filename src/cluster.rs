@@ -951,6 +951,32 @@ impl Builder {
                 });
             }
         }
+        if self.balance.is_http() {
+            if !cfg!(feature = "http") {
+                return Err(Error::InvalidSetting {
+                    setting: "balance",
+                    reason: "http mode needs herd's `http` feature".into(),
+                });
+            }
+            for (asked, setting, what) in [
+                (
+                    self.proxy_header.is_some(),
+                    "proxy-protocol",
+                    "a PROXY header",
+                ),
+                (self.proxy_splice, "proxy-splice", "splice forwarding"),
+            ] {
+                if asked {
+                    return Err(Error::InvalidSetting {
+                        setting,
+                        reason: format!(
+                            "{what} is for --balance proxy: http mode reads each request and \
+                             tells the worker the client's address in X-Forwarded-For"
+                        ),
+                    });
+                }
+            }
+        }
         if self.port_contract && self.listen.len() > 1 {
             return Err(Error::InvalidSetting {
                 setting: "proxy-port",

@@ -40,15 +40,36 @@ pub enum Balance {
         /// How a worker is chosen.
         strategy: Strategy,
     },
+    /// Like `Proxy`, but the master speaks HTTP/1.1 (feature `http`): it
+    /// keeps every client's connection and balances each *request*, over
+    /// pooled connections to the workers' private listeners. A reload is
+    /// invisible whatever the app does when told to stop.
+    Http {
+        /// How a worker is chosen for each request.
+        strategy: Strategy,
+    },
 }
 
 impl Balance {
     /// The names [`FromStr`] accepts, for error messages and `--help`.
-    pub const NAMES: &'static [&'static str] = &["reuseport", "shared", "proxy"];
+    pub const NAMES: &'static [&'static str] = &["reuseport", "shared", "proxy", "http"];
 
-    /// Whether the master forwards connections itself.
+    /// Whether the master forwards connections (or requests) itself.
     pub fn is_proxy(self) -> bool {
-        matches!(self, Balance::Proxy { .. })
+        matches!(self, Balance::Proxy { .. } | Balance::Http { .. })
+    }
+
+    /// Whether the master speaks HTTP and balances requests.
+    pub fn is_http(self) -> bool {
+        matches!(self, Balance::Http { .. })
+    }
+
+    /// The strategy, in the modes where the master picks.
+    pub fn strategy(self) -> Option<Strategy> {
+        match self {
+            Balance::Proxy { strategy } | Balance::Http { strategy } => Some(strategy),
+            _ => None,
+        }
     }
 }
 
@@ -61,6 +82,10 @@ impl fmt::Display for Balance {
                 strategy: Strategy::RoundRobin,
             } => f.write_str("proxy"),
             Balance::Proxy { strategy } => write!(f, "proxy:{strategy}"),
+            Balance::Http {
+                strategy: Strategy::RoundRobin,
+            } => f.write_str("http"),
+            Balance::Http { strategy } => write!(f, "http:{strategy}"),
         }
     }
 }
@@ -77,6 +102,12 @@ impl FromStr for Balance {
             }),
             other if other.starts_with("proxy:") => Ok(Balance::Proxy {
                 strategy: other["proxy:".len()..].parse()?,
+            }),
+            "http" => Ok(Balance::Http {
+                strategy: Strategy::default(),
+            }),
+            other if other.starts_with("http:") => Ok(Balance::Http {
+                strategy: other["http:".len()..].parse()?,
             }),
             _ => Err(Error::Parse {
                 what: "balance mode",
@@ -246,13 +277,19 @@ impl Listeners {
         let mut local = Vec::with_capacity(sources.len());
         for source in sources {
             let group = match (source, balance) {
-                (Bound::Addr(addr), Balance::Shared | Balance::Proxy { .. }) => {
+                (
+                    Bound::Addr(addr),
+                    Balance::Shared | Balance::Proxy { .. } | Balance::Http { .. },
+                ) => {
                     vec![bind_one(addr, false, backlog)?]
                 }
                 (Bound::Addr(addr), Balance::ReusePort) => {
                     bind_reuseport_group(addr, slots, backlog)?
                 }
-                (Bound::Socket(socket, _), Balance::Shared | Balance::Proxy { .. }) => {
+                (
+                    Bound::Socket(socket, _),
+                    Balance::Shared | Balance::Proxy { .. } | Balance::Http { .. },
+                ) => {
                     vec![socket]
                 }
                 // The given socket is slot 0's; the others join its group.
@@ -378,7 +415,7 @@ impl Listeners {
             .filter_map(|group| match self.balance {
                 Balance::Shared => Some(group[0].as_raw_fd()),
                 Balance::ReusePort => Some(group[slot].as_raw_fd()),
-                Balance::Proxy { .. } => None,
+                Balance::Proxy { .. } | Balance::Http { .. } => None,
             })
             .collect()
     }

@@ -11,6 +11,8 @@
 //! its own, so a slow worker never blocks the accept loop.
 
 pub(crate) mod header;
+#[cfg(feature = "http")]
+pub(crate) mod http;
 pub(crate) mod plane;
 pub(crate) mod relay;
 pub(crate) mod splice;
@@ -64,7 +66,13 @@ pub(crate) struct Backend {
     refusing: AtomicBool,
     /// Where a refusing worker is reported (once).
     refusing_tx: mpsc::UnboundedSender<u32>,
+    /// HTTP mode: idle keep-alive connections to it.
+    #[cfg(feature = "http")]
+    pool: Pool,
 }
+
+#[cfg(feature = "http")]
+type Pool = http::Pool;
 
 /// How long a check that a worker still holds its listener is trusted.
 const HOLD_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
@@ -119,6 +127,8 @@ impl Backend {
             draining: AtomicBool::new(false),
             idle_sent: AtomicBool::new(false),
             idle,
+            #[cfg(feature = "http")]
+            pool: Default::default(),
         })
     }
 
@@ -155,6 +165,9 @@ impl Backend {
     /// idle already.
     pub(crate) fn start_draining(&self) -> bool {
         self.draining.store(true, Ordering::Release);
+        // Its idle connections close now; busy ones after their response.
+        #[cfg(feature = "http")]
+        self.pool.clear();
         self.active() == 0 && !self.idle_sent.swap(true, Ordering::AcqRel)
     }
 }
@@ -307,6 +320,9 @@ pub(crate) struct ProxyConfig {
     pub(crate) splice: bool,
     /// Close a connection on which nothing moved for this long.
     pub(crate) idle_timeout: Option<std::time::Duration>,
+    /// HTTP mode: requests, not connections, are balanced.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) http: bool,
 }
 
 /// Default time a proxied connection may stay quiet both ways before it is
@@ -388,6 +404,26 @@ impl Counters {
     }
 }
 
+/// A permit for one more client connection. At the limit, new clients wait
+/// in the listen queue (not reset, and the master keeps the fds it needs to
+/// restart workers). None once the limit is gone (the cluster ended).
+async fn admit(
+    slots: &Arc<tokio::sync::Semaphore>,
+    counters: &Counters,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    if slots.available_permits() == 0 {
+        counters.at_limit.fetch_add(1, Ordering::Relaxed);
+        counters.log(|| {
+            format!(
+                "proxy: {} connections open, the limit (--max-connections); new ones wait in \
+                 the listen queue",
+                counters.limit.load(Ordering::Relaxed)
+            )
+        });
+    }
+    slots.clone().acquire_owned().await.ok()
+}
+
 /// Accepts on `listener` for as long as the task lives. While no backend
 /// is in rotation it stops accepting, so new connections wait in the
 /// listen queue instead of being reset.
@@ -406,19 +442,7 @@ pub(crate) async fn accept_loop(
         if backends.is_empty() {
             (version, backends) = rotation.serving().await;
         }
-        // At the limit, new clients wait in the listen queue (not reset,
-        // and the master keeps the fds it needs to restart workers).
-        if slots.available_permits() == 0 {
-            counters.at_limit.fetch_add(1, Ordering::Relaxed);
-            counters.log(|| {
-                format!(
-                    "proxy: {} connections open, the limit (--max-connections); new ones wait \
-                     in the listen queue",
-                    counters.limit.load(Ordering::Relaxed)
-                )
-            });
-        }
-        let Ok(permit) = slots.clone().acquire_owned().await else {
+        let Some(permit) = admit(&slots, &counters).await else {
             return;
         };
         let (client, peer) = match listener.accept().await {

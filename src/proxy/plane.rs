@@ -98,14 +98,21 @@ impl Plane {
                 .map_err(|e| Error::io("setting the proxy socket non-blocking", e))?;
             let listener = tokio::net::TcpListener::from_std(std_listener)
                 .map_err(|e| Error::io("registering the proxy socket", e))?;
-            tasks.push(tokio::spawn(accept_loop(
-                listener,
-                i,
+            let (rotation, seed, slots, counters) = (
                 rotation.clone(),
-                config,
                 seed ^ i as u64,
                 slots.clone(),
                 counters.clone(),
+            );
+            #[cfg(feature = "http")]
+            if config.http {
+                tasks.push(tokio::spawn(super::http::accept_loop(
+                    listener, i, rotation, config, seed, slots, counters,
+                )));
+                continue;
+            }
+            tasks.push(tokio::spawn(accept_loop(
+                listener, i, rotation, config, seed, slots, counters,
             )));
         }
         let private_dir = if private_unix {

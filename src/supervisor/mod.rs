@@ -300,12 +300,13 @@ pub(crate) async fn run(
     };
 
     let proxy = match listeners.balance() {
-        crate::Balance::Proxy { strategy } => {
+        balance @ (crate::Balance::Proxy { strategy } | crate::Balance::Http { strategy }) => {
             let config = ProxyConfig {
                 strategy,
                 header: config.proxy_header,
                 splice: config.proxy_splice,
                 idle_timeout: config.proxy_idle_timeout,
+                http: balance.is_http(),
             };
             Some(config)
         }
@@ -1197,7 +1198,10 @@ impl Supervisor {
     /// their WebSockets, which would otherwise hold them until the drain
     /// timeout.
     pub(super) fn defers_stop_signal(&self) -> bool {
-        self.proxy.is_some() && self.config.command.preload.is_none()
+        // In HTTP mode the master owns the clients' connections: a worker
+        // hears the stop signal only once its last request is answered.
+        self.listeners.balance().is_http()
+            || (self.proxy.is_some() && self.config.command.preload.is_none())
     }
 
     /// Watches every listening socket for a hang-up (from now on).

@@ -1,0 +1,170 @@
+//! HTTP balance mode: the master keeps the clients' connections and
+//! forwards each request, so reloads lose nothing whatever the app does
+//! when told to stop.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+fn py_abrupt() -> Vec<String> {
+    s(&["python3", &fixture("tests/fixtures/py_abrupt.py")])
+}
+
+fn exit_on_term() -> Vec<String> {
+    s(&["node", &fixture("tests/fixtures/exit_on_term.js")])
+}
+
+/// Three reloads under keep-alive and connection-per-request load: every
+/// request answered.
+fn reloads_lose_nothing(program: &[String]) {
+    let mut m = Master::start(&cmd(&["-w", "2", "--balance", "http"], program));
+    m.wait_kind("spawned", 2);
+    let keep_alive = Load::start(m.addr, 4, true);
+    let fresh = Load::start(m.addr, 2, false);
+    keep_alive.wait_answered(50);
+    fresh.wait_answered(20);
+    for i in 1..=3 {
+        m.signal(Signal::SIGHUP);
+        m.wait_events("a complete reload", |e| complete_reloads(e) == i);
+        let n = keep_alive.answered();
+        keep_alive.wait_answered(n + 50);
+    }
+    let ka = keep_alive.finish_without_failures();
+    let fr = fresh.finish_without_failures();
+    // The requests did reach the workers of every generation.
+    let spawned: Vec<u32> = of_kind(&m.events(), "spawned")
+        .map(|e| pid_field(e, "pid"))
+        .collect();
+    assert_eq!(spawned.len(), 8, "{}", m.log());
+    let served = ka.pids.union(&fr.pids).count();
+    assert!(served >= 4, "served by {served} workers of {spawned:?}");
+    m.signal(Signal::SIGTERM);
+    assert!(m.wait_exit().success(), "{}", m.log());
+}
+
+#[test]
+fn a_server_that_exits_at_once_on_sigterm_reloads_without_a_failed_request() {
+    reloads_lose_nothing(&py_abrupt());
+}
+
+#[test]
+fn a_node_app_that_calls_process_exit_on_sigterm_reloads_without_a_failed_request() {
+    reloads_lose_nothing(&exit_on_term());
+}
+
+#[test]
+fn a_get_in_flight_on_a_killed_worker_is_sent_again_to_another() {
+    let mut m = Master::start(&cmd(&["-w", "2", "--balance", "http"], &py_abrupt()));
+    m.wait_kind("spawned", 2);
+    let load = Load::start(m.addr, 4, true);
+    load.wait_answered(50);
+    let victim = of_kind(&m.events(), "spawned")
+        .map(|e| pid_field(e, "pid"))
+        .next()
+        .unwrap();
+    kill(Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
+    m.wait_pid_event("exited", victim);
+    m.wait_kind("spawned", 3);
+    let n = load.answered();
+    load.wait_answered(n + 50);
+    load.finish_without_failures();
+    m.signal(Signal::SIGTERM);
+    assert!(m.wait_exit().success(), "{}", m.log());
+}
+
+/// Sends `request` on a new connection and returns the status code and
+/// the whole answer.
+fn raw(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    c.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Until the head and the announced body are in, or the peer closes.
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+        let text = String::from_utf8_lossy(&answer);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_owned)
+                })
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if length.is_some_and(|n| body.len() >= n) {
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"));
+    (status, text)
+}
+
+#[test]
+fn forwarded_headers_bad_gateway_and_oversized_heads_get_their_status() {
+    let mut m = Master::start(&cmd(&["-w", "2", "--balance", "http"], &py_abrupt()));
+    m.wait_kind("spawned", 2);
+    let host = m.addr.to_string();
+
+    // The worker learns who the client is; a client's own claim is replaced.
+    let (status, text) = raw(
+        m.addr,
+        format!(
+            "GET /headers HTTP/1.1\r\nHost: {host}\r\nX-Forwarded-For: 6.6.6.6\r\n\
+             Connection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("X-Forwarded-For: 127.0.0.1\n"), "{text}");
+    assert!(!text.contains("6.6.6.6"), "{text}");
+    assert!(text.contains("X-Forwarded-Proto: http\n"), "{text}");
+    assert!(
+        text.contains(&format!("X-Forwarded-Host: {host}\n")),
+        "{text}"
+    );
+
+    // A POST whose worker dies before answering is not sent again: 502.
+    let (status, text) = raw(
+        m.addr,
+        format!(
+            "POST / HTTP/1.1\r\nHost: {host}\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(status, 502, "{text}");
+    let events = m.wait_events("the crashed worker's exit", |e| {
+        of_kind(e, "exited").count() == 1
+    });
+    let exited = of_kind(&events, "exited").next().unwrap();
+    assert_eq!(exited["exit"]["code"], 3, "{exited}");
+
+    // A request head over the limit: 431, and the master goes on.
+    let big = "x".repeat(100 * 1024);
+    let (status, text) = raw(
+        m.addr,
+        format!("GET / HTTP/1.1\r\nHost: {host}\r\nX-Big: {big}\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(status, 431, "{}", &text[..text.len().min(200)]);
+    // A malformed request: 400.
+    let (status, _) = raw(m.addr, b"NONSENSE\r\n\r\n");
+    assert_eq!(status, 400);
+    assert!(get(m.addr, "/").is_ok());
+    m.signal(Signal::SIGTERM);
+    assert!(m.wait_exit().success(), "{}", m.log());
+}
