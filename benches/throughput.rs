@@ -200,26 +200,45 @@ fn pm2(bin: PathBuf) -> impl Fn() -> Running {
     }
 }
 
-fn haproxy(bin: PathBuf) -> impl Fn() -> Running {
+/// `WORKERS` single Node servers on ports of their own: the children and
+/// the ports.
+fn node_backends() -> (Vec<Child>, Vec<u16>) {
+    let mut children = Vec::new();
+    let mut ports = Vec::new();
+    for _ in 0..WORKERS {
+        let port = free_port();
+        children.push(spawn(
+            Command::new("node")
+                .arg(server_js())
+                .env("PORT", port.to_string()),
+        ));
+        wait_serving(SocketAddr::from(([127, 0, 0, 1], port)));
+        ports.push(port);
+    }
+    (children, ports)
+}
+
+/// HAProxy in front of single Node servers: `mode tcp`, or `mode http`
+/// with its connection reuse towards the servers.
+fn haproxy(bin: PathBuf, http: bool) -> impl Fn() -> Running {
     move || {
-        let mut children = Vec::new();
-        let mut servers = String::new();
-        for i in 0..WORKERS {
-            let port = free_port();
-            children.push(spawn(
-                Command::new("node")
-                    .arg(server_js())
-                    .env("PORT", port.to_string()),
-            ));
-            wait_serving(SocketAddr::from(([127, 0, 0, 1], port)));
-            servers.push_str(&format!("    server w{i} 127.0.0.1:{port}\n"));
-        }
+        let (mut children, ports) = node_backends();
+        let servers: String = ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| format!("    server w{i} 127.0.0.1:{port}\n"))
+            .collect();
+        let mode = if http {
+            "http\n    http-reuse always\n    option http-keep-alive"
+        } else {
+            "tcp"
+        };
         let port = free_port();
         let cfg = std::env::temp_dir().join(format!("herd-tp-haproxy-{}.cfg", std::process::id()));
         std::fs::write(
             &cfg,
             format!(
-                "global\n    maxconn 4096\ndefaults\n    mode tcp\n    timeout connect 5s\n    \
+                "global\n    maxconn 4096\ndefaults\n    mode {mode}\n    timeout connect 5s\n    \
                  timeout client 30s\n    timeout server 30s\nfrontend f\n    bind 127.0.0.1:{port}\n    \
                  default_backend b\nbackend b\n    balance roundrobin\n{servers}"
             ),
@@ -232,6 +251,47 @@ fn haproxy(bin: PathBuf) -> impl Fn() -> Running {
             children,
             cleanup: Some(Box::new(move || {
                 let _ = std::fs::remove_file(&cfg);
+            })),
+            addr,
+        }
+    }
+}
+
+/// nginx in front of single Node servers, `proxy_pass` to an upstream with
+/// a `keepalive` pool.
+fn nginx(bin: PathBuf) -> impl Fn() -> Running {
+    move || {
+        let (mut children, ports) = node_backends();
+        let servers: String = ports
+            .iter()
+            .map(|port| format!("server 127.0.0.1:{port}; "))
+            .collect();
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("herd-tp-nginx-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("nginx.conf");
+        std::fs::write(
+            &cfg,
+            format!(
+                "daemon off; worker_processes auto; pid {dir}/nginx.pid; error_log {dir}/error.log;\n\
+                 events {{ worker_connections 4096; }}\n\
+                 http {{ access_log off; client_body_temp_path {dir}; proxy_temp_path {dir};\n\
+                 upstream b {{ {servers}keepalive 64; }}\n\
+                 server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://b; \
+                 proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n",
+                dir = dir.display()
+            ),
+        )
+        .unwrap();
+        children.push(spawn(
+            Command::new(&bin).arg("-p").arg(&dir).arg("-c").arg(&cfg),
+        ));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_serving(addr);
+        Running {
+            children,
+            cleanup: Some(Box::new(move || {
+                let _ = std::fs::remove_dir_all(&dir);
             })),
             addr,
         }
@@ -300,6 +360,7 @@ fn main() {
         ("herd reuseport".into(), Box::new(herd("reuseport"))),
         ("herd shared".into(), Box::new(herd("shared"))),
         ("herd proxy".into(), Box::new(herd("proxy"))),
+        ("herd http".into(), Box::new(herd("http"))),
         (
             "herd proxy (splice)".into(),
             Box::new(herd_with("proxy", &["--proxy-splice"])),
@@ -311,8 +372,18 @@ fn main() {
         None => println!("(PM2 not installed: npm install --no-save pm2 to compare)"),
     }
     match which("haproxy") {
-        Some(bin) => setups.push(("HAProxy tcp mode".into(), Box::new(haproxy(bin)))),
+        Some(bin) => {
+            setups.push((
+                "HAProxy tcp mode".into(),
+                Box::new(haproxy(bin.clone(), false)),
+            ));
+            setups.push(("HAProxy http mode".into(), Box::new(haproxy(bin, true))));
+        }
         None => println!("(HAProxy not installed: apt-get install haproxy to compare)"),
+    }
+    match which("nginx") {
+        Some(bin) => setups.push(("nginx proxy_pass".into(), Box::new(nginx(bin)))),
+        None => println!("(nginx not installed: apt-get install nginx to compare)"),
     }
 
     // HERD_BENCH_ONLY="herd proxy,HAProxy tcp mode" keeps the baseline

@@ -59,7 +59,13 @@ struct Cli {
     #[arg(long, value_name = "VERSION", value_parser = parse_proxy_protocol)]
     proxy_protocol: Option<herd::proxy::ProxyProtocol>,
 
-    /// With --balance proxy: the most client connections at once; more
+    /// With --balance http: `cookie` pins each client to a worker slot with
+    /// a cookie (herd_slot) that the slot's next worker honours after a
+    /// reload.
+    #[arg(long, value_name = "KIND", value_parser = ["cookie"])]
+    sticky: Option<String>,
+
+    /// With --balance proxy or http: the most client connections at once; more
     /// wait in the listen queue [default: what the fd limit leaves].
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
@@ -698,6 +704,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(n) = cli.max_connections {
         builder = builder.max_connections(n);
+    }
+    if cli.sticky.is_some() {
+        builder = builder.sticky_cookie(true);
     }
     if balance.is_proxy() {
         builder = builder.proxy_idle_timeout(cli.proxy_idle_timeout);

@@ -117,6 +117,8 @@ pub(crate) struct Config {
     pub(crate) max_connections: Option<usize>,
     /// Proxy mode: close a connection quiet for this long (None: never).
     pub(crate) proxy_idle_timeout: Option<Duration>,
+    /// HTTP mode: a cookie pins each client to a slot.
+    pub(crate) sticky_cookie: bool,
 }
 
 /// A user to run workers as, resolved.
@@ -370,6 +372,7 @@ pub struct Builder {
     proxy_splice: bool,
     max_connections: Option<usize>,
     proxy_idle_timeout: Duration,
+    sticky_cookie: bool,
 }
 
 impl Default for Builder {
@@ -406,6 +409,7 @@ impl Default for Builder {
             proxy_splice: false,
             max_connections: None,
             proxy_idle_timeout: crate::proxy::DEFAULT_IDLE_TIMEOUT,
+            sticky_cookie: false,
         }
     }
 }
@@ -799,6 +803,18 @@ impl Builder {
         self
     }
 
+    /// HTTP mode: pin each client to a slot with a cookie (`herd_slot`, set
+    /// on its first answer), as HAProxy's `cookie ... insert` does. The
+    /// slot's next worker takes its clients over after a reload; a client
+    /// whose slot has no ready worker goes to another and gets a new
+    /// cookie. For session and socket.io apps behind a NAT, where every
+    /// client has the same address and `IpHash` cannot tell them apart.
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn sticky_cookie(mut self, on: bool) -> Self {
+        self.sticky_cookie = on;
+        self
+    }
+
     /// Validates the configuration and binds every listening address.
     /// Nothing is spawned yet.
     ///
@@ -951,6 +967,16 @@ impl Builder {
                 });
             }
         }
+        if self.sticky_cookie && !self.balance.is_http() {
+            return Err(Error::InvalidSetting {
+                setting: "sticky",
+                reason: format!(
+                    "a sticky cookie needs --balance http, not {} (the master must read each \
+                     request's cookies)",
+                    self.balance
+                ),
+            });
+        }
         if self.balance.is_http() {
             if !cfg!(feature = "http") {
                 return Err(Error::InvalidSetting {
@@ -1069,6 +1095,7 @@ impl Builder {
             max_connections: self.max_connections,
             proxy_idle_timeout: (!self.proxy_idle_timeout.is_zero())
                 .then_some(self.proxy_idle_timeout),
+            sticky_cookie: self.sticky_cookie,
         };
 
         if self.listen.is_empty() && !self.without_sockets {

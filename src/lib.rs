@@ -38,7 +38,11 @@
 //! least connections, power of two choices, client-IP hash); the master
 //! then sees every connection, so it can hold clients while no worker is
 //! ready, pass on what a dying worker never accepted, and retire a worker
-//! only when its last connection ends.
+//! only when its last connection ends. [`Balance::Http`] (feature `http`)
+//! goes one step further: the master speaks HTTP/1.1, keeps every client's
+//! connection and balances each request over pooled connections to the
+//! workers, so a reload is invisible whatever the app does when told to
+//! stop.
 //!
 //! **Spawning.** Workers are forked on one long-lived thread (so that the
 //! parent-death signal is tied to the process, not a transient thread) and

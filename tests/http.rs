@@ -168,3 +168,131 @@ fn forwarded_headers_bad_gateway_and_oversized_heads_get_their_status() {
     m.signal(Signal::SIGTERM);
     assert!(m.wait_exit().success(), "{}", m.log());
 }
+
+/// (status, the Set-Cookie value if any, body) of a GET sent with `cookie`.
+fn get_with_cookie(addr: SocketAddr, cookie: Option<&str>) -> (u16, Option<String>, String) {
+    let cookie = cookie.map_or(String::new(), |c| format!("Cookie: {c}\r\n"));
+    let (status, text) = raw(
+        addr,
+        format!("GET / HTTP/1.1\r\nHost: x\r\n{cookie}Connection: close\r\n\r\n").as_bytes(),
+    );
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let set = head.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("set-cookie:")
+            .then(|| l["set-cookie:".len()..].trim().to_owned())
+    });
+    (status, set, body.to_owned())
+}
+
+#[test]
+fn a_sticky_cookie_keeps_a_client_on_its_slot_across_a_reload() {
+    let mut m = Master::start(&cmd(
+        &[
+            "-w",
+            "3",
+            "--balance",
+            "http",
+            "--sticky",
+            "cookie",
+            "--ready",
+            "notify",
+        ],
+        &hello_server(),
+    ));
+    m.wait_kind("ready", 3);
+    let (status, set, body) = get_with_cookie(m.addr, None);
+    assert_eq!(status, 200);
+    let set = set.expect("a first answer sets the cookie");
+    let pair = set.split(';').next().unwrap().to_owned();
+    let slot = field(&body, "slot").to_owned();
+    assert_eq!(pair, format!("herd_slot={slot}"), "{set}");
+    let pid = pid_of(&body);
+    // Every request with it goes to that slot's worker (round-robin would
+    // spread them over three), and is not told again.
+    for _ in 0..12 {
+        let (status, again, body) = get_with_cookie(m.addr, Some(&pair));
+        assert_eq!((status, again), (200, None));
+        assert_eq!(pid_of(&body), pid, "{body}");
+    }
+    // After a reload the slot's new worker has the client.
+    m.signal(Signal::SIGHUP);
+    m.wait_events("a complete reload", |e| complete_reloads(e) == 1);
+    let (_, again, body) = get_with_cookie(m.addr, Some(&format!("a=b; {pair}")));
+    assert_eq!(again, None);
+    assert_eq!(field(&body, "slot"), slot, "{body}");
+    assert_ne!(pid_of(&body), pid, "{body}");
+    // A cookie naming a slot that does not serve is replaced.
+    let (_, set, body) = get_with_cookie(m.addr, Some("herd_slot=9"));
+    let set = set.expect("a new cookie");
+    assert!(
+        set.starts_with(&format!("herd_slot={}", field(&body, "slot"))),
+        "{set}"
+    );
+    m.signal(Signal::SIGTERM);
+    assert!(m.wait_exit().success(), "{}", m.log());
+}
+
+#[test]
+fn without_a_ready_worker_a_request_waits_then_gets_503_with_retry_after() {
+    // A worker that never says it is ready (notify readiness, none sent).
+    let mut m = Master::start(&cmd(
+        &[
+            "-w",
+            "1",
+            "--balance",
+            "http",
+            "--ready",
+            "notify",
+            "--start-timeout",
+            "5m",
+        ],
+        &s(&["sleep", "600"]),
+    ));
+    m.wait_kind("spawned", 1);
+    let (status, text) = raw(
+        m.addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 503, "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("retry-after: 1\r\n"),
+        "{text}"
+    );
+    m.signal(Signal::SIGTERM);
+    assert!(m.wait_exit().success(), "{}", m.log());
+}
+
+#[test]
+fn each_side_keeps_its_own_connection_whatever_the_other_says() {
+    let mut m = Master::start(&cmd(&["-w", "1", "--balance", "http"], &py_abrupt()));
+    m.wait_kind("spawned", 1);
+    // The worker closes its connection after /close: the client's stays
+    // open for the next request, which a new pooled connection serves.
+    let mut c = TcpStream::connect(m.addr).unwrap();
+    c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    for path in ["/close", "/"] {
+        c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let n = c.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "the master closed the client's connection after {path}"
+        );
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(
+            !text.to_ascii_lowercase().contains("connection: close"),
+            "{text}"
+        );
+    }
+    // A client's `Connection: close` closes the client's connection only.
+    let (status, _) = raw(
+        m.addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    m.signal(Signal::SIGTERM);
+    assert!(m.wait_exit().success(), "{}", m.log());
+}

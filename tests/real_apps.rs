@@ -442,19 +442,35 @@ fn websocket_clients_in_proxy_mode_get_a_normal_close_without_waiting_the_drain_
     websockets_close_normally_on_reload(&["--balance", "proxy", "--strategy", "ip-hash"]);
 }
 
-fn websockets_close_normally_on_reload(extra: &[&str]) {
-    let mut m = Master::start_json(
-        &cmd(
-            &[&["--drain-timeout", "20s"], extra].concat(),
-            &["node", &app("ws_app.js")],
-        ),
-        None,
-    );
+/// The WebSocket app with `opts`, two ready workers (returned), `n`
+/// connected clients and a keep-alive load.
+fn ws_cluster(opts: &[&str], n: u64) -> (Master, HashSet<u32>, WsClients, Load) {
+    let m = Master::start_json(&cmd(opts, &["node", &app("ws_app.js")]), None);
     m.wait_events("two ready workers", |e| of_kind(e, "ready").count() >= 2);
     let first: HashSet<u32> = m.live_pids().into_iter().collect();
-    let clients = WsClients::start(m.addr.port(), 6);
-    clients.wait_opened(6);
+    let clients = WsClients::start(m.addr.port(), n as usize);
+    clients.wait_opened(n);
     let keep_alive = Load::start(m.addr, 2, true);
+    (m, first, clients, keep_alive)
+}
+
+/// Some client ended up on one of the workers serving now.
+fn reached_new_workers(seen: &serde_json::Value, now: &HashSet<u32>) {
+    let served: HashSet<u64> = seen["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.as_u64())
+        .collect();
+    assert!(
+        now.iter().any(|p| served.contains(&u64::from(*p))),
+        "clients reconnected to the new workers {now:?}: {seen}"
+    );
+}
+
+fn websockets_close_normally_on_reload(extra: &[&str]) {
+    let (mut m, first, clients, keep_alive) =
+        ws_cluster(&[&["--drain-timeout", "20s"], extra].concat(), 6);
     let started = Instant::now();
     for i in 1..=2 {
         m.signal(Signal::SIGHUP);
@@ -496,17 +512,8 @@ fn websockets_close_normally_on_reload(extra: &[&str]) {
         took < Duration::from_secs(20),
         "the old workers lingered: {took:?}\n{log}"
     );
-    let served: HashSet<u64> = seen["pids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|p| p.as_u64())
-        .collect();
     let now: HashSet<u32> = m.live_pids().into_iter().collect();
-    assert!(
-        now.iter().any(|p| served.contains(&u64::from(*p))),
-        "clients reconnected to the new workers {now:?}: {seen}"
-    );
+    reached_new_workers(&seen, &now);
     assert!(now.is_disjoint(&first));
     m.signal(Signal::SIGTERM);
     assert!(m.wait_exit().success(), "{}", m.log());
@@ -688,4 +695,51 @@ fn a_worker_that_binds_a_herd_port_itself_is_told_what_to_do_instead() {
     let e = of_kind(&events, "port_conflict").next().unwrap();
     assert_eq!(e["port"], port, "{e}");
     assert_eq!(e["slot"], 0, "{e}");
+}
+
+#[test]
+fn websocket_tunnels_in_http_mode_stay_until_the_drain_timeout_then_close_normally() {
+    // HTTP mode tunnels each WebSocket through the master; a retiring
+    // worker keeps its tunnels until the drain timeout, then hears the stop
+    // signal, and ws closes them with 1001: the clients reconnect to the
+    // new workers through the same master.
+    let (mut m, first, clients, keep_alive) =
+        ws_cluster(&["--balance", "http", "--drain-timeout", "2s"], 4);
+    m.signal(Signal::SIGHUP);
+    m.wait_events("the reload", |e| complete_reloads(e) == 1);
+    let events = m.wait_events("the predecessors to exit", |e| {
+        of_kind(e, "exited").count() >= 2
+    });
+    // Each old worker still held its tunnels when the drain timeout came.
+    let signals: Vec<_> = of_kind(&events, "drain_signal").collect();
+    assert_eq!(signals.len(), 2, "{}", m.log());
+    assert!(
+        signals.iter().all(|e| e["open"].as_u64() > Some(0)),
+        "{signals:?}"
+    );
+    let now: HashSet<u32> = m.live_pids().into_iter().collect();
+    let deadline = Instant::now() + WAIT;
+    while clients.last()["opened"].as_u64().unwrap_or(0) < 8 {
+        assert!(
+            Instant::now() < deadline,
+            "no reconnect: {}",
+            clients.last()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let seen = clients.finish();
+    keep_alive.finish_without_failures();
+    assert_eq!(seen["errors"], 0, "{seen}");
+    let codes = seen["codes"].as_object().unwrap();
+    assert!(
+        codes.keys().all(|c| c == "1001"),
+        "only normal closes: {seen}"
+    );
+    for e in of_kind(&events, "exited") {
+        assert_eq!(e["exit"]["code"], 0, "nothing SIGKILLed: {e}");
+    }
+    reached_new_workers(&seen, &now);
+    assert!(now.is_disjoint(&first));
+    m.signal(Signal::SIGTERM);
+    assert!(m.wait_exit().success(), "{}", m.log());
 }

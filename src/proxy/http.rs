@@ -54,6 +54,8 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 const POOL_IDLE: Duration = Duration::from_secs(2);
 /// Idle connections kept per worker.
 const POOL_MAX: usize = 256;
+/// The cookie that pins a client to a slot (`Builder::sticky_cookie`).
+pub const STICKY_COOKIE: &str = "herd_slot";
 
 /// A request's body on its way to a worker.
 type UpBody = BoxBody<Bytes, hyper::Error>;
@@ -111,6 +113,7 @@ struct Shared {
     address: usize,
     rotation: Arc<Rotation>,
     picker: Mutex<Picker>,
+    sticky: bool,
 }
 
 /// Accepts clients on `listener` and serves each on a task of its own;
@@ -128,6 +131,7 @@ pub(crate) async fn accept_loop(
         address,
         rotation,
         picker: Mutex::new(Picker::new(config.strategy, seed)),
+        sticky: config.sticky,
     });
     loop {
         let Some(permit) = admit(&slots, &counters).await else {
@@ -208,6 +212,34 @@ fn forwarded(req: &mut Request<Incoming>, peer: SocketAddr) {
     }
 }
 
+/// Removes the hop-by-hop headers (RFC 9110, 7.6.1): `Connection`, those
+/// it names, and the fixed ones. Each side of the master has its own
+/// connection: a client's `Connection: close` must not close the pooled
+/// connection to the worker, and a worker's must not close the client's.
+fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        hyper::header::CONNECTION,
+        hyper::header::TE,
+        hyper::header::TRAILER,
+        hyper::header::UPGRADE,
+        hyper::header::PROXY_AUTHENTICATE,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ] {
+        headers.remove(name);
+    }
+}
+
 /// Whether a request may be sent again after its worker failed before
 /// answering: nothing would happen twice.
 fn replayable(req: &Request<UpBody>) -> bool {
@@ -237,12 +269,19 @@ async fn handle(
     if is_upgrade(&req) {
         return tunnel(req, peer, shared).await;
     }
+    strip_hop_by_hop(req.headers_mut());
+    let pinned = if shared.sticky {
+        cookie_slot(req.headers())
+    } else {
+        None
+    };
     let (parts, body) = req.into_parts();
     let mut req = Some(Request::from_parts(parts, body.boxed()));
     let mut tried: Option<u32> = None;
     for _attempt in 0..2 {
         let Some(request) = req.take() else { break };
-        let Some((counted, backend)) = pick(shared, peer, tried).await else {
+        let wanted = if tried.is_none() { pinned } else { None };
+        let Some((counted, backend)) = pick(shared, peer, tried, wanted).await else {
             return answer(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no worker is ready to take the request",
@@ -269,7 +308,11 @@ async fn handle(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let sent = tokio::time::timeout(RESPONSE_TIMEOUT, sender.try_send_request(request)).await;
         match sent {
-            Ok(Ok(response)) => {
+            Ok(Ok(mut response)) => {
+                strip_hop_by_hop(response.headers_mut());
+                if shared.sticky && pinned != Some(backend.slot) {
+                    set_cookie(&mut response, backend.slot);
+                }
                 return response.map(|body| {
                     Tracked {
                         inner: body,
@@ -280,7 +323,7 @@ async fn handle(
                         }),
                     }
                     .boxed()
-                })
+                });
             }
             Ok(Err(mut e)) => {
                 // Unwritten: it can go to another worker as it is.
@@ -320,16 +363,46 @@ fn head_copy(req: &Request<UpBody>) -> Request<UpBody> {
     copy
 }
 
-/// Picks a worker in rotation (waiting up to [`NO_WORKER_WAIT`] for one),
-/// other than `not` when there is another, counted from now on.
+/// The slot a request's sticky cookie names.
+fn cookie_slot(headers: &hyper::HeaderMap) -> Option<usize> {
+    headers
+        .get_all(hyper::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| {
+            let (name, value) = c.trim().split_once('=')?;
+            (name == STICKY_COOKIE)
+                .then(|| value.parse().ok())
+                .flatten()
+        })
+}
+
+/// Pins the client to `slot` from now on.
+fn set_cookie(response: &mut Response<Incoming>, slot: usize) {
+    let cookie = format!("{STICKY_COOKIE}={slot}; Path=/; HttpOnly; SameSite=Lax");
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(hyper::header::SET_COOKIE, v);
+    }
+}
+
+/// Picks a worker in rotation (waiting up to [`NO_WORKER_WAIT`] for one):
+/// slot `wanted`'s if it is in rotation, else by the strategy, other than
+/// `not` when there is another; counted from now on.
 async fn pick(
     shared: &Shared,
     peer: SocketAddr,
     not: Option<u32>,
+    wanted: Option<usize>,
 ) -> Option<(Counted, Arc<Backend>)> {
     let (_, backends) = tokio::time::timeout(NO_WORKER_WAIT, shared.rotation.serving())
         .await
         .ok()?;
+    if let Some(i) = wanted.and_then(|slot| backends.iter().position(|b| b.slot == slot)) {
+        let counted = Counted::new(&backends, i);
+        let backend = counted.backend.clone();
+        return Some((counted, backend));
+    }
     let mut index = {
         let mut picker = shared.picker.lock().unwrap_or_else(|p| p.into_inner());
         picker.pick(backends.as_slice(), hash_ip(peer.ip()))?
@@ -389,7 +462,12 @@ async fn tunnel(
     peer: SocketAddr,
     shared: &Shared,
 ) -> Response<DownBody> {
-    let Some((counted, backend)) = pick(shared, peer, None).await else {
+    let pinned = if shared.sticky {
+        cookie_slot(req.headers())
+    } else {
+        None
+    };
+    let Some((counted, backend)) = pick(shared, peer, None, pinned).await else {
         return answer(
             StatusCode::SERVICE_UNAVAILABLE,
             "no worker is ready to take the request",
@@ -517,5 +595,60 @@ impl Drop for Tracked {
         if let Some(done) = self.done.take() {
             done.finish(self.inner.is_end_stream());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> hyper::HeaderMap {
+        let mut h = hyper::HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn the_sticky_cookie_is_found_among_others_and_garbage_is_ignored() {
+        let h = headers(&[("cookie", "a=1; herd_slot=2"), ("cookie", "b=3")]);
+        assert_eq!(cookie_slot(&h), Some(2));
+        assert_eq!(cookie_slot(&headers(&[("cookie", "herd_slot=x")])), None);
+        assert_eq!(cookie_slot(&headers(&[("cookie", "herd_slots=1")])), None);
+        assert_eq!(cookie_slot(&headers(&[])), None);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut h = headers(&[
+            ("connection", "close, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "1"),
+            ("te", "trailers"),
+            ("content-length", "3"),
+            ("x-kept", "1"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["content-length", "x-kept"]);
+    }
+
+    #[test]
+    fn only_idempotent_requests_without_a_body_are_replayed() {
+        let req = |method: Method, body: &'static str| {
+            let body = Full::new(Bytes::from(body))
+                .map_err(|never| match never {})
+                .boxed();
+            Request::builder().method(method).body(body).unwrap()
+        };
+        assert!(replayable(&req(Method::GET, "")));
+        assert!(replayable(&req(Method::HEAD, "")));
+        assert!(!replayable(&req(Method::GET, "body")));
+        assert!(!replayable(&req(Method::POST, "")));
+        assert!(!replayable(&req(Method::DELETE, "")));
     }
 }

@@ -323,6 +323,9 @@ pub(crate) struct ProxyConfig {
     /// HTTP mode: requests, not connections, are balanced.
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) http: bool,
+    /// HTTP mode: a cookie pins each client to a slot.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) sticky: bool,
 }
 
 /// Default time a proxied connection may stay quiet both ways before it is

@@ -307,6 +307,7 @@ pub(crate) async fn run(
                 splice: config.proxy_splice,
                 idle_timeout: config.proxy_idle_timeout,
                 http: balance.is_http(),
+                sticky: config.sticky_cookie,
             };
             Some(config)
         }
