@@ -65,6 +65,11 @@ struct Cli {
     #[arg(long, value_name = "KIND", value_parser = ["cookie"])]
     sticky: Option<String>,
 
+    /// With --balance http: keep the X-Forwarded-* headers that peers in
+    /// this range send (a load balancer in front); repeatable.
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+    trust_proxy: Vec<herd::Cidr>,
+
     /// With --balance proxy or http: the most client connections at once; more
     /// wait in the listen queue [default: what the fd limit leaves].
     #[arg(long, value_name = "N")]
@@ -249,6 +254,10 @@ fn parse_listen(s: &str) -> Result<Vec<SocketAddr>, String> {
 }
 
 /// The mode, and whether the text named a strategy (`proxy:least-conn`).
+fn parse_cidr(s: &str) -> Result<herd::Cidr, String> {
+    s.parse().map_err(|e: herd::Error| e.to_string())
+}
+
 fn parse_balance(s: &str) -> Result<(Balance, bool), String> {
     let balance = s.parse().map_err(|e: herd::Error| e.to_string())?;
     Ok((balance, s.contains(':')))
@@ -297,6 +306,12 @@ async fn serve_metrics(
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Full("herd_reload_duration_seconds".into()),
             &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0],
+        )?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("herd_http_response_seconds".into()),
+            &[
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+            ],
         )?
         .install_recorder()?;
     // After an upgrade in place, the listener the previous master served:
@@ -707,6 +722,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
     if cli.sticky.is_some() {
         builder = builder.sticky_cookie(true);
+    }
+    for range in &cli.trust_proxy {
+        builder = builder.trust_proxy(*range);
     }
     if balance.is_proxy() {
         builder = builder.proxy_idle_timeout(cli.proxy_idle_timeout);

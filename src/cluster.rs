@@ -119,6 +119,8 @@ pub(crate) struct Config {
     pub(crate) proxy_idle_timeout: Option<Duration>,
     /// HTTP mode: a cookie pins each client to a slot.
     pub(crate) sticky_cookie: bool,
+    /// HTTP mode: peers whose X-Forwarded-* headers are kept.
+    pub(crate) trusted_proxies: Vec<crate::Cidr>,
 }
 
 /// A user to run workers as, resolved.
@@ -373,6 +375,7 @@ pub struct Builder {
     max_connections: Option<usize>,
     proxy_idle_timeout: Duration,
     sticky_cookie: bool,
+    trusted_proxies: Vec<crate::Cidr>,
 }
 
 impl Default for Builder {
@@ -410,6 +413,7 @@ impl Default for Builder {
             max_connections: None,
             proxy_idle_timeout: crate::proxy::DEFAULT_IDLE_TIMEOUT,
             sticky_cookie: false,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -815,6 +819,16 @@ impl Builder {
         self
     }
 
+    /// HTTP mode: believe the `X-Forwarded-For`, `-Proto` and `-Host` that
+    /// peers in `range` send (a load balancer in front of herd): the
+    /// client's chain is kept, the peer appended. Everybody else's are
+    /// replaced, since a client could claim any address.
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn trust_proxy(mut self, range: crate::Cidr) -> Self {
+        self.trusted_proxies.push(range);
+        self
+    }
+
     /// Validates the configuration and binds every listening address.
     /// Nothing is spawned yet.
     ///
@@ -967,6 +981,16 @@ impl Builder {
                 });
             }
         }
+        if !self.trusted_proxies.is_empty() && !self.balance.is_http() {
+            return Err(Error::InvalidSetting {
+                setting: "trust-proxy",
+                reason: format!(
+                    "trusted proxies need --balance http, not {} (only http mode reads and \
+                     writes X-Forwarded-For)",
+                    self.balance
+                ),
+            });
+        }
         if self.sticky_cookie && !self.balance.is_http() {
             return Err(Error::InvalidSetting {
                 setting: "sticky",
@@ -1096,6 +1120,7 @@ impl Builder {
             proxy_idle_timeout: (!self.proxy_idle_timeout.is_zero())
                 .then_some(self.proxy_idle_timeout),
             sticky_cookie: self.sticky_cookie,
+            trusted_proxies: self.trusted_proxies.clone(),
         };
 
         if self.listen.is_empty() && !self.without_sockets {

@@ -275,6 +275,10 @@ pub enum Notice {
     ReloadQueued,
     /// Proxy mode: the connection limit was reached and new clients wait.
     ConnectionLimit,
+    /// HTTP mode answered a client itself with an error (502, 503, 504):
+    /// at most one line a second, all counted in
+    /// [`crate::Handle::proxy_stats`].
+    HttpError,
     /// A scale asked for by signal (SIGTTIN, SIGTTOU) was refused.
     ScaleRefused,
 }
@@ -294,6 +298,7 @@ impl Notice {
             Notice::ConnectionsPassedOn => "connections_passed_on",
             Notice::ReloadQueued => "reload_queued",
             Notice::ConnectionLimit => "connection_limit",
+            Notice::HttpError => "http_error",
             Notice::ScaleRefused => "scale_refused",
         }
     }

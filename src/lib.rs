@@ -159,7 +159,7 @@ pub use cluster::{
 };
 pub use error::{Error, Result, SlotFailure};
 pub use event::{Event, Notice, OutputLine, OutputStream, WorkerInfo};
-pub use net::Balance;
+pub use net::{Balance, Cidr};
 pub use process::{Exit, KillMode};
 pub use ready::{Readiness, DEFAULT_START_TIMEOUT};
 pub use signal::Signal;

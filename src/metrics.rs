@@ -18,6 +18,8 @@
 //! | `herd_proxy_connections_active` | gauge | `slot` |
 //! | `herd_proxy_connections_total` | counter | `slot` |
 //! | `herd_proxy_connect_errors_total` | counter | `slot` |
+//! | `herd_http_responses_total` | counter (HTTP mode) | `class` (`2xx` ... `5xx`) |
+//! | `herd_http_response_seconds` | histogram (HTTP mode: time to the response head) | |
 //! | `process_resident_memory_bytes`, `process_cpu_seconds_total` | the master's own | |
 //!
 //! The per-slot gauges are set at every sample
@@ -83,6 +85,38 @@ mod on {
         gauge!("process_resident_memory_bytes").set(memory as f64);
         counter!("process_cpu_seconds_total").absolute(cpu.as_secs());
     }
+
+    /// HTTP mode's per-request series, registered once (not per request).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) struct Http {
+        classes: [metrics::Counter; 5],
+        latency: metrics::Histogram,
+    }
+
+    impl Default for Http {
+        fn default() -> Http {
+            Http {
+                classes: ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                    .map(|class| counter!("herd_http_responses_total", "class" => class)),
+                latency: histogram!("herd_http_response_seconds"),
+            }
+        }
+    }
+
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    impl Http {
+        /// A response with `status`, whose head came `took` after the
+        /// request's.
+        pub(crate) fn record(&self, status: u16, took: Duration) {
+            if let Some(c) = (status / 100)
+                .checked_sub(1)
+                .and_then(|i| self.classes.get(usize::from(i)))
+            {
+                c.increment(1);
+            }
+            self.latency.record(took.as_secs_f64());
+        }
+    }
 }
 
 #[cfg(feature = "metrics")]
@@ -118,3 +152,17 @@ pub(crate) fn proxy(_slot: usize, _active: u32, _total: u64, _errors: u64) {}
 /// The master's own usage, at a sample.
 #[cfg(not(feature = "metrics"))]
 pub(crate) fn master(_cpu: Duration, _memory: u64) {}
+
+/// HTTP mode's per-request series (nothing without the feature).
+#[cfg(not(feature = "metrics"))]
+#[derive(Default)]
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
+pub(crate) struct Http {
+    _none: (),
+}
+
+#[cfg(not(feature = "metrics"))]
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
+impl Http {
+    pub(crate) fn record(&self, _status: u16, _took: Duration) {}
+}

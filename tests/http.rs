@@ -77,15 +77,11 @@ fn a_get_in_flight_on_a_killed_worker_is_sent_again_to_another() {
     assert!(m.wait_exit().success(), "{}", m.log());
 }
 
-/// Sends `request` on a new connection and returns the status code and
-/// the whole answer.
-fn raw(addr: SocketAddr, request: &[u8]) -> (u16, String) {
-    let mut c = TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    c.write_all(request).unwrap();
+/// Reads one answer from `c`: until its head and the body its
+/// Content-Length announces are in, or the peer closes.
+fn read_answer(c: &mut TcpStream) -> String {
     let mut answer = Vec::new();
     let mut buf = [0u8; 4096];
-    // Until the head and the announced body are in, or the peer closes.
     loop {
         match c.read(&mut buf) {
             Ok(0) | Err(_) => break,
@@ -106,13 +102,24 @@ fn raw(addr: SocketAddr, request: &[u8]) -> (u16, String) {
             }
         }
     }
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let status = text
-        .split_whitespace()
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+fn status_of(text: &str) -> u16 {
+    text.split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {text:?}"));
-    (status, text)
+        .unwrap_or_else(|| panic!("no status in {text:?}"))
+}
+
+/// Sends `request` on a new connection and returns the status code and
+/// the whole answer.
+fn raw(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    c.write_all(request).unwrap();
+    let text = read_answer(&mut c);
+    (status_of(&text), text)
 }
 
 #[test]
@@ -148,8 +155,9 @@ fn forwarded_headers_bad_gateway_and_oversized_heads_get_their_status() {
         .as_bytes(),
     );
     assert_eq!(status, 502, "{text}");
-    let events = m.wait_events("the crashed worker's exit", |e| {
+    let events = m.wait_events("the crashed worker's exit and the 502's notice", |e| {
         of_kind(e, "exited").count() == 1
+            && of_kind(e, "notice").any(|n| n["notice"] == "http_error")
     });
     let exited = of_kind(&events, "exited").next().unwrap();
     assert_eq!(exited["exit"]["code"], 3, "{exited}");
@@ -274,13 +282,11 @@ fn each_side_keeps_its_own_connection_whatever_the_other_says() {
     for path in ["/close", "/"] {
         c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
             .unwrap();
-        let mut buf = [0u8; 4096];
-        let n = c.read(&mut buf).unwrap();
+        let text = read_answer(&mut c);
         assert!(
-            n > 0,
+            !text.is_empty(),
             "the master closed the client's connection after {path}"
         );
-        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
         assert!(
             !text.to_ascii_lowercase().contains("connection: close"),
@@ -293,6 +299,46 @@ fn each_side_keeps_its_own_connection_whatever_the_other_says() {
         b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     );
     assert_eq!(status, 200);
+    m.signal(Signal::SIGTERM);
+    assert!(m.wait_exit().success(), "{}", m.log());
+}
+
+#[test]
+fn a_trusted_proxy_keeps_its_forwarded_headers_and_http_answers_are_measured() {
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut m = Master::start(&cmd(
+        &[
+            "-w",
+            "1",
+            "--balance",
+            "http",
+            "--trust-proxy",
+            "127.0.0.0/8",
+            "--metrics",
+            &metrics.to_string(),
+        ],
+        &py_abrupt(),
+    ));
+    m.wait_kind("spawned", 1);
+    let (status, text) = raw(
+        m.addr,
+        b"GET /headers HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 6.6.6.6\r\n\
+          X-Forwarded-Proto: https\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("X-Forwarded-For: 6.6.6.6, 127.0.0.1\n"),
+        "{text}"
+    );
+    assert!(text.contains("X-Forwarded-Proto: https\n"), "{text}");
+    // The answers are counted by status class and timed.
+    let body = get(metrics, "/metrics").unwrap();
+    let line = body
+        .lines()
+        .find(|l| l.starts_with("herd_http_responses_total{class=\"2xx\"}"))
+        .unwrap_or_else(|| panic!("no 2xx count in {body}"));
+    assert!(line.ends_with(" 1") || line.ends_with(" 2"), "{line}");
+    assert!(body.contains("herd_http_response_seconds_bucket"), "{body}");
     m.signal(Signal::SIGTERM);
     assert!(m.wait_exit().success(), "{}", m.log());
 }

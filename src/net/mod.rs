@@ -118,6 +118,75 @@ impl FromStr for Balance {
     }
 }
 
+/// An IP address range: `10.0.0.0/8`, `fd00::/8`, or one address
+/// (`127.0.0.1` is `127.0.0.1/32`). [`crate::Builder::trust_proxy`] takes
+/// them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is in the range (an IPv4-mapped IPv6 address counts as
+    /// its IPv4 address).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |reason: &str| Error::Parse {
+            what: "address range",
+            input: s.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (addr, prefix) = s.split_once('/').unwrap_or((s, ""));
+        let addr: std::net::IpAddr = addr
+            .parse()
+            .map_err(|_| bad("expected an IP address, optionally with /PREFIX"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = if prefix.is_empty() {
+            max
+        } else {
+            prefix
+                .parse::<u8>()
+                .ok()
+                .filter(|&p| p <= max)
+                .ok_or_else(|| bad(&format!("the prefix must be 0 to {max}")))?
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
 /// Parses a listening address the way the CLI takes it: `3000` or `:3000`
 /// (all IPv4 interfaces), `127.0.0.1:3000`, `[::1]:3000`, or `host:port`
 /// (every address the name resolves to).
@@ -677,6 +746,28 @@ mod tests {
         assert!(!l.steered_away(1));
         l.steer_to(&[0, 2]).unwrap();
         assert!(l.steered_away(1));
+    }
+
+    #[test]
+    fn address_ranges_parse_and_contain_what_they_should() {
+        let r: Cidr = "10.1.0.0/16".parse().unwrap();
+        assert!(r.contains("10.1.200.3".parse().unwrap()));
+        assert!(!r.contains("10.2.0.1".parse().unwrap()));
+        assert!(r.contains("::ffff:10.1.0.9".parse().unwrap()));
+        let one: Cidr = "127.0.0.1".parse().unwrap();
+        assert_eq!(one.to_string(), "127.0.0.1/32");
+        assert!(!one.contains("127.0.0.2".parse().unwrap()));
+        let v6: Cidr = "fd00::/8".parse().unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        assert!(!v6.contains("10.0.0.1".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("8.8.8.8".parse().unwrap()));
+        assert!("10.0.0.0/33"
+            .parse::<Cidr>()
+            .unwrap_err()
+            .to_string()
+            .contains("10.0.0.0/33"));
+        assert!("nonsense".parse::<Cidr>().is_err());
     }
 
     #[test]

@@ -38,6 +38,7 @@ use tokio::net::{TcpListener, TcpStream, UnixStream};
 
 use super::{admit, Backend, Counted, Counters, ProxyConfig, Rotation, Target};
 use crate::balance::{hash_ip, Picker};
+use crate::net::Cidr;
 
 /// How long a request waits for a ready worker before it is answered 503.
 pub const NO_WORKER_WAIT: Duration = Duration::from_secs(10);
@@ -109,30 +110,55 @@ impl Pool {
 }
 
 /// What every connection of one public address shares.
-struct Shared {
+pub(crate) struct Shared {
     address: usize,
     rotation: Arc<Rotation>,
     picker: Mutex<Picker>,
     sticky: bool,
+    counters: Arc<Counters>,
+    metrics: crate::metrics::Http,
+    /// Peers whose X-Forwarded-* are believed.
+    trusted: Arc<[Cidr]>,
+}
+
+impl Shared {
+    /// For public address `address`.
+    pub(crate) fn new(
+        address: usize,
+        rotation: Arc<Rotation>,
+        config: ProxyConfig,
+        seed: u64,
+        counters: Arc<Counters>,
+        trusted: Arc<[Cidr]>,
+    ) -> Arc<Shared> {
+        Arc::new(Shared {
+            address,
+            rotation,
+            picker: Mutex::new(Picker::new(config.strategy, seed)),
+            sticky: config.sticky,
+            counters,
+            metrics: crate::metrics::Http::default(),
+            trusted,
+        })
+    }
+
+    /// An error the master answers itself: counted, logged (throttled).
+    fn fail(&self, status: StatusCode, reason: &str) -> Response<DownBody> {
+        self.counters.http_error(status.as_u16(), || {
+            format!("http: answered {status} to a client: {reason}")
+        });
+        answer(status, reason)
+    }
 }
 
 /// Accepts clients on `listener` and serves each on a task of its own;
 /// at most `slots` at once (the rest wait in the listen queue).
 pub(crate) async fn accept_loop(
     listener: TcpListener,
-    address: usize,
-    rotation: Arc<Rotation>,
-    config: ProxyConfig,
-    seed: u64,
     slots: Arc<tokio::sync::Semaphore>,
-    counters: Arc<Counters>,
+    shared: Arc<Shared>,
 ) {
-    let shared = Arc::new(Shared {
-        address,
-        rotation,
-        picker: Mutex::new(Picker::new(config.strategy, seed)),
-        sticky: config.sticky,
-    });
+    let counters = shared.counters.clone();
     loop {
         let Some(permit) = admit(&slots, &counters).await else {
             return;
@@ -157,7 +183,14 @@ pub(crate) async fn accept_loop(
 async fn serve(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(handle(req, peer, &shared).await) }
+        async move {
+            let started = Instant::now();
+            let response = handle(req, peer, &shared).await;
+            shared
+                .metrics
+                .record(response.status().as_u16(), started.elapsed());
+            Ok::<_, Infallible>(response)
+        }
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -187,20 +220,31 @@ fn answer(status: StatusCode, reason: &str) -> Response<DownBody> {
     r
 }
 
-/// Sets `X-Forwarded-For`, `-Proto` and `-Host` (a client's own are
-/// replaced: it could claim any address).
-fn forwarded(req: &mut Request<Incoming>, peer: SocketAddr) {
+/// Sets `X-Forwarded-For`, `-Proto` and `-Host`. An untrusted client's
+/// own are replaced (it could claim any address); a trusted proxy's are
+/// kept, with the proxy's address appended to `X-Forwarded-For`.
+fn forwarded(req: &mut Request<Incoming>, peer: SocketAddr, trusted: &[Cidr]) {
     let headers = req.headers_mut();
+    let ip = peer.ip().to_string();
+    let trust = trusted.iter().any(|c| c.contains(peer.ip()));
+    let before = headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| trust);
+    let chain = match before {
+        Some(before) => format!("{before}, {ip}"),
+        None => ip,
+    };
     let host = headers.get(hyper::header::HOST).cloned();
     for (name, value) in [
-        (
-            "x-forwarded-for",
-            HeaderValue::from_str(&peer.ip().to_string()).ok(),
-        ),
+        ("x-forwarded-for", HeaderValue::from_str(&chain).ok()),
         ("x-forwarded-proto", Some(HeaderValue::from_static("http"))),
         ("x-forwarded-host", host),
     ] {
         let name = HeaderName::from_static(name);
+        if trust && name != "x-forwarded-for" && headers.contains_key(&name) {
+            continue;
+        }
         match value {
             Some(v) => {
                 headers.insert(name, v);
@@ -265,7 +309,7 @@ async fn handle(
     peer: SocketAddr,
     shared: &Shared,
 ) -> Response<DownBody> {
-    forwarded(&mut req, peer);
+    forwarded(&mut req, peer, &shared.trusted);
     if is_upgrade(&req) {
         return tunnel(req, peer, shared).await;
     }
@@ -282,7 +326,7 @@ async fn handle(
         let Some(request) = req.take() else { break };
         let wanted = if tried.is_none() { pinned } else { None };
         let Some((counted, backend)) = pick(shared, peer, tried, wanted).await else {
-            return answer(
+            return shared.fail(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no worker is ready to take the request",
             );
@@ -329,7 +373,7 @@ async fn handle(
                 // Unwritten: it can go to another worker as it is.
                 req = e.take_message().or(copy);
                 if req.is_none() {
-                    return answer(
+                    return shared.fail(
                         StatusCode::BAD_GATEWAY,
                         &format!(
                             "the worker failed while the request was sent: {}",
@@ -339,14 +383,14 @@ async fn handle(
                 }
             }
             Err(_) => {
-                return answer(
+                return shared.fail(
                     StatusCode::GATEWAY_TIMEOUT,
                     "the worker did not answer in time",
                 )
             }
         }
     }
-    answer(StatusCode::BAD_GATEWAY, "no worker could take the request")
+    shared.fail(StatusCode::BAD_GATEWAY, "no worker could take the request")
 }
 
 /// A copy of a request without a body.
@@ -468,7 +512,7 @@ async fn tunnel(
         None
     };
     let Some((counted, backend)) = pick(shared, peer, None, pinned).await else {
-        return answer(
+        return shared.fail(
             StatusCode::SERVICE_UNAVAILABLE,
             "no worker is ready to take the request",
         );
@@ -479,7 +523,7 @@ async fn tunnel(
         .or(backend.addrs.first())
         .cloned();
     let Some(target) = target else {
-        return answer(
+        return shared.fail(
             StatusCode::BAD_GATEWAY,
             "the worker has no private listener",
         );
@@ -490,7 +534,7 @@ async fn tunnel(
             backend
                 .connect_errors
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return answer(
+            return shared.fail(
                 StatusCode::BAD_GATEWAY,
                 &format!("cannot reach the worker: {e}"),
             );
@@ -506,7 +550,7 @@ async fn tunnel(
         .await
     {
         Ok(r) => r,
-        Err(e) => return answer(StatusCode::BAD_GATEWAY, &format!("the worker failed: {e}")),
+        Err(e) => return shared.fail(StatusCode::BAD_GATEWAY, &format!("the worker failed: {e}")),
     };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let worker_side = hyper::upgrade::on(&mut response);

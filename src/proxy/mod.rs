@@ -342,7 +342,13 @@ pub(crate) struct Counters {
     pub(crate) at_limit: AtomicU64,
     /// Connections closed for being idle.
     pub(crate) idle_closed: AtomicU64,
+    /// HTTP mode: the master's own 502, 503 and 504 answers.
+    pub(crate) bad_gateway: AtomicU64,
+    pub(crate) unavailable: AtomicU64,
+    pub(crate) gateway_timeout: AtomicU64,
     throttle: Mutex<crate::supervisor::policy::LogThrottle>,
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    error_throttle: Mutex<crate::supervisor::policy::LogThrottle>,
     log: crate::log::Log,
 }
 
@@ -373,6 +379,13 @@ pub struct ProxyStats {
     /// Client connections closed because nothing moved for the idle
     /// timeout.
     pub idle_closed: u64,
+    /// HTTP mode: requests the master answered `502 Bad Gateway` (the
+    /// worker failed and the request could not be sent again).
+    pub bad_gateway: u64,
+    /// HTTP mode: requests answered `503` (no ready worker in time).
+    pub unavailable: u64,
+    /// HTTP mode: requests answered `504` (no response head in time).
+    pub gateway_timeout: u64,
 }
 
 impl Counters {
@@ -381,7 +394,11 @@ impl Counters {
             limit: Default::default(),
             at_limit: Default::default(),
             idle_closed: Default::default(),
+            bad_gateway: Default::default(),
+            unavailable: Default::default(),
+            gateway_timeout: Default::default(),
             throttle: Default::default(),
+            error_throttle: Default::default(),
             log,
         }
     }
@@ -391,6 +408,29 @@ impl Counters {
             limit: self.limit.load(Ordering::Relaxed),
             limit_reached: self.at_limit.load(Ordering::Relaxed),
             idle_closed: self.idle_closed.load(Ordering::Relaxed),
+            bad_gateway: self.bad_gateway.load(Ordering::Relaxed),
+            unavailable: self.unavailable.load(Ordering::Relaxed),
+            gateway_timeout: self.gateway_timeout.load(Ordering::Relaxed),
+        }
+    }
+
+    /// HTTP mode: counts an error the master answered itself, and logs
+    /// it (one line a second at most).
+    #[cfg(feature = "http")]
+    fn http_error(&self, status: u16, text: impl FnOnce() -> String) {
+        let counter = match status {
+            503 => &self.unavailable,
+            504 => &self.gateway_timeout,
+            _ => &self.bad_gateway,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let line = self
+            .error_throttle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .line(std::time::Instant::now(), text);
+        if let Some(line) = line {
+            self.log.notice(None, crate::event::Notice::HttpError, line);
         }
     }
 

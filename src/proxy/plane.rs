@@ -50,6 +50,9 @@ pub(crate) struct Settings {
     pub(crate) private_unix: bool,
     /// Seeds the strategies' random choices.
     pub(crate) seed: u64,
+    /// HTTP mode: peers whose X-Forwarded-* are kept.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) trusted: Arc<[crate::Cidr]>,
 }
 
 /// What [`Plane::start`] hands back besides the plane.
@@ -81,6 +84,8 @@ impl Plane {
             limit,
             private_unix,
             seed,
+            #[cfg_attr(not(feature = "http"), allow(unused_variables))]
+            trusted,
         } = settings;
         let rotation = Arc::new(Rotation::default());
         counters
@@ -106,8 +111,10 @@ impl Plane {
             );
             #[cfg(feature = "http")]
             if config.http {
+                let shared =
+                    super::http::Shared::new(i, rotation, config, seed, counters, trusted.clone());
                 tasks.push(tokio::spawn(super::http::accept_loop(
-                    listener, i, rotation, config, seed, slots, counters,
+                    listener, slots, shared,
                 )));
                 continue;
             }

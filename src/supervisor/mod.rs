@@ -323,6 +323,7 @@ pub(crate) async fn run(
             limit,
             private_unix,
             seed: (random_unit() * u64::MAX as f64) as u64,
+            trusted: config.trusted_proxies.clone().into(),
         };
         Plane::start(
             settings,
