@@ -65,6 +65,16 @@ struct Cli {
     #[arg(long, value_name = "KIND", value_parser = ["cookie"])]
     sticky: Option<String>,
 
+    /// With --balance http: how long a client may take to send a request
+    /// head (slowloris), and an idle keep-alive client is kept [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    header_timeout: Option<Duration>,
+
+    /// With --balance http: how long a worker may take to send a response
+    /// head before the client gets 504 [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    response_timeout: Option<Duration>,
+
     /// With --balance http: keep the X-Forwarded-* headers that peers in
     /// this range send (a load balancer in front); repeatable.
     #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
@@ -722,6 +732,12 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
     if cli.sticky.is_some() {
         builder = builder.sticky_cookie(true);
+    }
+    if let Some(d) = cli.header_timeout {
+        builder = builder.header_timeout(d);
+    }
+    if let Some(d) = cli.response_timeout {
+        builder = builder.response_timeout(d);
     }
     for range in &cli.trust_proxy {
         builder = builder.trust_proxy(*range);

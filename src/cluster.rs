@@ -121,6 +121,9 @@ pub(crate) struct Config {
     pub(crate) sticky_cookie: bool,
     /// HTTP mode: peers whose X-Forwarded-* headers are kept.
     pub(crate) trusted_proxies: Vec<crate::Cidr>,
+    /// HTTP mode: the request head and response head timeouts.
+    pub(crate) header_timeout: Duration,
+    pub(crate) response_timeout: Duration,
 }
 
 /// A user to run workers as, resolved.
@@ -376,6 +379,8 @@ pub struct Builder {
     proxy_idle_timeout: Duration,
     sticky_cookie: bool,
     trusted_proxies: Vec<crate::Cidr>,
+    header_timeout: Option<Duration>,
+    response_timeout: Option<Duration>,
 }
 
 impl Default for Builder {
@@ -414,6 +419,8 @@ impl Default for Builder {
             proxy_idle_timeout: crate::proxy::DEFAULT_IDLE_TIMEOUT,
             sticky_cookie: false,
             trusted_proxies: Vec::new(),
+            header_timeout: None,
+            response_timeout: None,
         }
     }
 }
@@ -829,6 +836,24 @@ impl Builder {
         self
     }
 
+    /// HTTP mode: how long a client may take to send a request's head (a
+    /// slowloris is cut off then), and an idle keep-alive client connection
+    /// is kept (default [`crate::proxy::DEFAULT_HEADER_TIMEOUT`]).
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn header_timeout(mut self, timeout: Duration) -> Self {
+        self.header_timeout = Some(timeout);
+        self
+    }
+
+    /// HTTP mode: how long a worker may take to send a response's head
+    /// before the client gets `504 Gateway Timeout` (default
+    /// [`crate::proxy::DEFAULT_RESPONSE_TIMEOUT`]).
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = Some(timeout);
+        self
+    }
+
     /// Validates the configuration and binds every listening address.
     /// Nothing is spawned yet.
     ///
@@ -981,6 +1006,30 @@ impl Builder {
                 });
             }
         }
+        for (given, setting) in [
+            (self.header_timeout, "header-timeout"),
+            (self.response_timeout, "response-timeout"),
+        ] {
+            match given {
+                Some(d) if !self.balance.is_http() => {
+                    return Err(Error::InvalidSetting {
+                        setting,
+                        reason: format!(
+                            "{} is for --balance http, not {}",
+                            crate::event::Millis(d),
+                            self.balance
+                        ),
+                    })
+                }
+                Some(d) if d.is_zero() || d > MAX_SETTING => {
+                    return Err(Error::InvalidSetting {
+                        setting,
+                        reason: "must be longer than zero and at most a year".into(),
+                    })
+                }
+                _ => {}
+            }
+        }
         if !self.trusted_proxies.is_empty() && !self.balance.is_http() {
             return Err(Error::InvalidSetting {
                 setting: "trust-proxy",
@@ -1121,6 +1170,12 @@ impl Builder {
                 .then_some(self.proxy_idle_timeout),
             sticky_cookie: self.sticky_cookie,
             trusted_proxies: self.trusted_proxies.clone(),
+            header_timeout: self
+                .header_timeout
+                .unwrap_or(crate::proxy::DEFAULT_HEADER_TIMEOUT),
+            response_timeout: self
+                .response_timeout
+                .unwrap_or(crate::proxy::DEFAULT_RESPONSE_TIMEOUT),
         };
 
         if self.listen.is_empty() && !self.without_sockets {

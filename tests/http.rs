@@ -342,3 +342,47 @@ fn a_trusted_proxy_keeps_its_forwarded_headers_and_http_answers_are_measured() {
     m.signal(Signal::SIGTERM);
     assert!(m.wait_exit().success(), "{}", m.log());
 }
+
+#[test]
+fn a_slow_worker_gets_504_and_a_slow_client_is_cut_off_while_others_are_served() {
+    let mut m = Master::start(&cmd(
+        &[
+            "-w",
+            "2",
+            "--balance",
+            "http",
+            "--response-timeout",
+            "500ms",
+            "--header-timeout",
+            "1s",
+        ],
+        &py_abrupt(),
+    ));
+    m.wait_kind("spawned", 2);
+    // A slowloris: half a head, then nothing.
+    let mut slow = TcpStream::connect(m.addr).unwrap();
+    slow.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow:")
+        .unwrap();
+    let (status, text) = raw(
+        m.addr,
+        b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 504, "{text}");
+    assert!(get(m.addr, "/").is_ok());
+    // The slowloris's connection ends (with or without a 408) within the
+    // read timeout, long before it could finish.
+    let mut rest = Vec::new();
+    let ended = slow.read_to_end(&mut rest);
+    assert!(ended.is_ok(), "still open: {ended:?}");
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.is_empty() || rest.starts_with("HTTP/1.1 408"),
+        "{rest}"
+    );
+    m.wait_events("the 504's notice", |e| {
+        of_kind(e, "notice").any(|n| n["notice"] == "http_error")
+    });
+    m.signal(Signal::SIGTERM);
+    assert!(m.wait_exit().success(), "{}", m.log());
+}

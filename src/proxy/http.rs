@@ -16,7 +16,7 @@
 //! another worker if nothing of it reached the first (hyper hands back a
 //! request it did not write), or if it is idempotent and had no body.
 //! Otherwise the client gets `502`. A response head that takes longer than
-//! [`RESPONSE_TIMEOUT`] is a `504`; no ready worker within
+//! the response timeout is a `504`; no ready worker within
 //! [`NO_WORKER_WAIT`] a `503` with `Retry-After`. `Connection: Upgrade`
 //! (WebSocket) is tunnelled once the worker answers `101`; the tunnel counts
 //! as a request in flight for as long as it is open.
@@ -42,11 +42,6 @@ use crate::net::Cidr;
 
 /// How long a request waits for a ready worker before it is answered 503.
 pub const NO_WORKER_WAIT: Duration = Duration::from_secs(10);
-/// How long a worker may take to send a response's head: then 504.
-pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a client may take to send a request's head (slowloris), and
-/// how long an idle keep-alive client connection is kept.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest request head read; a larger one is answered 431.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// An idle pooled connection older than this is not reused: servers close
@@ -114,7 +109,7 @@ pub(crate) struct Shared {
     address: usize,
     rotation: Arc<Rotation>,
     picker: Mutex<Picker>,
-    sticky: bool,
+    config: ProxyConfig,
     counters: Arc<Counters>,
     metrics: crate::metrics::Http,
     /// Peers whose X-Forwarded-* are believed.
@@ -135,7 +130,7 @@ impl Shared {
             address,
             rotation,
             picker: Mutex::new(Picker::new(config.strategy, seed)),
-            sticky: config.sticky,
+            config,
             counters,
             metrics: crate::metrics::Http::default(),
             trusted,
@@ -181,6 +176,7 @@ pub(crate) async fn accept_loop(
 
 /// Serves one client connection until it closes.
 async fn serve(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let header_timeout = shared.config.header_timeout;
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
         async move {
@@ -194,7 +190,7 @@ async fn serve(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(header_timeout)
         .max_buf_size(MAX_HEADER_BYTES)
         .serve_connection(TokioIo::new(client), service)
         .with_upgrades()
@@ -314,7 +310,7 @@ async fn handle(
         return tunnel(req, peer, shared).await;
     }
     strip_hop_by_hop(req.headers_mut());
-    let pinned = if shared.sticky {
+    let pinned = if shared.config.sticky {
         cookie_slot(req.headers())
     } else {
         None
@@ -350,11 +346,15 @@ async fn handle(
         backend
             .total
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let sent = tokio::time::timeout(RESPONSE_TIMEOUT, sender.try_send_request(request)).await;
+        let sent = tokio::time::timeout(
+            shared.config.response_timeout,
+            sender.try_send_request(request),
+        )
+        .await;
         match sent {
             Ok(Ok(mut response)) => {
                 strip_hop_by_hop(response.headers_mut());
-                if shared.sticky && pinned != Some(backend.slot) {
+                if shared.config.sticky && pinned != Some(backend.slot) {
                     set_cookie(&mut response, backend.slot);
                 }
                 return response.map(|body| {
@@ -506,7 +506,7 @@ async fn tunnel(
     peer: SocketAddr,
     shared: &Shared,
 ) -> Response<DownBody> {
-    let pinned = if shared.sticky {
+    let pinned = if shared.config.sticky {
         cookie_slot(req.headers())
     } else {
         None

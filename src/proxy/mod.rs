@@ -326,7 +326,21 @@ pub(crate) struct ProxyConfig {
     /// HTTP mode: a cookie pins each client to a slot.
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) sticky: bool,
+    /// HTTP mode: how long a client may take to send a request head, and
+    /// an idle keep-alive client connection is kept.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) header_timeout: std::time::Duration,
+    /// HTTP mode: how long a worker may take to send a response head.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) response_timeout: std::time::Duration,
 }
+
+/// HTTP mode: how long a client may take to send a request head (a
+/// slowloris is cut off then), and an idle keep-alive connection is kept.
+pub const DEFAULT_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// HTTP mode: how long a worker may take to send a response head before
+/// the client gets `504`.
+pub const DEFAULT_RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Default time a proxied connection may stay quiet both ways before it is
 /// closed (long enough for WebSocket apps that ping every minute or so).

@@ -308,6 +308,8 @@ pub(crate) async fn run(
                 idle_timeout: config.proxy_idle_timeout,
                 http: balance.is_http(),
                 sticky: config.sticky_cookie,
+                header_timeout: config.header_timeout,
+                response_timeout: config.response_timeout,
             };
             Some(config)
         }
