@@ -1,68 +1,191 @@
 //! HTTP balance mode (feature `http`): the master speaks HTTP/1.1 to the
 //! clients and forwards each *request* to a worker.
 //!
-//! A client's connection belongs to the master: it is served by hyper, and
-//! every request on it is balanced on its own (the strategies of proxy
-//! mode, counting requests in flight instead of connections) and sent over
-//! a pooled keep-alive connection to the worker's private listener. So a
-//! worker can be retired without the client noticing, whatever the app
-//! does with its own connections when told to stop: it gets no new
-//! request, its idle pooled connections are dropped, and the stop signal
-//! follows once its last request has been answered (see
-//! `Supervisor::defers_stop_signal`).
+//! A client's connection belongs to the master, and every request on it
+//! is balanced on its own (the strategies of proxy mode, counting requests
+//! in flight instead of connections) and sent over a pooled keep-alive
+//! connection to the worker's private listener. So a worker can be retired
+//! without the client noticing, whatever the app does with its own
+//! connections when told to stop: it gets no new request, its idle pooled
+//! connections are dropped, and the stop signal follows once its last
+//! request has been answered (see `Supervisor::defers_stop_signal`).
 //!
-//! A request that could not be delivered (the worker closed the pooled
-//! connection, refused it, or died before answering) is sent once more to
-//! another worker if nothing of it reached the first (hyper hands back a
-//! request it did not write), or if it is idempotent and had no body.
-//! Otherwise the client gets `502`. A response head that takes longer than
-//! the response timeout is a `504`; no ready worker within
-//! [`NO_WORKER_WAIT`] a `503` with `Retry-After`. `Connection: Upgrade`
-//! (WebSocket) is tunnelled once the worker answers `101`; the tunnel counts
-//! as a request in flight for as long as it is open.
+//! Heads are parsed and rewritten by [`super::h1`]; bodies stream through
+//! as they come, never whole in memory. A request that could not be
+//! delivered (the worker's connection failed before any of it was
+//! written, or it was refused) goes to another worker; one whose worker
+//! closed or died before any byte of an answer is sent once more if it is
+//! idempotent and has no body. Otherwise the client gets `502`. A response
+//! head that takes longer than the response timeout is a `504`; no ready
+//! worker within [`NO_WORKER_WAIT`] a `503` with `Retry-After`.
+//! `Connection: Upgrade` (WebSocket) is tunnelled once the worker answers
+//! `101`; the tunnel counts as a request in flight for as long as it is
+//! open.
+//!
+//! An idle client connection holds no buffer: one is taken when a request
+//! arrives and given back once it has been answered.
 
-use std::convert::Infallible;
+use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
-use hyper::header::{HeaderName, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream, UnixStream};
+use socket2::SockRef;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{tcp, unix, TcpListener, TcpStream, UnixStream};
 
-use super::{admit, Backend, Counted, Counters, ProxyConfig, Rotation, Target};
+use super::h1::{self, Answering, Body, Framing, Pass, RequestHead};
+use super::{admit, relay, Backend, Counted, Counters, ProxyConfig, Rotation, Target};
 use crate::balance::{hash_ip, Picker};
 use crate::net::Cidr;
 
 /// How long a request waits for a ready worker before it is answered 503.
 pub const NO_WORKER_WAIT: Duration = Duration::from_secs(10);
-/// The largest request head read; a larger one is answered 431.
-pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// An idle pooled connection older than this is not reused: servers close
 /// theirs after a few seconds (Node's default is 5 s), and a request sent
 /// on one being closed would have to be retried.
 const POOL_IDLE: Duration = Duration::from_secs(2);
 /// Idle connections kept per worker.
 const POOL_MAX: usize = 256;
-/// The cookie that pins a client to a slot (`Builder::sticky_cookie`).
-pub const STICKY_COOKIE: &str = "herd_slot";
+/// What one read asks for.
+const READ: usize = 16 * 1024;
+/// A buffer with less room than this grows before a read.
+const READ_MIN: usize = 1024;
 
-/// A request's body on its way to a worker.
-type UpBody = BoxBody<Bytes, hyper::Error>;
-type Sender = hyper::client::conn::http1::SendRequest<UpBody>;
-/// What the client gets.
-type DownBody = BoxBody<Bytes, hyper::Error>;
+/// A connection to a worker's private listener.
+pub(crate) enum Up {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Up {
+    async fn open(target: &Target) -> io::Result<Up> {
+        Ok(match target {
+            Target::Tcp(addr) => {
+                let s = TcpStream::connect(addr).await?;
+                let _ = s.set_nodelay(true);
+                Up::Tcp(s)
+            }
+            Target::Unix(path) => Up::Unix(UnixStream::connect(path).await?),
+        })
+    }
+
+    fn split(&mut self) -> (UpRead<'_>, UpWrite<'_>) {
+        match self {
+            Up::Tcp(s) => {
+                let (r, w) = s.split();
+                (UpRead::Tcp(r), UpWrite::Tcp(w))
+            }
+            Up::Unix(s) => {
+                let (r, w) = s.split();
+                (UpRead::Unix(r), UpWrite::Unix(w))
+            }
+        }
+    }
+
+    fn sock(&self) -> SockRef<'_> {
+        match self {
+            Up::Tcp(s) => SockRef::from(s),
+            Up::Unix(s) => SockRef::from(s),
+        }
+    }
+
+    /// Whether an idle connection can no longer carry a request: the
+    /// worker closed it, or sent something nobody asked for.
+    fn stale(&self) -> bool {
+        let mut byte = [MaybeUninit::uninit(); 1];
+        !matches!(self.sock().peek(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
+impl relay::Duplex for Up {
+    async fn readable(&self) -> io::Result<()> {
+        match self {
+            Up::Tcp(s) => s.readable().await,
+            Up::Unix(s) => s.readable().await,
+        }
+    }
+    fn try_read_buf(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        match self {
+            Up::Tcp(s) => s.try_read_buf(buf),
+            Up::Unix(s) => s.try_read_buf(buf),
+        }
+    }
+    async fn writable(&self) -> io::Result<()> {
+        match self {
+            Up::Tcp(s) => s.writable().await,
+            Up::Unix(s) => s.writable().await,
+        }
+    }
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Up::Tcp(s) => s.try_write(buf),
+            Up::Unix(s) => s.try_write(buf),
+        }
+    }
+    fn shutdown_write(&self) {
+        let _ = self.sock().shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// The reading half of an [`Up`].
+enum UpRead<'a> {
+    Tcp(tcp::ReadHalf<'a>),
+    Unix(unix::ReadHalf<'a>),
+}
+
+/// The writing half of an [`Up`].
+enum UpWrite<'a> {
+    Tcp(tcp::WriteHalf<'a>),
+    Unix(unix::WriteHalf<'a>),
+}
+
+impl AsyncRead for UpRead<'_> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpRead::Tcp(r) => Pin::new(r).poll_read(cx, buf),
+            UpRead::Unix(r) => Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpWrite<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpWrite::Tcp(w) => Pin::new(w).poll_write(cx, buf),
+            UpWrite::Unix(w) => Pin::new(w).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpWrite::Tcp(w) => Pin::new(w).poll_flush(cx),
+            UpWrite::Unix(w) => Pin::new(w).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpWrite::Tcp(w) => Pin::new(w).poll_shutdown(cx),
+            UpWrite::Unix(w) => Pin::new(w).poll_shutdown(cx),
+        }
+    }
+}
 
 /// An idle keep-alive connection to a worker's private listener.
-pub(crate) struct Pooled {
+struct Pooled {
     address: usize,
-    sender: Sender,
+    up: Up,
     since: Instant,
 }
 
@@ -82,22 +205,23 @@ impl Pool {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
-    fn take(&self, address: usize) -> Option<Sender> {
+    /// The most recently used idle connection for `address`.
+    fn take(&self, address: usize) -> Option<Up> {
         let mut idle = self.0.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(p) = idle.pop() {
-            if p.address == address && p.since.elapsed() < POOL_IDLE && p.sender.is_ready() {
-                return Some(p.sender);
+            if p.address == address && p.since.elapsed() < POOL_IDLE {
+                return Some(p.up);
             }
         }
         None
     }
 
-    fn put(&self, address: usize, sender: Sender) {
+    fn put(&self, address: usize, up: Up) {
         let mut idle = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < POOL_MAX {
             idle.push(Pooled {
                 address,
-                sender,
+                up,
                 since: Instant::now(),
             });
         }
@@ -137,13 +261,52 @@ impl Shared {
         })
     }
 
-    /// An error the master answers itself: counted, logged (throttled).
-    fn fail(&self, status: StatusCode, reason: &str) -> Response<DownBody> {
-        self.counters.http_error(status.as_u16(), || {
+    /// Answers an error itself (counted, logged at most once a second):
+    /// whether the client's connection stays.
+    async fn answer(
+        &self,
+        client: &mut TcpStream,
+        status: u16,
+        reason: &str,
+        keep: bool,
+        started: Instant,
+    ) -> bool {
+        self.counters.http_error(status, || {
             format!("http: answered {status} to a client: {reason}")
         });
-        answer(status, reason)
+        self.metrics.record(status, started.elapsed());
+        client
+            .write_all(&answer_bytes(status, reason, keep))
+            .await
+            .is_ok()
+            && keep
     }
+}
+
+/// A short answer from the master itself.
+fn answer_bytes(status: u16, reason: &str, keep: bool) -> Vec<u8> {
+    let phrase = match status {
+        400 => "Bad Request",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "",
+    };
+    let body = format!("{reason}\n");
+    format!(
+        "HTTP/1.1 {status} {phrase}\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\n{}{}\r\n{body}",
+        body.len(),
+        if status == 503 {
+            "retry-after: 1\r\n"
+        } else {
+            ""
+        },
+        if keep { "" } else { "connection: close\r\n" },
+    )
+    .into_bytes()
 }
 
 /// Accepts clients on `listener` and serves each on a task of its own;
@@ -175,258 +338,444 @@ pub(crate) async fn accept_loop(
 }
 
 /// Serves one client connection until it closes.
-async fn serve(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    let header_timeout = shared.config.header_timeout;
-    let service = hyper::service::service_fn(move |req| {
-        let shared = shared.clone();
-        async move {
-            let started = Instant::now();
-            let response = handle(req, peer, &shared).await;
-            shared
-                .metrics
-                .record(response.status().as_u16(), started.elapsed());
-            Ok::<_, Infallible>(response)
-        }
-    });
-    let _ = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
-        .max_buf_size(MAX_HEADER_BYTES)
-        .serve_connection(TokioIo::new(client), service)
-        .with_upgrades()
-        .await;
-}
-
-/// A short answer from the master itself.
-fn answer(status: StatusCode, reason: &str) -> Response<DownBody> {
-    let mut r = Response::new(
-        Full::new(Bytes::from(format!("{reason}\n")))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        r.headers_mut()
-            .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    r
-}
-
-/// Sets `X-Forwarded-For`, `-Proto` and `-Host`. An untrusted client's
-/// own are replaced (it could claim any address); a trusted proxy's are
-/// kept, with the proxy's address appended to `X-Forwarded-For`.
-fn forwarded(req: &mut Request<Incoming>, peer: SocketAddr, trusted: &[Cidr]) {
-    let headers = req.headers_mut();
-    let ip = peer.ip().to_string();
-    let trust = trusted.iter().any(|c| c.contains(peer.ip()));
-    let before = headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .filter(|_| trust);
-    let chain = match before {
-        Some(before) => format!("{before}, {ip}"),
-        None => ip,
+async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let who = h1::Client {
+        ip: peer.ip(),
+        trusted: shared.trusted.iter().any(|c| c.contains(peer.ip())),
+        sticky: shared.config.sticky,
     };
-    let host = headers.get(hyper::header::HOST).cloned();
-    for (name, value) in [
-        ("x-forwarded-for", HeaderValue::from_str(&chain).ok()),
-        ("x-forwarded-proto", Some(HeaderValue::from_static("http"))),
-        ("x-forwarded-host", host),
-    ] {
-        let name = HeaderName::from_static(name);
-        if trust && name != "x-forwarded-for" && headers.contains_key(&name) {
-            continue;
-        }
-        match value {
-            Some(v) => {
-                headers.insert(name, v);
+    let mut buf = Vec::new();
+    loop {
+        let deadline = tokio::time::Instant::now() + shared.config.header_timeout;
+        let (len, request) = match read_request(&mut client, &mut buf, who, deadline).await {
+            Ok(Some(r)) => r,
+            // Closed, or too slow: a slowloris is cut off here.
+            Ok(None) => return,
+            Err(reject) => {
+                let (status, reason) = (reject.status, reject.reason);
+                shared
+                    .answer(&mut client, status, reason, false, Instant::now())
+                    .await;
+                return;
             }
-            None => {
-                headers.remove(name);
-            }
+        };
+        buf.drain(..len);
+        if !exchange(&mut client, &mut buf, request, peer, &shared).await {
+            return;
+        }
+        if buf.is_empty() {
+            // Idle: the buffer goes back until the next request.
+            buf = Vec::new();
         }
     }
 }
 
-/// Removes the hop-by-hop headers (RFC 9110, 7.6.1): `Connection`, those
-/// it names, and the fixed ones. Each side of the master has its own
-/// connection: a client's `Connection: close` must not close the pooled
-/// connection to the worker, and a worker's must not close the client's.
-fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(hyper::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+/// Reads a request head into `buf` by `deadline`: `Ok(None)` when the
+/// client closed or took too long.
+async fn read_request(
+    client: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    who: h1::Client,
+    deadline: tokio::time::Instant,
+) -> Result<Option<(usize, RequestHead)>, h1::Reject> {
+    loop {
+        if !buf.is_empty() {
+            if let Some(request) = h1::parse_request(buf, who)? {
+                return Ok(Some(request));
+            }
+        } else if !matches!(
+            tokio::time::timeout_at(deadline, client.readable()).await,
+            Ok(Ok(()))
+        ) {
+            return Ok(None);
+        }
+        if buf.capacity() - buf.len() < READ_MIN {
+            buf.reserve(READ);
+        }
+        match tokio::time::timeout_at(deadline, client.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return Ok(None),
+        }
     }
-    for name in [
-        hyper::header::CONNECTION,
-        hyper::header::TE,
-        hyper::header::TRAILER,
-        hyper::header::UPGRADE,
-        hyper::header::PROXY_AUTHENTICATE,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-    ] {
-        headers.remove(name);
-    }
 }
 
-/// Whether a request may be sent again after its worker failed before
-/// answering: nothing would happen twice.
-fn replayable(req: &Request<UpBody>) -> bool {
-    matches!(
-        *req.method(),
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-    ) && req.body().is_end_stream()
+/// How a request could not be forwarded.
+#[derive(Debug)]
+enum Failed {
+    /// Nothing of it reached the worker: any request may go elsewhere.
+    Unwritten,
+    /// The worker closed or failed before any byte of an answer.
+    Unanswered,
+    /// The worker's answer cannot be passed on (before its head went out).
+    BadResponse(&'static str),
+    /// No response head within the response timeout.
+    Timeout,
+    /// The client's body is malformed.
+    BadRequest(&'static str),
+    /// The client is gone.
+    Client,
+    /// The answer broke off after its head went to the client: all that
+    /// can be done is close the connection.
+    Broken,
 }
 
-fn is_upgrade(req: &Request<Incoming>) -> bool {
-    req.headers()
-        .get(hyper::header::CONNECTION)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-        })
+/// A request answered.
+struct Answered {
+    /// The client's connection stays open.
+    keep_client: bool,
+    /// The worker's connection may carry another request.
+    reusable: bool,
+    /// The worker switched protocols: what it sent after its `101`.
+    switched: Option<Vec<u8>>,
 }
 
-/// Forwards one request, retrying once where that is safe.
-async fn handle(
-    mut req: Request<Incoming>,
+/// Forwards one request and its answer, to another worker if the first
+/// could not take it: whether the client's connection stays open.
+async fn exchange(
+    client: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    request: RequestHead,
     peer: SocketAddr,
     shared: &Shared,
-) -> Response<DownBody> {
-    forwarded(&mut req, peer, &shared.trusted);
-    if is_upgrade(&req) {
-        return tunnel(req, peer, shared).await;
-    }
-    strip_hop_by_hop(req.headers_mut());
-    let pinned = if shared.config.sticky {
-        cookie_slot(req.headers())
-    } else {
-        None
-    };
-    let (parts, body) = req.into_parts();
-    let mut req = Some(Request::from_parts(parts, body.boxed()));
-    let mut tried: Option<u32> = None;
-    for _attempt in 0..2 {
-        let Some(request) = req.take() else { break };
-        let wanted = if tried.is_none() { pinned } else { None };
+) -> bool {
+    let started = Instant::now();
+    // After the master's own error answer, the connection is kept only if
+    // no unread body is left in it.
+    let keep = request.keep_alive && !request.http10 && request.framing == Framing::Empty;
+    let mut tried = None;
+    let mut failure = "no worker could take the request";
+    for attempt in 0..2 {
+        let wanted = if attempt == 0 { request.pinned } else { None };
         let Some((counted, backend)) = pick(shared, peer, tried, wanted).await else {
-            return shared.fail(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no worker is ready to take the request",
-            );
+            let reason = "no worker is ready to take the request";
+            return shared.answer(client, 503, reason, keep, started).await;
         };
         tried = Some(backend.pid);
-        let replay = replayable(&request);
-        // What may be sent again if this attempt fails: the request itself
-        // when hyper hands it back unwritten, or a copy of its head when it
-        // has no body and is idempotent.
-        let copy = replay.then(|| head_copy(&request));
-        let mut sender = match connection(&backend, shared.address).await {
-            Ok(s) => s,
-            Err(_) => {
-                backend
-                    .connect_errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                req = Some(request);
+        let Ok(mut up) = connection(&backend, shared.address, &request).await else {
+            backend.connect_errors.fetch_add(1, Ordering::Relaxed);
+            failure = "cannot connect to the worker";
+            continue;
+        };
+        backend.total.fetch_add(1, Ordering::Relaxed);
+        let set_cookie =
+            (shared.config.sticky && request.pinned != Some(backend.slot)).then_some(backend.slot);
+        let result = forward(client, buf, &mut up, &request, shared, set_cookie, started).await;
+        let (status, reason) = match result {
+            Ok(answered) => {
+                if let Some(early) = answered.switched {
+                    tunnel(client, buf, up, &early, shared).await;
+                } else if answered.reusable && !backend.draining.load(Ordering::Acquire) {
+                    // A draining worker's connections close with their
+                    // last answer.
+                    backend.pool.put(shared.address, up);
+                }
+                drop(counted);
+                return answered.keep_client;
+            }
+            Err(Failed::Unwritten) => {
+                failure = "the worker's connection failed";
                 continue;
             }
+            Err(Failed::Unanswered) if request.replayable() => {
+                failure = "the worker closed the connection without answering";
+                continue;
+            }
+            Err(Failed::Unanswered) => (
+                502,
+                "the worker closed the connection without answering, and the request cannot \
+                 be sent again",
+            ),
+            Err(Failed::BadResponse(reason)) => (502, reason),
+            Err(Failed::Timeout) => (504, "the worker did not answer in time"),
+            Err(Failed::BadRequest(reason)) => (400, reason),
+            Err(Failed::Client | Failed::Broken) => return false,
         };
-        backend
-            .total
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let sent = tokio::time::timeout(
-            shared.config.response_timeout,
-            sender.try_send_request(request),
-        )
-        .await;
-        match sent {
-            Ok(Ok(mut response)) => {
-                strip_hop_by_hop(response.headers_mut());
-                if shared.config.sticky && pinned != Some(backend.slot) {
-                    set_cookie(&mut response, backend.slot);
-                }
-                return response.map(|body| {
-                    Tracked {
-                        inner: body,
-                        done: Some(Done {
-                            counted,
-                            sender,
-                            address: shared.address,
-                        }),
-                    }
-                    .boxed()
-                });
-            }
-            Ok(Err(mut e)) => {
-                // Unwritten: it can go to another worker as it is.
-                req = e.take_message().or(copy);
-                if req.is_none() {
-                    return shared.fail(
-                        StatusCode::BAD_GATEWAY,
-                        &format!(
-                            "the worker failed while the request was sent: {}",
-                            e.error()
-                        ),
-                    );
-                }
-            }
-            Err(_) => {
-                return shared.fail(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "the worker did not answer in time",
-                )
+        drop(counted);
+        return shared.answer(client, status, reason, keep, started).await;
+    }
+    shared.answer(client, 502, failure, keep, started).await
+}
+
+/// An idle pooled connection to `backend`, or a new one. A request that
+/// could not be sent again gets no connection the worker has closed.
+async fn connection(backend: &Backend, address: usize, request: &RequestHead) -> io::Result<Up> {
+    if !request.upgrade {
+        while let Some(up) = backend.pool.take(address) {
+            if request.replayable() || !up.stale() {
+                return Ok(up);
             }
         }
     }
-    shared.fail(StatusCode::BAD_GATEWAY, "no worker could take the request")
+    // The PORT contract has one port for every address.
+    let target = backend
+        .addrs
+        .get(address)
+        .or(backend.addrs.first())
+        .ok_or_else(|| io::Error::other("the worker has no private listener"))?;
+    Up::open(target).await
 }
 
-/// A copy of a request without a body.
-fn head_copy(req: &Request<UpBody>) -> Request<UpBody> {
-    let mut copy = Request::new(
-        http_body_util::Empty::new()
-            .map_err(|never| match never {})
-            .boxed(),
+/// Sends `request` (its head, then its body as the client sends it) on
+/// `up`, and passes the answer to the client.
+async fn forward(
+    client: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    up: &mut Up,
+    request: &RequestHead,
+    shared: &Shared,
+    set_cookie: Option<usize>,
+    started: Instant,
+) -> Result<Answered, Failed> {
+    let (mut client_read, mut client_write) = client.split();
+    let (mut up_read, mut up_write) = up.split();
+    let mut body = Body::new(request.framing);
+    // The head goes with what of the body is here already, in one write.
+    let mut first = Vec::new();
+    let here = if request.framing == Framing::Empty {
+        0
+    } else {
+        let n = body
+            .take(buf, Pass::Verbatim, None)
+            .map_err(|e| Failed::BadRequest(e.0))?;
+        first.reserve(request.bytes.len() + n);
+        first.extend_from_slice(&request.bytes);
+        first.extend_from_slice(&buf[..n]);
+        n
+    };
+    let head = if first.is_empty() {
+        &request.bytes
+    } else {
+        &first
+    };
+    match up_write.write(head).await {
+        Ok(n) if n > 0 => {
+            if up_write.write_all(&head[n..]).await.is_err() {
+                return Err(Failed::Unanswered);
+            }
+        }
+        _ => return Err(Failed::Unwritten),
+    }
+    buf.drain(..here);
+
+    let answered = AtomicBool::new(false);
+    let answering = Answering {
+        head: request.head,
+        http10: request.http10,
+        keep_alive: request.keep_alive,
+        upgrade: request.upgrade,
+        set_cookie,
+    };
+    let respond = respond(
+        &mut up_read,
+        &mut client_write,
+        answering,
+        shared,
+        started,
+        &answered,
     );
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    copy
+    // The rest of the body goes on while the answer is awaited: a worker
+    // may answer before it has read it all.
+    let mut sent = body.done();
+    let send = pump(
+        &mut body,
+        Pass::Verbatim,
+        buf,
+        &mut client_read,
+        &mut up_write,
+        Vec::new(),
+    );
+    // The response timeout counts from the end of the request.
+    let timeout = shared.config.response_timeout;
+    let timer = tokio::time::sleep(timeout);
+    let mut timing = sent;
+    tokio::pin!(respond, send, timer);
+    loop {
+        tokio::select! {
+            biased;
+            result = &mut respond => {
+                let mut answered = result?;
+                if !sent {
+                    // Its body was never all read: the client's
+                    // connection cannot carry another request.
+                    answered.keep_client = false;
+                    answered.reusable = false;
+                }
+                return Ok(answered);
+            }
+            result = &mut send, if !sent => {
+                sent = true;
+                match result {
+                    Ok(()) => {
+                        timer.as_mut().reset(tokio::time::Instant::now() + timeout);
+                        timing = true;
+                    }
+                    // The answer, or its absence, tells.
+                    Err(Pumped::Write) => {}
+                    Err(Pumped::Read) => return Err(Failed::Client),
+                    Err(Pumped::Bad(reason)) if !answered.load(Ordering::Relaxed) => {
+                        return Err(Failed::BadRequest(reason))
+                    }
+                    Err(Pumped::Bad(_)) => return Err(Failed::Broken),
+                }
+            }
+            () = &mut timer, if timing => {
+                if !answered.load(Ordering::Relaxed) {
+                    return Err(Failed::Timeout);
+                }
+                timing = false;
+            }
+        }
+    }
 }
 
-/// The slot a request's sticky cookie names.
-fn cookie_slot(headers: &hyper::HeaderMap) -> Option<usize> {
-    headers
-        .get_all(hyper::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|c| {
-            let (name, value) = c.trim().split_once('=')?;
-            (name == STICKY_COOKIE)
-                .then(|| value.parse().ok())
-                .flatten()
-        })
+/// Reads the worker's answer and passes it to the client: interim `1xx`
+/// heads, the final head, and its body.
+async fn respond(
+    from: &mut UpRead<'_>,
+    to: &mut tcp::WriteHalf<'_>,
+    answering: Answering,
+    shared: &Shared,
+    started: Instant,
+    answered: &AtomicBool,
+) -> Result<Answered, Failed> {
+    let mut buf = Vec::with_capacity(READ);
+    let mut out = Vec::new();
+    let mut interim = false;
+    let head = loop {
+        let head = loop {
+            if !buf.is_empty() {
+                match h1::parse_response(&buf, answering, &mut out) {
+                    Ok(Some(head)) => break head,
+                    Ok(None) => {}
+                    Err(e) => return Err(Failed::BadResponse(e.0)),
+                }
+            }
+            if buf.capacity() - buf.len() < READ_MIN {
+                buf.reserve(READ);
+            }
+            match from.read_buf(&mut buf).await {
+                Ok(n) if n > 0 => {}
+                _ if buf.is_empty() && !interim => return Err(Failed::Unanswered),
+                _ => {
+                    return Err(Failed::BadResponse(
+                        "the worker closed the connection in the middle of its answer",
+                    ))
+                }
+            }
+        };
+        buf.drain(..head.len);
+        if head.status >= 200 || (head.status == 101 && answering.upgrade) {
+            break head;
+        }
+        // 100 Continue, 103 Early Hints: on to an HTTP/1.1 client, and
+        // the final answer follows.
+        interim = true;
+        if !answering.http10 {
+            to.write_all(&out).await.map_err(|_| Failed::Client)?;
+        }
+        out.clear();
+    };
+    answered.store(true, Ordering::Relaxed);
+    shared.metrics.record(head.status, started.elapsed());
+    if head.status == 101 {
+        to.write_all(&out).await.map_err(|_| Failed::Client)?;
+        return Ok(Answered {
+            keep_client: false,
+            reusable: false,
+            switched: Some(buf),
+        });
+    }
+    let mut body = Body::new(head.framing);
+    pump(&mut body, head.pass, &mut buf, from, to, out)
+        .await
+        .map_err(|e| match e {
+            Pumped::Write => Failed::Client,
+            Pumped::Read | Pumped::Bad(_) => Failed::Broken,
+        })?;
+    Ok(Answered {
+        keep_client: !head.close_client,
+        reusable: head.reusable && buf.is_empty(),
+        switched: None,
+    })
 }
 
-/// Pins the client to `slot` from now on.
-fn set_cookie(response: &mut Response<Incoming>, slot: usize) {
-    let cookie = format!("{STICKY_COOKIE}={slot}; Path=/; HttpOnly; SameSite=Lax");
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().append(hyper::header::SET_COOKIE, v);
+/// How a body could not be passed on.
+#[derive(Debug)]
+enum Pumped {
+    /// Its sender failed or closed before its end.
+    Read,
+    /// Its recipient failed.
+    Write,
+    /// Its framing is broken.
+    Bad(&'static str),
+}
+
+/// Passes `body` from `from` to `to` as `pass` says, starting with what
+/// is in `buf` and after `out` (a head to go first). What follows the
+/// body is left in `buf`.
+async fn pump<R, W>(
+    body: &mut Body,
+    pass: Pass,
+    buf: &mut Vec<u8>,
+    from: &mut R,
+    to: &mut W,
+    mut out: Vec<u8>,
+) -> Result<(), Pumped>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        let n = body
+            .take(buf, pass, Some(&mut out))
+            .map_err(|e| Pumped::Bad(e.0))?;
+        buf.drain(..n);
+        if !out.is_empty() {
+            to.write_all(&out).await.map_err(|_| Pumped::Write)?;
+            out.clear();
+        }
+        if body.done() {
+            return Ok(());
+        }
+        if buf.capacity() - buf.len() < READ_MIN {
+            buf.reserve(READ);
+        }
+        match from.read_buf(buf).await {
+            Ok(n) if n > 0 => {}
+            Ok(_) => {
+                if !body.closed(pass, &mut out) {
+                    return Err(Pumped::Read);
+                }
+                to.write_all(&out).await.map_err(|_| Pumped::Write)?;
+                return Ok(());
+            }
+            Err(_) => return Err(Pumped::Read),
+        }
+    }
+}
+
+/// After a `101`: what either side sent early goes first, then the bytes
+/// go both ways until either closes, or nothing moved for the idle
+/// timeout.
+async fn tunnel(
+    client: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    mut up: Up,
+    early: &[u8],
+    shared: &Shared,
+) {
+    if client.write_all(early).await.is_err() {
+        return;
+    }
+    if !buf.is_empty() {
+        let (_, mut up_write) = up.split();
+        if up_write.write_all(buf).await.is_err() {
+            return;
+        }
+        buf.clear();
+    }
+    if relay::relay(&*client, &up, shared.config.idle_timeout).await == relay::Ended::Idle {
+        shared.counters.idle_closed.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -459,240 +808,20 @@ async fn pick(
     Some((counted, backend))
 }
 
-/// An idle pooled connection to `backend`, or a new one.
-async fn connection(backend: &Backend, address: usize) -> std::io::Result<Sender> {
-    if let Some(sender) = backend.pool.take(address) {
-        return Ok(sender);
-    }
-    // The PORT contract has one port for every address.
-    let target = backend
-        .addrs
-        .get(address)
-        .or(backend.addrs.first())
-        .ok_or_else(|| std::io::Error::other("the worker has no private listener"))?;
-    handshake(target, false).await
-}
-
-/// A new HTTP/1 connection to a worker's private listener.
-async fn handshake(target: &Target, upgrades: bool) -> std::io::Result<Sender> {
-    async fn over<S>(stream: S, upgrades: bool) -> std::io::Result<Sender>
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-    {
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(std::io::Error::other)?;
-        if upgrades {
-            tokio::spawn(conn.with_upgrades());
-        } else {
-            tokio::spawn(conn);
-        }
-        Ok(sender)
-    }
-    match target {
-        Target::Tcp(addr) => {
-            let s = TcpStream::connect(addr).await?;
-            let _ = s.set_nodelay(true);
-            over(s, upgrades).await
-        }
-        Target::Unix(path) => over(UnixStream::connect(path).await?, upgrades).await,
-    }
-}
-
-/// A `Connection: Upgrade` request: forwarded on a connection of its own;
-/// after the worker's `101`, both sides are joined until either closes.
-async fn tunnel(
-    mut req: Request<Incoming>,
-    peer: SocketAddr,
-    shared: &Shared,
-) -> Response<DownBody> {
-    let pinned = if shared.config.sticky {
-        cookie_slot(req.headers())
-    } else {
-        None
-    };
-    let Some((counted, backend)) = pick(shared, peer, None, pinned).await else {
-        return shared.fail(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no worker is ready to take the request",
-        );
-    };
-    let target = backend
-        .addrs
-        .get(shared.address)
-        .or(backend.addrs.first())
-        .cloned();
-    let Some(target) = target else {
-        return shared.fail(
-            StatusCode::BAD_GATEWAY,
-            "the worker has no private listener",
-        );
-    };
-    let mut sender = match handshake(&target, true).await {
-        Ok(s) => s,
-        Err(e) => {
-            backend
-                .connect_errors
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return shared.fail(
-                StatusCode::BAD_GATEWAY,
-                &format!("cannot reach the worker: {e}"),
-            );
-        }
-    };
-    backend
-        .total
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let client_side = hyper::upgrade::on(&mut req);
-    let (parts, body) = req.into_parts();
-    let mut response = match sender
-        .send_request(Request::from_parts(parts, body.boxed()))
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => return shared.fail(StatusCode::BAD_GATEWAY, &format!("the worker failed: {e}")),
-    };
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let worker_side = hyper::upgrade::on(&mut response);
-        tokio::spawn(async move {
-            if let (Ok(client), Ok(worker)) = (client_side.await, worker_side.await) {
-                let mut client = TokioIo::new(client);
-                let mut worker = TokioIo::new(worker);
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut worker).await;
-            }
-            // The tunnel counted as a request in flight until now.
-            drop(counted);
-        });
-        return response.map(|b| b.boxed());
-    }
-    response.map(|body| {
-        Tracked {
-            inner: body,
-            done: None,
-        }
-        .boxed()
-    })
-}
-
-/// What ends with a response: the request's count, and the connection,
-/// back to the pool once the whole body went through.
-struct Done {
-    counted: Counted,
-    sender: Sender,
-    address: usize,
-}
-
-impl Done {
-    fn finish(self, complete: bool) {
-        let backend = &self.counted.backend;
-        // A draining worker's connections close with their last response.
-        if complete && !backend.draining.load(std::sync::atomic::Ordering::Acquire) {
-            backend.pool.put(self.address, self.sender);
-        }
-        drop(self.counted);
-    }
-}
-
-/// A worker's response body on its way to the client.
-struct Tracked {
-    inner: Incoming,
-    done: Option<Done>,
-}
-
-impl Body for Tracked {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => {
-                if let Some(done) = self.done.take() {
-                    done.finish(true);
-                }
-            }
-            Poll::Ready(Some(Err(_))) => {
-                if let Some(done) = self.done.take() {
-                    done.finish(false);
-                }
-            }
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        // An empty body (HEAD, 204) is never polled: it is complete.
-        if let Some(done) = self.done.take() {
-            done.finish(self.inner.is_end_stream());
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&str, &str)]) -> hyper::HeaderMap {
-        let mut h = hyper::HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
-
     #[test]
-    fn the_sticky_cookie_is_found_among_others_and_garbage_is_ignored() {
-        let h = headers(&[("cookie", "a=1; herd_slot=2"), ("cookie", "b=3")]);
-        assert_eq!(cookie_slot(&h), Some(2));
-        assert_eq!(cookie_slot(&headers(&[("cookie", "herd_slot=x")])), None);
-        assert_eq!(cookie_slot(&headers(&[("cookie", "herd_slots=1")])), None);
-        assert_eq!(cookie_slot(&headers(&[])), None);
-    }
-
-    #[test]
-    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
-        let mut h = headers(&[
-            ("connection", "close, x-private"),
-            ("keep-alive", "timeout=5"),
-            ("x-private", "1"),
-            ("te", "trailers"),
-            ("content-length", "3"),
-            ("x-kept", "1"),
-        ]);
-        strip_hop_by_hop(&mut h);
-        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
-        assert_eq!(left, ["content-length", "x-kept"]);
-    }
-
-    #[test]
-    fn only_idempotent_requests_without_a_body_are_replayed() {
-        let req = |method: Method, body: &'static str| {
-            let body = Full::new(Bytes::from(body))
-                .map_err(|never| match never {})
-                .boxed();
-            Request::builder().method(method).body(body).unwrap()
-        };
-        assert!(replayable(&req(Method::GET, "")));
-        assert!(replayable(&req(Method::HEAD, "")));
-        assert!(!replayable(&req(Method::GET, "body")));
-        assert!(!replayable(&req(Method::POST, "")));
-        assert!(!replayable(&req(Method::DELETE, "")));
+    fn the_masters_own_answers_say_whether_the_connection_stays() {
+        let text = String::from_utf8(answer_bytes(503, "no worker", true)).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("retry-after: 1\r\n") && !text.contains("connection"));
+        assert!(text.ends_with("content-length: 10\r\nretry-after: 1\r\n\r\nno worker\n"));
+        let text = String::from_utf8(answer_bytes(400, "bad", false)).unwrap();
+        assert!(text.contains("connection: close\r\n") && !text.contains("retry-after"));
     }
 }

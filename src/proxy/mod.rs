@@ -10,6 +10,8 @@
 //! with [`crate::balance::Picker`] and hands each connection to a task of
 //! its own, so a slow worker never blocks the accept loop.
 
+#[cfg(feature = "http")]
+pub(crate) mod h1;
 pub(crate) mod header;
 #[cfg(feature = "http")]
 pub(crate) mod http;
@@ -356,7 +358,8 @@ pub(crate) struct Counters {
     pub(crate) at_limit: AtomicU64,
     /// Connections closed for being idle.
     pub(crate) idle_closed: AtomicU64,
-    /// HTTP mode: the master's own 502, 503 and 504 answers.
+    /// HTTP mode: the master's own 4xx, 502, 503 and 504 answers.
+    pub(crate) bad_request: AtomicU64,
     pub(crate) bad_gateway: AtomicU64,
     pub(crate) unavailable: AtomicU64,
     pub(crate) gateway_timeout: AtomicU64,
@@ -393,6 +396,9 @@ pub struct ProxyStats {
     /// Client connections closed because nothing moved for the idle
     /// timeout.
     pub idle_closed: u64,
+    /// HTTP mode: requests the master refused itself (`400` malformed,
+    /// `431` head too large, `405` CONNECT).
+    pub bad_request: u64,
     /// HTTP mode: requests the master answered `502 Bad Gateway` (the
     /// worker failed and the request could not be sent again).
     pub bad_gateway: u64,
@@ -408,6 +414,7 @@ impl Counters {
             limit: Default::default(),
             at_limit: Default::default(),
             idle_closed: Default::default(),
+            bad_request: Default::default(),
             bad_gateway: Default::default(),
             unavailable: Default::default(),
             gateway_timeout: Default::default(),
@@ -422,6 +429,7 @@ impl Counters {
             limit: self.limit.load(Ordering::Relaxed),
             limit_reached: self.at_limit.load(Ordering::Relaxed),
             idle_closed: self.idle_closed.load(Ordering::Relaxed),
+            bad_request: self.bad_request.load(Ordering::Relaxed),
             bad_gateway: self.bad_gateway.load(Ordering::Relaxed),
             unavailable: self.unavailable.load(Ordering::Relaxed),
             gateway_timeout: self.gateway_timeout.load(Ordering::Relaxed),
@@ -435,6 +443,7 @@ impl Counters {
         let counter = match status {
             503 => &self.unavailable,
             504 => &self.gateway_timeout,
+            400..=499 => &self.bad_request,
             _ => &self.bad_gateway,
         };
         counter.fetch_add(1, Ordering::Relaxed);

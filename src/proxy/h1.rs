@@ -1,0 +1,1010 @@
+//! The HTTP/1.1 that HTTP mode speaks, and no more: request and response
+//! heads are parsed with `httparse` (hyper's own parser) and rewritten as
+//! bytes for the other side, and bodies are forwarded as they come, their
+//! end found from `Content-Length` or the chunked coding.
+//!
+//! Why not hyper on both sides (as the first version of HTTP mode did):
+//! the master never looks inside a body and changes a few headers, so
+//! two full codecs per request (a typed header map built and serialized
+//! twice, a task per worker connection, two 8 KiB buffers for every idle
+//! client) cost it a fifth of HAProxy's throughput and 15 KB per idle
+//! client. Here a request costs one parse and one copy of its head, and an
+//! idle client costs its task and socket.
+//!
+//! The parsing is strict where a lenient reading could let a client and a
+//! worker disagree on where a request ends (request smuggling): a request
+//! with both `Content-Length` and `Transfer-Encoding`, with two different
+//! lengths, with a coding other than a final `chunked`, or with a malformed
+//! chunk is refused with `400`.
+
+use std::io::Write as _;
+use std::mem::MaybeUninit;
+use std::net::IpAddr;
+
+/// The largest request or response head; a larger request is answered
+/// `431`, a larger response `502`.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// The most header lines in a head.
+const MAX_HEADERS: usize = 128;
+/// The longest chunk-size line (with its extensions) and trailer section.
+const MAX_CHUNK_LINE: usize = 4096;
+const MAX_TRAILERS: usize = 16 * 1024;
+/// The cookie that pins a client to a slot (`Builder::sticky_cookie`).
+pub const STICKY_COOKIE: &str = "herd_slot";
+
+/// How a message's body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// It has none.
+    Empty,
+    /// After this many bytes.
+    Length(u64),
+    /// With the chunked coding's last chunk.
+    Chunked,
+    /// When the sender closes the connection (responses only).
+    Close,
+}
+
+/// A request the master answers itself, and closes the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Reject {
+    pub(crate) status: u16,
+    pub(crate) reason: &'static str,
+}
+
+const fn reject(status: u16, reason: &'static str) -> Reject {
+    Reject { status, reason }
+}
+
+/// Who sent a request, for the `X-Forwarded-*` headers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Client {
+    pub(crate) ip: IpAddr,
+    /// Its own `X-Forwarded-*` are kept (`--trust-proxy`).
+    pub(crate) trusted: bool,
+    /// Look for the sticky cookie.
+    pub(crate) sticky: bool,
+}
+
+/// A request head, parsed and rewritten for a worker.
+#[derive(Debug)]
+pub(crate) struct RequestHead {
+    /// What the worker gets: the request line as HTTP/1.1, the client's
+    /// headers without the hop-by-hop ones, and `X-Forwarded-*`.
+    pub(crate) bytes: Vec<u8>,
+    /// How its body ends.
+    pub(crate) framing: Framing,
+    /// GET, HEAD, OPTIONS or TRACE: sending it twice does nothing twice.
+    pub(crate) idempotent: bool,
+    /// A HEAD request: the response has no body whatever it announces.
+    pub(crate) head: bool,
+    /// The client speaks HTTP/1.0.
+    pub(crate) http10: bool,
+    /// The client wants its connection kept after the response.
+    pub(crate) keep_alive: bool,
+    /// `Connection: Upgrade` with an `Upgrade` header (WebSocket).
+    pub(crate) upgrade: bool,
+    /// The slot the sticky cookie names.
+    pub(crate) pinned: Option<usize>,
+}
+
+impl RequestHead {
+    /// Whether it may be sent again after its worker failed before
+    /// answering: idempotent and without a body.
+    pub(crate) fn replayable(&self) -> bool {
+        self.idempotent && self.framing == Framing::Empty
+    }
+}
+
+fn is(name: &str, wanted: &str) -> bool {
+    name.eq_ignore_ascii_case(wanted)
+}
+
+/// The comma-separated elements of a header value, trimmed, empty ones
+/// left out.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// The tokens of every `Connection` header.
+#[derive(Debug, Default)]
+struct Connection<'a> {
+    close: bool,
+    keep_alive: bool,
+    upgrade: bool,
+    /// Other headers it names: hop-by-hop too.
+    named: Vec<&'a [u8]>,
+}
+
+impl<'a> Connection<'a> {
+    fn of(headers: &[httparse::Header<'a>]) -> Connection<'a> {
+        let mut c = Connection::default();
+        for h in headers.iter().filter(|h| is(h.name, "connection")) {
+            for t in tokens(h.value) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    c.close = true;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                    c.keep_alive = true;
+                } else if t.eq_ignore_ascii_case(b"upgrade") {
+                    c.upgrade = true;
+                } else {
+                    c.named.push(t);
+                }
+            }
+        }
+        c
+    }
+
+    fn names(&self, name: &str) -> bool {
+        self.named
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+    }
+}
+
+/// Headers that belong to one connection (RFC 9110, 7.6.1), and the
+/// framing headers, which each side gets anew.
+fn hop_by_hop(name: &str) -> bool {
+    [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "upgrade",
+        "transfer-encoding",
+        "content-length",
+    ]
+    .iter()
+    .any(|h| is(name, h))
+}
+
+/// Framing from the `Content-Length` and `Transfer-Encoding` headers:
+/// `Ok(None)` when neither is there; an error when they contradict.
+fn framing_of(headers: &[httparse::Header<'_>]) -> Result<Option<Framing>, &'static str> {
+    let mut length: Option<u64> = None;
+    let mut codings = 0usize;
+    let mut chunked_last = false;
+    for h in headers {
+        if is(h.name, "content-length") {
+            for t in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if t.is_empty() || t.len() > 18 || !t.iter().all(u8::is_ascii_digit) {
+                    return Err("invalid Content-Length");
+                }
+                let n: u64 = std::str::from_utf8(t)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or("invalid Content-Length")?;
+                if length.is_some_and(|l| l != n) {
+                    return Err("conflicting Content-Length headers");
+                }
+                length = Some(n);
+            }
+        } else if is(h.name, "transfer-encoding") {
+            for t in tokens(h.value) {
+                if chunked_last {
+                    // chunked must be the last coding, applied once.
+                    return Err("chunked is not the last transfer coding");
+                }
+                codings += 1;
+                chunked_last = t.eq_ignore_ascii_case(b"chunked");
+            }
+        }
+    }
+    if codings > 0 {
+        if length.is_some() {
+            return Err("both Content-Length and Transfer-Encoding");
+        }
+        return Ok(Some(if chunked_last {
+            Framing::Chunked
+        } else {
+            Framing::Close
+        }));
+    }
+    Ok(length.map(|n| {
+        if n == 0 {
+            Framing::Empty
+        } else {
+            Framing::Length(n)
+        }
+    }))
+}
+
+/// The slot a `Cookie` header's sticky cookie names.
+fn cookie_slot(value: &[u8]) -> Option<usize> {
+    value.split(|&b| b == b';').find_map(|c| {
+        let c = c.trim_ascii();
+        let rest = c
+            .strip_prefix(STICKY_COOKIE.as_bytes())?
+            .strip_prefix(b"=")?;
+        std::str::from_utf8(rest).ok()?.parse().ok()
+    })
+}
+
+fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Parses the request head at the start of `buf`: `Ok(None)` while it is
+/// incomplete, else its length and the head rewritten for a worker.
+pub(crate) fn parse_request(
+    buf: &[u8],
+    client: Client,
+) -> Result<Option<(usize, RequestHead)>, Reject> {
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_request_with_uninit_headers(&mut req, buf, &mut slots)
+    {
+        Ok(httparse::Status::Complete(n)) if n <= MAX_HEADER_BYTES => n,
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEADER_BYTES => return Ok(None),
+        Ok(_) | Err(httparse::Error::TooManyHeaders) => {
+            return Err(reject(431, "the request head is too large"))
+        }
+        Err(_) => return Err(reject(400, "malformed request")),
+    };
+    let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
+        return Err(reject(400, "malformed request"));
+    };
+    if method == "CONNECT" {
+        return Err(reject(405, "CONNECT is not forwarded"));
+    }
+    let http10 = version == 0;
+    let headers = &*req.headers;
+    let connection = Connection::of(headers);
+    let framing = match framing_of(headers) {
+        Ok(Some(Framing::Close)) => return Err(reject(400, "unknown transfer coding")),
+        Ok(Some(Framing::Chunked)) if http10 => {
+            return Err(reject(400, "Transfer-Encoding in an HTTP/1.0 request"))
+        }
+        Ok(f) => f.unwrap_or(Framing::Empty),
+        Err(reason) => return Err(reject(400, reason)),
+    };
+    let upgrade = connection.upgrade && headers.iter().any(|h| is(h.name, "upgrade"));
+
+    let mut out = Vec::with_capacity(len + 128);
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut host = None;
+    let mut chain: Option<Vec<u8>> = None;
+    let (mut has_proto, mut has_host) = (false, false);
+    let mut pinned = None;
+    for h in headers {
+        let name = h.name;
+        if is(name, "x-forwarded-for") {
+            if client.trusted {
+                let chain = chain.get_or_insert_with(Vec::new);
+                if !chain.is_empty() {
+                    chain.extend_from_slice(b", ");
+                }
+                chain.extend_from_slice(h.value);
+            }
+            continue;
+        }
+        if is(name, "x-forwarded-proto") || is(name, "x-forwarded-host") {
+            if !client.trusted {
+                continue;
+            }
+            has_proto |= is(name, "x-forwarded-proto");
+            has_host |= is(name, "x-forwarded-host");
+        } else if is(name, "host") {
+            host = Some(h.value);
+        } else if is(name, "cookie") {
+            if client.sticky && pinned.is_none() {
+                pinned = cookie_slot(h.value);
+            }
+        } else if is(name, "content-length") || is(name, "transfer-encoding") {
+            // The body goes on as it came, so its framing does too.
+            header(&mut out, name.as_bytes(), h.value);
+            continue;
+        } else if hop_by_hop(name) || is(name, "trailer") || connection.names(name) {
+            continue;
+        }
+        header(&mut out, name.as_bytes(), h.value);
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if let Some(chain) = chain.filter(|c| !c.is_empty()) {
+        out.extend_from_slice(&chain);
+        out.extend_from_slice(b", ");
+    }
+    let _ = write!(out, "{}\r\n", client.ip);
+    if !has_proto {
+        header(&mut out, b"x-forwarded-proto", b"http");
+    }
+    if let (false, Some(host)) = (has_host, host) {
+        header(&mut out, b"x-forwarded-host", host);
+    }
+    if upgrade {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+        for h in headers.iter().filter(|h| is(h.name, "upgrade")) {
+            header(&mut out, b"upgrade", h.value);
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    let keep_alive = if http10 {
+        connection.keep_alive && !connection.close
+    } else {
+        !connection.close
+    };
+    Ok(Some((
+        len,
+        RequestHead {
+            bytes: out,
+            framing,
+            idempotent: matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE"),
+            head: method == "HEAD",
+            http10,
+            keep_alive,
+            upgrade,
+            pinned,
+        },
+    )))
+}
+
+/// How a response body is passed to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pass {
+    /// Byte for byte.
+    Verbatim,
+    /// Chunked from the worker, plain to an HTTP/1.0 client.
+    Dechunk,
+    /// Close-delimited from the worker, chunked to an HTTP/1.1 client (so
+    /// that its connection can be kept).
+    Chunk,
+}
+
+/// A response head, parsed and rewritten for the client.
+#[derive(Debug)]
+pub(crate) struct ResponseHead {
+    /// Its length in the worker's bytes.
+    pub(crate) len: usize,
+    pub(crate) status: u16,
+    /// How its body ends on the worker's side.
+    pub(crate) framing: Framing,
+    /// How the body goes to the client.
+    pub(crate) pass: Pass,
+    /// The client's connection closes after it.
+    pub(crate) close_client: bool,
+    /// The worker's connection may carry another request after it.
+    pub(crate) reusable: bool,
+}
+
+/// What the response is for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Answering {
+    /// The request was HEAD.
+    pub(crate) head: bool,
+    pub(crate) http10: bool,
+    pub(crate) keep_alive: bool,
+    /// The request asked for an upgrade: a 101 keeps its `Upgrade`.
+    pub(crate) upgrade: bool,
+    /// Pin the client to this slot with the sticky cookie.
+    pub(crate) set_cookie: Option<usize>,
+}
+
+/// A response the master cannot pass on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BadResponse(pub(crate) &'static str);
+
+/// Parses the response head at the start of `buf`, and writes the head
+/// the client gets to `out`: `Ok(None)` while it is incomplete.
+pub(crate) fn parse_response(
+    buf: &[u8],
+    answering: Answering,
+    out: &mut Vec<u8>,
+) -> Result<Option<ResponseHead>, BadResponse> {
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
+    {
+        Ok(httparse::Status::Complete(n)) if n <= MAX_HEADER_BYTES => n,
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEADER_BYTES => return Ok(None),
+        Ok(_) | Err(httparse::Error::TooManyHeaders) => {
+            return Err(BadResponse("the response head is too large"))
+        }
+        Err(_) => return Err(BadResponse("malformed response")),
+    };
+    let (Some(version), Some(status)) = (resp.version, resp.code) else {
+        return Err(BadResponse("malformed response"));
+    };
+    let headers = &*resp.headers;
+    let connection = Connection::of(headers);
+    let switching = status == 101 && answering.upgrade;
+    let bodiless = answering.head || (100..200).contains(&status) || status == 204 || status == 304;
+    let announced = framing_of(headers);
+    let framing = if bodiless {
+        Framing::Empty
+    } else {
+        match announced {
+            Ok(Some(f)) => f,
+            Ok(None) => Framing::Close,
+            // Two lengths: nobody can tell where it ends.
+            Err(reason) if reason.contains("Content-Length") => return Err(BadResponse(reason)),
+            // Both: the coding wins (RFC 9112, 6.3).
+            Err(_) => Framing::Chunked,
+        }
+    };
+    let (pass, mut close_client) = match (framing, answering.http10) {
+        (Framing::Chunked, true) => (Pass::Dechunk, true),
+        (Framing::Close, true) => (Pass::Verbatim, true),
+        (Framing::Close, false) => (Pass::Chunk, false),
+        _ => (Pass::Verbatim, false),
+    };
+    close_client |= !answering.keep_alive;
+    let reusable = framing != Framing::Close
+        && !switching
+        && !connection.close
+        && (version == 1 || connection.keep_alive);
+
+    out.reserve(len + 64);
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {}\r\n",
+        resp.reason.unwrap_or_default()
+    );
+    for h in headers {
+        let name = h.name;
+        let keep = if is(name, "content-length") {
+            // A HEAD or 304 answer's length describes the body it would have.
+            !matches!(announced, Ok(Some(Framing::Chunked)) | Err(_))
+        } else if is(name, "transfer-encoding") {
+            // Set below from what the client gets.
+            false
+        } else if switching && is(name, "upgrade") {
+            true
+        } else {
+            !(hop_by_hop(name) || connection.names(name))
+        };
+        if keep {
+            header(out, name.as_bytes(), h.value);
+        }
+    }
+    if bodiless && matches!(announced, Ok(Some(Framing::Chunked))) && !answering.http10 {
+        // A HEAD answer tells how the body would have come.
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    match (framing, pass) {
+        (Framing::Chunked, Pass::Verbatim) | (_, Pass::Chunk) => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n")
+        }
+        _ => {}
+    }
+    if let Some(slot) = answering.set_cookie {
+        let _ = write!(
+            out,
+            "set-cookie: {STICKY_COOKIE}={slot}; Path=/; HttpOnly; SameSite=Lax\r\n"
+        );
+    }
+    if switching {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+    } else if close_client {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if answering.http10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Some(ResponseHead {
+        len,
+        status,
+        framing,
+        pass,
+        close_client,
+        reusable,
+    }))
+}
+
+/// A body whose framing is broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BadBody(pub(crate) &'static str);
+
+/// Where the chunked decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// In the size's hex digits (`digits` so far).
+    Size {
+        digits: u8,
+    },
+    /// After the size: white space, extensions, up to the CR.
+    Extension,
+    /// The LF after a size line.
+    SizeLf,
+    /// This many data bytes to go.
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line, or of the final CRLF.
+    TrailerStart,
+    /// In a trailer line.
+    Trailer,
+    /// The LF of a trailer line.
+    TrailerLf,
+    /// The final LF.
+    EndLf,
+    /// The body is complete.
+    Done,
+}
+
+/// Finds where a body ends, and passes it on as [`Pass`] says.
+#[derive(Debug, Clone)]
+pub(crate) struct Body {
+    framing: Framing,
+    /// Length: bytes to go.
+    left: u64,
+    chunk: Chunk,
+    /// The size being read.
+    size: u64,
+    /// Bytes in the current chunk-size line, or trailer section.
+    line: usize,
+}
+
+impl Body {
+    pub(crate) fn new(framing: Framing) -> Body {
+        Body {
+            framing,
+            left: match framing {
+                Framing::Length(n) => n,
+                _ => 0,
+            },
+            chunk: Chunk::Size { digits: 0 },
+            size: 0,
+            line: 0,
+        }
+    }
+
+    /// Whether it is complete.
+    pub(crate) fn done(&self) -> bool {
+        match self.framing {
+            Framing::Empty => true,
+            Framing::Length(_) => self.left == 0,
+            Framing::Chunked => self.chunk == Chunk::Done,
+            Framing::Close => false,
+        }
+    }
+
+    /// Takes from `input` what belongs to the body: the count of bytes
+    /// taken (less than `input.len()` only when the body is complete).
+    /// With `out`, what the client gets is appended to it: the bytes as
+    /// they are, or as `pass` turns them.
+    pub(crate) fn take(
+        &mut self,
+        input: &[u8],
+        pass: Pass,
+        mut out: Option<&mut Vec<u8>>,
+    ) -> Result<usize, BadBody> {
+        let used = match self.framing {
+            Framing::Empty => 0,
+            Framing::Length(_) => {
+                let n = input
+                    .len()
+                    .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+                self.left -= n as u64;
+                n
+            }
+            Framing::Close => {
+                if let (Some(out), Pass::Chunk) = (out.as_deref_mut(), pass) {
+                    if !input.is_empty() {
+                        let _ = write!(out, "{:x}\r\n", input.len());
+                        out.extend_from_slice(input);
+                        out.extend_from_slice(b"\r\n");
+                    }
+                    return Ok(input.len());
+                }
+                input.len()
+            }
+            Framing::Chunked => {
+                let dechunk = pass == Pass::Dechunk;
+                let mut i = 0;
+                while i < input.len() && self.chunk != Chunk::Done {
+                    if let Chunk::Data(left) = self.chunk {
+                        let n = (input.len() - i).min(usize::try_from(left).unwrap_or(usize::MAX));
+                        if dechunk {
+                            if let Some(out) = out.as_deref_mut() {
+                                out.extend_from_slice(&input[i..i + n]);
+                            }
+                        }
+                        i += n;
+                        self.chunk = if left == n as u64 {
+                            Chunk::DataCr
+                        } else {
+                            Chunk::Data(left - n as u64)
+                        };
+                        continue;
+                    }
+                    self.step(input[i])?;
+                    i += 1;
+                }
+                if !dechunk {
+                    if let Some(out) = out.as_deref_mut() {
+                        out.extend_from_slice(&input[..i]);
+                    }
+                }
+                return Ok(i);
+            }
+        };
+        if let Some(out) = out {
+            out.extend_from_slice(&input[..used]);
+        }
+        Ok(used)
+    }
+
+    /// One byte of the chunked coding outside a chunk's data.
+    fn step(&mut self, b: u8) -> Result<(), BadBody> {
+        const BAD: BadBody = BadBody("malformed chunked body");
+        self.chunk = match self.chunk {
+            Chunk::Size { digits } => {
+                self.line += 1;
+                match (b as char).to_digit(16) {
+                    Some(d) if digits < 15 => {
+                        self.size = self.size * 16 + u64::from(d);
+                        Chunk::Size { digits: digits + 1 }
+                    }
+                    Some(_) => return Err(BadBody("chunk size too large")),
+                    None if digits == 0 => return Err(BAD),
+                    None => return self.after_size(b),
+                }
+            }
+            Chunk::Extension => {
+                self.line += 1;
+                if self.line > MAX_CHUNK_LINE {
+                    return Err(BadBody("chunk extension too long"));
+                }
+                return self.after_size(b);
+            }
+            Chunk::SizeLf if b == b'\n' => {
+                self.line = 0;
+                if self.size == 0 {
+                    Chunk::TrailerStart
+                } else {
+                    Chunk::Data(std::mem::take(&mut self.size))
+                }
+            }
+            Chunk::DataCr if b == b'\r' => Chunk::DataLf,
+            Chunk::DataLf if b == b'\n' => Chunk::Size { digits: 0 },
+            Chunk::TrailerStart if b == b'\r' => Chunk::EndLf,
+            Chunk::TrailerStart | Chunk::Trailer => {
+                self.line += 1;
+                if self.line > MAX_TRAILERS {
+                    return Err(BadBody("trailers too long"));
+                }
+                match b {
+                    b'\r' => Chunk::TrailerLf,
+                    b'\n' | 0 => return Err(BAD),
+                    _ => Chunk::Trailer,
+                }
+            }
+            Chunk::TrailerLf if b == b'\n' => Chunk::TrailerStart,
+            Chunk::EndLf if b == b'\n' => Chunk::Done,
+            _ => return Err(BAD),
+        };
+        Ok(())
+    }
+
+    /// A byte after the size digits: extension text, or the line's CR.
+    fn after_size(&mut self, b: u8) -> Result<(), BadBody> {
+        self.chunk = match b {
+            b'\r' => Chunk::SizeLf,
+            b'\n' | 0 => return Err(BadBody("malformed chunked body")),
+            b';' | b' ' | b'\t' => Chunk::Extension,
+            _ if self.chunk == Chunk::Extension => Chunk::Extension,
+            _ => return Err(BadBody("malformed chunk size")),
+        };
+        Ok(())
+    }
+
+    /// The sender closed: whether the body was complete then. A
+    /// close-delimited body passed on chunked gets its last chunk.
+    pub(crate) fn closed(&mut self, pass: Pass, out: &mut Vec<u8>) -> bool {
+        if self.framing == Framing::Close {
+            if pass == Pass::Chunk {
+                out.extend_from_slice(b"0\r\n\r\n");
+            }
+            return true;
+        }
+        self.done()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(trusted: bool) -> Client {
+        Client {
+            ip: IpAddr::from([10, 0, 0, 7]),
+            trusted,
+            sticky: true,
+        }
+    }
+
+    fn request(text: &str) -> Result<Option<(usize, RequestHead)>, Reject> {
+        parse_request(text.as_bytes(), client(false))
+    }
+
+    fn forwarded(text: &str) -> String {
+        let (_, head) = request(text).unwrap().unwrap();
+        String::from_utf8(head.bytes).unwrap()
+    }
+
+    #[test]
+    fn a_request_goes_on_as_http11_without_hop_by_hop_headers_and_with_forwarded_ones() {
+        let text = forwarded(
+            "GET /a?b HTTP/1.1\r\nHost: example.com\r\nConnection: keep-alive, X-Private\r\n\
+             X-Private: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nX-Forwarded-For: 6.6.6.6\r\n\
+             X-Forwarded-Proto: https\r\nAccept: */*\r\n\r\n",
+        );
+        assert_eq!(
+            text,
+            "GET /a?b HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\
+             x-forwarded-for: 10.0.0.7\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: example.com\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn a_trusted_proxy_keeps_its_forwarded_headers() {
+        let (_, head) = parse_request(
+            b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\n\
+              X-Forwarded-Proto: https\r\nX-Forwarded-Host: public\r\n\r\n",
+            client(true),
+        )
+        .unwrap()
+        .unwrap();
+        let text = String::from_utf8(head.bytes).unwrap();
+        assert!(
+            text.contains("x-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.7\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("X-Forwarded-Proto: https\r\n"), "{text}");
+        assert!(text.contains("X-Forwarded-Host: public\r\n"), "{text}");
+        assert!(!text.contains("x-forwarded-proto"), "{text}");
+        assert!(!text.contains("x-forwarded-host"), "{text}");
+    }
+
+    #[test]
+    fn an_incomplete_head_waits_and_a_complete_one_says_how_long_it_is() {
+        assert!(request("GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
+        let (len, head) = request("GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /next")
+            .unwrap()
+            .unwrap();
+        assert_eq!(len, "GET / HTTP/1.1\r\nHost: x\r\n\r\n".len());
+        assert!(head.keep_alive && head.idempotent && head.replayable());
+        assert_eq!(head.framing, Framing::Empty);
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_connection_header() {
+        let keep = |t: &str| request(t).unwrap().unwrap().1.keep_alive;
+        assert!(keep("GET / HTTP/1.1\r\n\r\n"));
+        assert!(!keep("GET / HTTP/1.1\r\nConnection: close\r\n\r\n"));
+        assert!(!keep("GET / HTTP/1.0\r\n\r\n"));
+        assert!(keep("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
+    }
+
+    #[test]
+    fn the_body_framing_is_read_and_contradictions_are_refused() {
+        let framing = |t: &str| request(t).map(|r| r.unwrap().1.framing);
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n"),
+            Ok(Framing::Length(5))
+        );
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
+            Ok(Framing::Empty)
+        );
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            Ok(Framing::Chunked)
+        );
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"),
+            Ok(Framing::Length(5))
+        );
+        for bad in [
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 1e3\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "NONSENSE\r\n\r\n",
+            "GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
+        ] {
+            assert_eq!(framing(bad).map_err(|r| r.status), Err(400), "{bad:?}");
+        }
+        assert_eq!(
+            framing("CONNECT a:443 HTTP/1.1\r\n\r\n").map_err(|r| r.status),
+            Err(405)
+        );
+        let posted = request("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n")
+            .unwrap()
+            .unwrap()
+            .1;
+        assert!(!posted.idempotent && !posted.replayable());
+    }
+
+    #[test]
+    fn an_oversized_head_is_431_complete_or_not() {
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEADER_BYTES));
+        assert_eq!(request(&big).map_err(|r| r.status).err(), Some(431));
+        let many: String = (0..200).map(|i| format!("X-{i}: 1\r\n")).collect();
+        let text = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(request(&text).map_err(|r| r.status).err(), Some(431));
+    }
+
+    #[test]
+    fn an_upgrade_keeps_its_upgrade_headers_and_the_sticky_cookie_is_read() {
+        let (_, head) = request(
+            "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Cookie: a=1; herd_slot=3\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert!(head.upgrade);
+        assert_eq!(head.pinned, Some(3));
+        let text = String::from_utf8(head.bytes).unwrap();
+        assert!(
+            text.ends_with("connection: upgrade\r\nupgrade: websocket\r\n\r\n"),
+            "{text}"
+        );
+        assert_eq!(cookie_slot(b"herd_slot=x"), None);
+        assert_eq!(cookie_slot(b"herd_slots=1"), None);
+        assert_eq!(cookie_slot(b"b=2;herd_slot=0"), Some(0));
+    }
+
+    fn response(text: &str, answering: Answering) -> (ResponseHead, String) {
+        let mut out = Vec::new();
+        let head = parse_response(text.as_bytes(), answering, &mut out)
+            .unwrap()
+            .unwrap();
+        (head, String::from_utf8(out).unwrap())
+    }
+
+    const PLAIN: Answering = Answering {
+        head: false,
+        http10: false,
+        keep_alive: true,
+        upgrade: false,
+        set_cookie: None,
+    };
+
+    #[test]
+    fn a_response_loses_the_workers_connection_headers_and_keeps_the_clients_connection() {
+        let (head, text) = response(
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\nKeep-Alive: x\r\n\r\nhi",
+            PLAIN,
+        );
+        assert_eq!(text, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n");
+        assert_eq!(head.framing, Framing::Length(2));
+        assert!(!head.reusable && !head.close_client);
+        assert_eq!(
+            head.len,
+            text.len() + "Connection: close\r\nKeep-Alive: x\r\n".len()
+        );
+    }
+
+    #[test]
+    fn bodies_are_framed_for_what_the_client_speaks() {
+        // Close-delimited: chunked to HTTP/1.1, as it is to HTTP/1.0.
+        let (head, text) = response("HTTP/1.0 200 OK\r\n\r\n", PLAIN);
+        assert_eq!((head.framing, head.pass), (Framing::Close, Pass::Chunk));
+        assert!(text.contains("transfer-encoding: chunked\r\n") && !head.reusable);
+        let old = Answering {
+            http10: true,
+            keep_alive: true,
+            ..PLAIN
+        };
+        let (head, text) = response("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", old);
+        assert_eq!(head.pass, Pass::Dechunk);
+        assert!(head.close_client && head.reusable);
+        assert!(text.contains("connection: close\r\n") && !text.contains("chunked"));
+        let (head, text) = response("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n", old);
+        assert!(!head.close_client);
+        assert!(text.contains("connection: keep-alive\r\n"));
+        // No body: HEAD, 204, 304, 1xx, whatever they announce.
+        let head_req = Answering {
+            head: true,
+            ..PLAIN
+        };
+        let (head, text) = response("HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", head_req);
+        assert_eq!(head.framing, Framing::Empty);
+        assert!(text.contains("Content-Length: 99\r\n"));
+        for status in ["204 No Content", "304 Not Modified", "100 Continue"] {
+            let (head, _) = response(&format!("HTTP/1.1 {status}\r\n\r\n"), PLAIN);
+            assert_eq!(head.framing, Framing::Empty, "{status}");
+        }
+        let mut out = Vec::new();
+        let two = "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
+        assert!(parse_response(two.as_bytes(), PLAIN, &mut out).is_err());
+    }
+
+    #[test]
+    fn a_switch_keeps_its_upgrade_and_the_sticky_cookie_is_set() {
+        let ws = Answering {
+            upgrade: true,
+            set_cookie: Some(2),
+            ..PLAIN
+        };
+        let (head, text) = response(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            ws,
+        );
+        assert_eq!(head.status, 101);
+        assert!(!head.reusable);
+        assert_eq!(
+            text,
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+             set-cookie: herd_slot=2; Path=/; HttpOnly; SameSite=Lax\r\nconnection: upgrade\r\n\r\n"
+        );
+    }
+
+    /// Feeds `input` in pieces of `step` bytes.
+    fn pass(framing: Framing, pass: Pass, input: &[u8], step: usize) -> (Vec<u8>, usize, bool) {
+        let mut body = Body::new(framing);
+        let mut out = Vec::new();
+        let mut used = 0;
+        while used < input.len() && !body.done() {
+            let piece = &input[used..(used + step).min(input.len())];
+            let n = body.take(piece, pass, Some(&mut out)).unwrap();
+            used += n;
+            if n < piece.len() {
+                break;
+            }
+        }
+        (out, used, body.done())
+    }
+
+    #[test]
+    fn a_chunked_body_ends_at_its_last_chunk_however_it_is_cut() {
+        let body = b"5;ext=1\r\nhello\r\n0006\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\nGET /next";
+        let end = body.len() - "GET /next".len();
+        for step in [1, 2, 3, 7, 100] {
+            let (out, used, done) = pass(Framing::Chunked, Pass::Verbatim, body, step);
+            assert!(done, "step {step}");
+            assert_eq!(used, end, "step {step}");
+            assert_eq!(out, &body[..end], "step {step}");
+            let (out, used, done) = pass(Framing::Chunked, Pass::Dechunk, body, step);
+            assert!(done && used == end);
+            assert_eq!(out, b"hello world", "step {step}");
+        }
+    }
+
+    #[test]
+    fn a_malformed_chunked_body_is_an_error() {
+        for bad in [
+            &b"x\r\n"[..],
+            b"5\nhello",
+            b"5\r\nhelloXY",
+            b"fffffffffffffffff\r\n",
+            b"-1\r\n",
+            b"0\r\nX: 1\n",
+        ] {
+            let mut body = Body::new(Framing::Chunked);
+            assert!(body.take(bad, Pass::Verbatim, None).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn lengths_and_close_delimited_bodies_end_where_they_should() {
+        let (out, used, done) = pass(Framing::Length(5), Pass::Verbatim, b"helloGET", 3);
+        assert_eq!((out.as_slice(), used, done), (&b"hello"[..], 5, true));
+        let mut body = Body::new(Framing::Close);
+        let mut out = Vec::new();
+        assert_eq!(body.take(b"abc", Pass::Chunk, Some(&mut out)), Ok(3));
+        assert!(!body.done());
+        assert!(body.closed(Pass::Chunk, &mut out));
+        assert_eq!(out, b"3\r\nabc\r\n0\r\n\r\n");
+        let mut short = Body::new(Framing::Length(5));
+        short.take(b"abc", Pass::Verbatim, None).unwrap();
+        assert!(!short.closed(Pass::Verbatim, &mut out), "truncated");
+    }
+}
