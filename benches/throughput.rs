@@ -52,6 +52,10 @@ struct Running {
     children: Vec<Child>,
     cleanup: Option<Box<dyn FnOnce()>>,
     addr: SocketAddr,
+    /// The process that holds the clients' connections (the master, the
+    /// proxy), whose memory per idle client is reported; none when the
+    /// workers hold them.
+    front: Option<u32>,
 }
 
 impl Drop for Running {
@@ -115,7 +119,7 @@ fn herd(mode: &'static str) -> impl Fn() -> Running {
 
 fn herd_with(mode: &'static str, extra: &'static [&'static str]) -> impl Fn() -> Running {
     move || {
-        serving_on(|port| {
+        let mut running = serving_on(|port| {
             let mut cmd = Command::new(root().join("target/release/examples/cluster"));
             cmd.args([
                 "-w",
@@ -127,7 +131,11 @@ fn herd_with(mode: &'static str, extra: &'static [&'static str]) -> impl Fn() ->
             .args(extra)
             .args(["node", &server_js()]);
             cmd
-        })
+        });
+        if mode == "proxy" || mode == "http" {
+            running.front = Some(running.children[0].id());
+        }
+        running
     }
 }
 
@@ -142,6 +150,7 @@ fn serving_on(make: impl FnOnce(u16) -> Command) -> Running {
         children: vec![child],
         cleanup: None,
         addr,
+        front: None,
     }
 }
 
@@ -196,6 +205,7 @@ fn pm2(bin: PathBuf) -> impl Fn() -> Running {
                 let _ = std::fs::remove_dir_all(&home);
             })),
             addr,
+            front: None,
         }
     }
 }
@@ -248,6 +258,7 @@ fn haproxy(bin: PathBuf, http: bool) -> impl Fn() -> Running {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         wait_serving(addr);
         Running {
+            front: children.last().map(Child::id),
             children,
             cleanup: Some(Box::new(move || {
                 let _ = std::fs::remove_file(&cfg);
@@ -289,6 +300,7 @@ fn nginx(bin: PathBuf) -> impl Fn() -> Running {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         wait_serving(addr);
         Running {
+            front: children.last().map(Child::id),
             children,
             cleanup: Some(Box::new(move || {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -298,8 +310,15 @@ fn nginx(bin: PathBuf) -> impl Fn() -> Running {
     }
 }
 
-/// Requests per second that wrk measured, or 0 when it failed.
-fn wrk(addr: SocketAddr, keep_alive: bool) -> f64 {
+/// What wrk measured: requests per second (0 when it failed) and the
+/// 99th percentile latency in milliseconds.
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    rps: f64,
+    p99_ms: f64,
+}
+
+fn wrk(addr: SocketAddr, keep_alive: bool) -> Measured {
     let mut cmd = Command::new("wrk");
     cmd.args([
         "-t",
@@ -308,6 +327,7 @@ fn wrk(addr: SocketAddr, keep_alive: bool) -> f64 {
         &CONNECTIONS.to_string(),
         "-d",
         &format!("{SECONDS}s"),
+        "--latency",
     ]);
     if !keep_alive {
         cmd.args(["-H", "Connection: close"]);
@@ -321,10 +341,89 @@ fn wrk(addr: SocketAddr, keep_alive: bool) -> f64 {
     if errors && keep_alive {
         eprintln!("wrk reported errors for {addr}:\n{text}");
     }
-    text.lines()
+    let rps = text
+        .lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+        .unwrap_or(0.0);
+    let p99_ms = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .and_then(|v| milliseconds(v.trim()))
+        .unwrap_or(f64::NAN);
+    Measured { rps, p99_ms }
+}
+
+/// wrk's "12.34ms", "850.00us", "1.02s" in milliseconds.
+fn milliseconds(text: &str) -> Option<f64> {
+    let unit_at = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = text.split_at(unit_at);
+    let n: f64 = number.parse().ok()?;
+    Some(match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        "m" => n * 60_000.0,
+        _ => return None,
+    })
+}
+
+/// Idle keep-alive clients opened to measure what each costs.
+const IDLE_CLIENTS: usize = 2000;
+
+/// Resident memory in KB of `pid` and of its children running the same
+/// program (nginx's workers; not herd's Node workers).
+fn front_rss_kb(pid: u32) -> u64 {
+    let comm = |p: &str| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+    let rss = |p: &str| {
+        std::fs::read_to_string(format!("/proc/{p}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let me = pid.to_string();
+    let name = comm(&me);
+    let children = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            // pid (comm) state ppid ...
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1));
+            ppid == Some(me.as_str()) && comm(p) == name
+        })
+        .collect::<Vec<_>>();
+    rss(&me) + children.iter().map(|p| rss(p)).sum::<u64>()
+}
+
+/// KB of the front process's memory per idle keep-alive client that has
+/// made one request.
+fn idle_cost(running: &Running) -> Option<f64> {
+    use std::io::{Read, Write};
+    let front = running.front?;
+    let before = front_rss_kb(front);
+    let mut clients = Vec::with_capacity(IDLE_CLIENTS);
+    for _ in 0..IDLE_CLIENTS {
+        let mut c = std::net::TcpStream::connect(running.addr).ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        c.write_all(b"GET / HTTP/1.1\r\nHost: b\r\n\r\n").ok()?;
+        let mut answer = [0u8; 4096];
+        let n = c.read(&mut answer).ok()?;
+        if !answer[..n].starts_with(b"HTTP/1.1 200") {
+            return None;
+        }
+        clients.push(c);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let after = front_rss_kb(front);
+    Some(after.saturating_sub(before) as f64 / IDLE_CLIENTS as f64)
 }
 
 /// The path every request asks for: `HERD_BENCH_PATH`, e.g. `/bytes/65536`
@@ -396,8 +495,9 @@ fn main() {
             i == 1 || wanted.contains(&name.as_str())
         });
     }
-    let mut keep = vec![Vec::new(); setups.len()];
-    let mut fresh = vec![Vec::new(); setups.len()];
+    let mut keep: Vec<Vec<Measured>> = vec![Vec::new(); setups.len()];
+    let mut fresh: Vec<Vec<Measured>> = vec![Vec::new(); setups.len()];
+    let mut idle: Vec<Option<f64>> = vec![None; setups.len()];
     for round in 0..ROUNDS {
         for (i, (name, start)) in setups.iter().enumerate() {
             let running = start();
@@ -406,29 +506,39 @@ fn main() {
             eprintln!(
                 "round {}: {name}: {:.0} keep-alive, {:.0} fresh req/s",
                 round + 1,
-                keep[i][round],
-                fresh[i][round]
+                keep[i][round].rps,
+                fresh[i][round].rps
             );
+            if round == ROUNDS - 1 {
+                idle[i] = idle_cost(&running);
+            }
         }
     }
-    let base_keep = median(keep[0].clone());
-    let base_fresh = median(fresh[0].clone());
+    let rps = |v: &[Measured]| median(v.iter().map(|m| m.rps).collect());
+    let p99 = |v: &[Measured]| median(v.iter().map(|m| m.p99_ms).collect());
+    let base_keep = rps(&keep[0]);
+    let base_fresh = rps(&fresh[0]);
     println!(
         "{WORKERS} workers of examples/node/server.js, GET {}, wrk -t1 -c{CONNECTIONS} -d{SECONDS}s, \
-         median of {ROUNDS} alternating rounds",
+         median of {ROUNDS} alternating rounds; memory of the process holding the clients' \
+         connections per idle keep-alive client ({IDLE_CLIENTS} of them)",
         path()
     );
     println!(
-        "| setup | keep-alive req/s | vs node cluster | fresh connection req/s | vs node cluster |"
+        "| setup | keep-alive req/s | vs node cluster | p99 ms | fresh connection req/s | \
+         vs node cluster | p99 ms | KB per idle client |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for (i, (name, _)) in setups.iter().enumerate() {
-        let k = median(keep[i].clone());
-        let f = median(fresh[i].clone());
+        let k = rps(&keep[i]);
+        let f = rps(&fresh[i]);
+        let idle = idle[i].map_or("-".to_string(), |kb| format!("{kb:.1}"));
         println!(
-            "| {name} | {k:.0} | {:.2} | {f:.0} | {:.2} |",
+            "| {name} | {k:.0} | {:.2} | {:.2} | {f:.0} | {:.2} | {:.2} | {idle} |",
             k / base_keep,
-            f / base_fresh
+            p99(&keep[i]),
+            f / base_fresh,
+            p99(&fresh[i]),
         );
     }
 }

@@ -386,3 +386,135 @@ fn a_slow_worker_gets_504_and_a_slow_client_is_cut_off_while_others_are_served()
     m.signal(Signal::SIGTERM);
     assert!(m.wait_exit().success(), "{}", m.log());
 }
+
+fn bodies() -> Vec<String> {
+    s(&["node", &fixture("tests/fixtures/bodies.js")])
+}
+
+/// Reads from `c` until what came satisfies `done`, or the peer closes.
+fn read_until(c: &mut TcpStream, done: impl Fn(&str) -> bool) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    while !done(&String::from_utf8_lossy(&got)) {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn bodies_stream_through_in_every_framing_and_an_early_answer_reaches_the_client() {
+    let mut m = Master::start(&cmd(&["-w", "1", "--balance", "http"], &bodies()));
+    m.wait_kind("spawned", 1);
+    let mut c = TcpStream::connect(m.addr).unwrap();
+    c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+
+    // 64 MiB with a Content-Length, then chunked in uneven pieces, on one
+    // keep-alive connection: the worker counts every byte.
+    const BIG: usize = 64 << 20;
+    c.write_all(
+        format!("POST /count HTTP/1.1\r\nHost: x\r\nContent-Length: {BIG}\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let block = vec![b'x'; 1 << 20];
+    for _ in 0..BIG / block.len() {
+        c.write_all(&block).unwrap();
+    }
+    let text = read_answer(&mut c);
+    assert!(text.ends_with(&format!("\r\n\r\n{BIG}\n")), "{text}");
+    c.write_all(b"POST /count HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    let mut sent = 0;
+    for size in [1usize, 4095, 65536, 1 << 20, 7] {
+        c.write_all(format!("{size:x};ext=1\r\n").as_bytes())
+            .unwrap();
+        c.write_all(&vec![b'y'; size]).unwrap();
+        c.write_all(b"\r\n").unwrap();
+        sent += size;
+    }
+    c.write_all(b"0\r\n\r\n").unwrap();
+    let text = read_answer(&mut c);
+    assert!(text.ends_with(&format!("\r\n\r\n{sent}\n")), "{text}");
+
+    // Expect: 100-continue: the interim answer comes before the body.
+    c.write_all(
+        b"POST /count HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .unwrap();
+    let interim = read_until(&mut c, |t| t.contains("\r\n\r\n"));
+    assert!(interim.starts_with("HTTP/1.1 100 "), "{interim}");
+    c.write_all(b"hello").unwrap();
+    let text = read_answer(&mut c);
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.ends_with("\r\n\r\n5\n"),
+        "{text}"
+    );
+
+    // Two requests in one write: two answers, in order.
+    c.write_all(
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\nPOST /count HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+    )
+    .unwrap();
+    let text = read_until(&mut c, |t| t.ends_with("\r\n\r\n3\n"));
+    let first = text.find("\r\n\r\nok\n").expect(&text);
+    assert!(first < text.find("\r\n\r\n3\n").expect(&text), "{text}");
+
+    // A streamed answer stays chunked for HTTP/1.1, and the connection
+    // stays open; HTTP/1.0 gets the bare body and a close.
+    c.write_all(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let text = read_until(&mut c, |t| t.ends_with("\r\n0\r\n\r\n"));
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked\r\n"),
+        "{text}"
+    );
+    let body = &text[text.find("\r\n\r\n").unwrap()..];
+    assert!(body.contains(&"a".repeat(1000)) && body.contains(&"b".repeat(1000)));
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert!(read_answer(&mut c).ends_with("\r\n\r\nok\n"));
+    let mut old = TcpStream::connect(m.addr).unwrap();
+    old.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    old.write_all(b"GET /stream HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    old.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(!head.to_ascii_lowercase().contains("chunked"), "{head}");
+    assert_eq!(body, format!("{}{}", "a".repeat(1000), "b".repeat(1000)));
+
+    // The worker answers after 1 MiB of a 1 GiB upload: the client gets
+    // that answer (not a reset), then the connection closes.
+    let mut early = TcpStream::connect(m.addr).unwrap();
+    early.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    early
+        .write_all(b"POST /early HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n\r\n")
+        .unwrap();
+    // It goes on sending while the answer comes, as a client that does
+    // not read before it has sent would.
+    for _ in 0..16 {
+        if early.write_all(&block).is_err() {
+            break;
+        }
+    }
+    let text = read_until(&mut early, |_| false);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("\r\n\r\nearly "), "{text}");
+
+    // Framing a worker could read differently is refused.
+    let (status, _) = raw(
+        m.addr,
+        b"POST /count HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    );
+    assert_eq!(status, 400);
+    let (status, _) = raw(
+        m.addr,
+        b"POST /count HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    );
+    assert_eq!(status, 400);
+    assert!(get(m.addr, "/").is_ok());
+    m.signal(Signal::SIGTERM);
+    assert!(m.wait_exit().success(), "{}", m.log());
+}

@@ -344,28 +344,99 @@ async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         trusted: shared.trusted.iter().any(|c| c.contains(peer.ip())),
         sticky: shared.config.sticky,
     };
-    let mut buf = Vec::new();
+    // A new client has usually sent its request by the time it is
+    // accepted: read it now rather than wait for the reactor to report it.
+    let mut buf = read_now(&client);
+    serve_requests(&mut client, &mut buf, peer, who, &shared).await;
+    Buffers::give(buf);
+}
+
+/// Serves requests on `client` until it closes, reading into `buf`.
+async fn serve_requests(
+    client: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    peer: SocketAddr,
+    who: h1::Client,
+    shared: &Shared,
+) {
     loop {
         let deadline = tokio::time::Instant::now() + shared.config.header_timeout;
-        let (len, request) = match read_request(&mut client, &mut buf, who, deadline).await {
+        let (len, request) = match read_request(client, buf, who, deadline).await {
             Ok(Some(r)) => r,
             // Closed, or too slow: a slowloris is cut off here.
             Ok(None) => return,
             Err(reject) => {
                 let (status, reason) = (reject.status, reject.reason);
                 shared
-                    .answer(&mut client, status, reason, false, Instant::now())
+                    .answer(client, status, reason, false, Instant::now())
                     .await;
                 return;
             }
         };
         buf.drain(..len);
-        if !exchange(&mut client, &mut buf, request, peer, &shared).await {
-            return;
+        match exchange(client, buf, request, peer, shared).await {
+            After::Keep => {}
+            After::Close => return,
+            After::Linger => return linger(client).await,
         }
         if buf.is_empty() {
             // Idle: the buffer goes back until the next request.
-            buf = Vec::new();
+            Buffers::give(std::mem::take(buf));
+        }
+    }
+}
+
+/// Read buffers, reused: an idle client holds none, and a request takes
+/// one for its head and one for its answer. Taking them from the heap each
+/// time would cost more than the copy: the long-lived allocations of the
+/// connections made meanwhile split the freed buffers, and each new client
+/// grew the master by a buffer (17 KB per idle client, where HAProxy takes
+/// one).
+struct Buffers;
+
+static BUFFERS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+/// Buffers kept for reuse at most (each [`READ`] bytes).
+const BUFFERS_KEPT: usize = 256;
+
+impl Buffers {
+    /// An empty buffer with room for a read.
+    fn take() -> Vec<u8> {
+        BUFFERS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(READ))
+    }
+
+    /// Gives `buf` back for reuse; one that grew for a large head is freed.
+    fn give(mut buf: Vec<u8>) {
+        if buf.capacity() < READ || buf.capacity() > 2 * READ {
+            return;
+        }
+        buf.clear();
+        let mut kept = BUFFERS.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.len() < BUFFERS_KEPT {
+            kept.push(buf);
+        }
+    }
+}
+
+/// What the client has sent so far, read without waiting (tokio would
+/// not try before the reactor reported the socket readable: a round trip
+/// through `epoll_wait` for every new connection).
+fn read_now(client: &TcpStream) -> Vec<u8> {
+    use std::io::Read as _;
+    let mut buf = Buffers::take();
+    buf.resize(buf.capacity(), 0);
+    match (&*SockRef::from(client)).read(&mut buf) {
+        Ok(n) if n > 0 => {
+            buf.truncate(n);
+            buf
+        }
+        _ => {
+            // Nothing yet: no buffer is held while waiting.
+            Buffers::give(buf);
+            Vec::new()
         }
     }
 }
@@ -383,17 +454,32 @@ async fn read_request(
             if let Some(request) = h1::parse_request(buf, who)? {
                 return Ok(Some(request));
             }
-        } else if !matches!(
+            // Part of a head: the rest must come by the deadline.
+            if buf.capacity() - buf.len() < READ_MIN {
+                buf.reserve(READ);
+            }
+            match tokio::time::timeout_at(deadline, client.read_buf(buf)).await {
+                Ok(Ok(n)) if n > 0 => continue,
+                _ => return Ok(None),
+            }
+        }
+        // Idle: a buffer is taken only once there is something to read
+        // (the socket may be reported readable when it is not, and a read
+        // that waits would hold the buffer while the client idles).
+        if !matches!(
             tokio::time::timeout_at(deadline, client.readable()).await,
             Ok(Ok(()))
         ) {
             return Ok(None);
         }
-        if buf.capacity() - buf.len() < READ_MIN {
-            buf.reserve(READ);
+        if buf.capacity() < READ_MIN {
+            *buf = Buffers::take();
         }
-        match tokio::time::timeout_at(deadline, client.read_buf(buf)).await {
-            Ok(Ok(n)) if n > 0 => {}
+        match client.try_read_buf(buf) {
+            Ok(n) if n > 0 => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                Buffers::give(std::mem::take(buf));
+            }
             _ => return Ok(None),
         }
     }
@@ -427,17 +513,55 @@ struct Answered {
     reusable: bool,
     /// The worker switched protocols: what it sent after its `101`.
     switched: Option<Vec<u8>>,
+    /// The worker answered before the client had sent all of its body.
+    body_left: bool,
+}
+
+/// What becomes of the client's connection after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    /// It carries the next request.
+    Keep,
+    /// It closes.
+    Close,
+    /// It closes, though the client may still be sending a body: see
+    /// [`linger`].
+    Linger,
+}
+
+/// How long a closing connection's unread body is read and dropped.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Closes a connection whose request body was not all read: the write
+/// side first, then whatever the client still sends is read and dropped
+/// until it closes too (or for [`LINGER`]). Closing at once would make the
+/// kernel answer the unread bytes with a reset, which can destroy the
+/// answer before the client has read it (nginx's `lingering_close`).
+async fn linger(client: &mut TcpStream) {
+    let _ = SockRef::from(&*client).shutdown(std::net::Shutdown::Write);
+    let mut sink = Buffers::take();
+    let _ = tokio::time::timeout(LINGER, async {
+        loop {
+            sink.clear();
+            match client.read_buf(&mut sink).await {
+                Ok(n) if n > 0 => {}
+                _ => return,
+            }
+        }
+    })
+    .await;
+    Buffers::give(sink);
 }
 
 /// Forwards one request and its answer, to another worker if the first
-/// could not take it: whether the client's connection stays open.
+/// could not take it.
 async fn exchange(
     client: &mut TcpStream,
     buf: &mut Vec<u8>,
     request: RequestHead,
     peer: SocketAddr,
     shared: &Shared,
-) -> bool {
+) -> After {
     let started = Instant::now();
     // After the master's own error answer, the connection is kept only if
     // no unread body is left in it.
@@ -448,7 +572,8 @@ async fn exchange(
         let wanted = if attempt == 0 { request.pinned } else { None };
         let Some((counted, backend)) = pick(shared, peer, tried, wanted).await else {
             let reason = "no worker is ready to take the request";
-            return shared.answer(client, 503, reason, keep, started).await;
+            let kept = shared.answer(client, 503, reason, keep, started).await;
+            return after_error(kept, &request);
         };
         tried = Some(backend.pid);
         let Ok(mut up) = connection(&backend, shared.address, &request).await else {
@@ -462,15 +587,25 @@ async fn exchange(
         let result = forward(client, buf, &mut up, &request, shared, set_cookie, started).await;
         let (status, reason) = match result {
             Ok(answered) => {
-                if let Some(early) = answered.switched {
+                let after = if let Some(early) = answered.switched {
                     tunnel(client, buf, up, &early, shared).await;
-                } else if answered.reusable && !backend.draining.load(Ordering::Acquire) {
-                    // A draining worker's connections close with their
-                    // last answer.
-                    backend.pool.put(shared.address, up);
-                }
+                    After::Close
+                } else {
+                    if answered.reusable && !backend.draining.load(Ordering::Acquire) {
+                        // A draining worker's connections close with their
+                        // last answer.
+                        backend.pool.put(shared.address, up);
+                    }
+                    if answered.body_left {
+                        After::Linger
+                    } else if answered.keep_client {
+                        After::Keep
+                    } else {
+                        After::Close
+                    }
+                };
                 drop(counted);
-                return answered.keep_client;
+                return after;
             }
             Err(Failed::Unwritten) => {
                 failure = "the worker's connection failed";
@@ -488,12 +623,26 @@ async fn exchange(
             Err(Failed::BadResponse(reason)) => (502, reason),
             Err(Failed::Timeout) => (504, "the worker did not answer in time"),
             Err(Failed::BadRequest(reason)) => (400, reason),
-            Err(Failed::Client | Failed::Broken) => return false,
+            Err(Failed::Client | Failed::Broken) => return After::Close,
         };
         drop(counted);
-        return shared.answer(client, status, reason, keep, started).await;
+        let kept = shared.answer(client, status, reason, keep, started).await;
+        return after_error(kept, &request);
     }
-    shared.answer(client, 502, failure, keep, started).await
+    let kept = shared.answer(client, 502, failure, keep, started).await;
+    after_error(kept, &request)
+}
+
+/// After the master's own answer to `request`: the connection stays if it
+/// was `kept`, else it lingers if a body may still be coming.
+fn after_error(kept: bool, request: &RequestHead) -> After {
+    if kept {
+        After::Keep
+    } else if request.framing != Framing::Empty {
+        After::Linger
+    } else {
+        After::Close
+    }
 }
 
 /// An idle pooled connection to `backend`, or a new one. A request that
@@ -599,6 +748,7 @@ async fn forward(
                     // connection cannot carry another request.
                     answered.keep_client = false;
                     answered.reusable = false;
+                    answered.body_left = true;
                 }
                 return Ok(answered);
             }
@@ -638,13 +788,28 @@ async fn respond(
     started: Instant,
     answered: &AtomicBool,
 ) -> Result<Answered, Failed> {
-    let mut buf = Vec::with_capacity(READ);
+    let mut buf = Buffers::take();
+    let result = answer(from, to, answering, shared, started, answered, &mut buf).await;
+    Buffers::give(buf);
+    result
+}
+
+/// [`respond`], reading into `buf`.
+async fn answer(
+    from: &mut UpRead<'_>,
+    to: &mut tcp::WriteHalf<'_>,
+    answering: Answering,
+    shared: &Shared,
+    started: Instant,
+    answered: &AtomicBool,
+    buf: &mut Vec<u8>,
+) -> Result<Answered, Failed> {
     let mut out = Vec::new();
     let mut interim = false;
     let head = loop {
         let head = loop {
             if !buf.is_empty() {
-                match h1::parse_response(&buf, answering, &mut out) {
+                match h1::parse_response(buf, answering, &mut out) {
                     Ok(Some(head)) => break head,
                     Ok(None) => {}
                     Err(e) => return Err(Failed::BadResponse(e.0)),
@@ -653,7 +818,7 @@ async fn respond(
             if buf.capacity() - buf.len() < READ_MIN {
                 buf.reserve(READ);
             }
-            match from.read_buf(&mut buf).await {
+            match from.read_buf(buf).await {
                 Ok(n) if n > 0 => {}
                 _ if buf.is_empty() && !interim => return Err(Failed::Unanswered),
                 _ => {
@@ -682,11 +847,12 @@ async fn respond(
         return Ok(Answered {
             keep_client: false,
             reusable: false,
-            switched: Some(buf),
+            switched: Some(std::mem::take(buf)),
+            body_left: false,
         });
     }
     let mut body = Body::new(head.framing);
-    pump(&mut body, head.pass, &mut buf, from, to, out)
+    pump(&mut body, head.pass, buf, from, to, out)
         .await
         .map_err(|e| match e {
             Pumped::Write => Failed::Client,
@@ -696,6 +862,7 @@ async fn respond(
         keep_client: !head.close_client,
         reusable: head.reusable && buf.is_empty(),
         switched: None,
+        body_left: false,
     })
 }
 
