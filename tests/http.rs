@@ -21,8 +21,9 @@ fn exit_on_term() -> Vec<String> {
 
 /// Three reloads under keep-alive and connection-per-request load: every
 /// request answered.
-fn reloads_lose_nothing(program: &[String]) {
-    let mut m = Master::start(&cmd(&["-w", "2", "--balance", "http"], program));
+fn reloads_lose_nothing(extra: &[&str], program: &[String]) {
+    let args = [&["-w", "2", "--balance", "http"], extra].concat();
+    let mut m = Master::start(&cmd(&args, program));
     m.wait_kind("spawned", 2);
     let keep_alive = Load::start(m.addr, 4, true);
     let fresh = Load::start(m.addr, 2, false);
@@ -49,12 +50,42 @@ fn reloads_lose_nothing(program: &[String]) {
 
 #[test]
 fn a_server_that_exits_at_once_on_sigterm_reloads_without_a_failed_request() {
-    reloads_lose_nothing(&py_abrupt());
+    reloads_lose_nothing(&[], &py_abrupt());
 }
 
 #[test]
 fn a_node_app_that_calls_process_exit_on_sigterm_reloads_without_a_failed_request() {
-    reloads_lose_nothing(&exit_on_term());
+    reloads_lose_nothing(&[], &exit_on_term());
+}
+
+/// uvicorn from the distribution (`apt-get install python3-uvicorn`): the
+/// `python3` that can import it (a pyenv `python3` first on PATH may not).
+fn uvicorn() -> Vec<String> {
+    let python = ["python3", "/usr/bin/python3"]
+        .into_iter()
+        .find(|p| {
+            std::process::Command::new(p)
+                .args(["-c", "import uvicorn"])
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .expect("uvicorn is not installed: apt-get install python3-uvicorn");
+    let dir = fixture("tests/fixtures");
+    s(&[
+        "sh",
+        "-c",
+        &format!(
+            "exec {python} -m uvicorn --app-dir {dir} uvicorn_app:app --host 127.0.0.1 \
+             --port \"$PORT\" --lifespan off --no-access-log"
+        ),
+    ])
+}
+
+#[test]
+fn uvicorn_reloads_without_a_failed_request() {
+    // It binds PORT itself (--proxy-port), as uvicorn's docs run it.
+    reloads_lose_nothing(&["--proxy-port"], &uvicorn());
 }
 
 #[test]
