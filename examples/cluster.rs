@@ -86,7 +86,9 @@ struct Cli {
     max_connections: Option<usize>,
 
     /// With --balance proxy: close a client connection on which nothing
-    /// moved either way for this long (0 never).
+    /// moved either way for this long (0 never). With --balance http: a
+    /// request or response body in which nothing moves for this long (and
+    /// a WebSocket tunnel).
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     proxy_idle_timeout: Duration,
 

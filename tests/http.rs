@@ -549,3 +549,38 @@ fn bodies_stream_through_in_every_framing_and_an_early_answer_reaches_the_client
     m.signal(Signal::SIGTERM);
     assert!(m.wait_exit().success(), "{}", m.log());
 }
+
+#[test]
+fn a_body_that_stops_coming_is_cut_off_at_the_idle_timeout_while_others_are_served() {
+    let mut m = Master::start(&cmd(
+        &[
+            "-w",
+            "1",
+            "--balance",
+            "http",
+            "--proxy-idle-timeout",
+            "500ms",
+        ],
+        &bodies(),
+    ));
+    m.wait_kind("spawned", 1);
+    // Ten bytes of a hundred, then nothing: the worker waits for the rest,
+    // and so would the master without a limit.
+    let mut stalled = TcpStream::connect(m.addr).unwrap();
+    stalled.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stalled
+        .write_all(b"POST /count HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        .unwrap();
+    assert_eq!(
+        get(m.addr, "/").map(|b| b.trim().to_owned()),
+        Ok("ok".to_owned())
+    );
+    // It gets 408, and its connection closes.
+    let mut rest = Vec::new();
+    let ended = stalled.read_to_end(&mut rest);
+    assert!(ended.is_ok(), "still open after {IO_TIMEOUT:?}: {ended:?}");
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.starts_with("HTTP/1.1 408 "), "{rest}");
+    m.signal(Signal::SIGTERM);
+    assert!(m.wait_exit().success(), "{}", m.log());
+}

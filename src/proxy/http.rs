@@ -288,6 +288,7 @@ fn answer_bytes(status: u16, reason: &str, keep: bool) -> Vec<u8> {
     let phrase = match status {
         400 => "Bad Request",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         431 => "Request Header Fields Too Large",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
@@ -498,6 +499,8 @@ enum Failed {
     Timeout,
     /// The client's body is malformed.
     BadRequest(&'static str),
+    /// The client's body stopped coming for the idle timeout.
+    Stalled,
     /// The client is gone.
     Client,
     /// The answer broke off after its head went to the client: all that
@@ -623,6 +626,7 @@ async fn exchange(
             Err(Failed::BadResponse(reason)) => (502, reason),
             Err(Failed::Timeout) => (504, "the worker did not answer in time"),
             Err(Failed::BadRequest(reason)) => (400, reason),
+            Err(Failed::Stalled) => (408, "the request body stopped coming"),
             Err(Failed::Client | Failed::Broken) => return After::Close,
         };
         drop(counted);
@@ -732,6 +736,7 @@ async fn forward(
         &mut client_read,
         &mut up_write,
         Vec::new(),
+        shared.config.idle_timeout,
     );
     // The response timeout counts from the end of the request.
     let timeout = shared.config.response_timeout;
@@ -762,6 +767,10 @@ async fn forward(
                     // The answer, or its absence, tells.
                     Err(Pumped::Write) => {}
                     Err(Pumped::Read) => return Err(Failed::Client),
+                    Err(Pumped::Idle) if !answered.load(Ordering::Relaxed) => {
+                        return Err(Failed::Stalled)
+                    }
+                    Err(Pumped::Idle) => return Err(Failed::Broken),
                     Err(Pumped::Bad(reason)) if !answered.load(Ordering::Relaxed) => {
                         return Err(Failed::BadRequest(reason))
                     }
@@ -852,12 +861,24 @@ async fn answer(
         });
     }
     let mut body = Body::new(head.framing);
-    pump(&mut body, head.pass, buf, from, to, out)
-        .await
-        .map_err(|e| match e {
-            Pumped::Write => Failed::Client,
-            Pumped::Read | Pumped::Bad(_) => Failed::Broken,
-        })?;
+    pump(
+        &mut body,
+        head.pass,
+        buf,
+        from,
+        to,
+        out,
+        shared.config.idle_timeout,
+    )
+    .await
+    .map_err(|e| match e {
+        Pumped::Write => Failed::Client,
+        Pumped::Read | Pumped::Bad(_) => Failed::Broken,
+        Pumped::Idle => {
+            shared.counters.idle_closed.fetch_add(1, Ordering::Relaxed);
+            Failed::Broken
+        }
+    })?;
     Ok(Answered {
         keep_client: !head.close_client,
         reusable: head.reusable && buf.is_empty(),
@@ -875,11 +896,14 @@ enum Pumped {
     Write,
     /// Its framing is broken.
     Bad(&'static str),
+    /// Its sender sent nothing for the idle timeout.
+    Idle,
 }
 
 /// Passes `body` from `from` to `to` as `pass` says, starting with what
 /// is in `buf` and after `out` (a head to go first). What follows the
-/// body is left in `buf`.
+/// body is left in `buf`. A sender that sends nothing for `idle` in the
+/// middle of a body has failed.
 async fn pump<R, W>(
     body: &mut Body,
     pass: Pass,
@@ -887,6 +911,7 @@ async fn pump<R, W>(
     from: &mut R,
     to: &mut W,
     mut out: Vec<u8>,
+    idle: Option<Duration>,
 ) -> Result<(), Pumped>
 where
     R: AsyncRead + Unpin,
@@ -907,7 +932,13 @@ where
         if buf.capacity() - buf.len() < READ_MIN {
             buf.reserve(READ);
         }
-        match from.read_buf(buf).await {
+        let read = match idle {
+            Some(limit) => tokio::time::timeout(limit, from.read_buf(buf))
+                .await
+                .map_err(|_| Pumped::Idle)?,
+            None => from.read_buf(buf).await,
+        };
+        match read {
             Ok(n) if n > 0 => {}
             Ok(_) => {
                 if !body.closed(pass, &mut out) {

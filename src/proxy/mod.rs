@@ -397,7 +397,8 @@ pub struct ProxyStats {
     /// timeout.
     pub idle_closed: u64,
     /// HTTP mode: requests the master refused itself (`400` malformed,
-    /// `431` head too large, `405` CONNECT).
+    /// `408` a body that stopped coming, `431` head too large, `405`
+    /// CONNECT).
     pub bad_request: u64,
     /// HTTP mode: requests the master answered `502 Bad Gateway` (the
     /// worker failed and the request could not be sent again).
