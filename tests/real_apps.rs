@@ -743,3 +743,22 @@ fn websocket_tunnels_in_http_mode_stay_until_the_drain_timeout_then_close_normal
     m.signal(Signal::SIGTERM);
     assert!(m.wait_exit().success(), "{}", m.log());
 }
+
+#[test]
+fn express_and_fastify_reload_in_http_mode_without_errors() {
+    // The apps as their docs start them; the master owns every client
+    // connection and sends each request to a worker.
+    let m = Master::start_json(
+        &cmd(
+            &["--balance", "http"],
+            &["node", &app("express_stop_handler.js")],
+        ),
+        None,
+    );
+    reloads_fail_nothing(m, 3);
+    let m = Master::start_json(
+        &cmd(&["--balance", "http"], &["node", &app("fastify_app.js")]),
+        None,
+    );
+    reloads_fail_nothing(m, 2);
+}
