@@ -161,55 +161,82 @@ fn hop_by_hop(name: &str) -> bool {
     .any(|h| is(name, h))
 }
 
-/// Framing from the `Content-Length` and `Transfer-Encoding` headers:
-/// `Ok(None)` when neither is there; an error when they contradict.
-fn framing_of(headers: &[httparse::Header<'_>]) -> Result<Option<Framing>, &'static str> {
-    let mut length: Option<u64> = None;
-    let mut codings = 0usize;
-    let mut chunked_last = false;
+/// The transfer codings a message announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Coding {
+    /// `chunked`, last.
+    Chunked,
+    /// Others without `chunked`.
+    Other,
+    /// `chunked` followed by another coding, or applied twice.
+    ChunkedNotLast,
+}
+
+/// What a message's `Content-Length` and `Transfer-Encoding` headers say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Announced {
+    /// The length, if any; an error when one is not a number or two differ.
+    length: Result<Option<u64>, &'static str>,
+    coding: Option<Coding>,
+}
+
+fn announced(headers: &[httparse::Header<'_>]) -> Announced {
+    let mut length: Result<Option<u64>, &'static str> = Ok(None);
+    let mut coding = None;
     for h in headers {
         if is(h.name, "content-length") {
             for t in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if t.is_empty() || t.len() > 18 || !t.iter().all(u8::is_ascii_digit) {
-                    return Err("invalid Content-Length");
-                }
-                let n: u64 = std::str::from_utf8(t)
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or("invalid Content-Length")?;
-                if length.is_some_and(|l| l != n) {
-                    return Err("conflicting Content-Length headers");
-                }
-                length = Some(n);
+                let n = (!t.is_empty() && t.len() <= 18 && t.iter().all(u8::is_ascii_digit))
+                    .then(|| std::str::from_utf8(t).ok()?.parse::<u64>().ok())
+                    .flatten();
+                length = match (length, n) {
+                    (Err(e), _) => Err(e),
+                    (_, None) => Err("invalid Content-Length"),
+                    (Ok(Some(l)), Some(n)) if l != n => Err("conflicting Content-Length headers"),
+                    (Ok(_), Some(n)) => Ok(Some(n)),
+                };
             }
         } else if is(h.name, "transfer-encoding") {
             for t in tokens(h.value) {
-                if chunked_last {
-                    // chunked must be the last coding, applied once.
-                    return Err("chunked is not the last transfer coding");
-                }
-                codings += 1;
-                chunked_last = t.eq_ignore_ascii_case(b"chunked");
+                let chunked = t.eq_ignore_ascii_case(b"chunked");
+                coding = Some(match coding {
+                    Some(Coding::Chunked | Coding::ChunkedNotLast) => Coding::ChunkedNotLast,
+                    _ if chunked => Coding::Chunked,
+                    _ => Coding::Other,
+                });
             }
         }
     }
-    if codings > 0 {
-        if length.is_some() {
-            return Err("both Content-Length and Transfer-Encoding");
+    Announced { length, coding }
+}
+
+impl Announced {
+    /// A request's framing, strictly: anything a worker could read
+    /// otherwise is an error.
+    fn request(self, http10: bool) -> Result<Framing, &'static str> {
+        match (self.coding, self.length?) {
+            (Some(_), Some(_)) => Err("both Content-Length and Transfer-Encoding"),
+            (Some(_), None) if http10 => Err("Transfer-Encoding in an HTTP/1.0 request"),
+            (Some(Coding::Chunked), None) => Ok(Framing::Chunked),
+            (Some(Coding::ChunkedNotLast), None) => Err("chunked is not the last transfer coding"),
+            (Some(Coding::Other), None) => Err("unknown transfer coding"),
+            (None, Some(0) | None) => Ok(Framing::Empty),
+            (None, Some(n)) => Ok(Framing::Length(n)),
         }
-        return Ok(Some(if chunked_last {
-            Framing::Chunked
-        } else {
-            Framing::Close
-        }));
     }
-    Ok(length.map(|n| {
-        if n == 0 {
-            Framing::Empty
-        } else {
-            Framing::Length(n)
+
+    /// A response's framing (RFC 9112, 6.3): the coding wins over a
+    /// length; without either it ends when the worker closes.
+    fn response(self) -> Result<Framing, &'static str> {
+        match self.coding {
+            Some(Coding::Chunked) => Ok(Framing::Chunked),
+            Some(_) => Ok(Framing::Close),
+            None => Ok(match self.length? {
+                Some(n) => Framing::Length(n),
+                None => Framing::Close,
+            }),
         }
-    }))
+    }
 }
 
 /// The slot a `Cookie` header's sticky cookie names.
@@ -257,14 +284,9 @@ pub(crate) fn parse_request(
     let http10 = version == 0;
     let headers = &*req.headers;
     let connection = Connection::of(headers);
-    let framing = match framing_of(headers) {
-        Ok(Some(Framing::Close)) => return Err(reject(400, "unknown transfer coding")),
-        Ok(Some(Framing::Chunked)) if http10 => {
-            return Err(reject(400, "Transfer-Encoding in an HTTP/1.0 request"))
-        }
-        Ok(f) => f.unwrap_or(Framing::Empty),
-        Err(reason) => return Err(reject(400, reason)),
-    };
+    let framing = announced(headers)
+        .request(http10)
+        .map_err(|reason| reject(400, reason))?;
     let upgrade = connection.upgrade && headers.iter().any(|h| is(h.name, "upgrade"));
 
     let mut out = Vec::with_capacity(len + 128);
@@ -419,18 +441,13 @@ pub(crate) fn parse_response(
     let connection = Connection::of(headers);
     let switching = status == 101 && answering.upgrade;
     let bodiless = answering.head || (100..200).contains(&status) || status == 204 || status == 304;
-    let announced = framing_of(headers);
+    let announced = announced(headers);
+    let chunked = announced.coding == Some(Coding::Chunked);
     let framing = if bodiless {
         Framing::Empty
     } else {
-        match announced {
-            Ok(Some(f)) => f,
-            Ok(None) => Framing::Close,
-            // Two lengths: nobody can tell where it ends.
-            Err(reason) if reason.contains("Content-Length") => return Err(BadResponse(reason)),
-            // Both: the coding wins (RFC 9112, 6.3).
-            Err(_) => Framing::Chunked,
-        }
+        // Two lengths: nobody can tell where it ends.
+        announced.response().map_err(BadResponse)?
     };
     let (pass, mut close_client) = match (framing, answering.http10) {
         (Framing::Chunked, true) => (Pass::Dechunk, true),
@@ -453,8 +470,9 @@ pub(crate) fn parse_response(
     for h in headers {
         let name = h.name;
         let keep = if is(name, "content-length") {
-            // A HEAD or 304 answer's length describes the body it would have.
-            !matches!(announced, Ok(Some(Framing::Chunked)) | Err(_))
+            // A HEAD or 304 answer's length describes the body it would
+            // have; beside a coding, it means nothing.
+            announced.coding.is_none()
         } else if is(name, "transfer-encoding") {
             // Set below from what the client gets.
             false
@@ -467,7 +485,7 @@ pub(crate) fn parse_response(
             header(out, name.as_bytes(), h.value);
         }
     }
-    if bodiless && matches!(announced, Ok(Some(Framing::Chunked))) && !answering.http10 {
+    if bodiless && chunked && !answering.http10 {
         // A HEAD answer tells how the body would have come.
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
@@ -925,6 +943,22 @@ mod tests {
         let mut out = Vec::new();
         let two = "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
         assert!(parse_response(two.as_bytes(), PLAIN, &mut out).is_err());
+        // Both a coding and a length: the coding wins, the length goes.
+        let (head, text) = response(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            PLAIN,
+        );
+        assert_eq!(
+            (head.framing, head.pass),
+            (Framing::Chunked, Pass::Verbatim)
+        );
+        assert!(!text.contains("Content-Length"), "{text}");
+        // chunked not last: the body ends when the worker closes.
+        let (head, _) = response(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            PLAIN,
+        );
+        assert_eq!(head.framing, Framing::Close);
     }
 
     #[test]
