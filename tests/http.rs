@@ -83,6 +83,12 @@ fn uvicorn() -> Vec<String> {
 }
 
 #[test]
+fn herds_own_examples_reload_without_a_failed_request() {
+    reloads_lose_nothing(&[], &node_server());
+    reloads_lose_nothing(&[], &hello_server());
+}
+
+#[test]
 fn uvicorn_reloads_without_a_failed_request() {
     // It binds PORT itself (--proxy-port), as uvicorn's docs run it.
     reloads_lose_nothing(&["--proxy-port"], &uvicorn());
