@@ -760,12 +760,13 @@ async fn forward(
             result = &mut send, if !sent => {
                 sent = true;
                 match result {
-                    Ok(()) => {
+                    // The worker has the request, or failed while it was
+                    // sent: its answer, or its absence, tells. Either
+                    // way the response timeout runs from now.
+                    Ok(()) | Err(Pumped::Write) => {
                         timer.as_mut().reset(tokio::time::Instant::now() + timeout);
                         timing = true;
                     }
-                    // The answer, or its absence, tells.
-                    Err(Pumped::Write) => {}
                     Err(Pumped::Read) => return Err(Failed::Client),
                     Err(Pumped::Idle) if !answered.load(Ordering::Relaxed) => {
                         return Err(Failed::Stalled)
