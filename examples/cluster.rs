@@ -235,6 +235,11 @@ struct Cli {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_memory: Option<u64>,
 
+    /// With --balance http: replace a worker once it has been sent N
+    /// requests, successor first (gunicorn's --max-requests).
+    #[arg(long, value_name = "N")]
+    max_requests: Option<u64>,
+
     /// How many slots a reload (SIGHUP) replaces at the same time.
     #[arg(long, value_name = "N", default_value_t = herd::DEFAULT_RELOAD_PARALLEL)]
     reload_parallel: usize,
@@ -713,6 +718,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(bytes) = cli.max_memory {
         builder = builder.max_memory(bytes);
+    }
+    if let Some(n) = cli.max_requests {
+        builder = builder.max_requests(n);
     }
     if let Some(w) = cli.watchdog {
         builder = builder.watchdog(w);

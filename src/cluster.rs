@@ -107,6 +107,7 @@ pub(crate) struct Config {
     pub(crate) sample_interval: Option<Duration>,
     /// Replace a worker that stays over this many bytes.
     pub(crate) max_memory: Option<u64>,
+    pub(crate) max_requests: Option<u64>,
     pub(crate) reload_parallel: usize,
     pub(crate) proxy_header: Option<ProxyProtocol>,
     /// Proxy mode: workers bind `PORT` themselves.
@@ -367,6 +368,7 @@ pub struct Builder {
     reload_parallel: usize,
     sample_interval: Duration,
     max_memory: Option<u64>,
+    max_requests: Option<u64>,
     service_notify: bool,
     pre_stop_delay: Duration,
     user: Option<String>,
@@ -407,6 +409,7 @@ impl Default for Builder {
             reload_parallel: DEFAULT_RELOAD_PARALLEL,
             sample_interval: DEFAULT_SAMPLE_INTERVAL,
             max_memory: None,
+            max_requests: None,
             service_notify: true,
             pre_stop_delay: Duration::ZERO,
             user: None,
@@ -740,6 +743,18 @@ impl Builder {
     #[must_use = "a builder method returns the changed builder"]
     pub fn max_memory(mut self, bytes: u64) -> Self {
         self.max_memory = Some(bytes);
+        self
+    }
+
+    /// HTTP mode: replaces a worker once it has been sent `n` requests,
+    /// the way a reload replaces it (successor first, then a drain), so an
+    /// app that leaks or fragments its memory is recycled before it
+    /// matters (gunicorn's `max_requests`). Checked at each sample
+    /// ([`Builder::sample_interval`]); the master counts requests only in
+    /// [`Balance::Http`].
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn max_requests(mut self, n: u64) -> Self {
+        self.max_requests = Some(n);
         self
     }
 
@@ -1098,6 +1113,26 @@ impl Builder {
                 reason: "a memory limit needs sampling: a sample interval above zero".into(),
             });
         }
+        if let Some(n) = self.max_requests {
+            let reason = if !self.balance.is_http() {
+                Some(format!(
+                    "the master counts requests only with --balance http, not {}",
+                    self.balance
+                ))
+            } else if n == 0 {
+                Some("must be at least 1".into())
+            } else if self.sample_interval.is_zero() {
+                Some("a request limit needs sampling: a sample interval above zero".into())
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                return Err(Error::InvalidSetting {
+                    setting: "max-requests",
+                    reason,
+                });
+            }
+        }
         if self.max_memory == Some(0) {
             return Err(Error::InvalidSetting {
                 setting: "max-memory",
@@ -1159,6 +1194,7 @@ impl Builder {
             reload_parallel: self.reload_parallel,
             sample_interval: (!self.sample_interval.is_zero()).then_some(self.sample_interval),
             max_memory: self.max_memory,
+            max_requests: self.max_requests,
             service_notify: self.service_notify,
             pre_stop_delay: (!self.pre_stop_delay.is_zero()).then_some(self.pre_stop_delay),
             user: worker_user,

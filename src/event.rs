@@ -221,6 +221,19 @@ pub enum Event {
         /// The limit, in bytes.
         limit: u64,
     },
+    /// A worker has been sent as many requests as
+    /// [`crate::Builder::max_requests`] allows: it is replaced as a reload
+    /// replaces it, successor first.
+    RequestLimit {
+        /// The slot.
+        slot: usize,
+        /// The worker's pid.
+        pid: u32,
+        /// Requests it was sent.
+        requests: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// The new binary passed its pre-flight check: the master re-executes
     /// it now, in the same process, and the workers keep serving.
     Upgrading {
@@ -461,6 +474,16 @@ impl fmt::Display for Event {
                 memory >> 20,
                 limit >> 20
             ),
+            Event::RequestLimit {
+                slot,
+                pid,
+                requests,
+                limit,
+            } => write!(
+                f,
+                "slot {slot}: pid {pid} was sent {requests} requests, the limit is {limit}: \
+                 replacing it"
+            ),
             Event::Stopped => f.write_str("all workers stopped"),
         }
     }
@@ -605,6 +628,16 @@ impl Event {
                 .num("pid", *pid)
                 .num("memory", *memory)
                 .num("limit", *limit),
+            Event::RequestLimit {
+                slot,
+                pid,
+                requests,
+                limit,
+            } => j
+                .num("slot", *slot)
+                .num("pid", *pid)
+                .num("requests", *requests)
+                .num("limit", *limit),
             Event::Stopped => j,
         }
         .finish()
@@ -636,6 +669,7 @@ impl Event {
             Event::UpgradeFailed { .. } => "upgrade_failed",
             Event::Upgraded { .. } => "upgraded",
             Event::MemoryLimit { .. } => "memory_limit",
+            Event::RequestLimit { .. } => "request_limit",
             Event::Stopped => "stopped",
         }
     }

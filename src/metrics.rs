@@ -12,7 +12,7 @@
 //! | `herd_worker_start_time_seconds` | gauge (Unix time) | `slot` |
 //! | `herd_worker_cpu_seconds` | gauge (the current worker's) | `slot` |
 //! | `herd_worker_resident_memory_bytes` | gauge | `slot` |
-//! | `herd_worker_restarts_total` | counter | `slot`, `reason` (`exit`, `watchdog`, `start_timeout`, `memory`) |
+//! | `herd_worker_restarts_total` | counter | `slot`, `reason` (`exit`, `watchdog`, `start_timeout`, `memory`, `requests`) |
 //! | `herd_reloads_total` | counter | `result` (`complete`, `aborted`) |
 //! | `herd_reload_duration_seconds` | histogram | |
 //! | `herd_proxy_connections_active` | gauge | `slot` |

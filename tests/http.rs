@@ -590,3 +590,52 @@ fn a_body_that_stops_coming_is_cut_off_at_the_idle_timeout_while_others_are_serv
     m.signal(Signal::SIGTERM);
     assert!(m.wait_exit().success(), "{}", m.log());
 }
+
+#[test]
+fn a_worker_sent_max_requests_is_replaced_successor_first_without_a_failed_request() {
+    let mut m = Master::start(&cmd(
+        &[
+            "-w",
+            "2",
+            "--balance",
+            "http",
+            "--max-requests",
+            "300",
+            "--sample-interval",
+            "100ms",
+        ],
+        &node_server(),
+    ));
+    m.wait_kind("ready", 2);
+    let first = m.live_pids();
+    let keep_alive = Load::start(m.addr, 2, true);
+    let fresh = Load::start(m.addr, 1, false);
+    // Every worker of the first generation reaches the limit and is
+    // replaced, each once.
+    let events = m.wait_events("both first workers replaced", |e| {
+        first
+            .iter()
+            .all(|&p| of_kind(e, "replaced").any(|r| pid_field(r, "old_pid") == p))
+    });
+    for &pid in &first {
+        let limits: Vec<_> = of_kind(&events, "request_limit")
+            .filter(|l| pid_field(l, "pid") == pid)
+            .collect();
+        assert_eq!(limits.len(), 1, "{limits:?}");
+        assert!(
+            limits[0]["requests"].as_u64().unwrap() >= 300,
+            "{}",
+            limits[0]
+        );
+        assert_eq!(limits[0]["limit"], 300);
+    }
+    for &pid in &first {
+        let exit = m.wait_pid_event("exited", pid);
+        assert_eq!(exit["expected"], true, "{exit}");
+    }
+    let ka = keep_alive.finish_without_failures();
+    let fr = fresh.finish_without_failures();
+    assert!(ka.pids.union(&fr.pids).count() > 2, "later workers served");
+    m.signal(Signal::SIGTERM);
+    assert!(m.wait_exit().success(), "{}", m.log());
+}

@@ -594,6 +594,33 @@ async fn a_name_that_cannot_prefix_a_log_line_is_refused() {
     assert!(hello_cluster(1).name("api-v2.blue_1").build().is_ok());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_limit_is_refused_where_the_master_cannot_count_requests() {
+    let http = || {
+        hello_cluster(1).balance(herd::Balance::Http {
+            strategy: herd::Strategy::RoundRobin,
+        })
+    };
+    for builder in [
+        hello_cluster(1).max_requests(100),
+        http().max_requests(0),
+        http().max_requests(100).sample_interval(Duration::ZERO),
+    ] {
+        let err = builder.build().map(|_| ()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::InvalidSetting {
+                    setting: "max-requests",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+    assert!(http().max_requests(100).build().is_ok());
+}
+
 /// A socket the program already has (systemd socket activation, a test
 /// harness) is served by the workers; one herd cannot use is refused with
 /// an error naming its fd and the reason.

@@ -207,6 +207,9 @@ struct Supervisor {
     /// worker itself, or another process of its tree (`npm start`). Worker
     /// pid -> the app's pid, which gets the stop signal.
     serving: HashMap<Pid, Pid>,
+    /// Workers replaced for their request count (`max_requests`), so that
+    /// each is replaced once.
+    request_limited: HashSet<Pid>,
     /// Starts, signals and reaps the workers.
     os: Arc<dyn Processes>,
     /// Workers the master killed, and why (`watchdog`, `start_timeout`),
@@ -411,6 +414,7 @@ pub(crate) async fn run(
         cgroup,
         worker_cgroups: HashMap::new(),
         serving: HashMap::new(),
+        request_limited: HashSet::new(),
         pending_stop: None,
         killed_for: HashMap::new(),
         service: if sup_config_notify {
@@ -657,6 +661,43 @@ impl Supervisor {
                 limit: self.config.max_memory.unwrap_or(0),
             });
             crate::metrics::restart(slot, "memory");
+            self.request_reload(Target::Slot(slot), None).await;
+        }
+        self.recycle_by_requests().await;
+    }
+
+    /// Replaces each current worker that has been sent `max_requests`
+    /// requests (once each), successor first.
+    async fn recycle_by_requests(&mut self) {
+        let (Some(limit), Some(proxy)) = (self.config.max_requests, self.proxy.as_ref()) else {
+            return;
+        };
+        let current: Vec<(usize, Pid)> = (0..self.slots.len())
+            .filter_map(|i| Some((i, self.slots[i].pid()?)))
+            .collect();
+        self.request_limited
+            .retain(|p| current.iter().any(|(_, c)| c == p));
+        let mut over = Vec::new();
+        for (slot, pid) in current {
+            let Some(backend) = proxy.backend(pid) else {
+                continue;
+            };
+            let requests = backend.total.load(std::sync::atomic::Ordering::Relaxed);
+            if requests >= limit && self.request_limited.insert(pid) {
+                over.push((slot, pid, requests));
+            }
+        }
+        for (slot, pid, requests) in over {
+            if self.phase != Phase::Running {
+                break;
+            }
+            self.emit(Event::RequestLimit {
+                slot,
+                pid: pid.as_raw() as u32,
+                requests,
+                limit,
+            });
+            crate::metrics::restart(slot, "requests");
             self.request_reload(Target::Slot(slot), None).await;
         }
     }
