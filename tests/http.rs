@@ -521,6 +521,11 @@ fn bodies_stream_through_in_every_framing_and_an_early_answer_reaches_the_client
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     assert!(!head.to_ascii_lowercase().contains("chunked"), "{head}");
     assert_eq!(body, format!("{}{}", "a".repeat(1000), "b".repeat(1000)));
+    // HAProxy's default health check: HTTP/1.0 without Host. It goes on as
+    // HTTP/1.1, which needs one (Node answers 400 without): the master
+    // names the address the client reached.
+    let (status, text) = raw(m.addr, b"OPTIONS / HTTP/1.0\r\n\r\n");
+    assert_eq!(status, 200, "{text}");
 
     // The worker answers after 1 MiB of a 1 GiB upload: the client gets
     // that answer (not a reset), then the connection closes.

@@ -258,10 +258,14 @@ fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// Parses the request head at the start of `buf`: `Ok(None)` while it is
-/// incomplete, else its length and the head rewritten for a worker.
+/// incomplete, else its length and the head rewritten for a worker. A
+/// request without `Host` (HTTP/1.0: HAProxy's default health check, old
+/// tools) gets one naming `local()`, the address the client reached:
+/// it goes on as HTTP/1.1, which requires one (Node answers 400 without).
 pub(crate) fn parse_request(
     buf: &[u8],
     client: Client,
+    local: impl FnOnce() -> Option<std::net::SocketAddr>,
 ) -> Result<Option<(usize, RequestHead)>, Reject> {
     let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
@@ -342,6 +346,11 @@ pub(crate) fn parse_request(
     }
     if let (false, Some(host)) = (has_host, host) {
         header(&mut out, b"x-forwarded-host", host);
+    }
+    if host.is_none() {
+        if let Some(addr) = local() {
+            let _ = write!(out, "host: {addr}\r\n");
+        }
     }
     if upgrade {
         out.extend_from_slice(b"connection: upgrade\r\n");
@@ -744,7 +753,7 @@ mod tests {
     }
 
     fn request(text: &str) -> Result<Option<(usize, RequestHead)>, Reject> {
-        parse_request(text.as_bytes(), client(false))
+        parse_request(text.as_bytes(), client(false), || None)
     }
 
     fn forwarded(text: &str) -> String {
@@ -773,6 +782,7 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\n\
               X-Forwarded-Proto: https\r\nX-Forwarded-Host: public\r\n\r\n",
             client(true),
+            || None,
         )
         .unwrap()
         .unwrap();
@@ -796,6 +806,22 @@ mod tests {
         assert_eq!(len, "GET / HTTP/1.1\r\nHost: x\r\n\r\n".len());
         assert!(head.keep_alive && head.idempotent && head.replayable());
         assert_eq!(head.framing, Framing::Empty);
+    }
+
+    #[test]
+    fn a_request_without_host_gets_the_address_the_client_reached() {
+        let local = || Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let (_, head) = parse_request(b"OPTIONS / HTTP/1.0\r\n\r\n", client(false), local)
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8(head.bytes).unwrap();
+        assert!(text.starts_with("OPTIONS / HTTP/1.1\r\n"), "{text}");
+        assert!(text.contains("host: 127.0.0.1:8080\r\n"), "{text}");
+        let (_, head) = parse_request(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", client(false), local)
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8(head.bytes).unwrap();
+        assert!(!text.contains("127.0.0.1:8080"), "{text}");
     }
 
     #[test]

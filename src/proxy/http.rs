@@ -454,7 +454,8 @@ async fn read_request(
 ) -> Result<Option<(usize, RequestHead)>, h1::Reject> {
     loop {
         if !buf.is_empty() {
-            if let Some(request) = h1::parse_request(buf, who)? {
+            let local = || client.local_addr().ok();
+            if let Some(request) = h1::parse_request(buf, who, local)? {
                 return Ok(Some(request));
             }
             // Part of a head: the rest must come by the deadline.
