@@ -36,10 +36,10 @@ use std::time::{Duration, Instant};
 
 use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{tcp, unix, TcpListener, TcpStream, UnixStream};
+use tokio::net::{tcp, unix, TcpListener, TcpStream};
 
 use super::h1::{self, Answering, Body, Framing, Pass, RequestHead};
-use super::{admit, relay, Backend, Counted, Counters, ProxyConfig, Rotation, Target};
+use super::{admit, relay, Backend, Counted, Counters, ProxyConfig, Rotation, Upstream};
 use crate::balance::{hash_ip, Picker};
 use crate::net::Cidr;
 
@@ -56,31 +56,16 @@ const READ: usize = 16 * 1024;
 /// A buffer with less room than this grows before a read.
 const READ_MIN: usize = 1024;
 
-/// A connection to a worker's private listener.
-pub(crate) enum Up {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl Up {
-    async fn open(target: &Target) -> io::Result<Up> {
-        Ok(match target {
-            Target::Tcp(addr) => {
-                let s = TcpStream::connect(addr).await?;
-                let _ = s.set_nodelay(true);
-                Up::Tcp(s)
-            }
-            Target::Unix(path) => Up::Unix(UnixStream::connect(path).await?),
-        })
-    }
-
+// What HTTP mode does with a worker connection besides opening it:
+// splitting it for a request, checking a pooled one, tunnelling.
+impl Upstream {
     fn split(&mut self) -> (UpRead<'_>, UpWrite<'_>) {
         match self {
-            Up::Tcp(s) => {
+            Upstream::Tcp(s) => {
                 let (r, w) = s.split();
                 (UpRead::Tcp(r), UpWrite::Tcp(w))
             }
-            Up::Unix(s) => {
+            Upstream::Unix(s) => {
                 let (r, w) = s.split();
                 (UpRead::Unix(r), UpWrite::Unix(w))
             }
@@ -89,8 +74,8 @@ impl Up {
 
     fn sock(&self) -> SockRef<'_> {
         match self {
-            Up::Tcp(s) => SockRef::from(s),
-            Up::Unix(s) => SockRef::from(s),
+            Upstream::Tcp(s) => SockRef::from(s),
+            Upstream::Unix(s) => SockRef::from(s),
         }
     }
 
@@ -102,29 +87,29 @@ impl Up {
     }
 }
 
-impl relay::Duplex for Up {
+impl relay::Duplex for Upstream {
     async fn readable(&self) -> io::Result<()> {
         match self {
-            Up::Tcp(s) => s.readable().await,
-            Up::Unix(s) => s.readable().await,
+            Upstream::Tcp(s) => s.readable().await,
+            Upstream::Unix(s) => s.readable().await,
         }
     }
     fn try_read_buf(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
         match self {
-            Up::Tcp(s) => s.try_read_buf(buf),
-            Up::Unix(s) => s.try_read_buf(buf),
+            Upstream::Tcp(s) => s.try_read_buf(buf),
+            Upstream::Unix(s) => s.try_read_buf(buf),
         }
     }
     async fn writable(&self) -> io::Result<()> {
         match self {
-            Up::Tcp(s) => s.writable().await,
-            Up::Unix(s) => s.writable().await,
+            Upstream::Tcp(s) => s.writable().await,
+            Upstream::Unix(s) => s.writable().await,
         }
     }
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            Up::Tcp(s) => s.try_write(buf),
-            Up::Unix(s) => s.try_write(buf),
+            Upstream::Tcp(s) => s.try_write(buf),
+            Upstream::Unix(s) => s.try_write(buf),
         }
     }
     fn shutdown_write(&self) {
@@ -132,13 +117,13 @@ impl relay::Duplex for Up {
     }
 }
 
-/// The reading half of an [`Up`].
+/// The reading half of an [`Upstream`].
 enum UpRead<'a> {
     Tcp(tcp::ReadHalf<'a>),
     Unix(unix::ReadHalf<'a>),
 }
 
-/// The writing half of an [`Up`].
+/// The writing half of an [`Upstream`].
 enum UpWrite<'a> {
     Tcp(tcp::WriteHalf<'a>),
     Unix(unix::WriteHalf<'a>),
@@ -185,7 +170,7 @@ impl AsyncWrite for UpWrite<'_> {
 /// An idle keep-alive connection to a worker's private listener.
 struct Pooled {
     address: usize,
-    up: Up,
+    up: Upstream,
     since: Instant,
 }
 
@@ -206,7 +191,7 @@ impl Pool {
     }
 
     /// The most recently used idle connection for `address`.
-    fn take(&self, address: usize) -> Option<Up> {
+    fn take(&self, address: usize) -> Option<Upstream> {
         let mut idle = self.0.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(p) = idle.pop() {
             if p.address == address && p.since.elapsed() < POOL_IDLE {
@@ -216,7 +201,7 @@ impl Pool {
         None
     }
 
-    fn put(&self, address: usize, up: Up) {
+    fn put(&self, address: usize, up: Upstream) {
         let mut idle = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < POOL_MAX {
             idle.push(Pooled {
@@ -654,7 +639,11 @@ fn after_error(kept: bool, request: &RequestHead) -> After {
 
 /// An idle pooled connection to `backend`, or a new one. A request that
 /// could not be sent again gets no connection the worker has closed.
-async fn connection(backend: &Backend, address: usize, request: &RequestHead) -> io::Result<Up> {
+async fn connection(
+    backend: &Backend,
+    address: usize,
+    request: &RequestHead,
+) -> io::Result<Upstream> {
     if !request.upgrade {
         while let Some(up) = backend.pool.take(address) {
             if request.replayable() || !up.stale() {
@@ -668,7 +657,7 @@ async fn connection(backend: &Backend, address: usize, request: &RequestHead) ->
         .get(address)
         .or(backend.addrs.first())
         .ok_or_else(|| io::Error::other("the worker has no private listener"))?;
-    Up::open(target).await
+    Upstream::open(target).await
 }
 
 /// Sends `request` (its head, then its body as the client sends it) on
@@ -676,7 +665,7 @@ async fn connection(backend: &Backend, address: usize, request: &RequestHead) ->
 async fn forward(
     client: &mut TcpStream,
     buf: &mut Vec<u8>,
-    up: &mut Up,
+    up: &mut Upstream,
     request: &RequestHead,
     shared: &Shared,
     set_cookie: Option<usize>,
@@ -962,7 +951,7 @@ where
 async fn tunnel(
     client: &mut TcpStream,
     buf: &mut Vec<u8>,
-    mut up: Up,
+    mut up: Upstream,
     early: &[u8],
     shared: &Shared,
 ) {

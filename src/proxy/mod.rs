@@ -584,14 +584,15 @@ pub(crate) async fn pass_on(
     drop(counted);
 }
 
-/// A connection to a worker's private listener.
-enum Upstream {
+/// A connection to a worker's private listener (proxy mode relays it;
+/// HTTP mode pools it).
+pub(crate) enum Upstream {
     Tcp(TcpStream),
     Unix(UnixStream),
 }
 
 impl Upstream {
-    async fn open(target: &Target) -> std::io::Result<Upstream> {
+    pub(crate) async fn open(target: &Target) -> std::io::Result<Upstream> {
         Ok(match target {
             Target::Tcp(addr) => {
                 let s = TcpStream::connect(addr).await?;
