@@ -651,19 +651,26 @@ impl Supervisor {
         self.publish_snapshot();
         self.sample_metrics();
         for (slot, pid, memory) in over {
-            if self.phase != Phase::Running {
-                break;
-            }
-            self.emit(Event::MemoryLimit {
+            let event = Event::MemoryLimit {
                 slot,
                 pid: pid.as_raw() as u32,
                 memory,
                 limit: self.config.max_memory.unwrap_or(0),
-            });
-            crate::metrics::restart(slot, "memory");
-            self.request_reload(Target::Slot(slot), None).await;
+            };
+            self.recycle(slot, event, "memory").await;
         }
         self.recycle_by_requests().await;
+    }
+
+    /// Replaces slot `slot`'s worker as a reload does, successor first,
+    /// saying why with `event` (and `reason` in the restart metric).
+    async fn recycle(&mut self, slot: usize, event: Event, reason: &'static str) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        self.emit(event);
+        crate::metrics::restart(slot, reason);
+        self.request_reload(Target::Slot(slot), None).await;
     }
 
     /// Replaces each current worker that has been sent `max_requests`
@@ -688,17 +695,13 @@ impl Supervisor {
             }
         }
         for (slot, pid, requests) in over {
-            if self.phase != Phase::Running {
-                break;
-            }
-            self.emit(Event::RequestLimit {
+            let event = Event::RequestLimit {
                 slot,
                 pid: pid.as_raw() as u32,
                 requests,
                 limit,
-            });
-            crate::metrics::restart(slot, "requests");
-            self.request_reload(Target::Slot(slot), None).await;
+            };
+            self.recycle(slot, event, "requests").await;
         }
     }
 
