@@ -184,17 +184,6 @@ fn exit_text(exit: Option<Exit>) -> String {
     }
 }
 
-fn state_text(state: WorkerState) -> &'static str {
-    match state {
-        WorkerState::Starting => "starting",
-        WorkerState::Ready => "ready",
-        WorkerState::Stopping => "stopping",
-        WorkerState::Backoff => "backoff",
-        WorkerState::Exited => "exited",
-        WorkerState::Failed => "failed",
-    }
-}
-
 impl State<RawFd> {
     /// The description as text.
     pub(crate) fn encode(&self) -> String {
@@ -239,7 +228,7 @@ impl State<RawFd> {
                 s.spawns,
                 s.restarts,
                 s.generation,
-                state_text(s.state),
+                s.state,
                 exit_text(s.last_exit)
             ));
         }
