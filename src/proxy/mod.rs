@@ -448,25 +448,26 @@ impl Counters {
             _ => &self.bad_gateway,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        let line = self
-            .error_throttle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .line(std::time::Instant::now(), text);
-        if let Some(line) = line {
-            self.log.notice(None, crate::event::Notice::HttpError, line);
-        }
+        self.notice(&self.error_throttle, crate::event::Notice::HttpError, text);
     }
 
     fn log(&self, text: impl FnOnce() -> String) {
-        let line = self
-            .throttle
+        self.notice(&self.throttle, crate::event::Notice::ConnectionLimit, text);
+    }
+
+    /// Logs a `notice` unless `throttle` has let one through this second.
+    fn notice(
+        &self,
+        throttle: &Mutex<crate::supervisor::policy::LogThrottle>,
+        notice: crate::event::Notice,
+        text: impl FnOnce() -> String,
+    ) {
+        let line = throttle
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .line(std::time::Instant::now(), text);
         if let Some(line) = line {
-            self.log
-                .notice(None, crate::event::Notice::ConnectionLimit, line);
+            self.log.notice(None, notice, line);
         }
     }
 }
