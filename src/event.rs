@@ -294,6 +294,11 @@ pub enum Notice {
     HttpError,
     /// A scale asked for by signal (SIGTTIN, SIGTTOU) was refused.
     ScaleRefused,
+    /// HTTP mode: a worker sent a response with no request outstanding;
+    /// the connection it came on was closed so that no client gets it.
+    /// At most one line a second, all counted in
+    /// [`crate::proxy::ProxyStats::worker_protocol_errors`].
+    WorkerProtocolError,
 }
 
 impl Notice {
@@ -313,6 +318,7 @@ impl Notice {
             Notice::ConnectionLimit => "connection_limit",
             Notice::HttpError => "http_error",
             Notice::ScaleRefused => "scale_refused",
+            Notice::WorkerProtocolError => "worker_protocol_error",
         }
     }
 }

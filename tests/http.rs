@@ -114,51 +114,6 @@ fn a_get_in_flight_on_a_killed_worker_is_sent_again_to_another() {
     assert!(m.wait_exit().success(), "{}", m.log());
 }
 
-/// Reads one answer from `c`: until its head and the body its
-/// Content-Length announces are in, or the peer closes.
-fn read_answer(c: &mut TcpStream) -> String {
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match c.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => answer.extend_from_slice(&buf[..n]),
-        }
-        let text = String::from_utf8_lossy(&answer);
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let length = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length: ")
-                        .map(str::to_owned)
-                })
-                .and_then(|v| v.trim().parse::<usize>().ok());
-            if length.is_some_and(|n| body.len() >= n) {
-                break;
-            }
-        }
-    }
-    String::from_utf8_lossy(&answer).into_owned()
-}
-
-fn status_of(text: &str) -> u16 {
-    text.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {text:?}"))
-}
-
-/// Sends `request` on a new connection and returns the status code and
-/// the whole answer.
-fn raw(addr: SocketAddr, request: &[u8]) -> (u16, String) {
-    let mut c = TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    c.write_all(request).unwrap();
-    let text = read_answer(&mut c);
-    (status_of(&text), text)
-}
-
 #[test]
 fn forwarded_headers_bad_gateway_and_oversized_heads_get_their_status() {
     let mut m = Master::start(&cmd(&["-w", "2", "--balance", "http"], &py_abrupt()));

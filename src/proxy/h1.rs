@@ -197,6 +197,10 @@ fn announced(headers: &[httparse::Header<'_>]) -> Announced {
                 };
             }
         } else if is(h.name, "transfer-encoding") {
+            // A coding nobody can name still means "not by length".
+            if tokens(h.value).next().is_none() && coding.is_none() {
+                coding = Some(Coding::Other);
+            }
             for t in tokens(h.value) {
                 let chunked = t.eq_ignore_ascii_case(b"chunked");
                 coding = Some(match coding {
@@ -211,20 +215,6 @@ fn announced(headers: &[httparse::Header<'_>]) -> Announced {
 }
 
 impl Announced {
-    /// A request's framing, strictly: anything a worker could read
-    /// otherwise is an error.
-    fn request(self, http10: bool) -> Result<Framing, &'static str> {
-        match (self.coding, self.length?) {
-            (Some(_), Some(_)) => Err("both Content-Length and Transfer-Encoding"),
-            (Some(_), None) if http10 => Err("Transfer-Encoding in an HTTP/1.0 request"),
-            (Some(Coding::Chunked), None) => Ok(Framing::Chunked),
-            (Some(Coding::ChunkedNotLast), None) => Err("chunked is not the last transfer coding"),
-            (Some(Coding::Other), None) => Err("unknown transfer coding"),
-            (None, Some(0) | None) => Ok(Framing::Empty),
-            (None, Some(n)) => Ok(Framing::Length(n)),
-        }
-    }
-
     /// A response's framing (RFC 9112, 6.3): the coding wins over a
     /// length; without either it ends when the worker closes.
     fn response(self) -> Result<Framing, &'static str> {
@@ -257,29 +247,243 @@ fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Where a head ends, found by scanning each byte once: a head that
+/// comes a byte at a time costs time linear in its size, not quadratic
+/// (it is parsed once, when its blank line is here).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct HeadScan {
+    /// Bytes already searched for the end.
+    scanned: usize,
+}
+
+/// The most empty lines (CRLF) ignored before a request line (RFC 9112,
+/// 2.2: a client may send one after a body).
+const MAX_LEADING_CRLF: usize = 4;
+
+impl HeadScan {
+    /// The length of the head at the start of `buf` once its final blank
+    /// line is here, else `None`. Empty lines before a request line are
+    /// part of the head.
+    pub(crate) fn end(&mut self, buf: &[u8]) -> Option<usize> {
+        let lead = buf
+            .chunks_exact(2)
+            .take(MAX_LEADING_CRLF + 1)
+            .take_while(|pair| pair == b"\r\n")
+            .count()
+            * 2;
+        // A terminator ("\n\r\n" or "\n\n") is at most three bytes: start
+        // three back so that one split over two reads is found.
+        let from = self.scanned.saturating_sub(3).max(lead);
+        let mut at = from;
+        while let Some(i) = buf[at..].iter().position(|&b| b == b'\n') {
+            let lf = at + i;
+            match &buf[lf + 1..] {
+                [b'\n', ..] => return Some(lf + 2),
+                [b'\r', b'\n', ..] => return Some(lf + 3),
+                _ => at = lf + 1,
+            }
+        }
+        self.scanned = buf.len();
+        None
+    }
+}
+
+/// `tchar` (RFC 9110, 5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// `token`: one or more `tchar`.
+fn is_token(t: &[u8]) -> bool {
+    !t.is_empty() && t.iter().all(|&b| is_tchar(b))
+}
+
+/// A `Host` value or URI authority (RFC 3986, 3.2): a registered name,
+/// an IPv4 address or a bracketed IP literal, then an optional numeric
+/// port. No user info, no white space, not empty.
+fn valid_authority(a: &[u8]) -> bool {
+    let (host, port) = if let Some(rest) = a.strip_prefix(b"[") {
+        let Some(close) = rest.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = &rest[..close];
+        if literal.is_empty()
+            || !literal
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || b":.".contains(&b))
+        {
+            return false;
+        }
+        match &rest[close + 1..] {
+            [] => (&b"x"[..], None),
+            [b':', port @ ..] => (&b"x"[..], Some(port)),
+            _ => return false,
+        }
+    } else {
+        match a.iter().rposition(|&b| b == b':') {
+            Some(i) => (&a[..i], Some(&a[i + 1..])),
+            None => (a, None),
+        }
+    };
+    let name_ok = !host.is_empty()
+        && host
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
+    name_ok && port_ok
+}
+
+/// A request target in origin form (`/path?query`), or `*`: printable
+/// ASCII with no backslash and no fragment.
+fn valid_origin_form(target: &[u8], method: &str) -> bool {
+    if target == b"*" {
+        return method == "OPTIONS";
+    }
+    target.first() == Some(&b'/')
+        && target
+            .iter()
+            .all(|&b| (0x21..0x7f).contains(&b) && b != b'\\' && b != b'#')
+}
+
+/// An absolute-form target (`http://authority/path?query`), split into
+/// its authority and its target in origin form.
+fn absolute_form(target: &[u8]) -> Option<(&[u8], Vec<u8>)> {
+    let colon = target.iter().position(|&b| b == b':')?;
+    let scheme = &target[..colon];
+    if !(scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https")) {
+        return None;
+    }
+    let rest = target[colon + 1..].strip_prefix(b"//")?;
+    let end = rest
+        .iter()
+        .position(|&b| b == b'/' || b == b'?')
+        .unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    let mut origin = Vec::with_capacity(path.len() + 1);
+    if path.first() != Some(&b'/') {
+        origin.push(b'/');
+    }
+    origin.extend_from_slice(path);
+    Some((authority, origin))
+}
+
+/// Bare CR, bare LF or NUL anywhere in a head: a worker could split it
+/// into lines where the master did not.
+fn bare_line_ends(head: &[u8]) -> bool {
+    head.iter().enumerate().any(|(i, &b)| match b {
+        0 => true,
+        b'\r' => head.get(i + 1) != Some(&b'\n'),
+        b'\n' => i == 0 || head[i - 1] != b'\r',
+        _ => false,
+    })
+}
+
+/// The transfer codings a request may carry (RFC 9112, 7).
+const KNOWN_CODINGS: [&str; 6] = [
+    "chunked",
+    "gzip",
+    "x-gzip",
+    "deflate",
+    "compress",
+    "x-compress",
+];
+
+/// A request's `Transfer-Encoding` headers, strictly: each a list of
+/// known codings, none empty, `chunked` once and last. `Ok(None)` when
+/// there is none; the codings in order otherwise.
+fn request_codings<'a>(headers: &[httparse::Header<'a>]) -> Result<Option<Vec<&'a [u8]>>, Reject> {
+    let mut codings: Option<Vec<&[u8]>> = None;
+    for h in headers.iter().filter(|h| is(h.name, "transfer-encoding")) {
+        let list = codings.get_or_insert_with(Vec::new);
+        for element in h.value.split(|&b| b == b',') {
+            let coding = element.trim_ascii();
+            if coding.is_empty() {
+                return Err(reject(400, "an empty transfer coding"));
+            }
+            if !is_token(coding) {
+                return Err(reject(400, "an invalid transfer coding"));
+            }
+            if !KNOWN_CODINGS
+                .iter()
+                .any(|k| coding.eq_ignore_ascii_case(k.as_bytes()))
+            {
+                return Err(reject(501, "an unknown transfer coding"));
+            }
+            list.push(coding);
+        }
+    }
+    if let Some(list) = &codings {
+        let chunked = |c: &&[u8]| c.eq_ignore_ascii_case(b"chunked");
+        match list.iter().position(chunked) {
+            Some(i) if i + 1 == list.len() => {}
+            Some(_) => return Err(reject(400, "chunked is not the last transfer coding")),
+            None => {
+                return Err(reject(
+                    400,
+                    "a request body without chunked cannot be framed",
+                ))
+            }
+        }
+    }
+    Ok(codings)
+}
+
 /// Parses the request head at the start of `buf`: `Ok(None)` while it is
-/// incomplete, else its length and the head rewritten for a worker. A
-/// request without `Host` (HTTP/1.0: HAProxy's default health check, old
-/// tools) gets one naming `local()`, the address the client reached:
-/// it goes on as HTTP/1.1, which requires one (Node answers 400 without).
+/// incomplete, else its length and the head rewritten for a worker.
+///
+/// Whatever decides where the request ends or where it goes is checked
+/// strictly (see the refusals in README's HTTP mode section): one valid
+/// `Host` (absent only in HTTP/1.0, when it gets one naming `local()`,
+/// the address the client reached: it goes on as HTTP/1.1, which requires
+/// one), a target in origin form (absolute form is turned into it, its
+/// authority becoming `Host`), at most one way of framing the body, and
+/// lines that end in CRLF.
+#[cfg(test)]
 pub(crate) fn parse_request(
     buf: &[u8],
     client: Client,
     local: impl FnOnce() -> Option<std::net::SocketAddr>,
 ) -> Result<Option<(usize, RequestHead)>, Reject> {
+    parse_request_scanned(buf, &mut HeadScan::default(), client, local)
+}
+
+/// [`parse_request`], resuming the search for the head's end where `scan`
+/// left it.
+pub(crate) fn parse_request_scanned(
+    buf: &[u8],
+    scan: &mut HeadScan,
+    client: Client,
+    local: impl FnOnce() -> Option<std::net::SocketAddr>,
+) -> Result<Option<(usize, RequestHead)>, Reject> {
+    let Some(end) = scan.end(buf) else {
+        if buf.len() > MAX_HEADER_BYTES {
+            return Err(reject(431, "the request head is too large"));
+        }
+        if buf.len() > MAX_LEADING_CRLF * 2 && buf.iter().all(|&b| b == b'\r' || b == b'\n') {
+            return Err(reject(400, "malformed request"));
+        }
+        return Ok(None);
+    };
+    if end > MAX_HEADER_BYTES {
+        return Err(reject(431, "the request head is too large"));
+    }
+    let head = &buf[..end];
+    if bare_line_ends(head) {
+        return Err(reject(400, "a bare CR, LF or NUL in the request head"));
+    }
     let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let len = match httparse::ParserConfig::default()
-        .parse_request_with_uninit_headers(&mut req, buf, &mut slots)
+        .parse_request_with_uninit_headers(&mut req, head, &mut slots)
     {
-        Ok(httparse::Status::Complete(n)) if n <= MAX_HEADER_BYTES => n,
-        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEADER_BYTES => return Ok(None),
-        Ok(_) | Err(httparse::Error::TooManyHeaders) => {
+        Ok(httparse::Status::Complete(n)) if n == end => n,
+        Err(httparse::Error::TooManyHeaders) => {
             return Err(reject(431, "the request head is too large"))
         }
-        Err(_) => return Err(reject(400, "malformed request")),
+        _ => return Err(reject(400, "malformed request")),
     };
-    let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
+    let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
         return Err(reject(400, "malformed request"));
     };
     if method == "CONNECT" {
@@ -288,17 +492,60 @@ pub(crate) fn parse_request(
     let http10 = version == 0;
     let headers = &*req.headers;
     let connection = Connection::of(headers);
-    let framing = announced(headers)
-        .request(http10)
-        .map_err(|reason| reject(400, reason))?;
+
+    // Framing: one length, or codings ending in chunked, never both.
+    let codings = request_codings(headers)?;
+    let length = announced(headers).length.map_err(|r| reject(400, r))?;
+    let framing = match (&codings, length) {
+        (Some(_), Some(_)) => return Err(reject(400, "both Content-Length and Transfer-Encoding")),
+        (Some(_), None) if http10 => {
+            return Err(reject(400, "Transfer-Encoding in an HTTP/1.0 request"))
+        }
+        (Some(_), None) => Framing::Chunked,
+        (None, Some(0) | None) => Framing::Empty,
+        (None, Some(n)) => Framing::Length(n),
+    };
+
+    // Routing: where it goes, and which host it is for.
+    let mut hosts = headers.iter().filter(|h| is(h.name, "host"));
+    let host_header = hosts.next().map(|h| h.value);
+    if hosts.next().is_some() {
+        return Err(reject(400, "more than one Host header"));
+    }
+    let absolute;
+    let (path, host): (&[u8], Option<&[u8]>) = if target.starts_with('/') || target == "*" {
+        if !valid_origin_form(target.as_bytes(), method) {
+            return Err(reject(400, "an invalid request target"));
+        }
+        (target.as_bytes(), host_header)
+    } else {
+        // Absolute form: the authority wins over Host (RFC 9112, 3.2.2).
+        let Some((authority, origin)) = absolute_form(target.as_bytes()) else {
+            return Err(reject(400, "an invalid request target"));
+        };
+        if !valid_origin_form(&origin, method) {
+            return Err(reject(400, "an invalid request target"));
+        }
+        absolute = origin;
+        (&absolute, Some(authority))
+    };
+    match host {
+        Some(h) if !valid_authority(h) => return Err(reject(400, "an invalid Host")),
+        None if !http10 => return Err(reject(400, "an HTTP/1.1 request without Host")),
+        _ => {}
+    }
     let upgrade = connection.upgrade && headers.iter().any(|h| is(h.name, "upgrade"));
 
     let mut out = Vec::with_capacity(len + 128);
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
-    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(path);
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut host = None;
+    if let Some(host) = host {
+        header(&mut out, b"host", host);
+    } else if let Some(addr) = local() {
+        let _ = write!(out, "host: {addr}\r\n");
+    }
     let mut chain: Option<Vec<u8>> = None;
     let (mut has_proto, mut has_host) = (false, false);
     let mut pinned = None;
@@ -321,19 +568,30 @@ pub(crate) fn parse_request(
             has_proto |= is(name, "x-forwarded-proto");
             has_host |= is(name, "x-forwarded-host");
         } else if is(name, "host") {
-            host = Some(h.value);
+            // Written first, from the authority the request is for.
+            continue;
         } else if is(name, "cookie") {
             if client.sticky && pinned.is_none() {
                 pinned = cookie_slot(h.value);
             }
-        } else if is(name, "content-length") || is(name, "transfer-encoding") {
-            // The body goes on as it came, so its framing does too.
-            header(&mut out, name.as_bytes(), h.value);
-            continue;
         } else if hop_by_hop(name) || is(name, "trailer") || connection.names(name) {
             continue;
         }
         header(&mut out, name.as_bytes(), h.value);
+    }
+    // The framing the master read, spelled once: the worker cannot read
+    // another.
+    if let Some(codings) = &codings {
+        out.extend_from_slice(b"transfer-encoding: ");
+        for (i, c) in codings.iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(c);
+        }
+        out.extend_from_slice(b"\r\n");
+    } else if let Some(n) = length {
+        let _ = write!(out, "content-length: {n}\r\n");
     }
     out.extend_from_slice(b"x-forwarded-for: ");
     if let Some(chain) = chain.filter(|c| !c.is_empty()) {
@@ -346,11 +604,6 @@ pub(crate) fn parse_request(
     }
     if let (false, Some(host)) = (has_host, host) {
         header(&mut out, b"x-forwarded-host", host);
-    }
-    if host.is_none() {
-        if let Some(addr) = local() {
-            let _ = write!(out, "host: {addr}\r\n");
-        }
     }
     if upgrade {
         out.extend_from_slice(b"connection: upgrade\r\n");
@@ -550,8 +803,10 @@ enum Chunk {
     DataLf,
     /// At the start of a trailer line, or of the final CRLF.
     TrailerStart,
-    /// In a trailer line.
-    Trailer,
+    /// In a trailer field's name.
+    TrailerName,
+    /// In a trailer field's value.
+    TrailerValue,
     /// The LF of a trailer line.
     TrailerLf,
     /// The final LF.
@@ -697,15 +952,21 @@ impl Body {
             Chunk::DataCr if b == b'\r' => Chunk::DataLf,
             Chunk::DataLf if b == b'\n' => Chunk::Size { digits: 0 },
             Chunk::TrailerStart if b == b'\r' => Chunk::EndLf,
-            Chunk::TrailerStart | Chunk::Trailer => {
+            // A trailer line is a header field, or the body is refused:
+            // a worker that reads it as a request line would see two.
+            Chunk::TrailerStart | Chunk::TrailerName | Chunk::TrailerValue => {
                 self.line += 1;
                 if self.line > MAX_TRAILERS {
                     return Err(BadBody("trailers too long"));
                 }
-                match b {
-                    b'\r' => Chunk::TrailerLf,
-                    b'\n' | 0 => return Err(BAD),
-                    _ => Chunk::Trailer,
+                match (self.chunk, b) {
+                    (Chunk::TrailerStart | Chunk::TrailerName, _) if is_tchar(b) => {
+                        Chunk::TrailerName
+                    }
+                    (Chunk::TrailerName, b':') => Chunk::TrailerValue,
+                    (Chunk::TrailerValue, b'\r') => Chunk::TrailerLf,
+                    (Chunk::TrailerValue, b'\t' | 0x20..=0x7e | 0x80..=0xff) => Chunk::TrailerValue,
+                    _ => return Err(BadBody("a trailer line that is not a header field")),
                 }
             }
             Chunk::TrailerLf if b == b'\n' => Chunk::TrailerStart,
@@ -719,9 +980,13 @@ impl Body {
     fn after_size(&mut self, b: u8) -> Result<(), BadBody> {
         self.chunk = match b {
             b'\r' => Chunk::SizeLf,
-            b'\n' | 0 => return Err(BadBody("malformed chunked body")),
-            b';' | b' ' | b'\t' => Chunk::Extension,
-            _ if self.chunk == Chunk::Extension => Chunk::Extension,
+            // White space straight after the size is refused: servers
+            // disagree on whether it ends the size.
+            b';' => Chunk::Extension,
+            b' ' | b'\t' | 0x21..=0x7e | 0x80..=0xff if self.chunk == Chunk::Extension => {
+                Chunk::Extension
+            }
+            b'\n' | 0 | 0x01..=0x1f | 0x7f => return Err(BadBody("malformed chunked body")),
             _ => return Err(BadBody("malformed chunk size")),
         };
         Ok(())
@@ -770,7 +1035,7 @@ mod tests {
         );
         assert_eq!(
             text,
-            "GET /a?b HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\
+            "GET /a?b HTTP/1.1\r\nhost: example.com\r\nAccept: */*\r\n\
              x-forwarded-for: 10.0.0.7\r\nx-forwarded-proto: http\r\n\
              x-forwarded-host: example.com\r\n\r\n"
         );
@@ -827,8 +1092,10 @@ mod tests {
     #[test]
     fn keep_alive_follows_the_version_and_connection_header() {
         let keep = |t: &str| request(t).unwrap().unwrap().1.keep_alive;
-        assert!(keep("GET / HTTP/1.1\r\n\r\n"));
-        assert!(!keep("GET / HTTP/1.1\r\nConnection: close\r\n\r\n"));
+        assert!(keep("GET / HTTP/1.1\r\nHost: h\r\n\r\n"));
+        assert!(!keep(
+            "GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+        ));
         assert!(!keep("GET / HTTP/1.0\r\n\r\n"));
         assert!(keep("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
     }
@@ -837,31 +1104,31 @@ mod tests {
     fn the_body_framing_is_read_and_contradictions_are_refused() {
         let framing = |t: &str| request(t).map(|r| r.unwrap().1.framing);
         assert_eq!(
-            framing("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n"),
+            framing("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n"),
             Ok(Framing::Length(5))
         );
         assert_eq!(
-            framing("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
+            framing("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n"),
             Ok(Framing::Empty)
         );
         assert_eq!(
-            framing("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            framing("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
             Ok(Framing::Chunked)
         );
         assert_eq!(
-            framing("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"),
+            framing("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"),
             Ok(Framing::Length(5))
         );
         for bad in [
-            "POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: 1e3\r\n\r\n",
-            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
-            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: -1\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1e3\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n",
             "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
             "NONSENSE\r\n\r\n",
-            "GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nBad Header: x\r\n\r\n",
         ] {
             assert_eq!(framing(bad).map_err(|r| r.status), Err(400), "{bad:?}");
         }
@@ -869,11 +1136,204 @@ mod tests {
             framing("CONNECT a:443 HTTP/1.1\r\n\r\n").map_err(|r| r.status),
             Err(405)
         );
-        let posted = request("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n")
+        let posted = request("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n")
             .unwrap()
             .unwrap()
             .1;
         assert!(!posted.idempotent && !posted.replayable());
+    }
+
+    /// The status of the master's refusal, or 0 for a request it forwards.
+    fn refused(text: &[u8]) -> u16 {
+        match parse_request(text, client(false), || None) {
+            Ok(Some(_)) => 0,
+            Ok(None) => panic!("incomplete: {:?}", String::from_utf8_lossy(text)),
+            Err(r) => r.status,
+        }
+    }
+
+    #[test]
+    fn routing_is_refused_when_it_is_ambiguous() {
+        for (bad, why) in [
+            (
+                &b"GET / HTTP/1.1\r\nHost: good.example\r\nHost: evil.example\r\n\r\n"[..],
+                "two Hosts",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n",
+                "two equal Hosts",
+            ),
+            (b"GET / HTTP/1.1\r\nHost:\r\n\r\n", "empty Host"),
+            (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", "space in Host"),
+            (b"GET / HTTP/1.1\r\nHost: user@evil\r\n\r\n", "@ in Host"),
+            (b"GET / HTTP/1.1\r\nHost: a:80x\r\n\r\n", "bad port"),
+            (b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", "slash in Host"),
+            (b"GET / HTTP/1.1\r\n\r\n", "HTTP/1.1 without Host"),
+            (b"GET x HTTP/1.1\r\nHost: a\r\n\r\n", "no leading slash"),
+            (b"GET /a\\b HTTP/1.1\r\nHost: a\r\n\r\n", "backslash"),
+            (b"GET /a#b HTTP/1.1\r\nHost: a\r\n\r\n", "fragment"),
+            (
+                b"GET * HTTP/1.1\r\nHost: a\r\n\r\n",
+                "asterisk without OPTIONS",
+            ),
+            (b"GET ftp://a/ HTTP/1.1\r\nHost: a\r\n\r\n", "other scheme"),
+            (b"GET http://u@a/ HTTP/1.1\r\nHost: a\r\n\r\n", "user info"),
+            (b"GET http:/a/ HTTP/1.1\r\nHost: a\r\n\r\n", "no authority"),
+            (
+                b"GET /\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n",
+                "raw non-ASCII target",
+            ),
+        ] {
+            assert_eq!(refused(bad), 400, "{why}");
+        }
+        for good in [
+            &b"GET / HTTP/1.0\r\n\r\n"[..],
+            b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+            b"GET /a%20b?c=d&e HTTP/1.1\r\nHost: x-y.example:3000\r\n\r\n",
+            b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            assert_eq!(refused(good), 0, "{:?}", String::from_utf8_lossy(good));
+        }
+    }
+
+    #[test]
+    fn an_absolute_target_goes_on_in_origin_form_with_its_authority_as_host() {
+        let text = forwarded("GET http://Right.example:8080?q=1 HTTP/1.1\r\nHost: wrong\r\n\r\n");
+        assert!(
+            text.starts_with("GET /?q=1 HTTP/1.1\r\nhost: Right.example:8080\r\n"),
+            "{text}"
+        );
+        assert!(!text.contains("wrong"), "{text}");
+        assert!(
+            text.contains("x-forwarded-host: Right.example:8080\r\n"),
+            "{text}"
+        );
+        let text = forwarded("GET https://a/p/q HTTP/1.1\r\n\r\n");
+        assert!(
+            text.starts_with("GET /p/q HTTP/1.1\r\nhost: a\r\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_transfer_coding_that_is_not_a_clean_list_ending_in_chunked_is_refused() {
+        for te in [
+            "",
+            " ",
+            ",",
+            ", ,",
+            "\t",
+            "chunked,",
+            ",chunked",
+            "chunked, , chunked",
+            "chunked, chunked",
+            "chunked;x=1",
+            "\"chunked\"",
+            "gzip",
+            "chunked, gzip",
+        ] {
+            let text = format!("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: {te}\r\n\r\n");
+            assert_eq!(refused(text.as_bytes()), 400, "{te:?}");
+            // Beside a length, in any spelling: refused as well.
+            let text = format!(
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: {te}\r\n\r\nabc"
+            );
+            assert_eq!(refused(text.as_bytes()), 400, "CL + {te:?}");
+        }
+        for te in ["foo, chunked", "identity, chunked", "chunked2"] {
+            let text = format!("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: {te}\r\n\r\n");
+            assert_eq!(refused(text.as_bytes()), 501, "{te:?}");
+        }
+        let text = forwarded(
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: GZIP\r\nTransfer-Encoding:  chunked \r\n\r\n",
+        );
+        assert!(
+            text.contains("transfer-encoding: GZIP, chunked\r\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("ransfer-").count(), 1, "spelled once: {text}");
+        let text = forwarded(
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2, 2\r\nContent-Length: 2\r\n\r\nhi",
+        );
+        assert!(text.contains("content-length: 2\r\n"), "{text}");
+        assert_eq!(
+            text.to_ascii_lowercase().matches("content-length").count(),
+            1,
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_head_with_bare_line_ends_obs_fold_or_nul_is_refused() {
+        for bad in [
+            &b"GET / HTTP/1.1\nHost: a\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r2\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n 2\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n\t2\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: \x001\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX : 1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n\n",
+            b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            assert_eq!(refused(bad), 400, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn a_trailer_line_that_is_not_a_header_field_is_refused() {
+        for bad in [
+            &b"0\r\nGET /x HTTP/1.1\r\n\r\n"[..],
+            b"0\r\n: v\r\n\r\n",
+            b"0\r\nX y: v\r\n\r\n",
+            b"0\r\nX: v\x01\r\n\r\n",
+            b"0\r\nX: v\n\r\n",
+            b"1;a\x01\r\nx\r\n0\r\n\r\n",
+        ] {
+            let mut body = Body::new(Framing::Chunked);
+            assert!(
+                body.take(bad, Pass::Verbatim, None).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let mut body = Body::new(Framing::Chunked);
+        let good = b"0\r\nX-Sum: a b\r\nY:\r\n\r\n";
+        assert_eq!(body.take(good, Pass::Verbatim, None), Ok(good.len()));
+        assert!(body.done());
+    }
+
+    #[test]
+    fn the_end_of_a_head_is_found_once_however_the_head_is_cut() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\nX: y\r\n\r\nrest";
+        let end = head.len() - 4;
+        for step in 1..8 {
+            let mut scan = HeadScan::default();
+            let mut found = None;
+            let mut have = 0;
+            while found.is_none() && have < head.len() {
+                have = (have + step).min(head.len());
+                found = scan.end(&head[..have]);
+            }
+            assert_eq!(found, Some(end), "step {step}");
+        }
+        let mut scan = HeadScan::default();
+        assert_eq!(
+            scan.end(b"\r\n\r\nGET"),
+            None,
+            "leading empty lines are not an end"
+        );
+        assert_eq!(
+            scan.end(b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Some(31)
+        );
+        // Many empty lines and nothing else: refused, not waited for.
+        assert_eq!(
+            request(&"\r\n".repeat(40)).map_err(|r| r.status).err(),
+            Some(400)
+        );
     }
 
     #[test]

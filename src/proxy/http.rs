@@ -31,7 +31,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use socket2::SockRef;
@@ -77,13 +77,6 @@ impl Upstream {
             Upstream::Tcp(s) => SockRef::from(s),
             Upstream::Unix(s) => SockRef::from(s),
         }
-    }
-
-    /// Whether an idle connection can no longer carry a request: the
-    /// worker closed it, or sent something nobody asked for.
-    fn stale(&self) -> bool {
-        let mut byte = [MaybeUninit::uninit(); 1];
-        !matches!(self.sock().peek(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 }
 
@@ -174,9 +167,77 @@ struct Pooled {
     since: Instant,
 }
 
-/// A worker's idle connections.
+/// What an idle connection's socket says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Idle {
+    /// Nothing came: it can carry a request.
+    Quiet,
+    /// The worker closed it (or it failed).
+    Closed,
+    /// The worker sent bytes nobody asked for: a stray response.
+    Stray,
+}
+
+impl Upstream {
+    /// Whether anything came on an idle connection, registering `cx`'s
+    /// waker for the next thing that does. Costs no system call while the
+    /// reactor has seen nothing since the last check.
+    fn idle_state(&self, cx: &mut Context<'_>) -> Idle {
+        loop {
+            let ready = match self {
+                Upstream::Tcp(s) => s.poll_read_ready(cx),
+                Upstream::Unix(s) => s.poll_read_ready(cx),
+            };
+            match ready {
+                Poll::Pending => return Idle::Quiet,
+                Poll::Ready(Err(_)) => return Idle::Closed,
+                Poll::Ready(Ok(())) => {}
+            }
+            // The reactor said readable (maybe only because the last read
+            // of the previous answer did not run dry): a peek tells, and
+            // an empty socket clears the readiness, so the next poll
+            // registers the waker.
+            let peek = || {
+                let mut byte = [MaybeUninit::uninit(); 1];
+                self.sock().peek(&mut byte)
+            };
+            let peeked = match self {
+                Upstream::Tcp(s) => s.try_io(tokio::io::Interest::READABLE, peek),
+                Upstream::Unix(s) => s.try_io(tokio::io::Interest::READABLE, peek),
+            };
+            match peeked {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Ok(n) if n > 0 => return Idle::Stray,
+                _ => return Idle::Closed,
+            }
+        }
+    }
+}
+
+/// A worker's idle connections, watched: one that the worker closes, or
+/// on which it sends anything, is dropped at once. A stray response
+/// (a late timer, a bug, a hostile app) would otherwise be read as the
+/// answer to the next request sent on it, and every client after that
+/// would get the answer meant for the one before (nginx and HAProxy drop
+/// such connections too).
+///
+/// One watcher task per worker does it without a task per connection:
+/// each idle socket is registered with the watcher's waker when it is put
+/// back, so a socket that becomes readable wakes the watcher, which checks
+/// them all; a connection taken out gets a no-op waker instead.
 #[derive(Default)]
-pub(crate) struct Pool(Mutex<Vec<Pooled>>);
+pub(crate) struct Pool(Arc<Mutex<PoolState>>);
+
+#[derive(Default)]
+struct PoolState {
+    idle: Vec<Pooled>,
+    /// The watcher's waker, once it has run.
+    watcher: Option<Waker>,
+    /// A watcher task was started.
+    watched: bool,
+    /// The worker is gone: the watcher ends.
+    closed: bool,
+}
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -184,33 +245,135 @@ impl std::fmt::Debug for Pool {
     }
 }
 
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Which worker a pool's connections go to, to report a stray response.
+#[derive(Clone, Copy)]
+pub(crate) struct Worker {
+    slot: usize,
+    pid: u32,
+}
+
+impl Worker {
+    /// Counts and logs (once a second at most) a stray response.
+    fn stray(self, counters: &Counters, when: &str) {
+        let Worker { slot, pid } = self;
+        counters.worker_protocol_error(slot, || {
+            format!(
+                "http: slot {slot}: pid {pid} sent a response {when}, with no request \
+                 outstanding; its connection was closed"
+            )
+        });
+    }
+}
+
 impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Drops every idle connection: the worker sees them close.
     pub(crate) fn clear(&self) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.lock().idle.clear();
     }
 
-    /// The most recently used idle connection for `address`.
-    fn take(&self, address: usize) -> Option<Upstream> {
-        let mut idle = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(p) = idle.pop() {
-            if p.address == address && p.since.elapsed() < POOL_IDLE {
-                return Some(p.up);
+    /// The worker is gone: every idle connection is dropped, none is kept
+    /// from now on, and the watcher ends. A connection the master made to
+    /// a dead worker's listener may have been passed on to another worker;
+    /// kept idle here, it would hold that worker's count up for ever.
+    pub(crate) fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        state.idle.clear();
+        if let Some(w) = state.watcher.take() {
+            w.wake();
+        }
+    }
+
+    /// The most recently used idle connection for `address` that nothing
+    /// came on; `Err` when every one the worker had was closed by it (it
+    /// is probably exiting: the request goes to another worker rather
+    /// than on a new connection to this one).
+    fn take(
+        &self,
+        address: usize,
+        worker: Worker,
+        counters: &Counters,
+    ) -> Result<Option<Upstream>, ()> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut state = self.lock();
+        let mut closed = false;
+        while let Some(p) = state.idle.pop() {
+            if p.address != address || p.since.elapsed() >= POOL_IDLE {
+                continue;
+            }
+            // The no-op waker also stops this one waking the watcher.
+            match p.up.idle_state(&mut cx) {
+                Idle::Quiet => return Ok(Some(p.up)),
+                Idle::Closed => closed = true,
+                Idle::Stray => worker.stray(counters, "on an idle connection"),
             }
         }
-        None
-    }
-
-    fn put(&self, address: usize, up: Upstream) {
-        let mut idle = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < POOL_MAX {
-            idle.push(Pooled {
-                address,
-                up,
-                since: Instant::now(),
-            });
+        if closed {
+            Err(())
+        } else {
+            Ok(None)
         }
     }
+
+    fn put(&self, address: usize, up: Upstream, worker: Worker, counters: &Arc<Counters>) {
+        let mut state = self.lock();
+        if state.closed || state.idle.len() >= POOL_MAX {
+            return;
+        }
+        let waker = state.watcher.clone().unwrap_or(Waker::noop().clone());
+        match up.idle_state(&mut Context::from_waker(&waker)) {
+            Idle::Quiet => {}
+            Idle::Closed => return,
+            Idle::Stray => return worker.stray(counters, "after its answer"),
+        }
+        state.idle.push(Pooled {
+            address,
+            up,
+            since: Instant::now(),
+        });
+        if !state.watched {
+            state.watched = true;
+            tokio::spawn(watch(self.0.clone(), worker, counters.clone()));
+        }
+    }
+}
+
+/// Drops each idle connection of a pool that the worker closes or sends
+/// anything on, until the pool is dropped.
+async fn watch(pool: Arc<Mutex<PoolState>>, worker: Worker, counters: Arc<Counters>) {
+    std::future::poll_fn(|cx| {
+        let mut state = pool.lock().unwrap_or_else(|p| p.into_inner());
+        if state.closed {
+            return Poll::Ready(());
+        }
+        if !state
+            .watcher
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            state.watcher = Some(cx.waker().clone());
+        }
+        state.idle.retain(|p| match p.up.idle_state(cx) {
+            Idle::Quiet => true,
+            Idle::Closed => false,
+            Idle::Stray => {
+                worker.stray(&counters, "on an idle connection");
+                false
+            }
+        });
+        Poll::Pending
+    })
+    .await
 }
 
 /// What every connection of one public address shares.
@@ -275,6 +438,7 @@ fn answer_bytes(status: u16, reason: &str, keep: bool) -> Vec<u8> {
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
@@ -437,10 +601,11 @@ async fn read_request(
     who: h1::Client,
     deadline: tokio::time::Instant,
 ) -> Result<Option<(usize, RequestHead)>, h1::Reject> {
+    let mut scan = h1::HeadScan::default();
     loop {
         if !buf.is_empty() {
             let local = || client.local_addr().ok();
-            if let Some(request) = h1::parse_request(buf, who, local)? {
+            if let Some(request) = h1::parse_request_scanned(buf, &mut scan, who, local)? {
                 return Ok(Some(request));
             }
             // Part of a head: the rest must come by the deadline.
@@ -567,15 +732,23 @@ async fn exchange(
             return after_error(kept, &request);
         };
         tried = Some(backend.pid);
-        let Ok(mut up) = connection(&backend, shared.address, &request).await else {
-            backend.connect_errors.fetch_add(1, Ordering::Relaxed);
-            failure = "cannot connect to the worker";
-            continue;
+        let mut up = match connection(&backend, shared, &request).await {
+            Ok(up) => up,
+            Err(Unreachable::Connect) => {
+                backend.connect_errors.fetch_add(1, Ordering::Relaxed);
+                failure = "cannot connect to the worker";
+                continue;
+            }
+            Err(Unreachable::Closing) => {
+                failure = "the worker closed its connections";
+                continue;
+            }
         };
         backend.total.fetch_add(1, Ordering::Relaxed);
         let set_cookie =
             (shared.config.sticky && request.pinned != Some(backend.slot)).then_some(backend.slot);
-        let result = forward(client, buf, &mut up, &request, shared, set_cookie, started).await;
+        let to = (shared, worker(&backend));
+        let result = forward(client, buf, &mut up, &request, to, set_cookie, started).await;
         let (status, reason) = match result {
             Ok(answered) => {
                 let after = if let Some(early) = answered.switched {
@@ -585,7 +758,9 @@ async fn exchange(
                     if answered.reusable && !backend.draining.load(Ordering::Acquire) {
                         // A draining worker's connections close with their
                         // last answer.
-                        backend.pool.put(shared.address, up);
+                        backend
+                            .pool
+                            .put(shared.address, up, worker(&backend), &shared.counters);
                     }
                     if answered.body_left {
                         After::Linger
@@ -637,18 +812,22 @@ fn after_error(kept: bool, request: &RequestHead) -> After {
     }
 }
 
-/// An idle pooled connection to `backend`, or a new one. A request that
-/// could not be sent again gets no connection the worker has closed.
+/// An idle pooled connection to `backend` that nothing came on, or a new
+/// one.
 async fn connection(
     backend: &Backend,
-    address: usize,
+    shared: &Shared,
     request: &RequestHead,
-) -> io::Result<Upstream> {
+) -> Result<Upstream, Unreachable> {
+    let address = shared.address;
     if !request.upgrade {
-        while let Some(up) = backend.pool.take(address) {
-            if request.replayable() || !up.stale() {
-                return Ok(up);
-            }
+        match backend
+            .pool
+            .take(address, worker(backend), &shared.counters)
+        {
+            Ok(Some(up)) => return Ok(up),
+            Ok(None) => {}
+            Err(()) => return Err(Unreachable::Closing),
         }
     }
     // The PORT contract has one port for every address.
@@ -656,8 +835,25 @@ async fn connection(
         .addrs
         .get(address)
         .or(backend.addrs.first())
-        .ok_or_else(|| io::Error::other("the worker has no private listener"))?;
-    Upstream::open(target).await
+        .ok_or(Unreachable::Connect)?;
+    Upstream::open(target)
+        .await
+        .map_err(|_| Unreachable::Connect)
+}
+
+/// Why a request could not be sent to the worker picked for it.
+enum Unreachable {
+    /// Its connection could not be made.
+    Connect,
+    /// It closed every idle connection it had: it is on its way out.
+    Closing,
+}
+
+fn worker(backend: &Backend) -> Worker {
+    Worker {
+        slot: backend.slot,
+        pid: backend.pid,
+    }
 }
 
 /// Sends `request` (its head, then its body as the client sends it) on
@@ -667,7 +863,7 @@ async fn forward(
     buf: &mut Vec<u8>,
     up: &mut Upstream,
     request: &RequestHead,
-    shared: &Shared,
+    (shared, worker): (&Shared, Worker),
     set_cookie: Option<usize>,
     started: Instant,
 ) -> Result<Answered, Failed> {
@@ -714,7 +910,7 @@ async fn forward(
         &mut up_read,
         &mut client_write,
         answering,
-        shared,
+        (shared, worker),
         started,
         &answered,
     );
@@ -786,12 +982,21 @@ async fn respond(
     from: &mut UpRead<'_>,
     to: &mut tcp::WriteHalf<'_>,
     answering: Answering,
-    shared: &Shared,
+    (shared, worker): (&Shared, Worker),
     started: Instant,
     answered: &AtomicBool,
 ) -> Result<Answered, Failed> {
     let mut buf = Buffers::take();
-    let result = answer(from, to, answering, shared, started, answered, &mut buf).await;
+    let result = answer(
+        from,
+        to,
+        answering,
+        (shared, worker),
+        started,
+        answered,
+        &mut buf,
+    )
+    .await;
     Buffers::give(buf);
     result
 }
@@ -801,7 +1006,7 @@ async fn answer(
     from: &mut UpRead<'_>,
     to: &mut tcp::WriteHalf<'_>,
     answering: Answering,
-    shared: &Shared,
+    (shared, worker): (&Shared, Worker),
     started: Instant,
     answered: &AtomicBool,
     buf: &mut Vec<u8>,
@@ -809,8 +1014,9 @@ async fn answer(
     let mut out = Vec::new();
     let mut interim = false;
     let head = loop {
+        let mut scan = h1::HeadScan::default();
         let head = loop {
-            if !buf.is_empty() {
+            if scan.end(buf).is_some() || buf.len() > h1::MAX_HEADER_BYTES {
                 match h1::parse_response(buf, answering, &mut out) {
                     Ok(Some(head)) => break head,
                     Ok(None) => {}
@@ -872,6 +1078,11 @@ async fn answer(
             Failed::Broken
         }
     })?;
+    if !buf.is_empty() {
+        // More than the answer: the worker sent a response nobody asked
+        // for, or will; this connection cannot be trusted again.
+        worker.stray(&shared.counters, "right after its answer");
+    }
     Ok(Answered {
         keep_client: !head.close_client,
         reusable: head.reusable && buf.is_empty(),

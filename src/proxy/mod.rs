@@ -70,7 +70,7 @@ pub(crate) struct Backend {
     refusing_tx: mpsc::UnboundedSender<u32>,
     /// HTTP mode: idle keep-alive connections to it.
     #[cfg(feature = "http")]
-    pool: Pool,
+    pub(crate) pool: Pool,
 }
 
 #[cfg(feature = "http")]
@@ -363,9 +363,13 @@ pub(crate) struct Counters {
     pub(crate) bad_gateway: AtomicU64,
     pub(crate) unavailable: AtomicU64,
     pub(crate) gateway_timeout: AtomicU64,
+    /// HTTP mode: responses a worker sent with no request outstanding.
+    pub(crate) worker_protocol_errors: AtomicU64,
     throttle: Mutex<crate::supervisor::policy::LogThrottle>,
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     error_throttle: Mutex<crate::supervisor::policy::LogThrottle>,
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    protocol_throttle: Mutex<crate::supervisor::policy::LogThrottle>,
     log: crate::log::Log,
 }
 
@@ -396,9 +400,9 @@ pub struct ProxyStats {
     /// Client connections closed because nothing moved for the idle
     /// timeout.
     pub idle_closed: u64,
-    /// HTTP mode: requests the master refused itself (`400` malformed,
-    /// `408` a body that stopped coming, `431` head too large, `405`
-    /// CONNECT).
+    /// HTTP mode: requests the master refused itself (`400` malformed or
+    /// ambiguous, `501` an unknown transfer coding, `408` a body that
+    /// stopped coming, `431` head too large, `405` CONNECT).
     pub bad_request: u64,
     /// HTTP mode: requests the master answered `502 Bad Gateway` (the
     /// worker failed and the request could not be sent again).
@@ -407,6 +411,11 @@ pub struct ProxyStats {
     pub unavailable: u64,
     /// HTTP mode: requests answered `504` (no response head in time).
     pub gateway_timeout: u64,
+    /// HTTP mode: responses a worker sent with no request outstanding
+    /// (on an idle pooled connection, or after its answer); each closed
+    /// that connection and was reported as a
+    /// [`crate::Notice::WorkerProtocolError`].
+    pub worker_protocol_errors: u64,
 }
 
 impl Counters {
@@ -419,8 +428,10 @@ impl Counters {
             bad_gateway: Default::default(),
             unavailable: Default::default(),
             gateway_timeout: Default::default(),
+            worker_protocol_errors: Default::default(),
             throttle: Default::default(),
             error_throttle: Default::default(),
+            protocol_throttle: Default::default(),
             log,
         }
     }
@@ -434,6 +445,7 @@ impl Counters {
             bad_gateway: self.bad_gateway.load(Ordering::Relaxed),
             unavailable: self.unavailable.load(Ordering::Relaxed),
             gateway_timeout: self.gateway_timeout.load(Ordering::Relaxed),
+            worker_protocol_errors: self.worker_protocol_errors.load(Ordering::Relaxed),
         }
     }
 
@@ -444,11 +456,28 @@ impl Counters {
         let counter = match status {
             503 => &self.unavailable,
             504 => &self.gateway_timeout,
-            400..=499 => &self.bad_request,
+            400..=499 | 501 => &self.bad_request,
             _ => &self.bad_gateway,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         self.notice(&self.error_throttle, crate::event::Notice::HttpError, text);
+    }
+
+    /// HTTP mode: counts a response worker `slot` sent with no request
+    /// outstanding, and logs it naming the slot (one line a second at
+    /// most).
+    #[cfg(feature = "http")]
+    fn worker_protocol_error(&self, slot: usize, text: impl FnOnce() -> String) {
+        self.worker_protocol_errors.fetch_add(1, Ordering::Relaxed);
+        let line = self
+            .protocol_throttle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .line(std::time::Instant::now(), text);
+        if let Some(line) = line {
+            self.log
+                .notice(Some(slot), crate::event::Notice::WorkerProtocolError, line);
+        }
     }
 
     fn log(&self, text: impl FnOnce() -> String) {
