@@ -161,6 +161,30 @@ async fn connect(path: &Path) -> Result<Sender, Failure> {
                 format!("no herd master answers on {}: {e}", path.display()),
             ),
         })?;
+    // Nothing is sent to a socket that another user serves: someone who
+    // swapped it would read the request and answer "done" while the real
+    // master runs on.
+    let me = nix::unistd::geteuid().as_raw();
+    match stream.peer_cred() {
+        Ok(cred) if cred.uid() == me || cred.uid() == 0 => {}
+        Ok(cred) => {
+            return Err(Failure(
+                4,
+                format!(
+                    "{} is served by uid {}, neither this user (uid {me}) nor root: not a \
+                     master of yours; refusing to talk to it",
+                    path.display(),
+                    cred.uid()
+                ),
+            ))
+        }
+        Err(e) => {
+            return Err(Failure(
+                4,
+                format!("cannot tell who serves {}: {e}", path.display()),
+            ))
+        }
+    }
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(lost)?;

@@ -30,7 +30,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -118,13 +118,19 @@ pub async fn serve(handle: Handle, path: impl AsRef<Path>) -> Result<ControlServ
     let path = path.as_ref().to_path_buf();
     let io = |what: &str, e| Error::io(format!("{what} {}", path.display()), e);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            // Every directory herd creates on the way is the user's alone.
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| io("creating the directory of", e))?;
+        // The default directories, every directory herd creates on the
+        // way, and a parent that others could write: the user's alone, or
+        // refused (another local user could swap the socket).
+        let default = default_dir();
+        if dir == default {
+            if let Some(base) = default.parent() {
+                crate::private_dir::ensure(base, 0o700)?;
+            }
+        }
+        if dir == default || !dir.exists() {
+            crate::private_dir::ensure(dir, 0o700)?;
+        } else if !crate::private_dir::sticky(dir) {
+            crate::private_dir::not_writable_by_others(dir)?;
         }
     }
     // After an upgrade in place, the socket the previous master served:

@@ -141,6 +141,7 @@ pub mod logfile;
 mod metrics;
 pub mod net;
 mod node;
+mod private_dir;
 mod process;
 pub mod proxy;
 pub mod ready;

@@ -1,4 +1,6 @@
-//! HTTP mode against a hostile or broken peer: a worker's stray response
+//! herd against a hostile local user or a broken peer: the runtime and
+//! control directories cannot be squatted, herdctl talks only to its own
+//! user's master, a worker's stray response
 //! never reaches another client, and requests whose framing or routing a
 //! worker could read differently are refused (a corpus of smuggling
 //! mutations against a worker that logs the raw bytes it gets).
@@ -442,4 +444,142 @@ fn the_smuggling_corpus_is_refused_or_forwarded_exactly_as_framed() {
     );
     // The master counted every refusal.
     assert!(refused > 200, "{refused} refused");
+}
+
+/// A scratch directory removed when the test ends.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let path = std::env::temp_dir().join(format!("herd-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir(&path).unwrap();
+        Scratch(path)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The uid that `nobody` has, when this test runs as root (it needs to
+/// act as another local user).
+fn another_user() -> Option<u32> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to act as another user");
+        return None;
+    }
+    Some(65534)
+}
+
+#[test]
+fn a_runtime_directory_another_user_made_first_is_refused() {
+    let Some(nobody) = another_user() else { return };
+    let tmp = Scratch::new("squat");
+    std::fs::set_permissions(&tmp.0, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // The squatter's `herd-UID`, open to all, where the master's sockets go
+    // by default.
+    let me = nix::unistd::geteuid().as_raw();
+    let squatted = tmp.0.join(format!("herd-{me}"));
+    std::fs::create_dir(&squatted).unwrap();
+    std::fs::set_permissions(
+        &squatted,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    std::os::unix::fs::chown(&squatted, Some(nobody), Some(nobody)).unwrap();
+    let mut child = std::process::Command::new(example("cluster"))
+        .args(["-l", "127.0.0.1:0", "-w", "1", "--log-format", "json"])
+        // A Rust worker: no Node preload, whose directory is checked too.
+        .args(hello_server())
+        .env("TMPDIR", &tmp.0)
+        .env_remove("XDG_RUNTIME_DIR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_child(&mut child, "a master with a squatted runtime directory");
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        !status.success(),
+        "the master ran with a squatted directory: {err}"
+    );
+    assert!(
+        err.contains(&squatted.display().to_string()),
+        "the error names the path: {err}"
+    );
+    // Nothing of the master's was put there.
+    assert_eq!(std::fs::read_dir(&squatted).unwrap().count(), 0);
+}
+
+#[test]
+fn herdctl_sends_nothing_to_a_socket_another_user_serves() {
+    let Some(nobody) = another_user() else { return };
+    let tmp = Scratch::new("impostor");
+    std::os::unix::fs::chown(&tmp.0, Some(nobody), Some(nobody)).unwrap();
+    let socket = tmp.0.join("control.sock");
+    let heard = tmp.0.join("heard");
+    // An impostor that answers every request "ok" and notes what it heard.
+    let script = format!(
+        "import socket,os\n\
+         s=socket.socket(socket.AF_UNIX)\ns.bind({socket:?})\ns.listen(8)\n\
+         while True:\n c,_=s.accept()\n c.settimeout(2)\n\
+         \x20try: d=c.recv(4096)\n except Exception: d=b''\n\
+         \x20open({heard:?},'ab').write(d)\n\
+         \x20c.sendall(b'HTTP/1.1 200 OK\\r\\ncontent-type: application/json\\r\\ncontent-length: 2\\r\\n\\r\\n{{}}')\n c.close()\n",
+        socket = socket.display().to_string(),
+        heard = heard.display().to_string(),
+    );
+    let impostor = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .uid_gid(nobody)
+        .spawn()
+        .unwrap();
+    let _guard = ChildGuard(impostor);
+    let deadline = std::time::Instant::now() + WAIT;
+    while !socket.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the impostor never listened"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (code, out, err) = herdctl(&socket, &["stop"]);
+    assert_eq!(code, 4, "herdctl talked to the impostor: {out} {err}");
+    assert!(err.contains(&socket.display().to_string()), "{err}");
+    let heard = std::fs::read(&heard).unwrap_or_default();
+    assert!(
+        heard.is_empty(),
+        "the impostor heard {:?}",
+        String::from_utf8_lossy(&heard)
+    );
+}
+
+trait UidGid {
+    fn uid_gid(&mut self, id: u32) -> &mut Self;
+}
+
+impl UidGid for std::process::Command {
+    fn uid_gid(&mut self, id: u32) -> &mut Self {
+        use std::os::unix::process::CommandExt;
+        self.uid(id).gid(id)
+    }
+}
+
+/// Kills a helper process when the test ends, pass or fail.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -7,7 +7,7 @@
 //! code.
 
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -114,21 +114,7 @@ pub(crate) fn shared_dir() -> Result<PathBuf> {
 }
 
 fn own_dir(dir: PathBuf, mode: u32) -> Result<PathBuf> {
-    let uid = nix::unistd::getuid().as_raw();
-    match std::fs::DirBuilder::new().mode(mode).create(&dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(Error::io(format!("creating {}", dir.display()), e)),
-    }
-    let meta = std::fs::symlink_metadata(&dir)
-        .map_err(|e| Error::io(format!("checking {}", dir.display()), e))?;
-    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o022 != 0 {
-        return Err(Error::io(
-            format!("{} is not a private directory of this user", dir.display()),
-            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
-        ));
-    }
-    Ok(dir)
+    crate::private_dir::ensure(&dir, mode)
 }
 
 /// A stable content hash for the file name (not for security).
@@ -141,6 +127,7 @@ fn fnv1a(data: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn node_is_recognised_by_name() {
