@@ -14,6 +14,11 @@
 //! table shows median requests per second and the ratio to Node's
 //! `cluster` module. Compare ratios within one run, not numbers across
 //! machines.
+//!
+//! `cargo bench --bench throughput -- attacks` measures instead, for
+//! herd's HTTP mode, HAProxy and nginx: the CPU that slow request heads
+//! cost the front, and its memory before, during and after a burst of
+//! clients.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -371,21 +376,13 @@ fn milliseconds(text: &str) -> Option<f64> {
 /// Idle keep-alive clients opened to measure what each costs.
 const IDLE_CLIENTS: usize = 2000;
 
-/// Resident memory in KB of `pid` and of its children running the same
-/// program (nginx's workers; not herd's Node workers).
-fn front_rss_kb(pid: u32) -> u64 {
+/// `pid` and its children running the same program (nginx's workers;
+/// not herd's Node workers).
+fn front_pids(pid: u32) -> Vec<String> {
     let comm = |p: &str| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
-    let rss = |p: &str| {
-        std::fs::read_to_string(format!("/proc/{p}/status"))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
     let me = pid.to_string();
     let name = comm(&me);
-    let children = std::fs::read_dir("/proc")
+    let mut pids: Vec<String> = std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .flatten()
@@ -399,9 +396,136 @@ fn front_rss_kb(pid: u32) -> u64 {
                 .and_then(|(_, rest)| rest.split_whitespace().nth(1));
             ppid == Some(me.as_str()) && comm(p) == name
         })
-        .collect::<Vec<_>>();
-    rss(&me) + children.iter().map(|p| rss(p)).sum::<u64>()
+        .collect();
+    pids.push(me);
+    pids
 }
+
+/// Resident memory in KB of the front processes of `pid`.
+fn front_rss_kb(pid: u32) -> u64 {
+    let rss = |p: &str| {
+        std::fs::read_to_string(format!("/proc/{p}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    front_pids(pid).iter().map(|p| rss(p)).sum()
+}
+
+/// CPU time in clock ticks (user and system) of the front processes of
+/// `pid`.
+fn front_cpu_ticks(pid: u32) -> u64 {
+    let ticks = |p: &str| {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        // After "(comm)": state is field 3, utime 14 and stime 15.
+        stat.rsplit_once(')').map_or(0, |(_, rest)| {
+            rest.split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|t| t.parse::<u64>().ok())
+                .sum()
+        })
+    };
+    front_pids(pid).iter().map(|p| ticks(p)).sum()
+}
+
+/// Slow heads at once: each client sends a request head of about
+/// `SLOW_HEAD_BYTES` one byte at a time, all clients in turn, a millisecond
+/// between turns. Returns the front's CPU ticks meanwhile.
+fn slow_heads_cpu(running: &Running) -> Option<u64> {
+    use std::io::Write;
+    let front = running.front?;
+    let pad: String = (0..)
+        .map(|i| format!("X-Pad-{i}: {}\r\n", "a".repeat(32)))
+        .take(SLOW_HEAD_BYTES / 44)
+        .collect();
+    let head = format!("GET / HTTP/1.1\r\nHost: b\r\n{pad}\r\n").into_bytes();
+    let mut clients: Vec<std::net::TcpStream> = (0..SLOW_CLIENTS)
+        .map(|_| std::net::TcpStream::connect(running.addr))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    for c in &clients {
+        c.set_nodelay(true).ok()?;
+    }
+    let before = front_cpu_ticks(front);
+    for i in 0..head.len() {
+        for c in &mut clients {
+            c.write_all(&head[i..=i]).ok()?;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    Some(front_cpu_ticks(front).saturating_sub(before))
+}
+
+/// The front's memory (KB) idle, with `BURST_CLIENTS` keep-alive clients
+/// that each made a request, and two seconds after they all left.
+fn burst_memory(running: &Running) -> Option<(u64, u64, u64)> {
+    use std::io::{Read, Write};
+    let front = running.front?;
+    let idle = front_rss_kb(front);
+    let mut clients = Vec::with_capacity(BURST_CLIENTS);
+    for _ in 0..BURST_CLIENTS {
+        let mut c = std::net::TcpStream::connect(running.addr).ok()?;
+        c.write_all(b"GET / HTTP/1.1\r\nHost: b\r\n\r\n").ok()?;
+        clients.push(c);
+    }
+    for c in &mut clients {
+        c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let _ = c.read(&mut [0u8; 4096]);
+    }
+    let peak = front_rss_kb(front);
+    drop(clients);
+    std::thread::sleep(Duration::from_secs(3));
+    Some((idle, peak, front_rss_kb(front)))
+}
+
+/// `cargo bench --bench throughput -- --bench attacks`: what slow heads
+/// cost the front in CPU, and whether a burst's memory comes back, for
+/// herd's HTTP mode, nginx and HAProxy side by side.
+fn attacks(setups: Vec<Setup>) {
+    println!(
+        "{SLOW_CLIENTS} clients each sending a {SLOW_HEAD_BYTES}-byte head a byte at a time; \
+         {BURST_CLIENTS} keep-alive clients that made a request, then left"
+    );
+    println!("| setup | CPU ticks for the slow heads | vs nginx | RSS idle KB | with the clients | 3 s after they left | after / idle |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut nginx_ticks = None;
+    let mut rows = Vec::new();
+    for (name, start) in &setups {
+        let running = start();
+        let ticks = slow_heads_cpu(&running);
+        drop(running);
+        let running = start();
+        let memory = burst_memory(&running);
+        drop(running);
+        if name.starts_with("nginx") {
+            nginx_ticks = ticks;
+        }
+        rows.push((name.clone(), ticks, memory));
+    }
+    for (name, ticks, memory) in rows {
+        let vs = match (ticks, nginx_ticks) {
+            (Some(t), Some(n)) if n > 0 => format!("{:.2}", t as f64 / n as f64),
+            _ => "-".into(),
+        };
+        let (idle, peak, after) = memory.unwrap_or((0, 0, 0));
+        println!(
+            "| {name} | {} | {vs} | {idle} | {peak} | {after} | {:.2} |",
+            ticks.map_or("-".into(), |t| t.to_string()),
+            after as f64 / idle.max(1) as f64
+        );
+    }
+}
+
+/// Slow-head clients, and the size of each one's head.
+const SLOW_CLIENTS: usize = 100;
+const SLOW_HEAD_BYTES: usize = 4096;
+/// Clients in the burst (within nginx's and HAProxy's connection limits
+/// here).
+const BURST_CLIENTS: usize = 3000;
 
 /// KB of the front process's memory per idle keep-alive client that has
 /// made one request.
@@ -485,6 +609,12 @@ fn main() {
         None => println!("(nginx not installed: apt-get install nginx to compare)"),
     }
 
+    if std::env::args().any(|a| a == "attacks") {
+        setups.retain(|(name, _)| {
+            ["herd http", "HAProxy http mode", "nginx proxy_pass"].contains(&name.as_str())
+        });
+        return attacks(setups);
+    }
     // HERD_BENCH_ONLY="herd proxy,HAProxy tcp mode" keeps the baseline
     // and the setups named.
     if let Ok(only) = std::env::var("HERD_BENCH_ONLY") {

@@ -53,6 +53,7 @@ pub(crate) fn ensure(dir: &Path, mode: u32) -> Result<PathBuf> {
 /// Whether `dir` is a sticky directory such as `/tmp`, where nobody can
 /// rename or remove what another user put there: a socket's parent that
 /// herd did not make is checked unless it is one.
+#[cfg(feature = "control")]
 pub(crate) fn sticky(dir: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(dir).is_ok_and(|m| m.mode() & 0o1000 != 0)
@@ -64,6 +65,7 @@ pub(crate) fn sticky(dir: &Path) -> bool {
 /// # Errors
 ///
 /// [`Error::Io`] naming the path and its mode.
+#[cfg(feature = "control")]
 pub(crate) fn not_writable_by_others(dir: &Path) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let meta =

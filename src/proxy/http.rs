@@ -468,7 +468,7 @@ pub(crate) async fn accept_loop(
 ) {
     let counters = shared.counters.clone();
     loop {
-        let Some(permit) = admit(&slots, &counters).await else {
+        let Some(permit) = admit(&slots, &counters, Buffers::release).await else {
             return;
         };
         let (client, peer) = match listener.accept().await {
@@ -549,6 +549,8 @@ struct Buffers;
 static BUFFERS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 /// Buffers kept for reuse at most (each [`READ`] bytes).
 const BUFFERS_KEPT: usize = 256;
+/// Buffers kept after a burst of clients has left.
+const BUFFERS_AFTER_TRIM: usize = 16;
 
 impl Buffers {
     /// An empty buffer with room for a read.
@@ -558,6 +560,15 @@ impl Buffers {
             .unwrap_or_else(|p| p.into_inner())
             .pop()
             .unwrap_or_else(|| Vec::with_capacity(READ))
+    }
+
+    /// Frees the buffers kept for reuse but a few: after a burst of
+    /// clients, before the heap is trimmed.
+    fn release() {
+        BUFFERS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .truncate(BUFFERS_AFTER_TRIM);
     }
 
     /// Gives `buf` back for reuse; one that grew for a large head is freed.

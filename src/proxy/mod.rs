@@ -18,6 +18,7 @@ pub(crate) mod http;
 pub(crate) mod plane;
 pub(crate) mod relay;
 pub(crate) mod splice;
+pub(crate) mod trim;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -370,6 +371,8 @@ pub(crate) struct Counters {
     error_throttle: Mutex<crate::supervisor::policy::LogThrottle>,
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     protocol_throttle: Mutex<crate::supervisor::policy::LogThrottle>,
+    /// Open client connections, for giving a burst's memory back.
+    trim: Arc<trim::Trim>,
     log: crate::log::Log,
 }
 
@@ -432,6 +435,7 @@ impl Counters {
             throttle: Default::default(),
             error_throttle: Default::default(),
             protocol_throttle: Default::default(),
+            trim: Default::default(),
             log,
         }
     }
@@ -507,7 +511,8 @@ impl Counters {
 async fn admit(
     slots: &Arc<tokio::sync::Semaphore>,
     counters: &Counters,
-) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    release: fn(),
+) -> Option<Admitted> {
     if slots.available_permits() == 0 {
         counters.at_limit.fetch_add(1, Ordering::Relaxed);
         counters.log(|| {
@@ -518,7 +523,28 @@ async fn admit(
             )
         });
     }
-    slots.clone().acquire_owned().await.ok()
+    let permit = slots.clone().acquire_owned().await.ok()?;
+    counters.trim.opened();
+    Some(Admitted {
+        _permit: permit,
+        trim: counters.trim.clone(),
+        release,
+    })
+}
+
+/// One client connection's place under the limit; when it goes, the
+/// memory of a burst that left is given back (see [`trim`]).
+pub(crate) struct Admitted {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    trim: Arc<trim::Trim>,
+    /// Drops what the plane keeps for reuse, before a trim.
+    release: fn(),
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.trim.closed(self.release);
+    }
 }
 
 /// Accepts on `listener` for as long as the task lives. While no backend
@@ -539,7 +565,7 @@ pub(crate) async fn accept_loop(
         if backends.is_empty() {
             (version, backends) = rotation.serving().await;
         }
-        let Some(permit) = admit(&slots, &counters).await else {
+        let Some(permit) = admit(&slots, &counters, || {}).await else {
             return;
         };
         let (client, peer) = match listener.accept().await {
