@@ -1528,3 +1528,173 @@ mod tests {
         assert!(!short.closed(Pass::Verbatim, &mut out), "truncated");
     }
 }
+
+/// Generated and mutated input for the codec: it never panics, a request
+/// it accepts is rewritten into a head that it reads back the same way
+/// (so a worker with a strict parser frames it as the master did), and a
+/// body ends at the same byte however its bytes are cut.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Inputs per property per `cargo test` run.
+    pub(super) const CASES: u32 = 4096;
+
+    fn client() -> Client {
+        Client {
+            ip: IpAddr::from([10, 0, 0, 9]),
+            trusted: false,
+            sticky: true,
+        }
+    }
+
+    fn parse(bytes: &[u8]) -> Result<Option<(usize, RequestHead)>, Reject> {
+        parse_request(bytes, client(), || {
+            Some(std::net::SocketAddr::from(([127, 0, 0, 1], 80)))
+        })
+    }
+
+    /// A request a well-behaved client could send, with framing headers
+    /// and a body.
+    fn request() -> impl Strategy<Value = Vec<u8>> {
+        let method = prop::sample::select(vec![
+            "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH",
+        ]);
+        let path = "(/[a-zA-Z0-9._~%!$&'()*+,;=:@-]{0,12}){1,4}(\\?[a-z0-9=&]{0,10})?";
+        let version = prop::sample::select(vec!["HTTP/1.0", "HTTP/1.1"]);
+        let header = ("[A-Za-z][A-Za-z0-9-]{0,10}", "[ -~]{0,20}")
+            .prop_filter("not a framing or hop-by-hop header", |(n, _)| {
+                !hop_by_hop(n) && !is(n, "host") && !is(n, "trailer")
+            });
+        let headers = prop::collection::vec(header, 0..6);
+        let body = prop::option::of(("[a-z]{0,40}", any::<bool>()));
+        (
+            method,
+            path,
+            version,
+            "[a-z0-9.-]{1,12}(:[0-9]{1,5})?",
+            headers,
+            body,
+        )
+            .prop_map(|(method, path, version, host, headers, body)| {
+                let mut text = format!("{method} {path} {version}\r\nHost: {host}\r\n");
+                for (n, v) in headers {
+                    text.push_str(&format!("{n}: {}\r\n", v.trim()));
+                }
+                match body {
+                    Some((b, true)) if version == "HTTP/1.1" => text.push_str(&format!(
+                        "Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+                        b.len()
+                    )),
+                    Some((b, _)) => {
+                        text.push_str(&format!("Content-Length: {}\r\n\r\n{b}", b.len()))
+                    }
+                    None => text.push_str("\r\n"),
+                }
+                text.into_bytes()
+            })
+    }
+
+    /// The head the worker gets, and what the master read from it.
+    fn forwarded(bytes: &[u8]) -> Option<(Vec<u8>, Framing, bool, bool)> {
+        let (_, head) = parse(bytes).ok()??;
+        Some((head.bytes, head.framing, head.keep_alive, head.idempotent))
+    }
+
+    /// Reading the rewritten head again changes nothing but the
+    /// forwarding chain, which grows by one hop.
+    fn reads_back(bytes: &[u8]) -> Result<(), TestCaseError> {
+        let Some((once, framing, _, idempotent)) = forwarded(bytes) else {
+            return Ok(());
+        };
+        let (twice, framing2, keep2, idempotent2) = forwarded(&once).ok_or_else(|| {
+            TestCaseError::fail(format!(
+                "refused its own head: {:?}",
+                String::from_utf8_lossy(&once)
+            ))
+        })?;
+        prop_assert_eq!(framing, framing2);
+        prop_assert_eq!(idempotent, idempotent2);
+        prop_assert!(keep2);
+        let (thrice, ..) = forwarded(&twice).unwrap();
+        prop_assert_eq!(
+            String::from_utf8_lossy(&twice),
+            String::from_utf8_lossy(&thrice),
+            "rewriting is a fixed point after one hop"
+        );
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            // PROPTEST_CASES=200000 for a longer run.
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(CASES),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn a_valid_request_is_accepted_and_reads_back_the_same(bytes in request()) {
+            let parsed = parse(&bytes);
+            prop_assert!(matches!(parsed, Ok(Some(_))), "{:?}: {:?}", String::from_utf8_lossy(&bytes), parsed.err());
+            reads_back(&bytes)?;
+        }
+
+        #[test]
+        fn a_mutated_request_never_panics_and_what_is_accepted_reads_back(
+            bytes in request(),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0..3u8), 1..4),
+        ) {
+            let mut bytes = bytes;
+            for (at, byte, kind) in edits {
+                let i = at.index(bytes.len() + 1);
+                match kind {
+                    0 if i < bytes.len() => bytes[i] = byte,
+                    1 => bytes.insert(i, byte),
+                    _ if i < bytes.len() => { bytes.remove(i); }
+                    _ => {}
+                }
+            }
+            reads_back(&bytes)?;
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse(&bytes);
+            let mut out = Vec::new();
+            let answering = Answering { head: false, http10: false, keep_alive: true, upgrade: false, set_cookie: None };
+            let _ = parse_response(&bytes, answering, &mut out);
+            for framing in [Framing::Chunked, Framing::Length(7), Framing::Close] {
+                let _ = Body::new(framing).take(&bytes, Pass::Dechunk, Some(&mut out));
+            }
+        }
+
+        #[test]
+        fn a_chunked_body_ends_at_the_same_byte_however_it_is_cut(
+            chunks in prop::collection::vec("[a-z]{1,20}", 0..5),
+            cuts in prop::collection::vec(1..16usize, 1..40),
+        ) {
+            let mut body = String::new();
+            for c in &chunks {
+                body.push_str(&format!("{:x}\r\n{c}\r\n", c.len()));
+            }
+            body.push_str("0\r\nX-Sum: 1\r\n\r\nNEXT");
+            let end = body.len() - 4;
+            let mut whole = Body::new(Framing::Chunked);
+            prop_assert_eq!(whole.take(body.as_bytes(), Pass::Verbatim, None), Ok(end));
+            let mut cut = Body::new(Framing::Chunked);
+            let (mut at, mut out) = (0, Vec::new());
+            for n in cuts.iter().cycle() {
+                if cut.done() || at >= body.len() {
+                    break;
+                }
+                let piece = &body.as_bytes()[at..(at + n).min(body.len())];
+                at += cut.take(piece, Pass::Dechunk, Some(&mut out)).unwrap();
+            }
+            prop_assert!(cut.done());
+            prop_assert_eq!(at, end);
+            prop_assert_eq!(out, chunks.concat().into_bytes());
+        }
+    }
+}
