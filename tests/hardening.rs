@@ -591,3 +591,43 @@ fn with_a_proxy_header_the_private_listeners_are_unix_sockets_only_this_user_rea
     assert_eq!(mode(path), 0o600, "{}", path.display());
     assert_eq!(mode(path.parent().unwrap()), 0o700, "{}", path.display());
 }
+
+/// The master's context switches so far (voluntary and not): how often
+/// it was woken, a count that does not depend on the machine's speed.
+fn context_switches(pid: Pid) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("ctxt_switches:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn in_reuseport_mode_the_master_is_not_woken_by_connections() {
+    let m = Master::start(&cmd(&["-w", "1"], &hello_server()));
+    m.wait_kind("spawned", 1);
+    let deadline = std::time::Instant::now() + WAIT;
+    while m.get("/").is_err() {
+        assert!(std::time::Instant::now() < deadline, "{}", m.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Warm: the first requests settle whatever the start left to do.
+    for _ in 0..20 {
+        m.get("/").unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let before = context_switches(m.pid());
+    const CONNECTIONS: u64 = 1000;
+    for _ in 0..CONNECTIONS {
+        m.get("/").unwrap();
+    }
+    let woken = context_switches(m.pid()) - before;
+    eprintln!("the master was woken {woken} times for {CONNECTIONS} connections");
+    // A timer or an output line may wake it now and then; a wake-up per
+    // connection (the listener watch once did) is a thousand.
+    assert!(
+        woken < CONNECTIONS / 10,
+        "the master was woken {woken} times for {CONNECTIONS} connections"
+    );
+}
