@@ -278,3 +278,82 @@ fn a_replaced_worker_gets_its_stop_signal_only_when_its_connections_end() {
     let exit = m.wait_pid_event("exited", old);
     assert_eq!(exit["exit"]["code"], 0, "{exit}");
 }
+
+/// Resets `c` (closes it with `SO_LINGER` 0), as wrk does when it exits.
+fn reset(c: std::net::TcpStream) {
+    socket2::SockRef::from(&c)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(c);
+}
+
+#[test]
+fn clients_that_reset_in_any_phase_free_the_workers_side_at_once() {
+    // Not a Node app: its stop signal waits for its proxied connections.
+    let m = Master::start(&cmd(
+        &["-w", "1", "--drain-timeout", "60s"],
+        &hello_server(),
+    ));
+    m.wait_ready(1, HELLO_READY);
+    let old = m.live_pids()[0];
+    for _ in 0..5 {
+        // Before a byte.
+        reset(std::net::TcpStream::connect(m.addr).unwrap());
+        // With a request in flight.
+        let mut c = std::net::TcpStream::connect(m.addr).unwrap();
+        c.write_all(b"GET /sleep/300 HTTP/1.1\r\nHost: a\r\n\r\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        reset(c);
+        // After its answer, on a kept-alive connection.
+        let mut c = std::net::TcpStream::connect(m.addr).unwrap();
+        c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        let mut buf = [0u8; 4096];
+        let n = c.read(&mut buf).unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        reset(c);
+    }
+    // The reload retires the worker: with nothing open any more, it hears
+    // its stop signal long before the 60 s drain timeout.
+    m.signal(Signal::SIGHUP);
+    m.wait_events("the old worker idle", |e| {
+        of_kind(e, "idle").any(|i| pid_field(i, "pid") == old)
+    });
+    m.wait_pid_event("exited", old);
+}
+
+#[test]
+fn a_worker_that_closes_after_its_answer_never_hangs_the_clients_next_request() {
+    let m = Master::start(&cmd(
+        &["-w", "1"],
+        &s(&["python3", &fixture("tests/fixtures/closes_after_answer.py")]),
+    ));
+    m.wait_kind("spawned", 1);
+    for round in 0..5 {
+        let mut c = std::net::TcpStream::connect(m.addr).unwrap();
+        c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        let answer = read_answer(&mut c);
+        assert_eq!(status_of(&answer), 200, "round {round}: {answer}");
+        // The next request races the worker's close.
+        let _ = c.write_all(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n");
+        let mut rest = Vec::new();
+        match c.read_to_end(&mut rest) {
+            // EOF, or the reset the worker's close was.
+            Ok(_) => {}
+            Err(e) => assert!(
+                !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "round {round}: the client hung: {e}\n{}",
+                m.log()
+            ),
+        }
+    }
+}

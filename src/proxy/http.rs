@@ -108,6 +108,9 @@ impl relay::Duplex for Upstream {
     fn shutdown_write(&self) {
         let _ = self.sock().shutdown(std::net::Shutdown::Write);
     }
+    fn reset_on_close(&self) {
+        let _ = self.sock().set_linger(Some(Duration::ZERO));
+    }
 }
 
 /// The reading half of an [`Upstream`].

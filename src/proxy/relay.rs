@@ -43,6 +43,9 @@ pub(crate) trait Duplex: Sync {
     fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
     /// Passes an EOF on.
     fn shutdown_write(&self);
+    /// Makes the coming close a reset (`SO_LINGER` 0), to pass a peer's
+    /// reset on.
+    fn reset_on_close(&self);
 }
 
 macro_rules! duplex {
@@ -63,6 +66,9 @@ macro_rules! duplex {
             fn shutdown_write(&self) {
                 let _ = SockRef::from(self).shutdown(std::net::Shutdown::Write);
             }
+            fn reset_on_close(&self) {
+                let _ = SockRef::from(self).set_linger(Some(Duration::ZERO));
+            }
         }
     };
 }
@@ -72,10 +78,31 @@ duplex!(UnixStream);
 
 /// Copies `a` to `b` and `b` to `a` until both directions are done (each
 /// passes its EOF on as a half-close), or nothing moved for `idle`.
+///
+/// A side that fails (a reset, or a write to a peer that is gone) ends the
+/// relay at once, and the other side is reset as it closes: a client that
+/// resets frees the worker's connection (and its count) at once instead of
+/// leaving it open for ever, and a worker that resets (it closed with the
+/// client's next request unread) resets the client, which can then retry,
+/// instead of hanging it.
 pub(crate) async fn relay<A: Duplex, B: Duplex>(a: &A, b: &B, idle: Option<Duration>) -> Ended {
     let last = AtomicU64::new(now_ms());
     let both = async {
-        let _ = tokio::join!(one_way(a, b, &last), one_way(b, a, &last));
+        let ab = one_way(a, b, &last);
+        let ba = one_way(b, a, &last);
+        tokio::pin!(ab, ba);
+        let (mut ab_done, mut ba_done) = (false, false);
+        while !(ab_done && ba_done) {
+            let failed = tokio::select! {
+                r = &mut ab, if !ab_done => { ab_done = true; r.err() }
+                r = &mut ba, if !ba_done => { ba_done = true; r.err() }
+            };
+            if failed.is_some() {
+                a.reset_on_close();
+                b.reset_on_close();
+                return;
+            }
+        }
     };
     match idle {
         None => {
@@ -89,6 +116,8 @@ pub(crate) async fn relay<A: Duplex, B: Duplex>(a: &A, b: &B, idle: Option<Durat
     }
 }
 
+/// Copies `from` to `to` until `from` ends; an error from either side
+/// (the other direction cannot go on either).
 async fn one_way<F: Duplex, T: Duplex>(from: &F, to: &T, last: &AtomicU64) -> io::Result<()> {
     loop {
         from.readable().await?;

@@ -17,15 +17,30 @@ use tokio::net::TcpStream;
 const CHUNK: usize = 64 * 1024;
 
 /// Copies both directions until both are done; each direction passes its
-/// EOF on as a half-close. Returns the bytes moved (to upstream, to client).
+/// EOF on as a half-close. A side that fails ends both at once and the
+/// other side is reset as it closes (as the copying relay does). Returns
+/// the bytes moved (to upstream, to client).
 pub(crate) async fn bidirectional(
     client: &TcpStream,
     upstream: &TcpStream,
 ) -> io::Result<(u64, u64)> {
     let up = one_way(client, upstream);
     let down = one_way(upstream, client);
-    let (a, b) = tokio::join!(up, down);
-    Ok((a?, b?))
+    tokio::pin!(up, down);
+    let (mut sent, mut received) = (None, None);
+    while sent.is_none() || received.is_none() {
+        let result = tokio::select! {
+            r = &mut up, if sent.is_none() => r.map(|n| sent = Some(n)),
+            r = &mut down, if received.is_none() => r.map(|n| received = Some(n)),
+        };
+        if let Err(e) = result {
+            for s in [client, upstream] {
+                let _ = socket2::SockRef::from(s).set_linger(Some(std::time::Duration::ZERO));
+            }
+            return Err(e);
+        }
+    }
+    Ok((sent.unwrap_or(0), received.unwrap_or(0)))
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
