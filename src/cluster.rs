@@ -42,7 +42,7 @@ pub const DEFAULT_SETTLE: Duration = Duration::from_secs(1);
 /// How often workers' CPU and memory are read by default.
 pub const DEFAULT_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 /// The longest duration a setting takes: deadlines are `now + setting`
-/// (twice the drain timeout in proxy mode), which must not overflow.
+/// (the drain timeout and a grace in proxy mode), which must not overflow.
 const MAX_SETTING: Duration = Duration::from_secs(365 * 24 * 3600);
 /// File descriptors the master keeps per worker: its pidfd, the stdout and
 /// stderr pipes, the readiness pipe or IPC channel, and one slot socket per

@@ -599,3 +599,64 @@ fn a_worker_sent_max_requests_is_replaced_successor_first_without_a_failed_reque
     m.signal(Signal::SIGTERM);
     assert!(m.wait_exit().success(), "{}", m.log());
 }
+
+#[test]
+fn event_streams_end_cleanly_and_their_worker_leaves_at_once_on_reload() {
+    // 60 s of drain timeout: a worker that waited for its streams to end
+    // would still be there when the test gives up.
+    let mut m = Master::start(&cmd(
+        &["-w", "1", "--balance", "http", "--drain-timeout", "60s"],
+        &s(&["node", &fixture("tests/fixtures/sse_app.js")]),
+    ));
+    m.wait_kind("ready", 1);
+    let old = of_kind(&m.events(), "spawned")
+        .map(|e| pid_field(e, "pid"))
+        .next()
+        .unwrap();
+    let mut streams: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut c = TcpStream::connect(m.addr).unwrap();
+            c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            c.write_all(b"GET /events HTTP/1.1\r\nHost: a\r\nAccept: text/event-stream\r\n\r\n")
+                .unwrap();
+            let mut first = [0u8; 1024];
+            let n = c.read(&mut first).unwrap();
+            let text = String::from_utf8_lossy(&first[..n]);
+            assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+            c
+        })
+        .collect();
+    m.signal(Signal::SIGHUP);
+    m.wait_events("a complete reload", |e| complete_reloads(e) == 1);
+    // The old worker was told to stop at once (its streams are its to end)
+    // and is gone long before the drain timeout.
+    m.wait_pid_event("exited", old);
+    for (i, c) in streams.iter_mut().enumerate() {
+        // Each stream ends as a chunked body ends: EventSource reconnects.
+        let mut rest = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => rest.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("stream {i}: {e} after {:?}", String::from_utf8_lossy(&rest)),
+            }
+            if rest.ends_with(b"0\r\n\r\n") {
+                break;
+            }
+        }
+        assert!(
+            rest.ends_with(b"0\r\n\r\n"),
+            "stream {i} did not end cleanly: {:?}",
+            String::from_utf8_lossy(&rest)
+        );
+    }
+    // The clients' connections stay, and reach the new worker.
+    let c = &mut streams[0];
+    c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let answer = read_answer(c);
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    assert_ne!(pid_of(&answer), old, "{answer}");
+    m.signal(Signal::SIGTERM);
+    assert!(m.wait_exit().success(), "{}", m.log());
+}

@@ -19,9 +19,10 @@
 //   `Connection: close`, idle keep-alive connections are closed only after
 //   a grace (a client about to send its next request would otherwise be
 //   cut, whether Node's server.close() or the app closes them), WebSockets
-//   get a close frame (1001, going away), and when the app has no handler
-//   of its own the servers close and the process exits once they are
-//   drained.
+//   get a close frame (1001, going away), event streams (text/event-stream
+//   responses) are ended so that EventSource reconnects, and when the app
+//   has no handler of its own the servers close and the process exits
+//   once they are drained.
 //
 // The process that takes the sockets removes the preload and every HERD_*
 // and LISTEN_* variable from its environment, so that what it starts is
@@ -269,11 +270,27 @@
   const kLast = Symbol('herdLast');
   const kDeferred = Symbol('herdDeferred');
 
+  // Responses that stream until the server ends them (Server-Sent
+  // Events): ended on stop, so that an EventSource sees its stream end
+  // and reconnects (to a new worker) instead of hanging until the kill.
+  const streams = new Set();
   const writeHead = http.ServerResponse.prototype.writeHead;
   http.ServerResponse.prototype.writeHead = function herdWriteHead(...args) {
     if (draining && !this.headersSent) this.setHeader('Connection', 'close');
-    return writeHead.apply(this, args);
+    const result = writeHead.apply(this, args);
+    if (/\r\ncontent-type:[ \t]*text\/event-stream/i.test(String(this._header || ''))) {
+      streams.add(this);
+      this.once('close', () => streams.delete(this));
+      this.once('finish', () => streams.delete(this));
+    }
+    return result;
   };
+
+  function endStreams() {
+    for (const res of streams) {
+      if (!res.writableEnded) res.end();
+    }
+  }
 
   const destroySoon = net.Socket.prototype.destroySoon;
   net.Socket.prototype.destroySoon = function herdDestroySoon(...args) {
@@ -387,8 +404,12 @@
     if (!draining) {
       draining = true;
       graceEnds = Date.now() + idleGraceMs;
-      // After the app's own handlers, which may close WebSockets their way.
-      setImmediate(closeWebSockets);
+      // After the app's own handlers, which may close WebSockets (and end
+      // streams) their way.
+      setImmediate(() => {
+        closeWebSockets();
+        endStreams();
+      });
     }
     // An app with a handler of its own drains and exits by itself; the
     // protection above holds either way.

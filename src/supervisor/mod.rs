@@ -313,6 +313,7 @@ pub(crate) async fn run(
                 sticky: config.sticky_cookie,
                 header_timeout: config.header_timeout,
                 response_timeout: config.response_timeout,
+                drains_itself: config.command.preload.is_some(),
             };
             Some(config)
         }

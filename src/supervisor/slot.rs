@@ -19,6 +19,10 @@ use super::policy::{Decision, RestartTracker, Supervision};
 use crate::error::SlotFailure;
 use crate::process::Exit;
 
+/// After a held-back stop signal (sent when the worker's connections
+/// ended, or at the drain timeout), how long the worker has to exit before
+/// SIGKILL, at most (never more than the drain timeout itself).
+pub(crate) const DEFERRED_STOP_GRACE: Duration = Duration::from_secs(5);
 /// Where a slot is in its life (the state of its current worker).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -138,8 +142,12 @@ impl Proc {
         self.ready_at = None;
         self.watchdog_by = None;
         if defer {
+            // The drain timeout is the whole budget: the stop signal at
+            // the latest when it ends, SIGKILL a short grace later (not a
+            // second drain timeout, which a service manager's own stop
+            // timeout would cut first).
             self.signal_at = Some(now + drain);
-            self.kill_at = Some(now + drain + drain);
+            self.kill_at = Some(now + drain + drain.min(DEFERRED_STOP_GRACE));
         } else {
             self.kill_at = Some(now + drain);
         }
@@ -637,13 +645,15 @@ impl Slot {
     }
 
     /// A process whose stop signal was held back may get it now (its
-    /// connections ended): returns true if it was waiting, and gives it
-    /// `drain` from now before SIGKILL.
+    /// connections ended): returns true if it was waiting. Its SIGKILL
+    /// stays where the retirement put it (the drain timeout and a grace
+    /// from the start), at least a grace from now.
     pub(crate) fn signal_now(&mut self, pid: Pid, now: Instant, drain: Duration) -> bool {
         match self.proc_mut(pid) {
             Some(p) if p.signal_at.is_some() => {
                 p.signal_at = None;
-                p.kill_at = Some(now + drain);
+                let grace = now + drain.min(DEFERRED_STOP_GRACE);
+                p.kill_at = Some(p.kill_at.map_or(grace, |at| at.max(grace)));
                 true
             }
             _ => false,
@@ -979,18 +989,24 @@ mod tests {
         slot.on_spawned(pid(1), 0, Role::Current, Readiness::IMMEDIATE, t0);
         slot.on_spawned(pid(2), 1, Role::Successor, Readiness::IMMEDIATE, t0);
         assert_eq!(slot.promote(t0, DRAIN, true), Some(pid(1)));
-        // Idle early: signalled at once, killed a drain later.
+        // Idle early: signalled at once; SIGKILL stays where the drain
+        // timeout and a grace from the start put it.
+        let grace = DRAIN.min(DEFERRED_STOP_GRACE);
         let t1 = t0 + Duration::from_millis(300);
         assert!(slot.signal_now(pid(1), t1, DRAIN));
         assert!(!slot.signal_now(pid(1), t1, DRAIN), "once");
-        assert_eq!(slot.next_deadline(), Some(t1 + DRAIN));
+        assert_eq!(slot.next_deadline(), Some(t0 + DRAIN + grace));
 
-        // Never idle: the signal at the drain timeout, SIGKILL a drain later.
+        // Never idle: the signal at the drain timeout, SIGKILL a grace
+        // later, never a second drain timeout.
         let mut busy = Slot::new(1);
         busy.on_spawned(pid(3), 0, Role::Current, Readiness::IMMEDIATE, t0);
         assert!(busy.begin_stop(t0, DRAIN, true).is_empty(), "held back");
         assert_eq!(busy.take_due(t0 + DRAIN), vec![Due::Signal(pid(3))]);
-        assert_eq!(busy.take_due(t0 + DRAIN + DRAIN), vec![Due::Kill(pid(3))]);
+        assert!(busy
+            .take_due(t0 + DRAIN + grace - Duration::from_millis(1))
+            .is_empty());
+        assert_eq!(busy.take_due(t0 + DRAIN + grace), vec![Due::Kill(pid(3))]);
     }
 
     #[test]
