@@ -138,7 +138,20 @@ pub(crate) struct TailLines {
     /// Every kept line with its sequence number, oldest first.
     last: VecDeque<(u64, String)>,
     notable: VecDeque<(u64, String)>,
+    /// The last line that said an address was in use, wherever it was:
+    /// puma prints a banner before it and a backtrace after it.
+    in_use: Option<(u64, String)>,
     seen: u64,
+}
+
+/// Whether a line says an address could not be bound because it is in use
+/// (Node's `EADDRINUSE`, Python's and C's "Address already in use", puma's
+/// `Errno::EADDRINUSE`, gunicorn's "Connection in use").
+fn says_in_use(line: &str) -> bool {
+    let l = line.to_ascii_lowercase();
+    l.contains("eaddrinuse")
+        || l.contains("address already in use")
+        || l.contains("connection in use")
 }
 
 /// Whether a line looks like it says why a program failed (an error or
@@ -163,6 +176,9 @@ impl Tail {
         let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
         t.seen += 1;
         let n = t.seen;
+        if says_in_use(&text) {
+            t.in_use = Some((n, text.clone()));
+        }
         if explains(&text) {
             if t.notable.len() == TAIL_NOTABLE {
                 t.notable.pop_front();
@@ -180,9 +196,17 @@ impl Tail {
     pub(crate) fn lines(&self) -> Vec<String> {
         let t = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let first_last = t.last.front().map_or(u64::MAX, |(n, _)| *n);
-        t.notable
-            .iter()
-            .filter(|(n, _)| *n < first_last)
+        let mut kept: Vec<&(u64, String)> =
+            t.notable.iter().filter(|(n, _)| *n < first_last).collect();
+        if let Some(line) = t
+            .in_use
+            .as_ref()
+            .filter(|(n, _)| *n < first_last && !kept.iter().any(|(k, _)| k == n))
+        {
+            let at = kept.partition_point(|(k, _)| *k < line.0);
+            kept.insert(at, line);
+        }
+        kept.into_iter()
             .chain(t.last.iter())
             .map(|(_, l)| l.clone())
             .collect()
@@ -193,13 +217,7 @@ impl Tail {
 /// is in use (Node's `EADDRINUSE`, Python's and C's "Address already in
 /// use"), if any.
 pub(crate) fn port_conflict(lines: &[String], ports: &[u16]) -> Option<u16> {
-    let in_use = |l: &String| {
-        let l = l.to_ascii_lowercase();
-        l.contains("eaddrinuse")
-            || l.contains("address already in use")
-            || l.contains("connection in use")
-    };
-    if !lines.iter().any(in_use) {
+    if !lines.iter().any(|l| says_in_use(l)) {
         return None;
     }
     // The port as a number of its own (":3000", " 3000)", "port 3000"),
@@ -326,6 +344,27 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert!(lines.iter().all(|l| l.len() == MAX_LINE));
         assert_eq!(s.finish().map(|r| r.len()), Some(5));
+    }
+
+    #[test]
+    fn a_port_conflict_is_found_anywhere_in_what_a_failed_worker_left() {
+        // puma: a banner, the conflict, then a long backtrace.
+        let tail = Tail::default();
+        tail.push(b"Puma starting in single mode...");
+        tail.push(b"* Listening on http://0.0.0.0:3000");
+        tail.push(
+            b"/usr/lib/ruby/puma/binder.rb:334:in `initialize': Address already in use - \
+              bind(2) for \"0.0.0.0\" port 3000 (Errno::EADDRINUSE)",
+        );
+        for i in 0..(TAIL_LINES * 3) {
+            tail.push(format!("\tfrom /usr/lib/ruby/puma/launcher.rb:{i}:in `run'").as_bytes());
+        }
+        let lines = tail.lines();
+        assert_eq!(port_conflict(&lines, &[3000]), Some(3000), "{lines:#?}");
+        assert!(
+            lines.last().unwrap().contains("launcher.rb"),
+            "the last lines stay last"
+        );
     }
 
     #[test]
