@@ -43,9 +43,10 @@ struct Cli {
     #[arg(long, value_name = "STRATEGY", value_parser = parse_strategy)]
     strategy: Option<herd::balance::Strategy>,
 
-    /// With --balance proxy, for programs that can only bind a port
-    /// themselves: set PORT to a free loopback port per worker and probe it
-    /// for readiness.
+    /// With --balance proxy or http, for programs that can only bind a
+    /// port themselves (Go, Java, puma, uvicorn --port $PORT): set PORT to a
+    /// free loopback port per worker and probe it for readiness. With http,
+    /// such servers reload without a failed request.
     #[arg(long)]
     proxy_port: bool,
 

@@ -365,7 +365,8 @@ impl fmt::Display for Event {
                 "slot {slot}: pid {pid} failed to bind port {port} itself (EADDRINUSE): herd \
                  already listens there and passes the socket as fd 3 (LISTEN_FDS). Serve on \
                  that fd (Node apps get it by the preload; Python: socket.socket(fileno=3); \
-                 gunicorn takes it by itself when not given --bind), or let the worker bind a port of its own with \
+                 gunicorn takes it by itself when not given --bind), or let the worker bind a port \
+                 of its own ($PORT) with --balance http --proxy-port (reloads lose nothing) or \
                  --balance proxy --proxy-port"
             ),
             Event::WatchdogTimeout { slot, pid } => write!(
