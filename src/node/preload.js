@@ -20,7 +20,8 @@
 //   a grace (a client about to send its next request would otherwise be
 //   cut, whether Node's server.close() or the app closes them), WebSockets
 //   get a close frame (1001, going away), event streams (text/event-stream
-//   responses) are ended so that EventSource reconnects, and when the app
+//   responses) are ended so that EventSource reconnects, socket.io's
+//   engines are closed so that long-polling clients reconnect, and when the app
 //   has no handler of its own the servers close and the process exits
 //   once they are drained.
 //
@@ -371,6 +372,43 @@
     }
   }
 
+  // ---- engine.io (socket.io) ----
+  // A long-polling session holds a request open until its next ping (25 s
+  // by default), so a retiring worker would wait for it: on stop every
+  // engine the app attached is closed, its clients get a close packet on
+  // their pending poll or socket, and they reconnect (to a new worker).
+  const engines = new Set();
+  const Module = require('module');
+  const load = Module._load;
+  Module._load = function herdLoad(request, ...rest) {
+    const exported = load.call(this, request, ...rest);
+    if (request === 'engine.io' && exported && typeof exported.attach === 'function' &&
+        !exported.herdAttach) {
+      const attach = exported.attach;
+      try {
+        exported.attach = function herdAttach(...args) {
+          const engine = attach.apply(this, args);
+          if (engine && typeof engine.close === 'function') engines.add(engine);
+          return engine;
+        };
+        exported.herdAttach = true;
+      } catch (_) {
+        // Read-only exports: long-polling sessions end at their next ping.
+      }
+    }
+    return exported;
+  };
+
+  function closeEngines() {
+    for (const engine of engines) {
+      try {
+        engine.close();
+      } catch (_) {
+        // The app closed it already.
+      }
+    }
+  }
+
   let exitWhenClosed = false;
   function closeServersAndExit() {
     if (exitWhenClosed) return;
@@ -407,6 +445,7 @@
       // After the app's own handlers, which may close WebSockets (and end
       // streams) their way.
       setImmediate(() => {
+        closeEngines();
         closeWebSockets();
         endStreams();
       });

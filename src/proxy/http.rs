@@ -761,8 +761,7 @@ async fn exchange(
         backend.total.fetch_add(1, Ordering::Relaxed);
         let set_cookie =
             (shared.config.sticky && request.pinned != Some(backend.slot)).then_some(backend.slot);
-        let awaiting = Awaiting::new(&backend);
-        let to = (shared, worker(&backend), &awaiting);
+        let to = (shared, worker(&backend));
         let result = forward(client, buf, &mut up, &request, to, set_cookie, started).await;
         let (status, reason) = match result {
             Ok(answered) => {
@@ -856,39 +855,6 @@ async fn connection(
         .map_err(|_| Unreachable::Connect)
 }
 
-/// A request sent to a worker that has no response head yet: a retiring
-/// worker that ends its streams itself hears its stop signal once none is
-/// left (see [`super::ProxyConfig::drains_itself`]).
-struct Awaiting {
-    backend: Arc<Backend>,
-    done: AtomicBool,
-}
-
-impl Awaiting {
-    fn new(backend: &Arc<Backend>) -> Awaiting {
-        backend.awaiting.open();
-        Awaiting {
-            backend: backend.clone(),
-            done: AtomicBool::new(false),
-        }
-    }
-
-    /// The response head came: what follows (a stream, a tunnel) the
-    /// worker can end itself.
-    fn answered(&self) {
-        if !self.done.swap(true, Ordering::Relaxed) {
-            self.backend.awaiting.close();
-            self.backend.report_if_quiet();
-        }
-    }
-}
-
-impl Drop for Awaiting {
-    fn drop(&mut self) {
-        self.answered();
-    }
-}
-
 /// Why a request could not be sent to the worker picked for it.
 enum Unreachable {
     /// Its connection could not be made.
@@ -911,7 +877,7 @@ async fn forward(
     buf: &mut Vec<u8>,
     up: &mut Upstream,
     request: &RequestHead,
-    (shared, worker, awaiting): (&Shared, Worker, &Awaiting),
+    (shared, worker): (&Shared, Worker),
     set_cookie: Option<usize>,
     started: Instant,
 ) -> Result<Answered, Failed> {
@@ -958,7 +924,7 @@ async fn forward(
         &mut up_read,
         &mut client_write,
         answering,
-        (shared, worker, awaiting),
+        (shared, worker),
         started,
         &answered,
     );
@@ -1030,7 +996,7 @@ async fn respond(
     from: &mut UpRead<'_>,
     to: &mut tcp::WriteHalf<'_>,
     answering: Answering,
-    (shared, worker, awaiting): (&Shared, Worker, &Awaiting),
+    (shared, worker): (&Shared, Worker),
     started: Instant,
     answered: &AtomicBool,
 ) -> Result<Answered, Failed> {
@@ -1039,7 +1005,7 @@ async fn respond(
         from,
         to,
         answering,
-        (shared, worker, awaiting),
+        (shared, worker),
         started,
         answered,
         &mut buf,
@@ -1054,7 +1020,7 @@ async fn answer(
     from: &mut UpRead<'_>,
     to: &mut tcp::WriteHalf<'_>,
     answering: Answering,
-    (shared, worker, awaiting): (&Shared, Worker, &Awaiting),
+    (shared, worker): (&Shared, Worker),
     started: Instant,
     answered: &AtomicBool,
     buf: &mut Vec<u8>,
@@ -1097,7 +1063,6 @@ async fn answer(
         out.clear();
     };
     answered.store(true, Ordering::Relaxed);
-    awaiting.answered();
     shared.metrics.record(head.status, started.elapsed());
     if head.status == 101 {
         to.write_all(&out).await.map_err(|_| Failed::Client)?;

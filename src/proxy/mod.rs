@@ -72,13 +72,6 @@ pub(crate) struct Backend {
     /// HTTP mode: idle keep-alive connections to it.
     #[cfg(feature = "http")]
     pub(crate) pool: Pool,
-    /// HTTP mode: requests sent to it that have no response head yet.
-    #[cfg(feature = "http")]
-    pub(crate) awaiting: ActiveCount,
-    /// HTTP mode: it ends its streams and tunnels itself on the stop
-    /// signal ([`ProxyConfig::drains_itself`]).
-    #[cfg_attr(not(feature = "http"), allow(dead_code))]
-    drains_itself: bool,
 }
 
 #[cfg(feature = "http")]
@@ -120,7 +113,6 @@ impl Backend {
         inodes: Vec<u64>,
         idle: mpsc::UnboundedSender<u32>,
         refusing_tx: mpsc::UnboundedSender<u32>,
-        drains_itself: bool,
     ) -> Arc<Self> {
         Arc::new(Backend {
             slot,
@@ -140,9 +132,6 @@ impl Backend {
             idle,
             #[cfg(feature = "http")]
             pool: Default::default(),
-            #[cfg(feature = "http")]
-            awaiting: ActiveCount::default(),
-            drains_itself,
         })
     }
 
@@ -182,27 +171,7 @@ impl Backend {
         // Its idle connections close now; busy ones after their response.
         #[cfg(feature = "http")]
         self.pool.clear();
-        self.quiet() && !self.idle_sent.swap(true, Ordering::AcqRel)
-    }
-
-    /// Whether it may hear its stop signal: no connection left, or (when
-    /// it ends its streams itself) no request waiting for an answer.
-    fn quiet(&self) -> bool {
-        #[cfg(feature = "http")]
-        if self.drains_itself {
-            return self.awaiting.get() == 0;
-        }
-        self.active() == 0
-    }
-
-    /// Tells the supervisor (once) that a draining backend is quiet.
-    pub(crate) fn report_if_quiet(&self) {
-        if self.draining.load(Ordering::Acquire)
-            && self.quiet()
-            && !self.idle_sent.swap(true, Ordering::AcqRel)
-        {
-            let _ = self.idle.send(self.pid);
-        }
+        self.active() == 0 && !self.idle_sent.swap(true, Ordering::AcqRel)
     }
 }
 
@@ -235,8 +204,13 @@ impl Counted {
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.backend.active.close();
-        self.backend.report_if_quiet();
+        let left = self.backend.active.close();
+        if left == 0
+            && self.backend.draining.load(Ordering::Acquire)
+            && !self.backend.idle_sent.swap(true, Ordering::AcqRel)
+        {
+            let _ = self.backend.idle.send(self.backend.pid);
+        }
     }
 }
 
@@ -362,12 +336,6 @@ pub(crate) struct ProxyConfig {
     /// HTTP mode: how long a worker may take to send a response head.
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) response_timeout: std::time::Duration,
-    /// HTTP mode: the workers end their long-lived requests themselves on
-    /// the stop signal (the Node preload closes WebSockets and ends event
-    /// streams), so a retiring one hears it once no request waits for an
-    /// answer, not when its last stream ends.
-    #[cfg_attr(not(feature = "http"), allow(dead_code))]
-    pub(crate) drains_itself: bool,
 }
 
 /// HTTP mode: how long a client may take to send a request head (a

@@ -198,7 +198,6 @@ impl Plane {
                 inodes,
                 self.idle_tx.clone(),
                 self.refusing_tx.clone(),
-                self.config.http && self.config.drains_itself,
             ),
         );
     }

@@ -313,7 +313,6 @@ pub(crate) async fn run(
                 sticky: config.sticky_cookie,
                 header_timeout: config.header_timeout,
                 response_timeout: config.response_timeout,
-                drains_itself: config.command.preload.is_some(),
             };
             Some(config)
         }
@@ -1236,21 +1235,25 @@ impl Supervisor {
                     self.on_idle(pid);
                 }
             }
-            _ => self.ask_to_stop(pid),
+            Some(backend) => {
+                // Out of rotation already; its idle pooled connections go
+                // now, and none is kept after its last answers.
+                backend.start_draining();
+                self.ask_to_stop(pid);
+            }
+            None => self.ask_to_stop(pid),
         }
     }
 
-    /// Proxy mode holds a retiring worker's stop signal back until its
-    /// proxied connections end, because the stop signal makes many servers
-    /// cut idle keep-alive connections. Not for Node apps with the preload:
-    /// they drain safely by themselves, and must hear the signal to close
-    /// their WebSockets, which would otherwise hold them until the drain
-    /// timeout.
+    /// Proxy and HTTP modes hold a retiring worker's stop signal back until
+    /// its proxied connections (in HTTP mode: its requests) end, because
+    /// the stop signal makes many servers cut idle keep-alive connections.
+    /// Not for Node apps with the preload: they drain safely by themselves
+    /// (requests in flight are answered), and must hear the signal to end
+    /// what would otherwise hold them until the drain timeout: WebSockets,
+    /// event streams, socket.io's long-polling requests.
     pub(super) fn defers_stop_signal(&self) -> bool {
-        // In HTTP mode the master owns the clients' connections: a worker
-        // hears the stop signal only once its last request is answered.
-        self.listeners.balance().is_http()
-            || (self.proxy.is_some() && self.config.command.preload.is_none())
+        self.proxy.is_some() && self.config.command.preload.is_none()
     }
 
     /// Watches every listening socket for a hang-up (from now on).
