@@ -39,6 +39,26 @@ fn pick(c: &mut Criterion) {
     }
 }
 
+/// What `ip-hash` pays once when the set of workers changes: its table
+/// is rebuilt (three sets in turn, so that no table is cached).
+fn ip_hash_rebuild(c: &mut Criterion) {
+    let client = hash_ip(IpAddr::from([203, 0, 113, 7]));
+    let mut group = c.benchmark_group("ip-hash rebuild");
+    group.sample_size(10);
+    for n in [8, 256] {
+        let sets: Vec<Vec<Slot>> = (0..3).map(|_| workers(n)).collect();
+        let mut picker = Picker::new(Strategy::IpHash, 12345);
+        let mut turn = 0;
+        group.bench_with_input(BenchmarkId::from_parameter(n), &sets, |b, sets| {
+            b.iter(|| {
+                turn = (turn + 1) % 3;
+                picker.pick(black_box(sets[turn].as_slice()), black_box(client))
+            })
+        });
+    }
+    group.finish();
+}
+
 fn accounting(c: &mut Criterion) {
     let count = ActiveCount::default();
     c.bench_function("accounting/open+close", |b| {
@@ -53,5 +73,5 @@ fn accounting(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, pick, accounting);
+criterion_group!(benches, pick, ip_hash_rebuild, accounting);
 criterion_main!(benches);

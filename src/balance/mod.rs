@@ -28,9 +28,11 @@ pub enum Strategy {
     /// Two workers at random, the less loaded of them: nearly as good as
     /// least-connections, without a scan.
     PowerOfTwo,
-    /// The client's IP address decides (rendezvous hashing over slots): a
-    /// client keeps its worker, and when a worker leaves or joins only the
-    /// clients of that worker move.
+    /// The client's IP address decides (rendezvous hashing over slots,
+    /// looked up in a table built when the set of workers changes, so a
+    /// pick costs the same for 2 workers or 256): a client keeps its
+    /// worker, and when a worker leaves or joins only the clients of that
+    /// worker move.
     IpHash,
 }
 
@@ -105,6 +107,10 @@ pub struct Picker {
     strategy: Strategy,
     turn: usize,
     rng: u64,
+    /// IpHash: the tables of the last two sets of workers (a set and its
+    /// successor while both are in use), and which one goes next.
+    tables: [HashTable; 2],
+    next_table: usize,
 }
 
 impl Picker {
@@ -115,6 +121,8 @@ impl Picker {
             turn: 0,
             // xorshift must not start at 0.
             rng: mix(seed) | 1,
+            tables: Default::default(),
+            next_table: 0,
         }
     }
 
@@ -162,30 +170,22 @@ impl Picker {
                     a
                 }
             }
-            Strategy::IpHash => {
-                // Rendezvous hashing: the highest score wins. Score and
-                // position share one key (positions break ties), in four
-                // independent lanes.
-                let score = |i: usize, c: &C| -> u128 {
-                    let s = mix(client ^ c.key().wrapping_mul(0x9e37_79b9_7f4a_7c15));
-                    (u128::from(s) << 64) | (u64::MAX - i as u64) as u128
-                };
-                let mut lanes = [0u128; 4];
-                let chunks = candidates.chunks_exact(4);
-                let base = n - chunks.remainder().len();
-                for (i, c) in chunks.remainder().iter().enumerate() {
-                    lanes[0] = lanes[0].max(score(base + i, c));
+            Strategy::IpHash if n <= usize::from(u16::MAX) => {
+                if let Some(at) = self
+                    .tables
+                    .iter()
+                    .find_map(|t| t.lookup(candidates, client))
+                {
+                    return Some(at);
                 }
-                for (k, chunk) in chunks.enumerate() {
-                    let i = k * 4;
-                    lanes[0] = lanes[0].max(score(i, &chunk[0]));
-                    lanes[1] = lanes[1].max(score(i + 1, &chunk[1]));
-                    lanes[2] = lanes[2].max(score(i + 2, &chunk[2]));
-                    lanes[3] = lanes[3].max(score(i + 3, &chunk[3]));
-                }
-                let best = lanes[0].max(lanes[1]).max(lanes[2].max(lanes[3]));
-                (u64::MAX - best as u64) as usize
+                // A new set of workers: its table, once.
+                let table = HashTable::build(candidates);
+                let at = table.lookup(candidates, client).unwrap_or(0);
+                self.tables[self.next_table] = table;
+                self.next_table ^= 1;
+                at
             }
+            Strategy::IpHash => rendezvous(candidates, client),
         })
     }
 
@@ -198,6 +198,96 @@ impl Picker {
         self.rng = x;
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
+}
+
+/// Rendezvous hashing: the highest score wins. Score and position share
+/// one key (positions break ties), in four independent lanes.
+fn rendezvous<C: Candidate>(candidates: &[C], client: u64) -> usize {
+    let n = candidates.len();
+    let score = |i: usize, c: &C| -> u128 {
+        let s = mix(client ^ c.key().wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        (u128::from(s) << 64) | (u64::MAX - i as u64) as u128
+    };
+    let mut lanes = [0u128; 4];
+    let chunks = candidates.chunks_exact(4);
+    let base = n - chunks.remainder().len();
+    for (i, c) in chunks.remainder().iter().enumerate() {
+        lanes[0] = lanes[0].max(score(base + i, c));
+    }
+    for (k, chunk) in chunks.enumerate() {
+        let i = k * 4;
+        lanes[0] = lanes[0].max(score(i, &chunk[0]));
+        lanes[1] = lanes[1].max(score(i + 1, &chunk[1]));
+        lanes[2] = lanes[2].max(score(i + 2, &chunk[2]));
+        lanes[3] = lanes[3].max(score(i + 3, &chunk[3]));
+    }
+    let best = lanes[0].max(lanes[1]).max(lanes[2].max(lanes[3]));
+    (u64::MAX - best as u64) as usize
+}
+
+/// Buckets of the client hash space that [`Strategy::IpHash`] maps to
+/// workers: enough that each of 256 workers gets about 64 (within about
+/// a tenth of each other), few enough that rebuilding the table when the
+/// set of workers changes takes milliseconds.
+const IP_HASH_BUCKETS: usize = 16 * 1024;
+
+/// [`Strategy::IpHash`]'s lookup table: each bucket's rendezvous winner
+/// among the workers it was built for. Rendezvous per bucket keeps its
+/// property (a worker that leaves moves only its own buckets, one that
+/// joins takes about 1/(n+1) of them), and a pick is one lookup instead
+/// of a score per worker.
+#[derive(Debug, Clone, Default)]
+struct HashTable {
+    /// The winner's position for each bucket.
+    winners: Vec<u16>,
+    /// The key at each position when the table was built.
+    keys: Vec<u64>,
+    /// The candidates' address when it was built: a new rotation is a new
+    /// set.
+    built_for: usize,
+}
+
+impl HashTable {
+    /// The position for `client` if the table still describes
+    /// `candidates`.
+    #[inline]
+    fn lookup<C: Candidate>(&self, candidates: &[C], client: u64) -> Option<usize> {
+        if self.built_for != candidates.as_ptr() as usize || self.keys.len() != candidates.len() {
+            return None;
+        }
+        let at = usize::from(*self.winners.get(bucket(client))?);
+        // A set that changed in place (same address, other workers) shows
+        // as another key at the position.
+        (candidates.get(at)?.key() == self.keys[at]).then_some(at)
+    }
+
+    fn build<C: Candidate>(candidates: &[C]) -> HashTable {
+        let keys: Vec<u64> = candidates.iter().map(Candidate::key).collect();
+        let winners = (0..IP_HASH_BUCKETS)
+            .map(|b| {
+                let point = mix(b as u64 ^ 0x6a09_e667_f3bc_c909);
+                let mut best = (0u64, 0usize);
+                for (i, &k) in keys.iter().enumerate() {
+                    let score = mix(point ^ k.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                    if score > best.0 || i == 0 {
+                        best = (score, i);
+                    }
+                }
+                best.1 as u16
+            })
+            .collect();
+        HashTable {
+            winners,
+            keys,
+            built_for: candidates.as_ptr() as usize,
+        }
+    }
+}
+
+/// The bucket of a client hash (its high bits, spread over the buckets).
+#[inline]
+fn bucket(client: u64) -> usize {
+    (((client >> 32) * IP_HASH_BUCKETS as u64) >> 32) as usize
 }
 
 /// The least load among `candidates`, in four independent lanes so that
@@ -406,6 +496,60 @@ mod tests {
             let b = without_2[p.pick(&without_2, c).unwrap()].key;
             if a != 2 {
                 assert_eq!(a, b, "a client of a remaining worker moved");
+            }
+        }
+    }
+
+    #[test]
+    fn ip_hash_moves_only_the_clients_of_a_worker_that_leaves_about_one_in_n() {
+        let mut p = Picker::new(Strategy::IpHash, 0);
+        for n in [4u64, 16, 64, 256] {
+            let all: Vec<Slot> = (0..n).map(|key| Slot { key, active: 0 }).collect();
+            let gone = n / 2;
+            let rest: Vec<Slot> = all.iter().copied().filter(|s| s.key != gone).collect();
+            let clients = 20_000u32;
+            let mut moved = 0;
+            for i in 0..clients {
+                let c = hash_ip(IpAddr::from(i.to_be_bytes()));
+                let a = all[p.pick(&all, c).unwrap()].key;
+                let b = rest[p.pick(&rest, c).unwrap()].key;
+                if a == gone {
+                    moved += 1;
+                } else {
+                    assert_eq!(a, b, "n={n}: a client of a remaining worker moved");
+                }
+            }
+            let share = f64::from(moved) / f64::from(clients);
+            let ideal = 1.0 / n as f64;
+            assert!(
+                (share - ideal).abs() < ideal * 0.35 + 0.005,
+                "n={n}: {share:.4} moved, ideal {ideal:.4}"
+            );
+        }
+    }
+
+    #[test]
+    fn ip_hash_follows_a_set_of_workers_changed_in_place() {
+        let mut p = Picker::new(Strategy::IpHash, 0);
+        let mut set = slots(&[0, 0, 0, 0]);
+        let clients: Vec<u64> = (0..400u32)
+            .map(|i| hash_ip(IpAddr::from(i.to_be_bytes())))
+            .collect();
+        let before: Vec<usize> = clients.iter().map(|&c| p.pick(&set, c).unwrap()).collect();
+        // The same vector, slot 1 replaced by a new slot 9.
+        set[1].key = 9;
+        let after: Vec<u64> = clients
+            .iter()
+            .map(|&c| set[p.pick(&set, c).unwrap()].key)
+            .collect();
+        assert!(after.contains(&9), "the new slot gets clients");
+        assert!(!after.contains(&1), "the slot that left gets none");
+        for (i, &b) in before.iter().enumerate() {
+            if b != 1 && after[i] != 9 {
+                assert_eq!(
+                    after[i], set[b].key,
+                    "client {i} moved between staying slots"
+                );
             }
         }
     }
