@@ -129,8 +129,8 @@ pub async fn serve(handle: Handle, path: impl AsRef<Path>) -> Result<ControlServ
         }
         if dir == default || !dir.exists() {
             crate::private_dir::ensure(dir, 0o700)?;
-        } else if !crate::private_dir::sticky(dir) {
-            crate::private_dir::not_writable_by_others(dir)?;
+        } else {
+            crate::private_dir::check_chosen(dir)?;
         }
     }
     // After an upgrade in place, the socket the previous master served:

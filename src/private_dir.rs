@@ -46,37 +46,32 @@ pub(crate) fn ensure(dir: &Path, mode: u32) -> Result<PathBuf> {
         }
         check(d)?;
     }
-    check(dir)?;
+    if missing.is_empty() {
+        check(dir)?;
+    }
     Ok(dir.to_path_buf())
 }
 
-/// Whether `dir` is a sticky directory such as `/tmp`, where nobody can
-/// rename or remove what another user put there: a socket's parent that
-/// herd did not make is checked unless it is one.
-#[cfg(feature = "control")]
-pub(crate) fn sticky(dir: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(dir).is_ok_and(|m| m.mode() & 0o1000 != 0)
-}
-
-/// A directory the operator chose (not herd's own): only refused when
-/// users other than its owner could write to it.
+/// A directory the operator chose (not herd's own): refused only when
+/// users other than its owner could write to it, unless it is sticky like
+/// `/tmp` (where nobody can rename or remove what another user put there).
 ///
 /// # Errors
 ///
 /// [`Error::Io`] naming the path and its mode.
 #[cfg(feature = "control")]
-pub(crate) fn not_writable_by_others(dir: &Path) -> Result<()> {
+pub(crate) fn check_chosen(dir: &Path) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let meta =
         std::fs::metadata(dir).map_err(|e| Error::io(format!("checking {}", dir.display()), e))?;
-    if meta.mode() & 0o022 != 0 {
+    let mode = meta.mode();
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
         return Err(Error::io(
             format!(
                 "{} can be written by other users (mode {:o}), who could swap the control \
                  socket: chmod go-w it or choose another directory",
                 dir.display(),
-                meta.mode() & 0o7777
+                mode & 0o7777
             ),
             std::io::Error::from(std::io::ErrorKind::PermissionDenied),
         ));

@@ -21,9 +21,9 @@
 //   cut, whether Node's server.close() or the app closes them), WebSockets
 //   get a close frame (1001, going away), event streams (text/event-stream
 //   responses) are ended so that EventSource reconnects, socket.io's
-//   engines are closed so that long-polling clients reconnect, and when the app
-//   has no handler of its own the servers close and the process exits
-//   once they are drained.
+//   engines are closed so that long-polling clients reconnect, and when
+//   the app has no handler of its own the servers close and the process
+//   exits once they are drained.
 //
 // The process that takes the sockets removes the preload and every HERD_*
 // and LISTEN_* variable from its environment, so that what it starts is
@@ -378,12 +378,13 @@
   // engine the app attached is closed, its clients get a close packet on
   // their pending poll or socket, and they reconnect (to a new worker).
   const engines = new Set();
+  const patchedEngineIo = new WeakSet();
   const Module = require('module');
   const load = Module._load;
   Module._load = function herdLoad(request, ...rest) {
     const exported = load.call(this, request, ...rest);
     if (request === 'engine.io' && exported && typeof exported.attach === 'function' &&
-        !exported.herdAttach) {
+        !patchedEngineIo.has(exported)) {
       const attach = exported.attach;
       try {
         exported.attach = function herdAttach(...args) {
@@ -391,7 +392,7 @@
           if (engine && typeof engine.close === 'function') engines.add(engine);
           return engine;
         };
-        exported.herdAttach = true;
+        patchedEngineIo.add(exported);
       } catch (_) {
         // Read-only exports: long-polling sessions end at their next ping.
       }

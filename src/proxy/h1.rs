@@ -302,36 +302,32 @@ fn is_token(t: &[u8]) -> bool {
 /// an IPv4 address or a bracketed IP literal, then an optional numeric
 /// port. No user info, no white space, not empty.
 fn valid_authority(a: &[u8]) -> bool {
-    let (host, port) = if let Some(rest) = a.strip_prefix(b"[") {
+    let port_ok = |p: &[u8]| !p.is_empty() && p.len() <= 5 && p.iter().all(u8::is_ascii_digit);
+    if let Some(rest) = a.strip_prefix(b"[") {
         let Some(close) = rest.iter().position(|&b| b == b']') else {
             return false;
         };
         let literal = &rest[..close];
-        if literal.is_empty()
-            || !literal
+        let literal_ok = !literal.is_empty()
+            && literal
                 .iter()
-                .all(|&b| b.is_ascii_hexdigit() || b":.".contains(&b))
-        {
-            return false;
-        }
-        match &rest[close + 1..] {
-            [] => (&b"x"[..], None),
-            [b':', port @ ..] => (&b"x"[..], Some(port)),
-            _ => return false,
-        }
-    } else {
-        match a.iter().rposition(|&b| b == b':') {
-            Some(i) => (&a[..i], Some(&a[i + 1..])),
-            None => (a, None),
-        }
+                .all(|&b| b.is_ascii_hexdigit() || b":.".contains(&b));
+        return literal_ok
+            && match &rest[close + 1..] {
+                [] => true,
+                [b':', port @ ..] => port_ok(port),
+                _ => false,
+            };
+    }
+    let (name, port) = match a.iter().rposition(|&b| b == b':') {
+        Some(i) => (&a[..i], Some(&a[i + 1..])),
+        None => (a, None),
     };
-    let name_ok = !host.is_empty()
-        && host
+    !name.is_empty()
+        && name
             .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
-    let port_ok =
-        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
-    name_ok && port_ok
+            .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b))
+        && port.is_none_or(port_ok)
 }
 
 /// A request target in origin form (`/path?query`), or `*`: printable

@@ -298,15 +298,8 @@ impl Pool {
     }
 
     /// The most recently used idle connection for `address` that nothing
-    /// came on; `Err` when every one the worker had was closed by it (it
-    /// is probably exiting: the request goes to another worker rather
-    /// than on a new connection to this one).
-    fn take(
-        &self,
-        address: usize,
-        worker: Worker,
-        counters: &Counters,
-    ) -> Result<Option<Upstream>, ()> {
+    /// came on.
+    fn take(&self, address: usize, worker: Worker, counters: &Counters) -> Taken {
         let mut cx = Context::from_waker(Waker::noop());
         let mut state = self.lock();
         let mut closed = false;
@@ -316,15 +309,15 @@ impl Pool {
             }
             // The no-op waker also stops this one waking the watcher.
             match p.up.idle_state(&mut cx) {
-                Idle::Quiet => return Ok(Some(p.up)),
+                Idle::Quiet => return Taken::Idle(p.up),
                 Idle::Closed => closed = true,
                 Idle::Stray => worker.stray(counters, "on an idle connection"),
             }
         }
         if closed {
-            Err(())
+            Taken::WorkerClosing
         } else {
-            Ok(None)
+            Taken::None
         }
     }
 
@@ -349,6 +342,18 @@ impl Pool {
             tokio::spawn(watch(self.0.clone(), worker, counters.clone()));
         }
     }
+}
+
+/// What [`Pool::take`] found.
+enum Taken {
+    /// An idle connection nothing came on.
+    Idle(Upstream),
+    /// None for this address.
+    None,
+    /// None, and the worker had closed every one it had: it is probably
+    /// exiting, so the request goes to another worker rather than on a
+    /// new connection to this one.
+    WorkerClosing,
 }
 
 /// Drops each idle connection of a pool that the worker closes or sends
@@ -839,9 +844,9 @@ async fn connection(
             .pool
             .take(address, worker(backend), &shared.counters)
         {
-            Ok(Some(up)) => return Ok(up),
-            Ok(None) => {}
-            Err(()) => return Err(Unreachable::Closing),
+            Taken::Idle(up) => return Ok(up),
+            Taken::None => {}
+            Taken::WorkerClosing => return Err(Unreachable::Closing),
         }
     }
     // The PORT contract has one port for every address.

@@ -464,7 +464,12 @@ impl Counters {
             _ => &self.bad_gateway,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        self.notice(&self.error_throttle, crate::event::Notice::HttpError, text);
+        self.notice(
+            &self.error_throttle,
+            None,
+            crate::event::Notice::HttpError,
+            text,
+        );
     }
 
     /// HTTP mode: counts a response worker `slot` sent with no request
@@ -473,25 +478,25 @@ impl Counters {
     #[cfg(feature = "http")]
     fn worker_protocol_error(&self, slot: usize, text: impl FnOnce() -> String) {
         self.worker_protocol_errors.fetch_add(1, Ordering::Relaxed);
-        let line = self
-            .protocol_throttle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .line(std::time::Instant::now(), text);
-        if let Some(line) = line {
-            self.log
-                .notice(Some(slot), crate::event::Notice::WorkerProtocolError, line);
-        }
+        let notice = crate::event::Notice::WorkerProtocolError;
+        self.notice(&self.protocol_throttle, Some(slot), notice, text);
     }
 
     fn log(&self, text: impl FnOnce() -> String) {
-        self.notice(&self.throttle, crate::event::Notice::ConnectionLimit, text);
+        self.notice(
+            &self.throttle,
+            None,
+            crate::event::Notice::ConnectionLimit,
+            text,
+        );
     }
 
-    /// Logs a `notice` unless `throttle` has let one through this second.
+    /// Logs a `notice` (about `slot`, if one) unless `throttle` has let one
+    /// through this second.
     fn notice(
         &self,
         throttle: &Mutex<crate::supervisor::policy::LogThrottle>,
+        slot: Option<usize>,
         notice: crate::event::Notice,
         text: impl FnOnce() -> String,
     ) {
@@ -500,7 +505,7 @@ impl Counters {
             .unwrap_or_else(|p| p.into_inner())
             .line(std::time::Instant::now(), text);
         if let Some(line) = line {
-            self.log.notice(None, notice, line);
+            self.log.notice(slot, notice, line);
         }
     }
 }

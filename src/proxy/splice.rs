@@ -35,7 +35,7 @@ pub(crate) async fn bidirectional(
         };
         if let Err(e) = result {
             for s in [client, upstream] {
-                let _ = socket2::SockRef::from(s).set_linger(Some(std::time::Duration::ZERO));
+                super::relay::Duplex::reset_on_close(s);
             }
             return Err(e);
         }
