@@ -302,8 +302,7 @@ fn parse_restart(s: &str) -> Result<RestartPolicy, String> {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("`{s}` is not a duration like 500ms or 30s: {e}"))
+    herd::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// `--metrics`: the facade's values for Prometheus, and the probes.

@@ -12,20 +12,22 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal as NixSignal;
 
-use crate::signal::Signal;
+use crate::types::Signal;
 use nix::unistd::AccessFlags;
 use tokio::sync::{broadcast, mpsc, watch};
 
-use crate::error::{Error, Result};
-use crate::event::{Event, OutputLine, WorkerInfo};
+use crate::event::{Event, OutputLine};
 use crate::log::Log;
 use crate::net::{default_backlog, Balance, Bound, Listeners, Source};
-use crate::process::KillMode;
 use crate::proxy::ProxyProtocol;
 use crate::ready::{Readiness, DEFAULT_START_TIMEOUT};
 use crate::supervisor::policy::{Backoff, CrashLoop, RestartPolicy, Supervision};
-use crate::supervisor::reload::{ReloadReport, Target, DEFAULT_RELOAD_PARALLEL};
+use crate::supervisor::reload::Target;
 use crate::supervisor::{self, Control};
+use crate::types::KillMode;
+use crate::types::WorkerInfo;
+use crate::types::{Error, Result};
+use crate::types::{ReloadReport, DEFAULT_RELOAD_PARALLEL};
 
 /// Default time a stopping worker gets to finish its requests before its
 /// process group is SIGKILLed.
@@ -929,7 +931,7 @@ impl Builder {
             if d > MAX_SETTING {
                 return Err(Error::InvalidSetting {
                     setting,
-                    reason: format!("{} is longer than a year", crate::event::Millis(d)),
+                    reason: format!("{} is longer than a year", crate::types::Millis(d)),
                 });
             }
         }
@@ -1031,7 +1033,7 @@ impl Builder {
                         setting,
                         reason: format!(
                             "{} is for --balance http, not {}",
-                            crate::event::Millis(d),
+                            crate::types::Millis(d),
                             self.balance
                         ),
                     })
@@ -1246,7 +1248,8 @@ impl Builder {
                 state.compatible(self.balance)?;
                 // The running cluster's sockets, mode and number of slots
                 // carry over; the rest of the configuration is this one.
-                let (listeners, adopted) = state.take_over()?;
+                let (sockets, adopted) = state.into_parts();
+                let listeners = Listeners::inherited(sockets)?;
                 config.workers = adopted.slots.len();
                 return Ok(Cluster::new(config, listeners, Some(adopted)));
             }

@@ -43,8 +43,8 @@ use serde_json::{json, Value};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
-use crate::error::{Error, Result};
 use crate::event::OutputLine;
+use crate::types::{Error, Result};
 use crate::{Handle, Signal};
 
 /// Connections served at once; more wait in the listen queue.

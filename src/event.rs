@@ -6,10 +6,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::process::Exit;
-use crate::ready::Readiness;
-use crate::supervisor::reload::ReloadReport;
-use crate::supervisor::slot::WorkerState;
+use crate::types::{Exit, Millis, Readiness, ReloadReport};
 
 /// Something that happened to the cluster or one of its workers.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,13 +46,16 @@ pub enum Event {
         /// The start timeout.
         #[cfg_attr(
             feature = "serde",
-            serde(rename = "timeout_ms", serialize_with = "crate::serde_impl::millis")
+            serde(
+                rename = "timeout_ms",
+                serialize_with = "crate::types::serde_impl::millis"
+            )
         )]
         timeout: Duration,
         /// What it was expected to do to be ready.
         #[cfg_attr(
             feature = "serde",
-            serde(serialize_with = "crate::serde_impl::display")
+            serde(serialize_with = "crate::types::serde_impl::display")
         )]
         readiness: Readiness,
     },
@@ -109,7 +109,10 @@ pub enum Event {
         /// How long it ran.
         #[cfg_attr(
             feature = "serde",
-            serde(rename = "uptime_ms", serialize_with = "crate::serde_impl::millis")
+            serde(
+                rename = "uptime_ms",
+                serialize_with = "crate::types::serde_impl::millis"
+            )
         )]
         uptime: Duration,
         /// False when it exited on its own, true when herd stopped it.
@@ -122,7 +125,10 @@ pub enum Event {
         /// The backoff delay.
         #[cfg_attr(
             feature = "serde",
-            serde(rename = "delay_ms", serialize_with = "crate::serde_impl::millis")
+            serde(
+                rename = "delay_ms",
+                serialize_with = "crate::types::serde_impl::millis"
+            )
         )]
         delay: Duration,
     },
@@ -141,7 +147,10 @@ pub enum Event {
         /// Within this window.
         #[cfg_attr(
             feature = "serde",
-            serde(rename = "window_ms", serialize_with = "crate::serde_impl::millis")
+            serde(
+                rename = "window_ms",
+                serialize_with = "crate::types::serde_impl::millis"
+            )
         )]
         window: Duration,
         /// The worker's last output lines, oldest first.
@@ -747,32 +756,6 @@ fn exit_json(exit: Exit) -> String {
     }
 }
 
-/// Formats a duration the way the CLI takes it: `250ms`, `1.5s`, `2m5s`.
-pub(crate) struct Millis(pub(crate) Duration);
-
-impl fmt::Display for Millis {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.0.as_millis();
-        if ms < 1000 {
-            write!(f, "{ms}ms")
-        } else if ms < 60_000 {
-            let tenths = (ms % 1000) / 100;
-            if tenths == 0 {
-                write!(f, "{}s", ms / 1000)
-            } else {
-                write!(f, "{}.{tenths}s", ms / 1000)
-            }
-        } else {
-            let (m, s) = (ms / 60_000, (ms % 60_000) / 1000);
-            if s == 0 {
-                write!(f, "{m}m")
-            } else {
-                write!(f, "{m}m{s}s")
-            }
-        }
-    }
-}
-
 /// One line a worker wrote (without its newline), as
 /// [`crate::Handle::output`] delivers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -800,70 +783,9 @@ pub enum OutputStream {
     Stderr,
 }
 
-/// A point-in-time view of one worker slot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-#[non_exhaustive]
-pub struct WorkerInfo {
-    /// The slot index (also the worker's `NODE_APP_INSTANCE`).
-    pub slot: usize,
-    /// The generation of the current or last worker.
-    pub generation: u64,
-    /// The pid of the live worker, if any.
-    pub pid: Option<u32>,
-    /// Where the slot is in its life.
-    pub state: WorkerState,
-    /// How many times the slot was restarted after an unexpected exit.
-    pub restarts: u32,
-    /// How the previous worker of this slot ended.
-    pub last_exit: Option<Exit>,
-    /// Predecessors still draining after a reload.
-    pub draining: Vec<u32>,
-    /// When the current worker was started (uptime is `started.elapsed()`).
-    #[cfg_attr(
-        feature = "serde",
-        serde(rename = "uptime_ms", serialize_with = "crate::serde_impl::elapsed_ms")
-    )]
-    pub started: Option<std::time::Instant>,
-    /// CPU time the current worker has used (its cgroup's, else its own and
-    /// its app's), as of the last sample ([`crate::Builder::sample_interval`]).
-    #[cfg_attr(
-        feature = "serde",
-        serde(rename = "cpu_ms", serialize_with = "crate::serde_impl::opt_millis")
-    )]
-    pub cpu_time: Option<std::time::Duration>,
-    /// Its CPU use over the last sampling interval, in percent of one core.
-    pub cpu_percent: Option<u32>,
-    /// Its resident memory, in bytes, as of the last sample.
-    #[cfg_attr(feature = "serde", serde(rename = "memory_bytes"))]
-    pub memory: Option<u64>,
-    /// When the current worker became ready, if it is.
-    #[cfg_attr(
-        feature = "serde",
-        serde(
-            rename = "ready_for_ms",
-            serialize_with = "crate::serde_impl::elapsed_ms"
-        )
-    )]
-    pub ready_since: Option<std::time::Instant>,
-    /// A reload's successor that is still starting next to the current
-    /// worker.
-    pub successor: Option<u32>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_print_as_the_cli_reads_them() {
-        let s = |ms| Millis(Duration::from_millis(ms)).to_string();
-        assert_eq!(s(250), "250ms");
-        assert_eq!(s(1000), "1s");
-        assert_eq!(s(1500), "1.5s");
-        assert_eq!(s(125_000), "2m5s");
-        assert_eq!(s(60_000), "1m");
-    }
 
     #[test]
     fn events_have_a_stable_json_form() {

@@ -134,7 +134,6 @@ pub mod balance;
 mod cluster;
 #[cfg(feature = "control")]
 pub mod control;
-mod error;
 mod event;
 mod log;
 pub mod logfile;
@@ -145,11 +144,9 @@ mod private_dir;
 mod process;
 pub mod proxy;
 pub mod ready;
-#[cfg(feature = "serde")]
-mod serde_impl;
 mod service;
-mod signal;
 mod supervisor;
+mod types;
 mod upgrade;
 pub mod worker;
 
@@ -158,12 +155,22 @@ pub use cluster::{
     Builder, Cluster, Handle, Phase, WorkerCommand, DEFAULT_DRAIN_TIMEOUT, DEFAULT_SAMPLE_INTERVAL,
     DEFAULT_SETTLE, DEFAULT_STOP_SIGNAL,
 };
-pub use error::{Error, Result, SlotFailure};
-pub use event::{Event, Notice, OutputLine, OutputStream, WorkerInfo};
-pub use net::{Balance, Cidr};
-pub use process::{Exit, KillMode};
-pub use ready::{Readiness, DEFAULT_START_TIMEOUT};
-pub use signal::Signal;
+pub use event::{Event, Notice, OutputLine, OutputStream};
+pub use types::{
+    Balance, Cidr, Error, Exit, KillMode, Readiness, ReloadFailure, ReloadReport, Replacement,
+    Result, Signal, SlotFailure, WorkerInfo, WorkerState, DEFAULT_RELOAD_PARALLEL,
+    DEFAULT_START_TIMEOUT,
+};
+
+/// Parses a duration as herd's flags take it: `250ms`, `30s`, `1.5s`,
+/// `2m5s`, `1h` (what herd prints in its logs and events reads back).
+///
+/// # Errors
+///
+/// [`Error::Parse`] naming the text.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration> {
+    types::duration::parse(text)
+}
 
 /// Parses a memory size as the `--max-memory` flag takes it: `300M`,
 /// `1.5G`, `512K`, `64MiB` (binary units), or bytes.
@@ -183,5 +190,3 @@ pub use supervisor::policy::{
     DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_JITTER, DEFAULT_BACKOFF_MAX, DEFAULT_CRASH_LIMIT,
     DEFAULT_CRASH_WINDOW, DEFAULT_MIN_UPTIME,
 };
-pub use supervisor::reload::{ReloadFailure, ReloadReport, Replacement, DEFAULT_RELOAD_PARALLEL};
-pub use supervisor::slot::WorkerState;

@@ -20,7 +20,7 @@ use std::time::SystemTime;
 
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::error::{Error, Result};
+use crate::types::{Error, Result};
 use crate::Handle;
 
 /// Lines queued for the writer thread before new ones are dropped.

@@ -18,7 +18,7 @@ use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
 use nix::sys::stat::{fstat, Mode};
 
-use crate::error::{Error, Result};
+use crate::types::{Error, Result};
 
 /// Creates `dir` (and each missing parent, with the same `mode`) unless it
 /// exists, then checks every directory it created and `dir` itself.

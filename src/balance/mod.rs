@@ -9,66 +9,10 @@
 //! the benches measure the real code; they are hidden from the docs and may
 //! change in any release.
 
-use std::fmt;
 use std::net::IpAddr;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::error::{Error, Result};
-
-/// How proxy mode picks a worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Strategy {
-    /// Each worker in turn.
-    #[default]
-    RoundRobin,
-    /// The worker with the fewest open connections (ties in turn).
-    LeastConnections,
-    /// Two workers at random, the less loaded of them: nearly as good as
-    /// least-connections, without a scan.
-    PowerOfTwo,
-    /// The client's IP address decides (rendezvous hashing over slots,
-    /// looked up in a table built when the set of workers changes, so a
-    /// pick costs the same for 2 workers or 256): a client keeps its
-    /// worker, and when a worker leaves or joins only the clients of that
-    /// worker move.
-    IpHash,
-}
-
-impl Strategy {
-    /// The names [`FromStr`] accepts.
-    pub const NAMES: &'static [&'static str] = &["round-robin", "least-conn", "p2c", "ip-hash"];
-}
-
-impl fmt::Display for Strategy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Strategy::RoundRobin => "round-robin",
-            Strategy::LeastConnections => "least-conn",
-            Strategy::PowerOfTwo => "p2c",
-            Strategy::IpHash => "ip-hash",
-        })
-    }
-}
-
-impl FromStr for Strategy {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "round-robin" | "roundrobin" | "rr" => Ok(Strategy::RoundRobin),
-            "least-conn" | "least-connections" | "leastconn" => Ok(Strategy::LeastConnections),
-            "p2c" | "power-of-two" | "power-of-two-choices" => Ok(Strategy::PowerOfTwo),
-            "ip-hash" | "iphash" | "source" => Ok(Strategy::IpHash),
-            _ => Err(Error::Parse {
-                what: "proxy strategy",
-                input: s.to_owned(),
-                reason: format!("expected one of: {}", Strategy::NAMES.join(", ")),
-            }),
-        }
-    }
-}
+pub use crate::types::Strategy;
 
 /// What a strategy needs to know of one worker.
 #[doc(hidden)]

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::types::{Error, Result};
 
 /// The preload's source.
 pub(crate) const PRELOAD_JS: &str = include_str!("preload.js");

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::error::{Error, Result};
+use crate::types::{Error, Result};
 
 /// Variables herd sets for each worker itself, or that belong to the
 /// master's own supervisor and must not leak into workers (a worker that

@@ -16,7 +16,8 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use super::spawn::{SpawnError, SpawnRequest};
-use super::{reap, signal_group, signal_process, spawner, Exit};
+use super::{reap, signal_group, signal_process, spawner};
+use crate::types::Exit;
 
 /// Resolves once the process has ended and been reaped.
 pub(crate) type Reaped = Pin<Box<dyn Future<Output = io::Result<Exit>> + Send>>;

@@ -14,7 +14,8 @@ use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use super::{signal_group, Exit};
+use super::signal_group;
+use crate::types::Exit;
 
 /// Waits until `pid` exits, SIGKILLs whatever is left of its process group,
 /// and reaps it.

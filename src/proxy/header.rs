@@ -5,7 +5,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
-use crate::error::{Error, Result};
+use crate::types::{Error, Result};
 
 /// Which PROXY protocol header the master sends before the client's bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

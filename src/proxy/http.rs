@@ -41,7 +41,7 @@ use tokio::net::{tcp, unix, TcpListener, TcpStream};
 use super::h1::{self, Answering, Body, Framing, Pass, RequestHead};
 use super::{admit, relay, Backend, Counted, Counters, ProxyConfig, Rotation, Upstream};
 use crate::balance::{hash_ip, Picker};
-use crate::net::Cidr;
+use crate::types::Cidr;
 
 /// How long a request waits for a ready worker before it is answered 503.
 pub const NO_WORKER_WAIT: Duration = Duration::from_secs(10);

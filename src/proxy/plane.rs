@@ -19,8 +19,8 @@ use super::{
     accept_loop, pass_on, private_listener, private_unix_listener, Backend, Counters, ProxyConfig,
     Registry, Rotation, Target,
 };
-use crate::error::{Error, Result};
 use crate::net::Listeners;
+use crate::types::{Error, Result};
 
 /// Proxy mode, running.
 pub(crate) struct Plane {

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use crate::process::os::{Launched, Processes};
 use crate::process::spawn::{SpawnError, SpawnRequest};
-use crate::process::Exit;
+use crate::types::Exit;
 
 /// What a fake worker does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

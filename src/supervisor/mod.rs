@@ -29,22 +29,25 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
 use crate::cluster::{Config, Handle, Phase, Snapshot};
-use crate::error::{Error, Result};
-use crate::event::{Event, Millis, Notice};
+use crate::event::{Event, Notice};
 use crate::net::Listeners;
 use crate::process::cgroup::{ClusterCgroup, WorkerCgroup};
 use crate::process::os::Processes;
 use crate::process::output;
 use crate::process::sentinel::Sentinel;
 use crate::process::spawn::SpawnRequest;
-use crate::process::{process_group_of, usage, Exit, KillMode};
+use crate::process::{process_group_of, usage};
 use crate::proxy::plane::{self, Plane};
 use crate::proxy::{self, ProxyConfig};
 use crate::ready::notify::NotifySocket;
 use crate::ready::{ipc, pipe, Note, Readiness};
 use crate::service::ServiceNotify;
+use crate::types::Millis;
+use crate::types::ReloadFailure;
+use crate::types::{Error, Result};
+use crate::types::{Exit, KillMode};
 use policy::Decision;
-use reload::{ReloadFailure, ReloadRun, Target, Waiter};
+use reload::{ReloadRun, Target, Waiter};
 use slot::{Due, ExitOutcome, Role, Slot};
 
 /// How long a reaped worker's output pipes may take to reach EOF before the

@@ -8,8 +8,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
-use crate::process::Exit;
+use crate::types::Exit;
+use crate::types::{Error, Result};
 
 /// Default first restart delay.
 pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_millis(100);

@@ -2,12 +2,13 @@
 //! aborting on a failed successor. The bookkeeping (which slots are left,
 //! the report) is the pure [`super::reload`]; this is the part with effects.
 
-use super::reload::{self, ReloadFailure, ReloadRun, Replacement, Target, Waiter};
+use super::reload::{self, ReloadRun, Target, Waiter};
 use super::slot::Role;
 use super::{clock, Supervisor};
 use crate::cluster::Phase;
-use crate::error::Error;
 use crate::event::{Event, Notice};
+use crate::types::Error;
+use crate::types::{ReloadFailure, Replacement};
 
 impl Supervisor {
     /// A reload's successor is ready: it takes the slot, the predecessor

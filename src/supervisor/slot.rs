@@ -9,52 +9,18 @@
 //! (starting next to the current one on the same sockets), and *retiring*
 //! predecessors that were told to stop and are draining.
 
-use crate::process::usage::Usage;
-use std::fmt;
 use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
 use super::policy::{Decision, RestartTracker, Supervision};
-use crate::error::SlotFailure;
-use crate::process::Exit;
+use crate::process::usage::Usage;
+use crate::types::{Exit, SlotFailure, WorkerState};
 
 /// After a held-back stop signal (sent when the worker's connections
 /// ended, or at the drain timeout), how long the worker has to exit before
 /// SIGKILL, at most (never more than the drain timeout itself).
 pub(crate) const DEFERRED_STOP_GRACE: Duration = Duration::from_secs(5);
-/// Where a slot is in its life (the state of its current worker).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-#[non_exhaustive]
-#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
-pub enum WorkerState {
-    /// Spawned, not ready yet (readiness not reported).
-    Starting,
-    /// Running and serving.
-    Ready,
-    /// Told to stop; draining until it exits or the drain timeout passes.
-    Stopping,
-    /// Empty, waiting out the backoff delay before the next start.
-    Backoff,
-    /// Empty for good: stopped, or its exit is not restarted by the policy.
-    Exited,
-    /// Given up on: the crash-loop limit tripped.
-    Failed,
-}
-
-impl fmt::Display for WorkerState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            WorkerState::Starting => "starting",
-            WorkerState::Ready => "ready",
-            WorkerState::Stopping => "stopping",
-            WorkerState::Backoff => "backoff",
-            WorkerState::Exited => "exited",
-            WorkerState::Failed => "failed",
-        })
-    }
-}
 
 /// Which place in the slot a process holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -302,8 +268,8 @@ impl Slot {
     }
 
     /// The slot as [`crate::Handle::workers`] shows it.
-    pub(crate) fn info(&self) -> crate::event::WorkerInfo {
-        crate::event::WorkerInfo {
+    pub(crate) fn info(&self) -> crate::types::WorkerInfo {
+        crate::types::WorkerInfo {
             slot: self.index,
             generation: self.generation,
             pid: self.pid().map(|p| p.as_raw() as u32),

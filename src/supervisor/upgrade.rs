@@ -18,13 +18,13 @@ use tokio::task::{AbortHandle, JoinHandle};
 
 use super::{clock, Reaped, Supervisor, OUTPUT_GRACE};
 use crate::cluster::Phase;
-use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::process::cgroup::WorkerCgroup;
 use crate::process::output::{self, Sink, Stream, Tail};
 use crate::process::spawn::SpawnRequest;
 use crate::process::{os, reap, spawner};
 use crate::ready::{ipc, pipe, Readiness};
+use crate::types::{Error, Result};
 use crate::upgrade::{self as handoff, ChannelKind, ListenerState, State, WorkerRecord};
 
 /// How long an upgrade waits for the cluster to settle (a reload to end,
@@ -379,7 +379,7 @@ impl Supervisor {
                 if waited > SETTLE_LIMIT {
                     self.refuse_upgrade(format!(
                         "the cluster did not settle (a reload, a start or a drain) within {}",
-                        crate::event::Millis(SETTLE_LIMIT)
+                        crate::types::Millis(SETTLE_LIMIT)
                     ));
                 }
                 return;
@@ -624,7 +624,7 @@ async fn preflight(exe: &std::path::Path, description: &str) -> std::result::Res
             let _ = reap::wait(pid, spawned.pidfd).await;
             return Err(format!(
                 "{what} did not finish its pre-flight check within {}",
-                crate::event::Millis(handoff::CHECK_TIMEOUT)
+                crate::types::Millis(handoff::CHECK_TIMEOUT)
             ));
         }
     };
@@ -645,6 +645,6 @@ async fn preflight(exe: &std::path::Path, description: &str) -> std::result::Res
     };
     Err(format!(
         "{what} failed its pre-flight check after {}: it {ended}: {last}",
-        crate::event::Millis(started.elapsed())
+        crate::types::Millis(started.elapsed())
     ))
 }

@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 
-use crate::error::{Error, Result};
+use crate::types::{Error, Result};
 
 /// The variable holding the worker's slot index.
 pub const SLOT_ENV: &str = "HERD_WORKER_SLOT";

@@ -1,69 +1,19 @@
-//! Upgrading the master in place: what crosses `execve`, and how.
-//!
-//! einhorn's model, not nginx's: the master re-executes its own binary in
-//! the same process, so its pid (systemd's `MainPID`, the workers' parent)
-//! stays. Everything the running cluster is made of is an fd or a number:
-//! the listening sockets (keyed by address *and slot*, never by address
-//! alone: a reuseport group has one socket per slot on the same address),
-//! each worker's pidfd, output pipes and readiness channel, the notify
-//! socket, the cgroup sentinel's pipe, and whatever the program asked to
-//! carry (the control socket, a metrics listener). Those fds are duplicated
-//! without close-on-exec, and a text description of the slot table naming
-//! them goes into a memfd whose number is in `HERD_UPGRADE=state:FD`.
-//!
-//! Before that, the new binary runs once with `HERD_UPGRADE=check:3` and
-//! the same arguments: [`crate::Builder::build`] then validates its
-//! configuration against the description, prints [`CHECK_OK`] and exits 0.
-//! Anything else (the file is not there, not executable, not herd, rejects
-//! its arguments, cannot read this format) aborts the upgrade and the old
-//! master goes on as if nothing happened.
-//!
-//! The exec itself happens on the spawner thread, the thread that forked
-//! every worker: `PR_SET_PDEATHSIG` fires when the *thread* that forked a
-//! child exits, and `execve` ends every thread but the caller.
+//! The description of a running cluster that crosses `execve` as text:
+//! sockets, slots and workers named by fd number, read back and checked
+//! by the successor.
 
 use std::collections::HashSet;
-use std::ffi::{CString, OsStr, OsString};
-use std::io::{self, Read, Seek, Write};
+use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use crate::error::{Error, Result};
-use crate::process::Exit;
-use crate::supervisor::slot::WorkerState;
-use crate::Balance;
+use crate::types::{Balance, Error, Exit, Result, WorkerState};
 
-/// The environment variable that tells a starting master it is an upgrade
-/// (`state:FD`) or its pre-flight (`check:FD`).
-pub(crate) const ENV: &str = "HERD_UPGRADE";
 /// The first line of the description; a master that reads another refuses.
 const FORMAT: &str = "herd-upgrade 1";
-/// What a pre-flight run prints on stdout when the new binary would take
-/// over: its absence means it would not.
-pub(crate) const CHECK_OK: &str = "herd-upgrade-check-ok 1";
-/// How long the pre-flight run may take.
-pub(crate) const CHECK_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// The binary this process was started from, read at the first build:
-/// `/proc/self/exe` names a replaced file "... (deleted)" later on.
-static EXE: OnceLock<Option<PathBuf>> = OnceLock::new();
-/// The description was taken (by the first build of this process).
-static TAKEN: AtomicBool = AtomicBool::new(false);
-
-/// Remembers which binary to re-execute. Called by every build.
-pub(crate) fn remember_exe() {
-    EXE.get_or_init(|| std::env::current_exe().ok());
-}
-
-/// The binary to re-execute.
-pub(crate) fn exe() -> Option<PathBuf> {
-    EXE.get().cloned().flatten()
-}
 
 /// How a worker's readiness channel is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -488,7 +438,7 @@ impl State<RawFd> {
     /// # Errors
     ///
     /// An fd that is not open (the description does not match the process).
-    fn adopt(self) -> std::result::Result<State<OwnedFd>, String> {
+    pub(super) fn adopt(self) -> std::result::Result<State<OwnedFd>, String> {
         for fd in self.fds() {
             // F_GETFD fails with EBADF for an fd that is not open.
             if !is_open(fd) {
@@ -599,22 +549,10 @@ impl<'a> Fields<'a> {
 }
 
 /// Whether `fd` is open in this process.
-fn is_open(fd: RawFd) -> bool {
+pub(super) fn is_open(fd: RawFd) -> bool {
     // SAFETY: F_GETFD reads the fd's flags and changes nothing; on a number
     // that is not open it fails with EBADF.
     unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) >= 0 }
-}
-
-/// What a master started by an upgrade takes over, besides the sockets.
-#[derive(Debug)]
-pub(crate) struct Adopted {
-    pub(crate) upgrades: u32,
-    pub(crate) notify: Option<(OwnedFd, String)>,
-    pub(crate) cgroup: Option<PathBuf>,
-    pub(crate) sentinel: Option<(OwnedFd, i32)>,
-    pub(crate) slots: Vec<SlotState>,
-    pub(crate) workers: Vec<WorkerRecord<OwnedFd>>,
-    pub(crate) carried: Vec<(String, OwnedFd)>,
 }
 
 impl<F> State<F> {
@@ -634,204 +572,6 @@ impl<F> State<F> {
             });
         }
         Ok(())
-    }
-}
-
-impl State<OwnedFd> {
-    /// The listeners, checked, and the rest.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Upgrade`] when a socket does not listen where described.
-    pub(crate) fn take_over(self) -> Result<(crate::net::Listeners, Adopted)> {
-        let listeners = crate::net::Listeners::inherited(
-            self.listeners,
-            self.balance,
-            self.backlog,
-            self.steered,
-            self.steer_broken,
-        )?;
-        let adopted = Adopted {
-            upgrades: self.upgrades,
-            notify: self.notify,
-            cgroup: self.cgroup,
-            sentinel: self.sentinel,
-            slots: self.slots,
-            workers: self.workers,
-            carried: self.carried,
-        };
-        Ok((listeners, adopted))
-    }
-}
-
-/// What the environment says this process is.
-pub(crate) enum Inherited {
-    /// The pre-flight run of an upgrade: check, print [`CHECK_OK`], exit.
-    Check(State<RawFd>),
-    /// The upgraded master: adopt.
-    Adopt(State<OwnedFd>),
-}
-
-/// Reads `HERD_UPGRADE`, once per process.
-///
-/// # Errors
-///
-/// [`Error::Upgrade`] when the variable is set and the description cannot
-/// be read.
-pub(crate) fn inherited() -> Result<Option<Inherited>> {
-    let Some(value) = std::env::var_os(ENV) else {
-        return Ok(None);
-    };
-    if TAKEN.swap(true, Ordering::SeqCst) {
-        return Ok(None);
-    }
-    let bad = |reason: String| Error::Upgrade { reason };
-    let value = value.to_string_lossy().into_owned();
-    let (mode, fd) = value
-        .split_once(':')
-        .ok_or_else(|| bad(format!("{ENV}={value} is not check:FD or state:FD")))?;
-    let fd: RawFd = fd
-        .parse()
-        .ok()
-        .filter(|&fd| fd > 2)
-        .ok_or_else(|| bad(format!("{ENV}={value} does not name an fd")))?;
-    if !is_open(fd) {
-        return Err(bad(format!("{ENV}={value}: fd {fd} is not open")));
-    }
-    // SAFETY: the fd is open (checked above) and was passed to this process
-    // for this purpose alone; TAKEN makes sure it is owned once.
-    let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    let mut text = String::new();
-    file.rewind()
-        .and_then(|_| file.read_to_string(&mut text))
-        .map_err(|e| bad(format!("reading the description from fd {fd}: {e}")))?;
-    drop(file);
-    let state = State::decode(&text).map_err(bad)?;
-    match mode {
-        "check" => Ok(Some(Inherited::Check(state))),
-        "state" => Ok(Some(Inherited::Adopt(state.adopt().map_err(bad)?))),
-        _ => Err(bad(format!("{ENV}={value} is not check:FD or state:FD"))),
-    }
-}
-
-/// A memfd holding `text`, rewound; close-on-exec unless `inherit`.
-pub(crate) fn memfd(text: &str, inherit: bool) -> io::Result<OwnedFd> {
-    let flags = if inherit {
-        nix::sys::memfd::MFdFlags::empty()
-    } else {
-        nix::sys::memfd::MFdFlags::MFD_CLOEXEC
-    };
-    let fd = nix::sys::memfd::memfd_create(c"herd-upgrade", flags)?;
-    let mut file = std::fs::File::from(fd);
-    file.write_all(text.as_bytes())?;
-    file.rewind()?;
-    Ok(OwnedFd::from(file))
-}
-
-/// A duplicate of `fd` that survives exec.
-pub(crate) fn inheritable(fd: impl AsFd) -> io::Result<OwnedFd> {
-    let raw = nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_DUPFD(3))?;
-    // SAFETY: F_DUPFD just returned this new fd; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
-}
-
-/// The environment for the new binary: this process's, without what
-/// described the sockets it was started with (they are described in the
-/// state now) or an earlier upgrade, with `extra` added.
-pub(crate) fn environment(extra: (&str, String)) -> Vec<(OsString, OsString)> {
-    const DROP: &[&str] = &[ENV, "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"];
-    let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
-        .filter(|(k, _)| !DROP.iter().any(|d| OsStr::new(d) == k))
-        .collect();
-    env.push((extra.0.into(), extra.1.into()));
-    env
-}
-
-/// What the spawner thread needs to exec the new binary.
-#[derive(Debug)]
-pub(crate) struct ExecRequest {
-    pub(crate) path: CString,
-    pub(crate) argv: Vec<CString>,
-    pub(crate) env: Vec<CString>,
-    /// Ignore the master's signals across the exec (the new master installs
-    /// its handlers): a SIGTERM in the gap would end the master.
-    pub(crate) ignore_signals: bool,
-}
-
-/// Converts to C strings; an interior NUL is an error naming the culprit.
-pub(crate) fn c_string(what: &str, bytes: &[u8]) -> Result<CString> {
-    CString::new(bytes).map_err(|_| Error::Upgrade {
-        reason: format!("{what} contains a NUL byte"),
-    })
-}
-
-/// The signals `run()` handles, ignored across the exec.
-pub(crate) const MASTER_SIGNALS: &[nix::libc::c_int] = &[
-    nix::libc::SIGTERM,
-    nix::libc::SIGINT,
-    nix::libc::SIGQUIT,
-    nix::libc::SIGHUP,
-    nix::libc::SIGTTIN,
-    nix::libc::SIGTTOU,
-    nix::libc::SIGUSR2,
-];
-
-/// Replaces this process with the new binary. Runs on the spawner thread.
-/// Returns only if `execve` failed, with the signal handling as it was.
-pub(crate) fn exec(req: &ExecRequest) -> io::Error {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let mut argv: Vec<*const nix::libc::c_char> = req.argv.iter().map(|a| a.as_ptr()).collect();
-    argv.push(std::ptr::null());
-    let mut envp: Vec<*const nix::libc::c_char> = req.env.iter().map(|e| e.as_ptr()).collect();
-    envp.push(std::ptr::null());
-    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
-    let mut saved = Vec::new();
-    if req.ignore_signals {
-        for &raw in MASTER_SIGNALS {
-            let Ok(sig) = Signal::try_from(raw) else {
-                continue;
-            };
-            // SAFETY: installing SIG_IGN runs no code of ours in a handler;
-            // the previous action is restored below if exec fails.
-            if let Ok(old) = unsafe { sigaction(sig, &ignore) } {
-                saved.push((sig, old));
-            }
-        }
-    }
-    // SAFETY: every pointer is into a NUL-terminated string or array that
-    // lives until this function returns; on success execve does not return.
-    unsafe { nix::libc::execve(req.path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-    let error = io::Error::last_os_error();
-    for (sig, old) in saved {
-        // SAFETY: puts back exactly the action that was installed before.
-        let _ = unsafe { sigaction(sig, &old) };
-    }
-    error
-}
-
-/// Fds a program carries to its successor by key (the control socket, a
-/// metrics listener), and those its predecessor carried to it.
-#[derive(Debug, Default)]
-pub(crate) struct Carried {
-    /// What goes to the next master.
-    pub(crate) outgoing: Mutex<Vec<(String, OwnedFd)>>,
-    /// What came from the previous one, until taken.
-    pub(crate) incoming: Mutex<Vec<(String, OwnedFd)>>,
-}
-
-impl Carried {
-    /// Registers `fd` (a duplicate) under `key`, replacing an earlier one.
-    pub(crate) fn carry(&self, key: &str, fd: OwnedFd) {
-        let mut out = self.outgoing.lock().unwrap_or_else(|p| p.into_inner());
-        out.retain(|(k, _)| k != key);
-        out.push((key.to_owned(), fd));
-    }
-
-    /// The fd the previous master carried under `key`.
-    pub(crate) fn take(&self, key: &str) -> Option<OwnedFd> {
-        let mut incoming = self.incoming.lock().unwrap_or_else(|p| p.into_inner());
-        let i = incoming.iter().position(|(k, _)| k == key)?;
-        Some(incoming.swap_remove(i).1)
     }
 }
 

@@ -9,7 +9,7 @@ use std::str::FromStr;
 
 use nix::sys::signal::Signal as Nix;
 
-use crate::error::{Error, Result};
+use crate::types::{Error, Result};
 
 /// A Unix signal: a stop signal to configure, one to send to a worker, or
 /// the one that killed it.

@@ -43,9 +43,10 @@ mod tests {
 
     use serde_json::{json, Value};
 
-    use crate::event::{Event, Notice, WorkerInfo};
-    use crate::process::Exit;
-    use crate::ready::Readiness;
+    use crate::event::{Event, Notice};
+    use crate::types::Exit;
+    use crate::types::Readiness;
+    use crate::types::WorkerInfo;
 
     /// The serde form of an event is the stable JSON form `to_json`
     /// writes, key for key.

@@ -137,7 +137,7 @@ pub enum Error {
     #[error("every worker has exited and none is restarted; failed: {}", describe_exits(.slots))]
     WorkersFailed {
         /// Each failed slot with how its last worker ended.
-        slots: Vec<(usize, crate::process::Exit)>,
+        slots: Vec<(usize, crate::types::Exit)>,
     },
 
     /// A slot index out of range.
@@ -197,11 +197,14 @@ pub struct SlotFailure {
     /// The window those exits happened in.
     #[cfg_attr(
         feature = "serde",
-        serde(rename = "window_ms", serialize_with = "crate::serde_impl::millis")
+        serde(
+            rename = "window_ms",
+            serialize_with = "crate::types::serde_impl::millis"
+        )
     )]
     pub window: Duration,
     /// How the last worker ended.
-    pub last_exit: Option<crate::process::Exit>,
+    pub last_exit: Option<crate::types::Exit>,
     /// The last worker's last output lines (with the lines that explain a
     /// failure), oldest first: "database is down" reaches whoever only
     /// uses `?`.
@@ -224,7 +227,7 @@ fn builder_method(setting: &str) -> String {
     }
 }
 
-fn describe_exits(slots: &[(usize, crate::process::Exit)]) -> String {
+fn describe_exits(slots: &[(usize, crate::types::Exit)]) -> String {
     slots
         .iter()
         .map(|(slot, exit)| format!("slot {slot} {exit}"))
@@ -240,7 +243,7 @@ fn describe_failures(slots: &[SlotFailure]) -> String {
                 "slot {} exited {} times within {}",
                 f.slot,
                 f.exits,
-                crate::event::Millis(f.window)
+                crate::types::Millis(f.window)
             );
             if let Some(line) = f.last_output.last() {
                 text.push_str(&format!(", last: {line}"));

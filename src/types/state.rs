@@ -1,0 +1,94 @@
+//! Where a slot is in its life, and the point-in-time view of one.
+
+use std::fmt;
+
+use super::exit::Exit;
+
+/// A point-in-time view of one worker slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct WorkerInfo {
+    /// The slot index (also the worker's `NODE_APP_INSTANCE`).
+    pub slot: usize,
+    /// The generation of the current or last worker.
+    pub generation: u64,
+    /// The pid of the live worker, if any.
+    pub pid: Option<u32>,
+    /// Where the slot is in its life.
+    pub state: WorkerState,
+    /// How many times the slot was restarted after an unexpected exit.
+    pub restarts: u32,
+    /// How the previous worker of this slot ended.
+    pub last_exit: Option<Exit>,
+    /// Predecessors still draining after a reload.
+    pub draining: Vec<u32>,
+    /// When the current worker was started (uptime is `started.elapsed()`).
+    #[cfg_attr(
+        feature = "serde",
+        serde(
+            rename = "uptime_ms",
+            serialize_with = "crate::types::serde_impl::elapsed_ms"
+        )
+    )]
+    pub started: Option<std::time::Instant>,
+    /// CPU time the current worker has used (its cgroup's, else its own and
+    /// its app's), as of the last sample ([`crate::Builder::sample_interval`]).
+    #[cfg_attr(
+        feature = "serde",
+        serde(
+            rename = "cpu_ms",
+            serialize_with = "crate::types::serde_impl::opt_millis"
+        )
+    )]
+    pub cpu_time: Option<std::time::Duration>,
+    /// Its CPU use over the last sampling interval, in percent of one core.
+    pub cpu_percent: Option<u32>,
+    /// Its resident memory, in bytes, as of the last sample.
+    #[cfg_attr(feature = "serde", serde(rename = "memory_bytes"))]
+    pub memory: Option<u64>,
+    /// When the current worker became ready, if it is.
+    #[cfg_attr(
+        feature = "serde",
+        serde(
+            rename = "ready_for_ms",
+            serialize_with = "crate::types::serde_impl::elapsed_ms"
+        )
+    )]
+    pub ready_since: Option<std::time::Instant>,
+    /// A reload's successor that is still starting next to the current
+    /// worker.
+    pub successor: Option<u32>,
+}
+/// Where a slot is in its life (the state of its current worker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum WorkerState {
+    /// Spawned, not ready yet (readiness not reported).
+    Starting,
+    /// Running and serving.
+    Ready,
+    /// Told to stop; draining until it exits or the drain timeout passes.
+    Stopping,
+    /// Empty, waiting out the backoff delay before the next start.
+    Backoff,
+    /// Empty for good: stopped, or its exit is not restarted by the policy.
+    Exited,
+    /// Given up on: the crash-loop limit tripped.
+    Failed,
+}
+
+impl fmt::Display for WorkerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WorkerState::Starting => "starting",
+            WorkerState::Ready => "ready",
+            WorkerState::Stopping => "stopping",
+            WorkerState::Backoff => "backoff",
+            WorkerState::Exited => "exited",
+            WorkerState::Failed => "failed",
+        })
+    }
+}
