@@ -16,9 +16,9 @@ use crate::types::Signal;
 use nix::unistd::AccessFlags;
 use tokio::sync::{broadcast, mpsc, watch};
 
-use crate::event::{Event, OutputLine};
-use crate::log::Log;
 use crate::net::{default_backlog, Balance, Bound, Listeners, Source};
+use crate::observe::event::{Event, OutputLine};
+use crate::observe::log::Log;
 use crate::proxy::ProxyProtocol;
 use crate::ready::{Readiness, DEFAULT_START_TIMEOUT};
 use crate::supervisor::policy::{Backoff, CrashLoop, RestartPolicy, Supervision};

@@ -43,7 +43,7 @@ use serde_json::{json, Value};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
-use crate::event::OutputLine;
+use crate::observe::event::OutputLine;
 use crate::types::{Error, Result};
 use crate::{Handle, Signal};
 

@@ -134,12 +134,10 @@ pub mod balance;
 mod cluster;
 #[cfg(feature = "control")]
 pub mod control;
-mod event;
-mod log;
 pub mod logfile;
-mod metrics;
 pub mod net;
 mod node;
+mod observe;
 mod private_dir;
 mod process;
 pub mod proxy;
@@ -155,7 +153,7 @@ pub use cluster::{
     Builder, Cluster, Handle, Phase, WorkerCommand, DEFAULT_DRAIN_TIMEOUT, DEFAULT_SAMPLE_INTERVAL,
     DEFAULT_SETTLE, DEFAULT_STOP_SIGNAL,
 };
-pub use event::{Event, Notice, OutputLine, OutputStream};
+pub use observe::{Event, Notice, OutputLine, OutputStream};
 pub use types::{
     Balance, Cidr, Error, Exit, KillMode, Readiness, ReloadFailure, ReloadReport, Replacement,
     Result, Signal, SlotFailure, WorkerInfo, WorkerState, DEFAULT_RELOAD_PARALLEL,

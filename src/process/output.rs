@@ -3,30 +3,20 @@
 //! Each worker's stdout and stderr are pipes that the master reads. Every
 //! complete line is written to the master's own stdout or stderr with a
 //! prefix naming the slot and pid, in a single `write` under the stream's
-//! lock, so lines of different workers never interleave mid-line. Writing
-//! happens on one thread per stream: a slow terminal or a full pipe downstream applies
-//! back-pressure to the workers (as a terminal would) without stalling the
-//! supervisor's event loop. The last lines of each worker are kept, so that
+//! lock, so lines of different workers never interleave mid-line. The
+//! master's writer threads ([`crate::observe::writer`]) do the writing. The last lines of each worker are kept, so that
 //! a crash report can show them.
 
 use std::collections::VecDeque;
-use std::io::Write;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use tokio::io::AsyncReadExt;
-use tokio::sync::{mpsc, oneshot};
 
-use crate::event::{OutputLine, OutputStream};
-use crate::log::Log;
-
-/// Which of the master's streams a line goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Stream {
-    Stdout,
-    Stderr,
-}
+use crate::observe::log::Log;
+use crate::observe::writer;
+pub(crate) use crate::observe::writer::Stream;
+use crate::observe::{OutputLine, OutputStream};
 
 /// A line longer than this is cut into pieces of this size, so that a worker
 /// that never writes a newline cannot make the master buffer without bound.
@@ -35,94 +25,6 @@ const MAX_LINE: usize = 16 * 1024;
 pub(crate) const TAIL_LINES: usize = 10;
 /// How many of a kept line's characters are shown in a crash report.
 const TAIL_LINE_CHARS: usize = 300;
-/// Lines queued for the writer thread before readers wait.
-const QUEUE: usize = 1024;
-
-enum Msg {
-    Line(Vec<u8>),
-    Flush(oneshot::Sender<()>),
-}
-
-/// One writer thread per stream: a stdout that nobody reads (a full pipe)
-/// must not hold back the master's own lines on stderr.
-static WRITERS: [OnceLock<mpsc::Sender<Msg>>; 2] = [OnceLock::new(), OnceLock::new()];
-
-fn writer(stream: Stream) -> &'static mpsc::Sender<Msg> {
-    let index = match stream {
-        Stream::Stdout => 0,
-        Stream::Stderr => 1,
-    };
-    WRITERS[index].get_or_init(|| {
-        let (tx, mut rx) = mpsc::channel::<Msg>(QUEUE);
-        let spawned = std::thread::Builder::new()
-            .name(format!(
-                "herd-{}",
-                if index == 0 { "stdout" } else { "stderr" }
-            ))
-            .spawn(move || {
-                let write = |l: &[u8]| match stream {
-                    Stream::Stdout => std::io::stdout().lock().write_all(l),
-                    Stream::Stderr => std::io::stderr().lock().write_all(l),
-                };
-                while let Some(msg) = rx.blocking_recv() {
-                    match msg {
-                        // A failed write (closed stdout) is not worth dying
-                        // for: the workers keep serving.
-                        Msg::Line(l) => {
-                            let _ = write(&l);
-                        }
-                        Msg::Flush(done) => {
-                            if stream == Stream::Stdout {
-                                let _ = std::io::stdout().flush();
-                            }
-                            let _ = done.send(());
-                        }
-                    }
-                }
-            });
-        if let Err(e) = spawned {
-            eprintln!("herd: cannot start the output thread, worker output is lost: {e}");
-        }
-        tx
-    })
-}
-
-/// Lifecycle lines dropped because nobody reads the master's output.
-static DROPPED: AtomicU64 = AtomicU64::new(0);
-
-/// Writes one line of the master's own (a lifecycle event) to stderr.
-///
-/// Never waits: if whoever reads the master's output has stalled and the
-/// queue is full, the line is dropped (and the count reported with the next
-/// line that gets through), because the supervisor must not stop
-/// supervising for want of a reader.
-pub(crate) fn log_line(tag: &str, text: &str) {
-    let mut line = Vec::with_capacity(tag.len() + text.len() + 3);
-    let dropped = DROPPED.swap(0, Ordering::Relaxed);
-    if dropped > 0 {
-        line.extend_from_slice(
-            format!("herd: {dropped} log line(s) dropped: the master's output is not being read\n")
-                .as_bytes(),
-        );
-    }
-    line.extend_from_slice(tag.as_bytes());
-    line.extend_from_slice(b": ");
-    line.extend_from_slice(text.as_bytes());
-    line.push(b'\n');
-    if writer(Stream::Stderr).try_send(Msg::Line(line)).is_err() {
-        DROPPED.fetch_add(dropped + 1, Ordering::Relaxed);
-    }
-}
-
-/// Waits until every line queued so far has been written.
-pub(crate) async fn flush() {
-    for stream in [Stream::Stdout, Stream::Stderr] {
-        let (tx, rx) = oneshot::channel();
-        if writer(stream).send(Msg::Flush(tx)).await.is_ok() {
-            let _ = rx.await;
-        }
-    }
-}
 
 /// How many earlier lines that explain a failure are kept besides the last
 /// lines (Node prints `Error: Cannot find module` above ten lines of stack).
@@ -288,7 +190,7 @@ async fn emit(stream: Stream, sink: &Sink, line: &[u8]) {
     out.extend_from_slice(sink.prefix.as_bytes());
     out.extend_from_slice(line);
     out.push(b'\n');
-    let _ = writer(stream).send(Msg::Line(out)).await;
+    let _ = writer::line(stream, out).await;
 }
 
 /// Cuts a byte stream into lines (without their `\n`), at most

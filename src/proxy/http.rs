@@ -391,7 +391,7 @@ pub(crate) struct Shared {
     picker: Mutex<Picker>,
     config: ProxyConfig,
     counters: Arc<Counters>,
-    metrics: crate::metrics::Http,
+    metrics: crate::observe::metrics::Http,
     /// Peers whose X-Forwarded-* are believed.
     trusted: Arc<[Cidr]>,
 }
@@ -412,7 +412,7 @@ impl Shared {
             picker: Mutex::new(Picker::new(config.strategy, seed)),
             config,
             counters,
-            metrics: crate::metrics::Http::default(),
+            metrics: crate::observe::metrics::Http::default(),
             trusted,
         })
     }

@@ -373,7 +373,7 @@ pub(crate) struct Counters {
     protocol_throttle: Mutex<crate::supervisor::policy::LogThrottle>,
     /// Open client connections, for giving a burst's memory back.
     trim: Arc<trim::Trim>,
-    log: crate::log::Log,
+    log: crate::observe::log::Log,
 }
 
 /// The connections the master forwards to one worker now (see
@@ -422,7 +422,7 @@ pub struct ProxyStats {
 }
 
 impl Counters {
-    pub(crate) fn new(log: crate::log::Log) -> Counters {
+    pub(crate) fn new(log: crate::observe::log::Log) -> Counters {
         Counters {
             limit: Default::default(),
             at_limit: Default::default(),
@@ -467,7 +467,7 @@ impl Counters {
         self.notice(
             &self.error_throttle,
             None,
-            crate::event::Notice::HttpError,
+            crate::observe::event::Notice::HttpError,
             text,
         );
     }
@@ -478,7 +478,7 @@ impl Counters {
     #[cfg(feature = "http")]
     fn worker_protocol_error(&self, slot: usize, text: impl FnOnce() -> String) {
         self.worker_protocol_errors.fetch_add(1, Ordering::Relaxed);
-        let notice = crate::event::Notice::WorkerProtocolError;
+        let notice = crate::observe::event::Notice::WorkerProtocolError;
         self.notice(&self.protocol_throttle, Some(slot), notice, text);
     }
 
@@ -486,7 +486,7 @@ impl Counters {
         self.notice(
             &self.throttle,
             None,
-            crate::event::Notice::ConnectionLimit,
+            crate::observe::event::Notice::ConnectionLimit,
             text,
         );
     }
@@ -497,7 +497,7 @@ impl Counters {
         &self,
         throttle: &Mutex<crate::supervisor::policy::LogThrottle>,
         slot: Option<usize>,
-        notice: crate::event::Notice,
+        notice: crate::observe::event::Notice,
         text: impl FnOnce() -> String,
     ) {
         let line = throttle

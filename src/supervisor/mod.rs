@@ -29,8 +29,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
 use crate::cluster::{Config, Handle, Phase, Snapshot};
-use crate::event::{Event, Notice};
 use crate::net::Listeners;
+use crate::observe::event::{Event, Notice};
 use crate::process::cgroup::{ClusterCgroup, WorkerCgroup};
 use crate::process::os::Processes;
 use crate::process::output;
@@ -672,7 +672,7 @@ impl Supervisor {
             return;
         }
         self.emit(event);
-        crate::metrics::restart(slot, reason);
+        crate::observe::metrics::restart(slot, reason);
         self.request_reload(Target::Slot(slot), None).await;
     }
 
@@ -715,10 +715,10 @@ impl Supervisor {
         if !cfg!(feature = "metrics") {
             return;
         }
-        crate::metrics::workers(self.target);
+        crate::observe::metrics::workers(self.target);
         for slot in &self.slots {
             let info = slot.info();
-            crate::metrics::worker(
+            crate::observe::metrics::worker(
                 info.slot,
                 slot.is_serving(),
                 info.started.map(|s| s.elapsed()),
@@ -730,7 +730,7 @@ impl Supervisor {
                 .and_then(|pid| self.proxy.as_ref().and_then(|p| p.backend(pid)));
             if let Some(b) = backend {
                 use std::sync::atomic::Ordering::Relaxed;
-                crate::metrics::proxy(
+                crate::observe::metrics::proxy(
                     info.slot,
                     b.active(),
                     b.total.load(Relaxed),
@@ -739,7 +739,7 @@ impl Supervisor {
             }
         }
         if let Some(me) = usage::read(None, &[nix::unistd::getpid()]) {
-            crate::metrics::master(me.cpu, me.memory);
+            crate::observe::metrics::master(me.cpu, me.memory);
         }
     }
 
@@ -1141,7 +1141,7 @@ impl Supervisor {
             ExitOutcome::Current(decision) => {
                 if matches!(decision, Decision::Restart(_)) {
                     let reason = killed_for.unwrap_or("exit");
-                    crate::metrics::restart(r.slot, reason);
+                    crate::observe::metrics::restart(r.slot, reason);
                 }
                 self.report(r.slot, decision, r.tail)
             }
@@ -1644,7 +1644,7 @@ impl Supervisor {
         self.phase = Phase::Stopped;
         self.emit(Event::Stopped);
         self.handle.log().close_events();
-        let _ = tokio::time::timeout(FINAL_FLUSH, output::flush()).await;
+        let _ = tokio::time::timeout(FINAL_FLUSH, crate::observe::writer::flush()).await;
         // Last: Handle::shutdown resolves on this, after the final lines.
         self.publish_snapshot();
         if let Some(e) = self.fatal.take() {

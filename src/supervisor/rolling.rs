@@ -6,7 +6,7 @@ use super::reload::{self, ReloadRun, Target, Waiter};
 use super::slot::Role;
 use super::{clock, Supervisor};
 use crate::cluster::Phase;
-use crate::event::{Event, Notice};
+use crate::observe::event::{Event, Notice};
 use crate::types::Error;
 use crate::types::{ReloadFailure, Replacement};
 
@@ -107,7 +107,7 @@ impl Supervisor {
             if run.is_done() {
                 let run = self.reload.take().expect("checked above");
                 let (report, waiters) = run.finish(clock());
-                crate::metrics::reload(report.is_complete(), report.duration);
+                crate::observe::metrics::reload(report.is_complete(), report.duration);
                 if let Some(s) = &mut self.service {
                     s.reloaded();
                 }

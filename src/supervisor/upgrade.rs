@@ -18,7 +18,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 
 use super::{clock, Reaped, Supervisor, OUTPUT_GRACE};
 use crate::cluster::Phase;
-use crate::event::Event;
+use crate::observe::event::Event;
 use crate::process::cgroup::WorkerCgroup;
 use crate::process::output::{self, Sink, Stream, Tail};
 use crate::process::spawn::SpawnRequest;
@@ -424,7 +424,7 @@ impl Supervisor {
         });
         self.answer_upgrades(|| Ok(()));
         self.handle.log().delivered(EVENT_GRACE).await;
-        let _ = tokio::time::timeout(Duration::from_secs(1), output::flush()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), crate::observe::writer::flush()).await;
         let error = spawner::exec(request).await;
         // Still here: the exec failed, and this master goes on.
         drop((keep, memfd));

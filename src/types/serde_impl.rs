@@ -43,7 +43,7 @@ mod tests {
 
     use serde_json::{json, Value};
 
-    use crate::event::{Event, Notice};
+    use crate::observe::event::{Event, Notice};
     use crate::types::Exit;
     use crate::types::Readiness;
     use crate::types::WorkerInfo;

@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
 
-use crate::event::{Event, Notice, OutputLine};
-use crate::process::output;
+use super::writer;
+use crate::observe::event::{Event, Notice, OutputLine};
 
 /// Events buffered for a subscriber that is behind.
 const EVENTS: usize = 1024;
@@ -63,7 +63,7 @@ impl Log {
     /// Logs the event and publishes it to subscribers.
     pub(crate) fn event(&self, event: Event) {
         if self.0.to_stderr {
-            output::log_line(&self.0.tag, &event.to_string());
+            writer::log_line(&self.0.tag, &event.to_string());
         }
         let events = self.0.events.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(tx) = &*events {
