@@ -8,6 +8,7 @@
 pub(crate) mod event;
 pub(crate) mod log;
 pub(crate) mod metrics;
+pub(crate) mod throttle;
 pub(crate) mod writer;
 
 pub use event::{Event, Notice, OutputLine, OutputStream};

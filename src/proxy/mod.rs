@@ -366,11 +366,11 @@ pub(crate) struct Counters {
     pub(crate) gateway_timeout: AtomicU64,
     /// HTTP mode: responses a worker sent with no request outstanding.
     pub(crate) worker_protocol_errors: AtomicU64,
-    throttle: Mutex<crate::supervisor::policy::LogThrottle>,
+    throttle: Mutex<crate::observe::throttle::LogThrottle>,
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
-    error_throttle: Mutex<crate::supervisor::policy::LogThrottle>,
+    error_throttle: Mutex<crate::observe::throttle::LogThrottle>,
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
-    protocol_throttle: Mutex<crate::supervisor::policy::LogThrottle>,
+    protocol_throttle: Mutex<crate::observe::throttle::LogThrottle>,
     /// Open client connections, for giving a burst's memory back.
     trim: Arc<trim::Trim>,
     log: crate::observe::log::Log,
@@ -495,7 +495,7 @@ impl Counters {
     /// through this second.
     fn notice(
         &self,
-        throttle: &Mutex<crate::supervisor::policy::LogThrottle>,
+        throttle: &Mutex<crate::observe::throttle::LogThrottle>,
         slot: Option<usize>,
         notice: crate::observe::event::Notice,
         text: impl FnOnce() -> String,

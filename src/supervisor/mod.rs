@@ -200,7 +200,7 @@ struct Supervisor {
     listen_watch: Vec<tokio::task::JoinHandle<()>>,
     listen_tx: mpsc::UnboundedSender<()>,
     /// Foreign notify messages are logged once a second at most.
-    foreign_notes: policy::LogThrottle,
+    foreign_notes: crate::observe::throttle::LogThrottle,
     /// The cluster's cgroup, where cgroup v2 is writable: each worker's
     /// tree in a cgroup of its own, killed whole.
     cgroup: Option<ClusterCgroup>,
@@ -413,7 +413,7 @@ pub(crate) async fn run(
         background,
         listen_watch: Vec::new(),
         listen_tx,
-        foreign_notes: policy::LogThrottle::default(),
+        foreign_notes: crate::observe::throttle::LogThrottle::default(),
         cgroup,
         worker_cgroups: HashMap::new(),
         serving: HashMap::new(),
