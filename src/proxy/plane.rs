@@ -15,9 +15,10 @@ use socket2::Socket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::tcp::{accept_loop, pass_on};
 use super::{
-    accept_loop, pass_on, private_listener, private_unix_listener, Backend, Counters, ProxyConfig,
-    Registry, Rotation, Target,
+    private_listener, private_unix_listener, Backend, Counters, ProxyConfig, Registry, Rotation,
+    Target,
 };
 use crate::net::Listeners;
 use crate::types::{Error, Result};
