@@ -10,6 +10,8 @@
 
 pub(crate) mod cgroup;
 pub(crate) mod contract;
+#[cfg(test)]
+pub(crate) mod fake;
 pub(crate) mod os;
 pub(crate) mod output;
 pub(crate) mod reap;

@@ -74,12 +74,12 @@ impl Supervisor {
         self.start_reload(vec![(target, reply)]).await;
     }
 
-    async fn start_reload(&mut self, requests: Vec<(Target, Option<Waiter>)>) {
+    pub(super) async fn start_reload(&mut self, requests: Vec<(Target, Option<Waiter>)>) {
         self.begin_run(requests);
         self.advance_reload().await;
     }
 
-    fn begin_run(&mut self, requests: Vec<(Target, Option<Waiter>)>) {
+    pub(super) fn begin_run(&mut self, requests: Vec<(Target, Option<Waiter>)>) {
         let targets: Vec<Target> = requests.iter().map(|(t, _)| t.clone()).collect();
         let waiters: Vec<Waiter> = requests.into_iter().filter_map(|(_, w)| w).collect();
         let slots = reload::merge(&targets, self.target.min(self.slots.len()));
@@ -152,7 +152,12 @@ impl Supervisor {
         self.advance_reload().await;
     }
 
-    fn record_successor_failure(&mut self, slot: usize, reason: String, tail: Vec<String>) {
+    pub(super) fn record_successor_failure(
+        &mut self,
+        slot: usize,
+        reason: String,
+        tail: Vec<String>,
+    ) {
         let Some(run) = self.reload.as_mut() else {
             return;
         };

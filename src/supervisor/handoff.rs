@@ -1,31 +1,24 @@
-//! Watching a worker's fds, and handing them to the next master.
-//!
-//! Every live worker has a *monitor*: the tasks that read its output and
-//! readiness channel and wait for its exit, and (for real processes) a
-//! duplicate of each fd those tasks own. An upgrade stops the tasks first,
-//! so that no exit is reaped and no line read by a master about to be
-//! replaced, then hands the duplicates on. The new master, or this one if
-//! the exec fails, starts the same tasks again from them.
+//! Handing the cluster to the next master: the request, the wait for the
+//! cluster to settle, the description of every slot and worker, the
+//! pre-flight of the new binary and the exec; and, in the new master,
+//! adopting what the old one described.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 use tokio::sync::mpsc;
-use tokio::task::{AbortHandle, JoinHandle};
 
-use super::{clock, Reaped, Supervisor, OUTPUT_GRACE};
+use super::monitors::Carry;
+use super::{clock, Reaped, Supervisor};
 use crate::cluster::Phase;
 use crate::observe::event::Event;
 use crate::process::cgroup::WorkerCgroup;
-use crate::process::output::{self, Sink, Stream, Tail};
 use crate::process::spawn::SpawnRequest;
-use crate::process::{os, reap, spawner};
-use crate::ready::{ipc, pipe, Readiness};
+use crate::process::{reap, spawner};
 use crate::types::{Error, Result};
-use crate::upgrade::{self as handoff, ChannelKind, ListenerState, State, WorkerRecord};
+use crate::upgrade::{self as handoff, ListenerState, State, WorkerRecord};
 
 /// How long an upgrade waits for the cluster to settle (a reload to end,
 /// workers to start or drain) before it is abandoned.
@@ -54,205 +47,7 @@ impl Drop for Running {
     }
 }
 
-/// The master's fds of one worker, kept for an upgrade.
-pub(super) struct Carry {
-    pidfd: OwnedFd,
-    output: Option<(OwnedFd, OwnedFd)>,
-    channel: Option<(ChannelKind, OwnedFd)>,
-}
-
-/// A live worker's tasks and its carried fds.
-pub(super) struct Monitor {
-    /// Waits for the exit, then reports it.
-    watcher: JoinHandle<()>,
-    /// Output pumps and the readiness reader.
-    readers: Vec<AbortHandle>,
-    carry: Option<Carry>,
-}
-
-/// What watching a worker starts from; the tasks own these fds.
-pub(super) struct Attachment {
-    pub(super) reaped: os::Reaped,
-    pub(super) output: Option<(OwnedFd, OwnedFd)>,
-    pub(super) channel: Option<(ChannelKind, OwnedFd)>,
-    pub(super) cgroup: Option<WorkerCgroup>,
-}
-
-fn dup(fd: &OwnedFd) -> io::Result<OwnedFd> {
-    fd.try_clone()
-}
-
-impl Carry {
-    /// The master's copies of a new worker's fds: `pidfd` (None for a fake
-    /// process, which cannot be handed on) and duplicates of the tasks'.
-    pub(super) fn of(pidfd: Option<OwnedFd>, a: &Attachment) -> Option<Carry> {
-        Some(Carry {
-            pidfd: pidfd?,
-            output: match &a.output {
-                Some((o, e)) => Some((dup(o).ok()?, dup(e).ok()?)),
-                None => None,
-            },
-            channel: match &a.channel {
-                Some((k, fd)) => Some((*k, dup(fd).ok()?)),
-                None => None,
-            },
-        })
-    }
-
-    /// Duplicates for a new set of tasks, reaping through `pidfd`.
-    fn attachment(&self, pid: Pid, cgroup: Option<WorkerCgroup>) -> io::Result<Attachment> {
-        Ok(Attachment {
-            reaped: Box::pin(reap::wait(pid, dup(&self.pidfd)?)),
-            output: match &self.output {
-                Some((o, e)) => Some((dup(o)?, dup(e)?)),
-                None => None,
-            },
-            channel: match &self.channel {
-                Some((k, fd)) => Some((*k, dup(fd)?)),
-                None => None,
-            },
-            cgroup,
-        })
-    }
-}
-
 impl Supervisor {
-    /// Starts watching worker `pid` of slot `index`: its readiness
-    /// channel, its output, its exit. `carry` is kept for an upgrade.
-    pub(super) fn attach(
-        &mut self,
-        index: usize,
-        generation: u64,
-        pid: Pid,
-        a: Attachment,
-        carry: Option<Carry>,
-    ) {
-        let mut readers = Vec::new();
-        if let Some((kind, master_end)) = a.channel {
-            let task = match kind {
-                ChannelKind::Pipe => {
-                    let counts = matches!(self.ready.mode, Readiness::Listen | Readiness::Ipc);
-                    tokio::spawn(pipe::serve(master_end, pid, counts, self.notes_tx.clone()))
-                }
-                ChannelKind::Ipc => {
-                    tokio::spawn(ipc::serve(master_end, pid, self.notes_tx.clone()))
-                }
-            };
-            readers.push(task.abort_handle());
-        }
-        let tail = Tail::default();
-        let sink = Arc::new(Sink {
-            prefix: match self.handle.name() {
-                Some(name) => format!("[{name} slot {index} pid {pid}] "),
-                None => format!("[slot {index} pid {pid}] "),
-            }
-            .into(),
-            tail: tail.clone(),
-            forward: self.config.forward_output,
-            log: self.handle.log().clone(),
-            slot: index,
-            pid: pid.as_raw() as u32,
-        });
-        let pumps = a.output.map(|(stdout, stderr)| {
-            (
-                tokio::spawn(output::pump(stdout, Stream::Stdout, sink.clone())),
-                tokio::spawn(output::pump(stderr, Stream::Stderr, sink)),
-            )
-        });
-        if let Some((out, err)) = &pumps {
-            readers.extend([out.abort_handle(), err.abort_handle()]);
-        }
-        let tx = self.reaped_tx.clone();
-        let reaped = a.reaped;
-        let worker_cgroup = a.cgroup;
-        let watcher = tokio::spawn(async move {
-            let result = reaped.await;
-            // The main process is gone: so is everything it started, in
-            // its group or not.
-            if let Some(w) = worker_cgroup {
-                w.remove().await;
-            }
-            // Let the last lines through before the exit is reported, so
-            // the log reads in order.
-            if let Some((out, err)) = pumps {
-                let _ = tokio::time::timeout(OUTPUT_GRACE, async {
-                    let _ = out.await;
-                    let _ = err.await;
-                })
-                .await;
-            }
-            let _ = tx.send(Reaped {
-                slot: index,
-                generation,
-                pid,
-                result,
-                tail: tail.lines(),
-            });
-        });
-        self.monitors.insert(
-            pid,
-            Monitor {
-                watcher,
-                readers,
-                carry,
-            },
-        );
-    }
-
-    /// Stops every worker's tasks. False if one of them had already seen
-    /// its worker exit (the exit is on its way to the loop).
-    async fn detach_all(&mut self) -> bool {
-        let mut clean = true;
-        for monitor in self.monitors.values_mut() {
-            for r in &monitor.readers {
-                r.abort();
-            }
-            monitor.watcher.abort();
-            if let Ok(()) = (&mut monitor.watcher).await {
-                clean = false;
-            }
-        }
-        clean
-    }
-
-    /// Starts every worker's tasks again from the carried fds (an upgrade
-    /// that did not happen).
-    fn reattach_all(&mut self) {
-        let monitors = std::mem::take(&mut self.monitors);
-        for (pid, monitor) in monitors {
-            let Some(carry) = monitor.carry else {
-                continue;
-            };
-            let Some((index, _)) = self.slot_of(pid) else {
-                continue;
-            };
-            let generation = self.slots[index].generation;
-            self.attach_carried(index, generation, pid, carry);
-        }
-    }
-
-    /// Watches a worker from its carried fds (after an upgrade, or one that
-    /// did not happen). A worker whose fds cannot be duplicated any more is
-    /// SIGKILLed: it could not be supervised.
-    fn attach_carried(&mut self, index: usize, generation: u64, pid: Pid, carry: Carry) {
-        let cgroup = self.worker_cgroups.get(&pid).cloned();
-        let attachment = match carry.attachment(pid, cgroup) {
-            Ok(a) => a,
-            Err(e) => {
-                self.notice(
-                    Some(index),
-                    crate::Notice::ReapFailed,
-                    format!("cannot watch pid {pid} any more ({e}): killing it"),
-                );
-                self.kill_tree(pid);
-                // Reaped by nobody else: wait for it here.
-                let _ = nix::sys::wait::waitpid(pid, None);
-                return;
-            }
-        };
-        self.attach(index, generation, pid, attachment, Some(carry));
-    }
-
     /// Takes over what the previous master handed on.
     pub(super) fn adopt(&mut self, adopted: handoff::Adopted) {
         let now = clock();
@@ -320,7 +115,7 @@ impl Supervisor {
         }
     }
 
-    fn refuse_upgrade(&mut self, reason: String) {
+    pub(super) fn refuse_upgrade(&mut self, reason: String) {
         self.emit(Event::UpgradeFailed {
             reason: reason.clone(),
         });
@@ -332,7 +127,7 @@ impl Supervisor {
     }
 
     /// Why an upgrade cannot happen at all (Err), or not yet (Ok(false)).
-    fn upgrade_possible(&self) -> std::result::Result<bool, String> {
+    pub(super) fn upgrade_possible(&self) -> std::result::Result<bool, String> {
         if self.proxy.is_some() {
             return Err(
                 "proxy mode: the master relays every connection, and an exec would cut them all \
@@ -440,7 +235,7 @@ impl Supervisor {
     /// The cluster as the next master takes it over. With `inherit`, each
     /// fd named is a fresh duplicate that survives exec (returned, to be
     /// kept open until then); without, the numbers are only for reading.
-    fn describe(&self, inherit: bool) -> io::Result<(State<RawFd>, Vec<OwnedFd>)> {
+    pub(super) fn describe(&self, inherit: bool) -> io::Result<(State<RawFd>, Vec<OwnedFd>)> {
         let mut keep = Vec::new();
         let mut fd = |f: std::os::fd::BorrowedFd<'_>| -> io::Result<RawFd> {
             if inherit {
