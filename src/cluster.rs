@@ -1,32 +1,30 @@
 //! The public front: [`Builder`] validates and binds, [`Cluster`] runs,
 //! [`Handle`] controls and observes a running cluster from anywhere.
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal as NixSignal;
 
 use crate::types::Signal;
-use nix::unistd::AccessFlags;
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::net::{default_backlog, Balance, Bound, Listeners, Source};
 use crate::observe::event::{Event, OutputLine};
-use crate::observe::log::Log;
+use crate::process::command::prepare_command;
+pub use crate::process::command::WorkerCommand;
 use crate::proxy::ProxyProtocol;
 use crate::ready::{Readiness, DEFAULT_START_TIMEOUT};
 use crate::supervisor::policy::{Backoff, CrashLoop, RestartPolicy, Supervision};
 use crate::supervisor::reload::Target;
-use crate::supervisor::{self, Control};
-use crate::types::KillMode;
+use crate::supervisor::{self, Config, Control, Shared, Snapshot, WorkerUser};
 use crate::types::WorkerInfo;
 use crate::types::{Error, Result};
+use crate::types::{KillMode, Phase};
 use crate::types::{ReloadReport, DEFAULT_RELOAD_PARALLEL};
 
 /// Default time a stopping worker gets to finish its requests before its
@@ -53,89 +51,6 @@ const FDS_PER_WORKER: u64 = 4;
 /// File descriptors the master needs besides its workers' (runtime,
 /// signals, the notify socket, forking), with room to spare.
 const FDS_BASE: u64 = 64;
-
-/// Where a cluster is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-#[non_exhaustive]
-#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
-pub enum Phase {
-    /// Built and bound; `run()` not called yet.
-    Created,
-    /// Workers are supervised.
-    Running,
-    /// Workers are being stopped.
-    Stopping,
-    /// Every worker has been reaped.
-    Stopped,
-}
-
-/// The state a [`Handle`] reads without asking the event loop.
-#[derive(Debug, Clone)]
-pub(crate) struct Snapshot {
-    pub(crate) phase: Phase,
-    pub(crate) workers: Vec<WorkerInfo>,
-    /// Master upgrades in place this cluster has been through.
-    pub(crate) upgrades: u32,
-}
-
-/// Everything the event loop needs, validated.
-#[derive(Debug)]
-pub(crate) struct Config {
-    /// What each new worker runs; [`Handle::set_command`] replaces it.
-    pub(crate) command: Command,
-    /// Whether Node programs get the preload.
-    pub(crate) node_preload: bool,
-    pub(crate) workers: usize,
-    pub(crate) supervision: Supervision,
-    pub(crate) drain_timeout: Duration,
-    pub(crate) stop_signal: NixSignal,
-    pub(crate) kill_mode: KillMode,
-    pub(crate) settle: Option<Duration>,
-    pub(crate) handle_signals: bool,
-    pub(crate) name: Option<String>,
-    pub(crate) log_events: bool,
-    pub(crate) forward_output: bool,
-    pub(crate) readiness: Readiness,
-    pub(crate) start_timeout: Duration,
-    pub(crate) watchdog: Option<Duration>,
-    /// The user workers run as, if not the master's.
-    pub(crate) user: Option<WorkerUser>,
-    /// A graceful stop waits this long, not ready, before workers stop.
-    pub(crate) pre_stop_delay: Option<Duration>,
-    /// Whether the master reports to its own service manager.
-    pub(crate) service_notify: bool,
-    /// How often workers' CPU and memory are read (None: never).
-    pub(crate) sample_interval: Option<Duration>,
-    /// Replace a worker that stays over this many bytes.
-    pub(crate) max_memory: Option<u64>,
-    pub(crate) max_requests: Option<u64>,
-    pub(crate) reload_parallel: usize,
-    pub(crate) proxy_header: Option<ProxyProtocol>,
-    /// Proxy mode: workers bind `PORT` themselves.
-    pub(crate) port_contract: bool,
-    pub(crate) proxy_splice: bool,
-    /// Proxy mode: the most client connections at once (None: derived from
-    /// the fd limit).
-    pub(crate) max_connections: Option<usize>,
-    /// Proxy mode: close a connection quiet for this long (None: never).
-    pub(crate) proxy_idle_timeout: Option<Duration>,
-    /// HTTP mode: a cookie pins each client to a slot.
-    pub(crate) sticky_cookie: bool,
-    /// HTTP mode: peers whose X-Forwarded-* headers are kept.
-    pub(crate) trusted_proxies: Vec<crate::Cidr>,
-    /// HTTP mode: the request head and response head timeouts.
-    pub(crate) header_timeout: Duration,
-    pub(crate) response_timeout: Duration,
-}
-
-/// A user to run workers as, resolved.
-#[derive(Debug, Clone)]
-pub(crate) struct WorkerUser {
-    pub(crate) credentials: crate::process::spawn::Credentials,
-    /// HOME, USER and LOGNAME for the workers.
-    pub(crate) env: Vec<(OsString, OsString)>,
-}
 
 /// Resolves `--user` and `--group`.
 ///
@@ -206,141 +121,6 @@ fn resolve_user(user: Option<&str>, group: Option<&str>) -> Result<Option<Worker
             ("LOGNAME".into(), account.name.into()),
         ],
     }))
-}
-
-/// What a worker runs: a program, its arguments, changes to the master's
-/// environment and a working directory, for [`Handle::set_command`]. The
-/// same rules as the [`Builder`]'s `command`, `arg`, `env`, `env_remove`
-/// and `current_dir` apply.
-#[derive(Debug, Clone)]
-pub struct WorkerCommand {
-    program: OsString,
-    args: Vec<OsString>,
-    env: Vec<(OsString, Option<OsString>)>,
-    cwd: Option<PathBuf>,
-}
-
-impl WorkerCommand {
-    /// A command that runs `program` (a path, or a name looked up on
-    /// `PATH`), with the master's environment and directory.
-    pub fn new(program: impl AsRef<OsStr>) -> WorkerCommand {
-        WorkerCommand {
-            program: program.as_ref().to_owned(),
-            args: Vec::new(),
-            env: Vec::new(),
-            cwd: None,
-        }
-    }
-
-    /// Appends one argument.
-    #[must_use = "a builder method returns the changed command"]
-    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
-        self.args.push(arg.as_ref().to_owned());
-        self
-    }
-
-    /// Appends arguments.
-    #[must_use = "a builder method returns the changed command"]
-    pub fn args<I, S>(mut self, args: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        self.args
-            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
-        self
-    }
-
-    /// Sets an environment variable for the workers.
-    #[must_use = "a builder method returns the changed command"]
-    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
-        self.env
-            .push((key.as_ref().to_owned(), Some(value.as_ref().to_owned())));
-        self
-    }
-
-    /// Removes a variable of the master's environment from the workers'.
-    #[must_use = "a builder method returns the changed command"]
-    pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Self {
-        self.env.push((key.as_ref().to_owned(), None));
-        self
-    }
-
-    /// The workers' working directory.
-    #[must_use = "a builder method returns the changed command"]
-    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
-        self.cwd = Some(dir.as_ref().to_owned());
-        self
-    }
-}
-
-/// A worker command, validated and prepared for exec.
-#[derive(Debug, Clone)]
-pub(crate) struct Command {
-    /// The program as the user wrote it, for messages.
-    pub(crate) program: String,
-    pub(crate) path: CString,
-    pub(crate) argv: Vec<CString>,
-    pub(crate) env: Vec<(OsString, OsString)>,
-    pub(crate) cwd: Option<CString>,
-    /// Whether it runs Node (directly, through a launcher or a `#!`).
-    pub(crate) runs_node: bool,
-    /// The installed Node preload, when the program is Node and the preload
-    /// is on.
-    pub(crate) preload: Option<PathBuf>,
-}
-
-/// Checks a program, its arguments, environment changes and directory,
-/// and prepares them for exec.
-///
-/// # Errors
-///
-/// The program not found or not executable, a bad directory, a reserved
-/// or malformed environment name, a NUL byte.
-/// `preload`: None without the Node preload, else whether it must be
-/// readable by another user.
-fn prepare_command(command: &WorkerCommand, preload: Option<bool>) -> Result<Command> {
-    let program = command.program.as_os_str();
-    let args = &command.args;
-    let env_changes = &command.env;
-    let cwd = command.cwd.as_deref();
-    crate::process::contract::check_changes(env_changes)?;
-    if let Some(dir) = cwd {
-        if !dir.is_dir() {
-            return Err(Error::BadWorkingDirectory {
-                path: dir.to_path_buf(),
-            });
-        }
-    }
-    let env = crate::process::contract::base(env_changes);
-    let path = resolve_program(program, cwd, &env)?;
-    let runs_node = crate::node::is_node(Path::new(program)) || crate::node::runs_node(&path);
-    let preload = match preload {
-        Some(shared) if runs_node => Some(crate::node::install_preload(shared)?),
-        _ => None,
-    };
-    let cstring = |s: &OsStr, what: &'static str| {
-        CString::new(s.as_bytes()).map_err(|_| Error::InvalidSetting {
-            setting: what,
-            reason: format!("`{}` contains a NUL byte", s.to_string_lossy()),
-        })
-    };
-    let mut argv = vec![cstring(program, "command")?];
-    for a in args {
-        argv.push(cstring(a, "args")?);
-    }
-    Ok(Command {
-        program: program.to_string_lossy().into_owned(),
-        path: cstring(path.as_os_str(), "command")?,
-        argv,
-        env,
-        cwd: match cwd {
-            Some(d) => Some(cstring(d.as_os_str(), "current_dir")?),
-            None => None,
-        },
-        runs_node,
-        preload,
-    })
 }
 
 /// Configures a [`Cluster`]; [`Builder::build`] validates everything and
@@ -1304,62 +1084,6 @@ fn ensure_fd_limit(needed: u64, workers: usize) -> Result<()> {
     })
 }
 
-/// Finds the program the way `execvp` would, but before anything is
-/// spawned, so that a typo is an error at build time and not a crash loop.
-fn resolve_program(
-    program: &OsStr,
-    cwd: Option<&Path>,
-    env: &[(OsString, OsString)],
-) -> Result<PathBuf> {
-    let name = program.to_string_lossy().into_owned();
-    if program.is_empty() {
-        return Err(Error::ProgramNotFound { program: name });
-    }
-    let check = |p: PathBuf| -> Result<PathBuf> {
-        if p.is_dir() {
-            return Err(Error::ProgramIsDirectory { path: p });
-        }
-        if !p.is_file() {
-            return Err(Error::ProgramNotFound {
-                program: name.clone(),
-            });
-        }
-        // access(2) alone is not enough for root, and some sandboxes answer
-        // it loosely: execve needs at least one execute bit.
-        let has_x_bit = std::fs::metadata(&p)
-            .map(|m| m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false);
-        if !has_x_bit || nix::unistd::access(&p, AccessFlags::X_OK).is_err() {
-            return Err(Error::ProgramNotExecutable { path: p });
-        }
-        Ok(p)
-    };
-    if program.as_bytes().contains(&b'/') {
-        let p = PathBuf::from(program);
-        let p = match cwd {
-            Some(dir) if p.is_relative() => dir.join(p),
-            _ => p,
-        };
-        return check(p);
-    }
-    let path_var = env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
-    let mut not_executable = None;
-    for dir in std::env::split_paths(&path_var) {
-        let candidate = dir.join(program);
-        if candidate.is_file() {
-            match check(candidate) {
-                Ok(p) => return Ok(p),
-                Err(e) => not_executable = not_executable.or(Some(e)),
-            }
-        }
-    }
-    Err(not_executable.unwrap_or(Error::ProgramNotFound { program: name }))
-}
-
 /// A built cluster: its sockets are bound, its workers not yet started.
 #[derive(Debug)]
 pub struct Cluster {
@@ -1389,20 +1113,17 @@ impl Cluster {
             workers: Vec::new(),
             upgrades: 0,
         });
-        let log = Log::new(config.name.clone(), config.log_events);
         let handle = Handle {
             control: control_tx,
             snapshot: snapshot_rx,
-            proxy_counters: Arc::new(crate::proxy::Counters::new(log.clone())),
-            log,
+            shared: Shared::new(config.name.clone(), config.log_events),
             node_preload: config.node_preload.then_some(config.user.is_some()),
             addrs: listeners.local_addrs().into(),
-            backends: Default::default(),
-            carried: Default::default(),
         };
         let mut inherited = inherited;
         if let Some(adopted) = &mut inherited {
             let mut incoming = handle
+                .shared
                 .carried
                 .incoming
                 .lock()
@@ -1455,7 +1176,7 @@ impl Cluster {
             self.config,
             self.listeners,
             self.inherited,
-            self.handle,
+            self.handle.shared,
             self.control_rx,
             self.snapshot_tx,
             os,
@@ -1469,22 +1190,23 @@ impl Cluster {
 pub struct Handle {
     control: mpsc::UnboundedSender<Control>,
     snapshot: watch::Receiver<Snapshot>,
-    log: Log,
+    /// What the event loop shares with every handle.
+    shared: Shared,
     /// Whether Node programs get the preload, and whether another user's
     /// workers must read it (for [`Handle::set_command`]).
     node_preload: Option<bool>,
     addrs: Arc<[SocketAddr]>,
-    /// Fds carried across a master upgrade.
-    carried: Arc<crate::upgrade::Carried>,
-    backends: crate::proxy::Registry,
-    proxy_counters: Arc<crate::proxy::Counters>,
 }
 
 impl Handle {
     /// Proxy mode: the connections the master forwards to each worker now,
     /// draining workers included, by slot and pid. Empty in the other modes.
     pub fn proxied_connections(&self) -> Vec<crate::proxy::Proxied> {
-        let backends = self.backends.lock().unwrap_or_else(|p| p.into_inner());
+        let backends = self
+            .shared
+            .backends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let mut v: Vec<_> = backends
             .values()
             .map(|b| crate::proxy::Proxied {
@@ -1527,15 +1249,7 @@ impl Handle {
     /// Proxy mode: the connection limit and how often it and the idle
     /// timeout bit. All zero in the other modes.
     pub fn proxy_stats(&self) -> crate::proxy::ProxyStats {
-        self.proxy_counters.stats()
-    }
-
-    pub(crate) fn proxy_counters(&self) -> Arc<crate::proxy::Counters> {
-        self.proxy_counters.clone()
-    }
-
-    pub(crate) fn backends(&self) -> crate::proxy::Registry {
-        self.backends.clone()
+        self.shared.counters.stats()
     }
 
     /// Stops every worker gracefully (stop signal, drain timeout, SIGKILL)
@@ -1622,7 +1336,7 @@ impl Handle {
     /// ([`broadcast::error::RecvError::Closed`]) after
     /// [`Event::Stopped`].
     pub fn events(&self) -> broadcast::Receiver<Event> {
-        self.log.subscribe()
+        self.shared.log.subscribe()
     }
 
     /// Subscribes to every line the workers write from now on, with slot,
@@ -1632,7 +1346,7 @@ impl Handle {
     /// workers are never held back for it. Lines are copied only while
     /// somebody subscribes.
     pub fn output(&self) -> broadcast::Receiver<OutputLine> {
-        self.log.subscribe_output()
+        self.shared.log.subscribe_output()
     }
 
     /// Sets what every worker started from now on runs (the next reload or
@@ -1741,32 +1455,26 @@ impl Handle {
     ///
     /// The fd cannot be duplicated.
     pub fn carry(&self, key: &str, fd: impl std::os::fd::AsFd) -> std::io::Result<()> {
-        self.carried.carry(key, fd.as_fd().try_clone_to_owned()?);
+        self.shared
+            .carried
+            .carry(key, fd.as_fd().try_clone_to_owned()?);
         Ok(())
     }
 
     /// The fd the previous master carried under `key`, in a master started
     /// by an upgrade (once; None otherwise).
     pub fn take_carried(&self, key: &str) -> Option<OwnedFd> {
-        self.carried.take(key)
-    }
-
-    pub(crate) fn carried(&self) -> &Arc<crate::upgrade::Carried> {
-        &self.carried
+        self.shared.carried.take(key)
     }
 
     /// The cluster's name ([`Builder::name`]).
     pub fn name(&self) -> Option<&str> {
-        self.log.name()
+        self.shared.log.name()
     }
 
     /// The bound listening addresses.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
-    }
-
-    pub(crate) fn log(&self) -> &Log {
-        &self.log
     }
 }
 
@@ -1794,7 +1502,11 @@ mod tests {
     fn a_non_executable_program_is_named() {
         let path = std::env::temp_dir().join(format!("herd-unit-noexec-{}", std::process::id()));
         std::fs::write(&path, "#!/bin/sh\n").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(
+            &path,
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o644),
+        )
+        .unwrap();
         let err = Cluster::builder()
             .command(&path)
             .workers(1)

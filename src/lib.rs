@@ -150,13 +150,13 @@ pub mod worker;
 
 pub use balance::Strategy;
 pub use cluster::{
-    Builder, Cluster, Handle, Phase, WorkerCommand, DEFAULT_DRAIN_TIMEOUT, DEFAULT_SAMPLE_INTERVAL,
+    Builder, Cluster, Handle, WorkerCommand, DEFAULT_DRAIN_TIMEOUT, DEFAULT_SAMPLE_INTERVAL,
     DEFAULT_SETTLE, DEFAULT_STOP_SIGNAL,
 };
 pub use observe::{Event, Notice, OutputLine, OutputStream};
 pub use types::{
-    Balance, Cidr, Error, Exit, KillMode, Readiness, ReloadFailure, ReloadReport, Replacement,
-    Result, Signal, SlotFailure, WorkerInfo, WorkerState, DEFAULT_RELOAD_PARALLEL,
+    Balance, Cidr, Error, Exit, KillMode, Phase, Readiness, ReloadFailure, ReloadReport,
+    Replacement, Result, Signal, SlotFailure, WorkerInfo, WorkerState, DEFAULT_RELOAD_PARALLEL,
     DEFAULT_START_TIMEOUT,
 };
 

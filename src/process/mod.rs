@@ -9,6 +9,7 @@
 //! output into prefixed lines.
 
 pub(crate) mod cgroup;
+pub(crate) mod command;
 pub(crate) mod contract;
 #[cfg(test)]
 pub(crate) mod fake;

@@ -5,13 +5,13 @@ use nix::unistd::Pid;
 
 use super::policy::Decision;
 use super::slot::{Due, ExitOutcome, Role};
-use crate::cluster::Phase;
 use crate::observe::event::{Event, Notice};
 use crate::process::output;
 use crate::process::process_group_of;
 use crate::ready::Note;
 use crate::types::Exit;
 use crate::types::Millis;
+use crate::types::Phase;
 
 use super::inbox::Reaped;
 use super::{clock, random_unit, Supervisor};

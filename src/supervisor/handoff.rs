@@ -12,11 +12,11 @@ use tokio::sync::mpsc;
 
 use super::monitors::Carry;
 use super::{clock, Reaped, Supervisor};
-use crate::cluster::Phase;
 use crate::observe::event::Event;
 use crate::process::cgroup::WorkerCgroup;
 use crate::process::spawn::SpawnRequest;
 use crate::process::{reap, spawner};
+use crate::types::Phase;
 use crate::types::{Error, Result};
 use crate::upgrade::{self as handoff, ListenerState, State, WorkerRecord};
 
@@ -218,7 +218,7 @@ impl Supervisor {
             binary: exe.display().to_string(),
         });
         self.answer_upgrades(|| Ok(()));
-        self.handle.log().delivered(EVENT_GRACE).await;
+        self.shared.log.delivered(EVENT_GRACE).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), crate::observe::writer::flush()).await;
         let error = spawner::exec(request).await;
         // Still here: the exec failed, and this master goes on.
@@ -306,8 +306,8 @@ impl Supervisor {
             });
         }
         let carried = self
-            .handle
-            .carried()
+            .shared
+            .carried
             .outgoing
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -27,7 +27,7 @@ pub(crate) enum Control {
         reply: tokio::sync::oneshot::Sender<Result<u32>>,
     },
     SetCommand {
-        command: Box<crate::cluster::Command>,
+        command: Box<crate::process::command::Command>,
         reply: tokio::sync::oneshot::Sender<Result<()>>,
     },
     Scale {

@@ -8,6 +8,7 @@
 //! [`policy`] and [`reload`] code; this file carries them out, and
 //! `rolling.rs` carries out reloads.
 
+mod config;
 mod events;
 mod handoff;
 mod inbox;
@@ -33,9 +34,9 @@ use std::time::{Duration, Instant};
 use nix::unistd::Pid;
 use tokio::sync::{mpsc, watch};
 
-use crate::cluster::{Config, Handle, Phase, Snapshot};
 use crate::net::Listeners;
 use crate::observe::event::{Event, Notice};
+use crate::observe::log::Log;
 use crate::process::cgroup::{ClusterCgroup, WorkerCgroup};
 use crate::process::os::Processes;
 use crate::process::sentinel::Sentinel;
@@ -43,11 +44,47 @@ use crate::proxy::plane::Plane;
 use crate::ready::{Note, Readiness};
 use crate::service::ServiceNotify;
 use crate::types::{Error, Result};
+use crate::types::{Phase, WorkerInfo};
+pub(crate) use config::{Config, WorkerUser};
 use inbox::{next_signal, MasterSignal, Reaped};
 pub(crate) use inbox::{Control, Scale};
 use reload::{ReloadRun, Target, Waiter};
 use setup::Inbox;
 use slot::{Role, Slot};
+
+/// The state a [`crate::Handle`] reads without asking the event loop.
+#[derive(Debug, Clone)]
+pub(crate) struct Snapshot {
+    pub(crate) phase: Phase,
+    pub(crate) workers: Vec<WorkerInfo>,
+    /// Master upgrades in place this cluster has been through.
+    pub(crate) upgrades: u32,
+}
+
+/// What the loop shares with every [`crate::Handle`]: the log, the proxy's
+/// registry of backends and its counters, and the fds carried across a
+/// master upgrade. One small value, so that the loop needs nothing of the
+/// front.
+#[derive(Debug, Clone)]
+pub(crate) struct Shared {
+    pub(crate) log: Log,
+    pub(crate) backends: crate::proxy::Registry,
+    pub(crate) counters: Arc<crate::proxy::Counters>,
+    pub(crate) carried: Arc<crate::upgrade::Carried>,
+}
+
+impl Shared {
+    /// The shared parts of a new cluster named `name`.
+    pub(crate) fn new(name: Option<String>, log_events: bool) -> Shared {
+        let log = Log::new(name, log_events);
+        Shared {
+            counters: Arc::new(crate::proxy::Counters::new(log.clone())),
+            log,
+            backends: Default::default(),
+            carried: Default::default(),
+        }
+    }
+}
 
 /// How long a reaped worker's output pipes may take to reach EOF before the
 /// exit is reported anyway (a grandchild that escaped the process group may
@@ -64,7 +101,7 @@ pub(super) struct ReadyPlan {
 pub(super) struct Supervisor {
     config: Config,
     listeners: Listeners,
-    handle: Handle,
+    shared: Shared,
     snapshot: watch::Sender<Snapshot>,
     slots: Vec<Slot>,
     phase: Phase,
@@ -129,14 +166,14 @@ pub(crate) async fn run(
     config: Config,
     listeners: Listeners,
     inherited: Option<crate::upgrade::Adopted>,
-    handle: Handle,
+    shared: Shared,
     mut control_rx: mpsc::UnboundedReceiver<Control>,
     snapshot: watch::Sender<Snapshot>,
     os: Arc<dyn Processes>,
 ) -> Result<()> {
     let _running = handoff::Running::new();
     let (mut sup, inbox, adopting) =
-        Supervisor::set_up(config, listeners, inherited, handle, snapshot, os)?;
+        Supervisor::set_up(config, listeners, inherited, shared, snapshot, os)?;
     let Inbox {
         mut signals,
         reaped: mut reaped_rx,
@@ -264,11 +301,11 @@ impl Supervisor {
     }
 
     pub(super) fn emit(&self, event: Event) {
-        self.handle.log().event(event);
+        self.shared.log.event(event);
     }
 
     pub(super) fn notice(&self, slot: Option<usize>, notice: Notice, message: String) {
-        self.handle.log().notice(slot, notice, message);
+        self.shared.log.notice(slot, notice, message);
     }
 
     pub(super) fn publish_snapshot(&self) {

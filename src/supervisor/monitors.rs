@@ -110,14 +110,14 @@ impl Supervisor {
         }
         let tail = Tail::default();
         let sink = Arc::new(Sink {
-            prefix: match self.handle.name() {
+            prefix: match self.shared.log.name() {
                 Some(name) => format!("[{name} slot {index} pid {pid}] "),
                 None => format!("[slot {index} pid {pid}] "),
             }
             .into(),
             tail: tail.clone(),
             forward: self.config.forward_output,
-            log: self.handle.log().clone(),
+            log: self.shared.log.clone(),
             slot: index,
             pid: pid.as_raw() as u32,
         });

@@ -5,9 +5,9 @@
 use super::reload::{self, ReloadRun, Target, Waiter};
 use super::slot::Role;
 use super::{clock, Supervisor};
-use crate::cluster::Phase;
 use crate::observe::event::{Event, Notice};
 use crate::types::Error;
+use crate::types::Phase;
 use crate::types::{ReloadFailure, Replacement};
 
 impl Supervisor {

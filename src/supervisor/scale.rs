@@ -6,10 +6,10 @@ use nix::unistd::Pid;
 
 use super::reload::Target;
 use super::slot::{Role, Slot};
-use crate::cluster::Phase;
 use crate::observe::event::{Event, Notice};
 use crate::process::cgroup::WorkerCgroup;
 use crate::process::usage;
+use crate::types::Phase;
 use crate::types::{Error, Result};
 
 use super::inbox::Scale;
@@ -241,7 +241,7 @@ impl Supervisor {
     /// Every worker started from now on runs `command`. It must be Node
     /// if and only if the current one is: the readiness mode and the
     /// preload were chosen for that.
-    pub(super) fn set_command(&mut self, command: crate::cluster::Command) -> Result<()> {
+    pub(super) fn set_command(&mut self, command: crate::process::command::Command) -> Result<()> {
         let now = self.config.command.preload.is_some();
         if command.preload.is_some() != now {
             return Err(Error::InvalidSetting {

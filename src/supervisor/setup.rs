@@ -11,7 +11,7 @@ use super::inbox::{Reaped, Signals};
 use super::slot::Slot;
 use super::traffic::default_connection_limit;
 use super::{random_unit, ReadyPlan, Supervisor};
-use crate::cluster::{Config, Handle, Phase, Snapshot};
+use super::{Config, Shared, Snapshot};
 use crate::net::Listeners;
 use crate::observe::event::Notice;
 use crate::process::cgroup::ClusterCgroup;
@@ -22,6 +22,7 @@ use crate::proxy::ProxyConfig;
 use crate::ready::notify::NotifySocket;
 use crate::ready::{Note, Readiness};
 use crate::service::ServiceNotify;
+use crate::types::Phase;
 use crate::types::{Error, Result};
 
 /// The receiving ends the loop selects over, made with the supervisor.
@@ -41,7 +42,7 @@ impl Supervisor {
         config: Config,
         listeners: Listeners,
         inherited: Option<crate::upgrade::Adopted>,
-        handle: Handle,
+        shared: Shared,
         snapshot: watch::Sender<Snapshot>,
         os: Arc<dyn Processes>,
     ) -> Result<(Supervisor, Inbox, bool)> {
@@ -135,8 +136,8 @@ impl Supervisor {
             Plane::start(
                 settings,
                 &listeners,
-                handle.backends(),
-                handle.proxy_counters(),
+                shared.backends.clone(),
+                shared.counters.clone(),
                 idle_tx.clone(),
                 refusing_tx.clone(),
             )
@@ -157,7 +158,7 @@ impl Supervisor {
             None => None,
             Some(Ok(c)) => c,
             Some(Err(e)) => {
-                handle.log().notice(
+                shared.log.notice(
                     None,
                     Notice::NoCgroup,
                     format!(
@@ -175,7 +176,7 @@ impl Supervisor {
                 match Sentinel::start(cgroup.as_ref().map(|c| c.kill_path()).as_deref()) {
                     Ok(s) => Some(s),
                     Err(e) => {
-                        handle.log().notice(
+                        shared.log.notice(
                             None,
                             Notice::NoCgroup,
                             format!(
@@ -196,7 +197,7 @@ impl Supervisor {
             slots: (0..config.workers).map(Slot::new).collect(),
             config,
             listeners,
-            handle,
+            shared,
             snapshot,
             phase: Phase::Running,
             reaped_tx,

@@ -5,12 +5,12 @@ use std::io;
 use std::time::Duration;
 
 use super::slot::{ExitOutcome, Role};
-use crate::cluster::Phase;
 use crate::observe::event::{Event, Notice};
 use crate::process::spawn::SpawnRequest;
 use crate::proxy::{self};
 use crate::ready::{ipc, pipe, Readiness};
 use crate::types::Exit;
+use crate::types::Phase;
 use crate::types::{Error, Result};
 
 use super::{clock, random_unit, Supervisor};

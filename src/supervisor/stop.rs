@@ -7,8 +7,8 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use crate::cluster::Phase;
 use crate::observe::event::Event;
+use crate::types::Phase;
 use crate::types::ReloadFailure;
 use crate::types::{Error, Result};
 use crate::types::{Exit, KillMode};
@@ -192,7 +192,7 @@ impl Supervisor {
         self.answer_upgrades(|| Err(Error::NotRunning));
         self.phase = Phase::Stopped;
         self.emit(Event::Stopped);
-        self.handle.log().close_events();
+        self.shared.log.close_events();
         let _ = tokio::time::timeout(FINAL_FLUSH, crate::observe::writer::flush()).await;
         // Last: Handle::shutdown resolves on this, after the final lines.
         self.publish_snapshot();
@@ -233,6 +233,6 @@ impl Drop for Supervisor {
         }
         self.phase = Phase::Stopped;
         self.publish_snapshot();
-        self.handle.log().close_events();
+        self.shared.log.close_events();
     }
 }

@@ -6,8 +6,8 @@
 use nix::unistd::Pid;
 
 use super::reload::Target;
-use crate::cluster::Phase;
 use crate::observe::event::{Event, Notice};
+use crate::types::Phase;
 
 use super::{clock, Supervisor};
 

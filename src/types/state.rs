@@ -92,3 +92,19 @@ impl fmt::Display for WorkerState {
         })
     }
 }
+
+/// Where a cluster is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum Phase {
+    /// Built and bound; `run()` not called yet.
+    Created,
+    /// Workers are supervised.
+    Running,
+    /// Workers are being stopped.
+    Stopping,
+    /// Every worker has been reaped.
+    Stopped,
+}

@@ -1,0 +1,69 @@
+//! The loop's input: everything it needs, validated by the builder.
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use nix::sys::signal::Signal as NixSignal;
+
+use super::policy::Supervision;
+use crate::process::command::Command;
+use crate::proxy::ProxyProtocol;
+use crate::types::{KillMode, Readiness};
+
+/// Everything the event loop needs, validated.
+#[derive(Debug)]
+pub(crate) struct Config {
+    /// What each new worker runs; [`Handle::set_command`] replaces it.
+    pub(crate) command: Command,
+    /// Whether Node programs get the preload.
+    pub(crate) node_preload: bool,
+    pub(crate) workers: usize,
+    pub(crate) supervision: Supervision,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) stop_signal: NixSignal,
+    pub(crate) kill_mode: KillMode,
+    pub(crate) settle: Option<Duration>,
+    pub(crate) handle_signals: bool,
+    pub(crate) name: Option<String>,
+    pub(crate) log_events: bool,
+    pub(crate) forward_output: bool,
+    pub(crate) readiness: Readiness,
+    pub(crate) start_timeout: Duration,
+    pub(crate) watchdog: Option<Duration>,
+    /// The user workers run as, if not the master's.
+    pub(crate) user: Option<WorkerUser>,
+    /// A graceful stop waits this long, not ready, before workers stop.
+    pub(crate) pre_stop_delay: Option<Duration>,
+    /// Whether the master reports to its own service manager.
+    pub(crate) service_notify: bool,
+    /// How often workers' CPU and memory are read (None: never).
+    pub(crate) sample_interval: Option<Duration>,
+    /// Replace a worker that stays over this many bytes.
+    pub(crate) max_memory: Option<u64>,
+    pub(crate) max_requests: Option<u64>,
+    pub(crate) reload_parallel: usize,
+    pub(crate) proxy_header: Option<ProxyProtocol>,
+    /// Proxy mode: workers bind `PORT` themselves.
+    pub(crate) port_contract: bool,
+    pub(crate) proxy_splice: bool,
+    /// Proxy mode: the most client connections at once (None: derived from
+    /// the fd limit).
+    pub(crate) max_connections: Option<usize>,
+    /// Proxy mode: close a connection quiet for this long (None: never).
+    pub(crate) proxy_idle_timeout: Option<Duration>,
+    /// HTTP mode: a cookie pins each client to a slot.
+    pub(crate) sticky_cookie: bool,
+    /// HTTP mode: peers whose X-Forwarded-* headers are kept.
+    pub(crate) trusted_proxies: Vec<crate::Cidr>,
+    /// HTTP mode: the request head and response head timeouts.
+    pub(crate) header_timeout: Duration,
+    pub(crate) response_timeout: Duration,
+}
+
+/// A user to run workers as, resolved.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerUser {
+    pub(crate) credentials: crate::process::spawn::Credentials,
+    /// HOME, USER and LOGNAME for the workers.
+    pub(crate) env: Vec<(OsString, OsString)>,
+}
