@@ -7,7 +7,7 @@ use nix::sys::signal::Signal as NixSignal;
 
 use super::policy::Supervision;
 use crate::process::command::Command;
-use crate::proxy::ProxyProtocol;
+use crate::proxy::ProxyConfig;
 use crate::types::{KillMode, Readiness};
 
 /// Everything the event loop needs, validated.
@@ -42,22 +42,16 @@ pub(crate) struct Config {
     pub(crate) max_memory: Option<u64>,
     pub(crate) max_requests: Option<u64>,
     pub(crate) reload_parallel: usize,
-    pub(crate) proxy_header: Option<ProxyProtocol>,
+    /// Proxy and http mode: what every accept loop shares, made once by
+    /// the builder (None in the other modes).
+    pub(crate) proxy: Option<ProxyConfig>,
     /// Proxy mode: workers bind `PORT` themselves.
     pub(crate) port_contract: bool,
-    pub(crate) proxy_splice: bool,
     /// Proxy mode: the most client connections at once (None: derived from
     /// the fd limit).
     pub(crate) max_connections: Option<usize>,
-    /// Proxy mode: close a connection quiet for this long (None: never).
-    pub(crate) proxy_idle_timeout: Option<Duration>,
-    /// HTTP mode: a cookie pins each client to a slot.
-    pub(crate) sticky_cookie: bool,
     /// HTTP mode: peers whose X-Forwarded-* headers are kept.
     pub(crate) trusted_proxies: Vec<crate::Cidr>,
-    /// HTTP mode: the request head and response head timeouts.
-    pub(crate) header_timeout: Duration,
-    pub(crate) response_timeout: Duration,
 }
 
 /// A user to run workers as, resolved.

@@ -18,7 +18,6 @@ use crate::process::cgroup::ClusterCgroup;
 use crate::process::os::Processes;
 use crate::process::sentinel::Sentinel;
 use crate::proxy::plane::{self, Plane};
-use crate::proxy::ProxyConfig;
 use crate::ready::notify::NotifySocket;
 use crate::ready::{Note, Readiness};
 use crate::service::ServiceNotify;
@@ -105,48 +104,34 @@ impl Supervisor {
             watchdog: config.watchdog,
         };
 
-        let proxy = match listeners.balance() {
-            balance @ (crate::Balance::Proxy { strategy } | crate::Balance::Http { strategy }) => {
-                let config = ProxyConfig {
-                    strategy,
-                    header: config.proxy_header,
-                    splice: config.proxy_splice,
-                    idle_timeout: config.proxy_idle_timeout,
-                    http: balance.is_http(),
-                    sticky: config.sticky_cookie,
-                    header_timeout: config.header_timeout,
-                    response_timeout: config.response_timeout,
+        let proxy = config
+            .proxy
+            .map(|proxy_config| {
+                let limit = config.max_connections.unwrap_or_else(|| {
+                    default_connection_limit(config.workers, listeners.local_addrs().len())
+                });
+                let private_unix = proxy_config.header.is_some() && !config.port_contract;
+                let settings = plane::Settings {
+                    config: proxy_config,
+                    limit,
+                    private_unix,
+                    seed: (random_unit() * u64::MAX as f64) as u64,
+                    trusted: config.trusted_proxies.clone().into(),
                 };
-                Some(config)
-            }
-            _ => None,
-        }
-        .map(|proxy_config| {
-            let limit = config.max_connections.unwrap_or_else(|| {
-                default_connection_limit(config.workers, listeners.local_addrs().len())
+                Plane::start(
+                    settings,
+                    &listeners,
+                    shared.backends.clone(),
+                    shared.counters.clone(),
+                    idle_tx.clone(),
+                    refusing_tx.clone(),
+                )
+            })
+            .transpose()?
+            .map(|started| {
+                background.extend(started.tasks);
+                started.plane
             });
-            let private_unix = config.proxy_header.is_some() && !config.port_contract;
-            let settings = plane::Settings {
-                config: proxy_config,
-                limit,
-                private_unix,
-                seed: (random_unit() * u64::MAX as f64) as u64,
-                trusted: config.trusted_proxies.clone().into(),
-            };
-            Plane::start(
-                settings,
-                &listeners,
-                shared.backends.clone(),
-                shared.counters.clone(),
-                idle_tx.clone(),
-                refusing_tx.clone(),
-            )
-        })
-        .transpose()?
-        .map(|started| {
-            background.extend(started.tasks);
-            started.plane
-        });
 
         // A fake operating system's workers have no cgroups.
         let inherited_cgroup = inherited.as_mut().and_then(|a| a.cgroup.take());
