@@ -6,6 +6,7 @@
 //! supervisor and the proxy point down to `observe`, never the reverse.
 
 pub(crate) mod event;
+mod json;
 pub(crate) mod log;
 pub(crate) mod metrics;
 pub(crate) mod throttle;
