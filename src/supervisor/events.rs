@@ -14,6 +14,7 @@ use crate::types::Millis;
 use crate::types::Phase;
 
 use super::inbox::Reaped;
+use super::workers::{START_TIMEOUT, WATCHDOG};
 use super::{clock, random_unit, Supervisor};
 
 impl Supervisor {
@@ -56,7 +57,7 @@ impl Supervisor {
                 // Only a process of the worker's own group: the stop signal
                 // must never reach a stranger.
                 if app == worker || process_group_of(app) == Some(worker) {
-                    self.serving.insert(worker, app);
+                    self.worker(worker).app = Some(app);
                 }
             }
         }
@@ -91,13 +92,11 @@ impl Supervisor {
                 Exit::Signal(crate::Signal::KILL)
             }
         };
-        self.serving.remove(&r.pid);
-        self.monitors.remove(&r.pid);
+        let gone = self.workers.remove(&r.pid).unwrap_or_default();
         if let Some(sentinel) = &self.sentinel {
             sentinel.untrack(r.pid);
         }
-        let killed_for = self.killed_for.remove(&r.pid);
-        self.worker_cgroups.remove(&r.pid);
+        let killed_for = gone.killed_for;
         let passed = self.proxy.as_mut().map_or(0, |p| p.reaped(r.pid));
         self.passed_on(r.slot, passed);
         let now = clock();
@@ -141,7 +140,7 @@ impl Supervisor {
                 self.report(r.slot, decision, r.tail)
             }
             ExitOutcome::Successor => {
-                let reason = if self.timed_out.remove(&r.pid) {
+                let reason = if killed_for == Some(START_TIMEOUT) {
                     format!(
                         "not ready within {} (start timeout)",
                         Millis(self.config.start_timeout)
@@ -152,7 +151,6 @@ impl Supervisor {
                 self.successor_failed(r.slot, reason, r.tail).await;
             }
             ExitOutcome::Expected => {
-                self.timed_out.remove(&r.pid);
                 if let Some(run) = self.reload.as_mut() {
                     if run.is_active(r.slot) && self.slots[r.slot].successor_pid().is_none() {
                         run.abandoned(r.slot);
@@ -219,18 +217,14 @@ impl Supervisor {
                 self.kill_tree(pid);
             }
             Due::DelayReady(pid) => self.on_ready(index, pid).await,
-            Due::StartTimeout(pid, role) => {
+            Due::StartTimeout(pid, _) => {
                 self.emit(Event::StartTimeout {
                     slot: index,
                     pid: pid.as_raw() as u32,
                     timeout: self.config.start_timeout,
                     readiness: self.ready.mode,
                 });
-                if role == Role::Successor {
-                    self.timed_out.insert(pid);
-                } else {
-                    self.killed_for.insert(pid, "start_timeout");
-                }
+                self.worker(pid).killed_for = Some(START_TIMEOUT);
                 self.kill_tree(pid);
             }
             Due::Signal(pid) => {
@@ -251,7 +245,7 @@ impl Supervisor {
                     slot: index,
                     pid: pid.as_raw() as u32,
                 });
-                self.killed_for.insert(pid, "watchdog");
+                self.worker(pid).killed_for = Some(WATCHDOG);
                 self.kill_tree(pid);
             }
         }

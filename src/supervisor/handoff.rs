@@ -73,10 +73,10 @@ impl Supervisor {
         for w in workers {
             let (slot, pid) = (w.slot, Pid::from_raw(w.pid));
             if let Some(dir) = w.cgroup {
-                self.worker_cgroups.insert(pid, WorkerCgroup::adopt(dir));
+                self.worker(pid).cgroup = Some(WorkerCgroup::adopt(dir));
             }
             if let Some(app) = w.app {
-                self.serving.insert(pid, Pid::from_raw(app));
+                self.worker(pid).app = Some(Pid::from_raw(app));
             }
             let generation = self.slots[slot].generation;
             self.attach_carried(
@@ -147,7 +147,7 @@ impl Supervisor {
         if handoff::exe().is_none() {
             return Err("the path of this program's binary is unknown".into());
         }
-        if self.monitors.values().any(|m| m.carry.is_none()) {
+        if self.monitors().any(|(_, m)| m.carry.is_none()) {
             return Err(
                 "a worker cannot be handed on (a fake process, or its fds could not be \
                  duplicated when it started)"
@@ -278,9 +278,9 @@ impl Supervisor {
             let Some(pid) = slot.pid() else {
                 continue;
             };
-            let carry = self
-                .monitors
-                .get(&pid)
+            let entry = self.workers.get(&pid);
+            let carry = entry
+                .and_then(|w| w.monitor.as_ref())
                 .and_then(|m| m.carry.as_ref())
                 .ok_or_else(|| io::Error::other(format!("pid {pid} has no fds to hand on")))?;
             let info = slot.info();
@@ -301,8 +301,10 @@ impl Supervisor {
                     Some((k, c)) => Some((*k, fd(c.as_fd())?)),
                     None => None,
                 },
-                app: self.serving.get(&pid).map(|p| p.as_raw()),
-                cgroup: self.worker_cgroups.get(&pid).map(|c| c.dir().to_path_buf()),
+                app: entry.and_then(|w| w.app).map(|p| p.as_raw()),
+                cgroup: entry
+                    .and_then(|w| w.cgroup.as_ref())
+                    .map(|c| c.dir().to_path_buf()),
             });
         }
         let carried = self

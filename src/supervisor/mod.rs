@@ -24,9 +24,10 @@ mod stop;
 #[cfg(test)]
 mod tests;
 mod traffic;
+mod workers;
 
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,7 +38,7 @@ use tokio::sync::{mpsc, watch};
 use crate::net::Listeners;
 use crate::observe::event::{Event, Notice};
 use crate::observe::log::Log;
-use crate::process::cgroup::{ClusterCgroup, WorkerCgroup};
+use crate::process::cgroup::ClusterCgroup;
 use crate::process::os::Processes;
 use crate::process::sentinel::Sentinel;
 use crate::proxy::plane::Plane;
@@ -51,6 +52,7 @@ pub(crate) use inbox::{Control, Scale};
 use reload::{ReloadRun, Target, Waiter};
 use setup::Inbox;
 use slot::{Role, Slot};
+use workers::Worker;
 
 /// The state a [`crate::Handle`] reads without asking the event loop.
 #[derive(Debug, Clone)]
@@ -116,8 +118,6 @@ pub(super) struct Supervisor {
     reload: Option<ReloadRun>,
     /// Reload requests that arrived during a reload: run once it ends.
     queued: Vec<(Target, Option<Waiter>)>,
-    /// Successors killed for missing the start timeout.
-    timed_out: HashSet<Pid>,
     /// Proxy mode: backends, rotation, private listeners.
     proxy: Option<Plane>,
     /// The notify socket's reader and the proxy's accept loops.
@@ -130,20 +130,11 @@ pub(super) struct Supervisor {
     /// The cluster's cgroup, where cgroup v2 is writable: each worker's
     /// tree in a cgroup of its own, killed whole.
     cgroup: Option<ClusterCgroup>,
-    /// Each live worker's cgroup.
-    worker_cgroups: HashMap<Pid, WorkerCgroup>,
-    /// Where each Node worker's app runs, as the preload reported it: the
-    /// worker itself, or another process of its tree (`npm start`). Worker
-    /// pid -> the app's pid, which gets the stop signal.
-    serving: HashMap<Pid, Pid>,
-    /// Workers replaced for their request count (`max_requests`), so that
-    /// each is replaced once.
-    request_limited: HashSet<Pid>,
+    /// What the loop keeps of each live worker process, by pid: a reap
+    /// is one removal.
+    workers: HashMap<Pid, Worker>,
     /// Starts, signals and reaps the workers.
     os: Arc<dyn Processes>,
-    /// Workers the master killed, and why (`watchdog`, `start_timeout`),
-    /// for the restart that follows.
-    killed_for: HashMap<Pid, &'static str>,
     /// A graceful stop waiting out the pre-stop delay.
     pending_stop: Option<Instant>,
     /// The master's own service manager (systemd), if it listens.
@@ -151,8 +142,6 @@ pub(super) struct Supervisor {
     /// Kills the workers' groups if the master dies (None: they asked for
     /// the parent-death signal instead).
     sentinel: Option<Sentinel>,
-    /// Each live worker's tasks, and the master's fds for an upgrade.
-    monitors: HashMap<Pid, monitors::Monitor>,
     /// A duplicate of the workers' notify socket, for an upgrade.
     notify_fd: Option<std::os::fd::OwnedFd>,
     /// Upgrade requests waiting for the cluster to settle, and since when.

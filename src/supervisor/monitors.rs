@@ -157,21 +157,18 @@ impl Supervisor {
                 tail: tail.lines(),
             });
         });
-        self.monitors.insert(
-            pid,
-            Monitor {
-                watcher,
-                readers,
-                carry,
-            },
-        );
+        self.worker(pid).monitor = Some(Monitor {
+            watcher,
+            readers,
+            carry,
+        });
     }
 
     /// Stops every worker's tasks. False if one of them had already seen
     /// its worker exit (the exit is on its way to the loop).
     pub(super) async fn detach_all(&mut self) -> bool {
         let mut clean = true;
-        for monitor in self.monitors.values_mut() {
+        for monitor in self.workers.values_mut().filter_map(|w| w.monitor.as_mut()) {
             for r in &monitor.readers {
                 r.abort();
             }
@@ -186,7 +183,11 @@ impl Supervisor {
     /// Starts every worker's tasks again from the carried fds (an upgrade
     /// that did not happen).
     pub(super) fn reattach_all(&mut self) {
-        let monitors = std::mem::take(&mut self.monitors);
+        let monitors: Vec<(Pid, Monitor)> = self
+            .workers
+            .iter_mut()
+            .filter_map(|(&pid, w)| Some((pid, w.monitor.take()?)))
+            .collect();
         for (pid, monitor) in monitors {
             let Some(carry) = monitor.carry else {
                 continue;
@@ -203,7 +204,7 @@ impl Supervisor {
     /// did not happen). A worker whose fds cannot be duplicated any more is
     /// SIGKILLed: it could not be supervised.
     pub(super) fn attach_carried(&mut self, index: usize, generation: u64, pid: Pid, carry: Carry) {
-        let cgroup = self.worker_cgroups.get(&pid).cloned();
+        let cgroup = self.workers.get(&pid).and_then(|w| w.cgroup.clone());
         let attachment = match carry.attachment(pid, cgroup) {
             Ok(a) => a,
             Err(e) => {

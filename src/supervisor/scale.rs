@@ -137,9 +137,10 @@ impl Supervisor {
             let Some(pid) = self.slots[index].pid() else {
                 continue;
             };
-            let cgroup = self.worker_cgroups.get(&pid).map(WorkerCgroup::dir);
+            let entry = self.workers.get(&pid);
+            let cgroup = entry.and_then(|w| w.cgroup.as_ref()).map(WorkerCgroup::dir);
             let mut pids = vec![pid];
-            pids.extend(self.serving.get(&pid).filter(|&&app| app != pid));
+            pids.extend(entry.and_then(|w| w.app).filter(|&app| app != pid));
             let usage = usage::read(cgroup, &pids);
             let limit = self.config.max_memory;
             if self.slots[index].record_usage(pid, usage, now, limit) {
@@ -180,17 +181,19 @@ impl Supervisor {
         let current: Vec<(usize, Pid)> = (0..self.slots.len())
             .filter_map(|i| Some((i, self.slots[i].pid()?)))
             .collect();
-        self.request_limited
-            .retain(|p| current.iter().any(|(_, c)| c == p));
         let mut over = Vec::new();
         for (slot, pid) in current {
             let Some(backend) = proxy.backend(pid) else {
                 continue;
             };
             let requests = backend.total.load(std::sync::atomic::Ordering::Relaxed);
-            if requests >= limit && self.request_limited.insert(pid) {
+            let limited = self.workers.get(&pid).is_some_and(|w| w.request_limited);
+            if requests >= limit && !limited {
                 over.push((slot, pid, requests));
             }
+        }
+        for &(_, pid, _) in &over {
+            self.worker(pid).request_limited = true;
         }
         for (slot, pid, requests) in over {
             let event = Event::RequestLimit {

@@ -2,7 +2,7 @@
 //! notify socket, the proxy plane, the cgroup and the sentinel, the
 //! channels the loop listens on, and what a previous master handed on.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
@@ -193,18 +193,14 @@ impl Supervisor {
             target: workers,
             reload: None,
             queued: Vec::new(),
-            timed_out: HashSet::new(),
             proxy,
             background,
             listen_watch: Vec::new(),
             listen_tx,
             foreign_notes: crate::observe::throttle::LogThrottle::default(),
             cgroup,
-            worker_cgroups: HashMap::new(),
-            serving: HashMap::new(),
-            request_limited: HashSet::new(),
+            workers: HashMap::new(),
             pending_stop: None,
-            killed_for: HashMap::new(),
             service: if sup_config_notify {
                 ServiceNotify::from_env()
             } else {
@@ -212,7 +208,6 @@ impl Supervisor {
             },
             os,
             sentinel,
-            monitors: HashMap::new(),
             notify_fd,
             upgrade_requests: Vec::new(),
             upgrade_since: None,

@@ -191,7 +191,7 @@ impl Supervisor {
         };
         let pid = spawned.pid;
         if let Some(w) = &worker_cgroup {
-            self.worker_cgroups.insert(pid, w.clone());
+            self.worker(pid).cgroup = Some(w.clone());
         }
         if let Some(plane) = &mut self.proxy {
             if let (Readiness::Probe, Some(addr)) = (self.ready.mode, port) {

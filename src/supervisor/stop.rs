@@ -51,7 +51,7 @@ impl Supervisor {
         let Some(pid) = s.pid() else {
             return Err(Error::NoWorker { slot });
         };
-        let target = self.serving.get(&pid).copied().unwrap_or(pid);
+        let target = self.app_of(pid).unwrap_or(pid);
         self.os.signal(target, signal);
         Ok(target.as_raw() as u32)
     }
@@ -60,7 +60,7 @@ impl Supervisor {
     /// (which also holds descendants that left the group).
     pub(super) fn kill_tree(&self, pid: Pid) {
         self.os.signal_group(pid, Signal::SIGKILL);
-        if let Some(w) = self.worker_cgroups.get(&pid) {
+        if let Some(w) = self.workers.get(&pid).and_then(|w| w.cgroup.as_ref()) {
             w.kill();
         }
     }
@@ -69,7 +69,7 @@ impl Supervisor {
     /// ([`KillMode::Mixed`]; the rest of the group goes when the main
     /// process has exited or at the drain timeout), or to its whole group.
     pub(super) fn ask_to_stop(&self, pid: Pid) {
-        let app = self.serving.get(&pid).copied();
+        let app = self.app_of(pid);
         match (self.config.kill_mode, app) {
             (KillMode::Group, _) => self.os.signal_group(pid, self.config.stop_signal),
             (_, Some(app)) => self.os.signal(app, self.config.stop_signal),
