@@ -1,0 +1,118 @@
+//! `cluster`: run N copies of a program behind one address.
+//!
+//! ```text
+//! cargo run --release --example cluster -- -w 4 -l 0.0.0.0:3000 node examples/node/server.js
+//! ```
+//!
+//! Everything from the first non-option on is the program and its arguments.
+//! SIGHUP reloads (rolling, successor first); SIGTERM/SIGINT stop.
+//! Exit status: 0 after a clean stop, 1 when the cluster cannot start or every
+//! slot failed, 2 for bad usage.
+
+//!
+//! The parts: `cli.rs` (flags and their parsers), `run.rs` (the cluster
+//! built from them and run), `unit.rs` (`--print-systemd-unit`),
+//! `metrics.rs` (`--metrics`).
+
+mod cli;
+mod metrics;
+mod run;
+mod unit;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::Cli;
+use run::run;
+use unit::systemd_units;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.print_systemd_unit {
+        return match systemd_units(&cli) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("herd: error: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    // One thread is plenty for a master that only forks, reaps and forwards
+    // output, and keeps its footprint small. In proxy mode the master is in
+    // the data path: a thread per CPU.
+    let runtime = if cli.balance.is_some_and(|(b, _)| b.is_proxy()) {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("herd: error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herd: error: {}", chain(e.as_ref()));
+            if is_usage(e.as_ref()) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// A bad combination of options, found after parsing: exit status 2, like
+/// the errors clap finds.
+#[derive(Debug)]
+pub(crate) struct Usage(String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// Whether an error is about the command line (exit 2) rather than the
+/// cluster (exit 1).
+fn is_usage(e: &(dyn std::error::Error + 'static)) -> bool {
+    if e.is::<Usage>() {
+        return true;
+    }
+    matches!(
+        e.downcast_ref::<herd::Error>(),
+        Some(
+            herd::Error::InvalidSetting { .. }
+                | herd::Error::Parse { .. }
+                | herd::Error::ZeroWorkers
+                | herd::Error::NoProgram
+        )
+    )
+}
+
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,309 @@
+//! Building the cluster from the command line and running it: sockets
+//! from systemd, the control socket, the metrics endpoint, log files.
+
+use std::net::SocketAddr;
+
+use std::time::Duration;
+
+use herd::{Backoff, Balance, Cluster, CrashLoop, Readiness};
+
+use crate::cli::{cluster_name, default_listen, Cli};
+use crate::metrics::serve_metrics;
+use crate::Usage;
+
+/// Sockets the master was started with (systemd socket activation,
+/// `systemd-socket-activate`), with their addresses.
+pub(crate) fn activated_sockets(
+) -> Result<Vec<(std::os::fd::OwnedFd, SocketAddr)>, Box<dyn std::error::Error>> {
+    if std::env::var_os("LISTEN_FDS").is_none() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for fd in herd::worker::listen_fds()? {
+        let addr = socket2::SockRef::from(&fd)
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .ok_or_else(|| Usage("a socket from LISTEN_FDS is not a TCP socket".into()))?;
+        out.push((fd, addr));
+    }
+    Ok(out)
+}
+
+pub(crate) async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let control_name = cluster_name(&cli).unwrap_or_else(|| "herd".into());
+    let explicit: Vec<SocketAddr> = cli.listen.into_iter().flatten().collect();
+    let mut activated = activated_sockets()?;
+    // With --listen, an activated socket serves the address it is bound to
+    // and the other addresses are bound here; without, every activated
+    // socket serves and nothing else.
+    if !explicit.is_empty() && !activated.is_empty() {
+        activated.retain(|(_, addr)| explicit.contains(addr));
+    }
+    let listen: Vec<SocketAddr> = if !explicit.is_empty() {
+        explicit
+            .into_iter()
+            .filter(|a| !activated.iter().any(|(_, b)| a == b))
+            .collect()
+    } else if activated.is_empty() {
+        default_listen()?
+    } else {
+        Vec::new()
+    };
+    let balance_given = cli.balance.is_some();
+    let balance = match (
+        cli.balance.unwrap_or((Balance::ReusePort, false)),
+        cli.strategy,
+    ) {
+        ((b, true), Some(strategy)) if b.strategy().is_some_and(|named| named != strategy) => {
+            return Err(Usage(format!(
+                "--balance {b} and --strategy {strategy} name two strategies; give one"
+            ))
+            .into())
+        }
+        ((Balance::Proxy { .. }, _), Some(strategy)) => Balance::Proxy { strategy },
+        ((Balance::Http { .. }, _), Some(strategy)) => Balance::Http { strategy },
+        ((other, _), Some(_)) => {
+            return Err(Usage(format!(
+                "--strategy needs --balance proxy or http, not --balance {other}"
+            ))
+            .into())
+        }
+        ((other, _), None) => other,
+    };
+    // systemd opens sockets without SO_REUSEPORT unless its unit says
+    // ReusePort=yes: a socket per slot cannot join them.
+    let lacks_reuseport = activated
+        .iter()
+        .any(|(fd, _)| !socket2::SockRef::from(fd).reuse_port().unwrap_or(false));
+    let balance = if !balance_given && balance == Balance::ReusePort && lacks_reuseport {
+        let why = "the sockets passed by LISTEN_FDS lack SO_REUSEPORT (ReusePort=yes): serving them shared";
+        if cli.log_format == "json" {
+            eprintln!("{{\"event\":\"notice\",\"slot\":null,\"notice\":\"activated_shared\",\"message\":\"{why}\"}}");
+        } else {
+            eprintln!("herd: {why}");
+        }
+        Balance::Shared
+    } else {
+        balance
+    };
+    let ready = match (cli.wait_ready, cli.ready) {
+        (false, r) => r,
+        (true, Readiness::Auto | Readiness::Ipc) => Readiness::Ipc,
+        (true, other) => {
+            return Err(Usage(format!(
+                "--wait-ready waits for process.send('ready') and cannot go with --ready {other}"
+            ))
+            .into())
+        }
+    };
+    let json = cli.log_format == "json";
+    let (program, args) = cli
+        .command
+        .split_first()
+        .ok_or_else(|| Usage("no program given".into()))?;
+    let mut builder = Cluster::builder()
+        .command(program)
+        .args(args)
+        .balance(balance)
+        .drain_timeout(cli.drain_timeout)
+        .stop_signal(cli.stop_signal)
+        .restart_policy(cli.restart)
+        .backoff(Backoff {
+            initial: cli.restart_delay,
+            max: cli.restart_delay_max,
+            ..Backoff::default()
+        })
+        .crash_loop(CrashLoop {
+            limit: cli.crash_limit,
+            window: cli.crash_window,
+        })
+        .min_uptime(cli.min_uptime)
+        .readiness(ready)
+        .kill_mode(cli.kill_mode)
+        .settle(cli.settle)
+        .log_events(!json)
+        .start_timeout(cli.start_timeout)
+        .reload_parallel(cli.reload_parallel)
+        .node_preload(!cli.no_node_preload);
+    if let Some(name) = &cli.name {
+        builder = builder.name(name);
+    }
+    if let Some(user) = &cli.user {
+        builder = builder.user(user);
+    }
+    if let Some(group) = &cli.group {
+        builder = builder.group(group);
+    }
+    builder = builder
+        .sample_interval(cli.sample_interval)
+        .pre_stop_delay(cli.pre_stop_delay);
+    let to_files = cli.log_file.is_some() || cli.log_dir.is_some();
+    if to_files {
+        // The files take the place of the terminal, as with PM2.
+        builder = builder.forward_output(false).log_events(false);
+    }
+    if let Some(bytes) = cli.max_memory {
+        builder = builder.max_memory(bytes);
+    }
+    if let Some(n) = cli.max_requests {
+        builder = builder.max_requests(n);
+    }
+    if let Some(w) = cli.watchdog {
+        builder = builder.watchdog(w);
+    }
+    if let Some(v) = cli.proxy_protocol {
+        builder = builder.proxy_protocol(v);
+    }
+    if cli.proxy_port {
+        builder = builder.port_contract(true);
+    }
+    if cli.proxy_splice {
+        builder = builder.proxy_splice(true);
+    }
+    if let Some(n) = cli.workers {
+        builder = builder.workers(n);
+    }
+    if let Some(n) = cli.max_connections {
+        builder = builder.max_connections(n);
+    }
+    if cli.sticky.is_some() {
+        builder = builder.sticky_cookie(true);
+    }
+    if let Some(d) = cli.header_timeout {
+        builder = builder.header_timeout(d);
+    }
+    if let Some(d) = cli.response_timeout {
+        builder = builder.response_timeout(d);
+    }
+    for range in &cli.trust_proxy {
+        builder = builder.trust_proxy(*range);
+    }
+    if balance.is_proxy() {
+        builder = builder.proxy_idle_timeout(cli.proxy_idle_timeout);
+    }
+    if let Some(b) = cli.backlog {
+        builder = builder.backlog(b);
+    }
+    if let Some(dir) = &cli.cwd {
+        builder = builder.current_dir(dir);
+    }
+    for k in &cli.unset_env {
+        builder = builder.env_remove(k);
+    }
+    for (k, v) in &cli.env {
+        builder = builder.env(k, v);
+    }
+    for (fd, _) in activated {
+        builder = builder.listener(fd);
+    }
+    for addr in &listen {
+        builder = builder.listen(*addr);
+    }
+    let cluster = builder.build()?;
+    let log_files = if to_files {
+        let files = herd::logfile::LogFiles::start(
+            &cluster.handle(),
+            herd::logfile::Targets {
+                file: cli.log_file.clone(),
+                dir: cli.log_dir.clone(),
+            },
+        )?;
+        let files = std::sync::Arc::new(files);
+        let reopen = files.clone();
+        let mut usr1 =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
+        tokio::spawn(async move {
+            while usr1.recv().await.is_some() {
+                reopen.reopen();
+            }
+        });
+        Some(files)
+    } else {
+        None
+    };
+    // Serves until the process exits.
+    let _metrics_task = match cli.metrics {
+        Some(addr) => Some(serve_metrics(addr, cluster.handle(), cli.sample_interval).await?),
+        None => None,
+    };
+    let control = if cli.no_control {
+        None
+    } else {
+        let path = cli
+            .control
+            .clone()
+            .unwrap_or_else(|| herd::control::default_path(&control_name));
+        match herd::control::serve(cluster.handle(), &path).await {
+            Ok(server) => Some(server),
+            // Another master owns that name: a usage error, before anything
+            // starts.
+            Err(e @ herd::Error::ControlInUse { .. }) => return Err(Usage(e.to_string()).into()),
+            Err(e) => return Err(e.into()),
+        }
+    };
+    // Every JSON line names the cluster when it has a name.
+    let open = match &cli.name {
+        Some(name) => format!("{{\"cluster\":\"{name}\","),
+        None => "{".to_owned(),
+    };
+    let tag = match &cli.name {
+        Some(name) => format!("herd[{name}]"),
+        None => "herd".to_owned(),
+    };
+    for addr in cluster.local_addrs() {
+        if json {
+            eprintln!(
+                "{open}\"event\":\"listening\",\"addr\":\"{addr}\",\"balance\":\"{balance}\",\"workers\":{}}}",
+                cluster.worker_count()
+            );
+        } else {
+            eprintln!(
+                "{tag}: listening on {addr} ({}, {} worker{})",
+                balance,
+                cluster.worker_count(),
+                if cluster.worker_count() == 1 { "" } else { "s" }
+            );
+        }
+    }
+    if !json {
+        let result = cluster.run().await;
+        if let Some(files) = &log_files {
+            files.finish().await;
+        }
+        if let Some(control) = &control {
+            control.finish().await;
+        }
+        result?;
+        return Ok(());
+    }
+    // Every event as a JSON line, in order, the last ones included.
+    let mut events = cluster.handle().events();
+    let printer = tokio::spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match events.recv().await {
+                Ok(e) => {
+                    eprintln!("{open}{}", &e.to_json()[1..]);
+                    if matches!(e, herd::Event::Stopped) {
+                        return;
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    eprintln!("{open}\"event\":\"lagged\",\"missed\":{n}}}")
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
+    let result = cluster.run().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), printer).await;
+    if let Some(files) = &log_files {
+        files.finish().await;
+    }
+    if let Some(control) = &control {
+        control.finish().await;
+    }
+    result?;
+    Ok(())
+}
