@@ -25,24 +25,13 @@ fn reloads_lose_nothing(extra: &[&str], program: &[String]) {
     let args = [&["-w", "2", "--balance", "http"], extra].concat();
     let mut m = Master::start(&cmd(&args, program));
     m.wait_kind("spawned", 2);
-    let keep_alive = Load::start(m.addr, 4, true);
-    let fresh = Load::start(m.addr, 2, false);
-    keep_alive.wait_answered(50);
-    fresh.wait_answered(20);
-    for i in 1..=3 {
-        m.signal(Signal::SIGHUP);
-        m.wait_events("a complete reload", |e| complete_reloads(e) == i);
-        let n = keep_alive.answered();
-        keep_alive.wait_answered(n + 50);
-    }
-    let ka = keep_alive.finish_without_failures();
-    let fr = fresh.finish_without_failures();
+    let run = reload_under_load(&m, 4, 2, 3, |_| {});
     // The requests did reach the workers of every generation.
     let spawned: Vec<u32> = of_kind(&m.events(), "spawned")
         .map(|e| pid_field(e, "pid"))
         .collect();
     assert_eq!(spawned.len(), 8, "{}", m.log());
-    let served = ka.pids.union(&fr.pids).count();
+    let served = run.served_by().len();
     assert!(served >= 4, "served by {served} workers of {spawned:?}");
     m.signal(Signal::SIGTERM);
     assert!(m.wait_exit().success(), "{}", m.log());

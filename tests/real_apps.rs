@@ -67,21 +67,6 @@ fn cmd(extra: &[&str], program: &[&str]) -> Vec<String> {
     common::cmd(&[&["-w", "2"], extra].concat(), &s(program))
 }
 
-/// Pids of the processes that answered (the app's, which under a launcher
-/// is not the worker's main process).
-fn served_by(stats: &LoadStats) -> HashSet<u32> {
-    stats.pids.clone()
-}
-
-/// How many errors, and the first few.
-fn summary(errors: &[String]) -> String {
-    format!(
-        "{} errors, first: {:?}",
-        errors.len(),
-        &errors[..errors.len().min(5)]
-    )
-}
-
 /// `reloads` SIGHUPs under keep-alive and fresh-connection load: no failed
 /// request, every worker replaced, then a clean stop that leaves nothing
 /// running.
@@ -93,32 +78,13 @@ fn reloads_fail_nothing(mut m: Master, reloads: usize) {
     let first: HashSet<u32> = m.live_pids().into_iter().collect();
     assert_eq!(first.len(), workers, "{}", m.log());
 
-    let keep_alive = Load::start(m.addr, 3, true);
-    let fresh = Load::start(m.addr, 2, false);
-    keep_alive.wait_answered(50);
-    for i in 1..=reloads {
-        m.signal(Signal::SIGHUP);
-        m.wait_events(&format!("reload {i}"), |e| complete_reloads(e) >= i);
-        // Load on the new generation before the next reload.
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    let events = m.wait_events("every predecessor to exit", |e| {
-        of_kind(e, "exited").count() >= workers * reloads
+    let run = reload_under_load(&m, 3, 2, reloads, |m| {
+        m.wait_events("every predecessor to exit", |e| {
+            of_kind(e, "exited").count() >= workers * reloads
+        });
     });
-    let ka = keep_alive.finish();
-    let fr = fresh.finish();
+    let events = m.events();
     let log = m.log();
-    assert!(
-        ka.errors.is_empty(),
-        "keep-alive errors: {}\n{log}",
-        summary(&ka.errors)
-    );
-    assert!(
-        fr.errors.is_empty(),
-        "fresh-connection errors: {}\n{log}",
-        summary(&fr.errors)
-    );
-    assert!(ka.ok > 0 && fr.ok > 0);
     // Predecessors exited by themselves, none at the drain timeout.
     for e in of_kind(&events, "exited") {
         assert_eq!(e["exit"]["code"], 0, "{e}\n{log}");
@@ -130,7 +96,9 @@ fn reloads_fail_nothing(mut m: Master, reloads: usize) {
         now.is_disjoint(&first),
         "every worker replaced: {first:?} -> {now:?}"
     );
-    let apps = served_by(&ka);
+    // The apps that answered (under a launcher, not the workers' main
+    // processes) over kept-alive connections.
+    let apps = &run.keep_alive.pids;
     assert!(apps.len() > workers, "later generations served: {apps:?}");
 
     m.signal(Signal::SIGTERM);
@@ -139,8 +107,7 @@ fn reloads_fail_nothing(mut m: Master, reloads: usize) {
     let all: Vec<u32> = m
         .spawned_pids()
         .into_iter()
-        .chain(ka.pids.iter().copied())
-        .chain(fr.pids.iter().copied())
+        .chain(run.served_by())
         .collect();
     wait_dead(&all, "workers and apps after the stop");
 }

@@ -25,32 +25,14 @@ fn reloads_under_load_fail_nothing(extra: &[&str], program: Vec<String>) {
     let first: HashSet<u32> = m.live_pids().into_iter().collect();
     assert_eq!(first.len(), 2, "{}", m.log());
 
-    let keep_alive = Load::start(m.addr, 3, true);
-    let fresh = Load::start(m.addr, 2, false);
-    for i in 1..=RELOADS {
-        m.signal(Signal::SIGHUP);
-        m.wait_events(&format!("reload {i} to finish"), |e| {
-            reloads_replacing(e, 2) >= i
+    let run = reload_under_load(&m, 3, 2, RELOADS, |m| {
+        // Let the last predecessors drain under load too.
+        m.wait_events("every predecessor to exit", |e| {
+            clean_exits(e) >= 2 * RELOADS
         });
-    }
-    // Let the last predecessors drain under load too.
-    m.wait_events("every predecessor to exit", |e| {
-        clean_exits(e) >= 2 * RELOADS
     });
-    let ka = keep_alive.finish();
-    let fr = fresh.finish();
     let log = m.log();
-    assert!(
-        ka.errors.is_empty(),
-        "keep-alive errors: {:?}\n{log}",
-        ka.errors
-    );
-    assert!(
-        fr.errors.is_empty(),
-        "fresh-connection errors: {:?}\n{log}",
-        fr.errors
-    );
-    assert!(ka.ok > 0 && fr.ok > 0);
+    assert_eq!(reloads_replacing(&m.events(), 2), RELOADS, "{log}");
     let now: HashSet<u32> = m.live_pids().into_iter().collect();
     assert_eq!(now.len(), 2, "{log}");
     assert!(
@@ -58,7 +40,7 @@ fn reloads_under_load_fail_nothing(extra: &[&str], program: Vec<String>) {
         "every worker replaced: {first:?} -> {now:?}"
     );
     assert_eq!(m.spawned_pids().len(), 2 + 2 * RELOADS, "{log}");
-    let served: HashSet<u32> = ka.pids.union(&fr.pids).copied().collect();
+    let served = run.served_by();
     assert!(served.len() > 2, "later generations served: {served:?}");
 }
 
