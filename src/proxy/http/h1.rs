@@ -429,7 +429,7 @@ fn request_codings<'a>(headers: &[httparse::Header<'a>]) -> Result<Option<Vec<&'
 /// incomplete, else its length and the head rewritten for a worker.
 ///
 /// Whatever decides where the request ends or where it goes is checked
-/// strictly (see the refusals in README's HTTP mode section): one valid
+/// strictly (see the refusals in docs/balance-modes.md, HTTP mode): one valid
 /// `Host` (absent only in HTTP/1.0, when it gets one naming `local()`,
 /// the address the client reached: it goes on as HTTP/1.1, which requires
 /// one), a target in origin form (absolute form is turned into it, its
