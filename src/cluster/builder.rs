@@ -7,15 +7,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::types::Signal;
+use crate::types::{KillMode, Signal, DEFAULT_RELOAD_PARALLEL};
 
 use crate::net::{Balance, Source};
 pub use crate::process::command::WorkerCommand;
 use crate::proxy::ProxyProtocol;
 use crate::ready::{Readiness, DEFAULT_START_TIMEOUT};
 use crate::supervisor::policy::{Backoff, CrashLoop, RestartPolicy, Supervision};
-use crate::types::KillMode;
-use crate::types::DEFAULT_RELOAD_PARALLEL;
 
 use super::{DEFAULT_DRAIN_TIMEOUT, DEFAULT_SAMPLE_INTERVAL, DEFAULT_SETTLE, DEFAULT_STOP_SIGNAL};
 

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use crate::types::Signal;
+use crate::types::{Error, Phase, ReloadReport, Result, Signal, WorkerInfo};
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::observe::event::{Event, OutputLine};
@@ -12,10 +12,6 @@ use crate::process::command::prepare_command;
 pub use crate::process::command::WorkerCommand;
 use crate::supervisor::reload::Target;
 use crate::supervisor::{self, Control, Shared, Snapshot};
-use crate::types::Phase;
-use crate::types::ReloadReport;
-use crate::types::WorkerInfo;
-use crate::types::{Error, Result};
 
 /// Controls and observes a cluster. Cheap to clone; usable from any task.
 #[derive(Debug, Clone)]

@@ -14,14 +14,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::types::Signal;
+use crate::types::{Phase, Result, Signal};
 use tokio::sync::{mpsc, watch};
 
 use crate::net::Listeners;
 pub use crate::process::command::WorkerCommand;
 use crate::supervisor::{self, Config, Control, Shared, Snapshot};
-use crate::types::Phase;
-use crate::types::Result;
 
 /// Default time a stopping worker gets to finish its requests before its
 /// process group is SIGKILLed.

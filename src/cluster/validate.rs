@@ -6,14 +6,13 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal as NixSignal;
 
-use crate::types::Signal;
+use crate::types::{Error, Result, Signal};
 
 use crate::net::{default_backlog, Balance, Bound, Listeners, Source};
 use crate::process::command::{prepare_command, Command};
 use crate::proxy::ProxyConfig;
 use crate::ready::Readiness;
 use crate::supervisor::{Config, WorkerUser};
-use crate::types::{Error, Result};
 
 use super::{Builder, Cluster};
 

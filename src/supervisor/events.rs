@@ -9,9 +9,7 @@ use crate::observe::event::{Event, Notice};
 use crate::process::output;
 use crate::process::process_group_of;
 use crate::ready::Note;
-use crate::types::Exit;
-use crate::types::Millis;
-use crate::types::Phase;
+use crate::types::{Exit, Millis, Phase};
 
 use super::inbox::Reaped;
 use super::workers::{START_TIMEOUT, WATCHDOG};

@@ -16,8 +16,7 @@ use crate::observe::event::Event;
 use crate::process::cgroup::WorkerCgroup;
 use crate::process::spawn::SpawnRequest;
 use crate::process::{reap, spawner};
-use crate::types::Phase;
-use crate::types::{Error, Result};
+use crate::types::{Error, Phase, Result};
 use crate::upgrade::{self as handoff, ListenerState, State, WorkerRecord};
 
 /// How long an upgrade waits for the cluster to settle (a reload to end,

@@ -8,8 +8,7 @@ use nix::unistd::Pid;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::reload::{Target, Waiter};
-use crate::types::Exit;
-use crate::types::{Error, Result};
+use crate::types::{Error, Exit, Result};
 
 /// A request from a [`Handle`].
 #[derive(Debug)]

@@ -8,8 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use crate::types::Exit;
-use crate::types::{Error, Result};
+use crate::types::{Error, Exit, Result};
 
 /// Default first restart delay.
 pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_millis(100);

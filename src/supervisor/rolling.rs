@@ -6,9 +6,7 @@ use super::reload::{self, ReloadRun, Target, Waiter};
 use super::slot::Role;
 use super::{clock, Supervisor};
 use crate::observe::event::{Event, Notice};
-use crate::types::Error;
-use crate::types::Phase;
-use crate::types::{ReloadFailure, Replacement};
+use crate::types::{Error, Phase, ReloadFailure, Replacement};
 
 impl Supervisor {
     /// A reload's successor is ready: it takes the slot, the predecessor

@@ -9,8 +9,7 @@ use super::slot::{Role, Slot};
 use crate::observe::event::{Event, Notice};
 use crate::process::cgroup::WorkerCgroup;
 use crate::process::usage;
-use crate::types::Phase;
-use crate::types::{Error, Result};
+use crate::types::{Error, Phase, Result};
 
 use super::inbox::Scale;
 use super::{clock, Supervisor};

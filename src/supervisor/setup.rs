@@ -21,8 +21,7 @@ use crate::proxy::plane::{self, Plane};
 use crate::ready::notify::NotifySocket;
 use crate::ready::{Note, Readiness};
 use crate::service::ServiceNotify;
-use crate::types::Phase;
-use crate::types::{Error, Result};
+use crate::types::{Error, Phase, Result};
 
 /// The receiving ends the loop selects over, made with the supervisor.
 pub(super) struct Inbox {

@@ -9,9 +9,7 @@ use crate::observe::event::{Event, Notice};
 use crate::process::spawn::SpawnRequest;
 use crate::proxy::{self};
 use crate::ready::{ipc, pipe, Readiness};
-use crate::types::Exit;
-use crate::types::Phase;
-use crate::types::{Error, Result};
+use crate::types::{Error, Exit, Phase, Result};
 
 use super::{clock, random_unit, Supervisor};
 

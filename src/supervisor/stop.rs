@@ -8,10 +8,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::observe::event::Event;
-use crate::types::Phase;
-use crate::types::ReloadFailure;
-use crate::types::{Error, Result};
-use crate::types::{Exit, KillMode};
+use crate::types::{Error, Exit, KillMode, Phase, ReloadFailure, Result};
 
 use super::{clock, Supervisor};
 
