@@ -1,6 +1,6 @@
-//! Stopping: one worker (its stop signal, its process tree), a slot's
-//! signal from a handle, the whole cluster gracefully or at once, and the
-//! end of `run()`.
+//! Stopping: one worker (its stop signal now, or once its proxied
+//! connections end; its process tree), a slot's signal from a handle, the
+//! whole cluster gracefully or at once, and the end of `run()`.
 
 use std::time::Duration;
 
@@ -231,5 +231,32 @@ impl Drop for Supervisor {
         self.phase = Phase::Stopped;
         self.publish_snapshot();
         self.shared.log.close_events();
+    }
+}
+
+impl Supervisor {
+    /// Proxy and HTTP modes hold a retiring worker's stop signal back until
+    /// its proxied connections (in HTTP mode: its requests) end, because
+    /// the stop signal makes many servers cut idle keep-alive connections.
+    /// Not for Node apps with the preload: they drain safely by themselves
+    /// (requests in flight are answered), and must hear the signal to end
+    /// what would otherwise hold them until the drain timeout: WebSockets,
+    /// event streams, socket.io's long-polling requests.
+    pub(super) fn defers_stop_signal(&self) -> bool {
+        self.proxy.is_some() && self.config.command.preload.is_none()
+    }
+
+    /// A draining backend has no connections left: it gets the stop signal.
+    pub(super) fn on_idle(&mut self, pid: Pid) {
+        let Some((index, _)) = self.slot_of(pid) else {
+            return;
+        };
+        if self.slots[index].signal_now(pid, clock(), self.config.drain_timeout) {
+            self.emit(Event::Idle {
+                slot: index,
+                pid: pid.as_raw() as u32,
+            });
+            self.ask_to_stop(pid);
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Steering traffic to the slots that serve: the reuseport group's steering
 //! program, the proxy's rotation, the service manager's status; queues
-//! of empty slots passed on; listeners that hang up; backends that went
-//! idle or refuse.
+//! of empty slots passed on; listeners that hang up; backends that
+//! refuse.
 
 use nix::unistd::Pid;
 
@@ -9,7 +9,7 @@ use super::reload::Target;
 use crate::observe::event::{Event, Notice};
 use crate::types::Phase;
 
-use super::{clock, Supervisor};
+use super::Supervisor;
 
 /// Proxy mode's default connection limit: what the master's fd limit
 /// leaves after the workers' fds and a reserve for spawning (each client
@@ -56,17 +56,6 @@ impl Supervisor {
             plane.rotate(live.iter().filter_map(|&i| self.slots[i].pid()));
         }
         self.publish_snapshot();
-    }
-
-    /// Proxy and HTTP modes hold a retiring worker's stop signal back until
-    /// its proxied connections (in HTTP mode: its requests) end, because
-    /// the stop signal makes many servers cut idle keep-alive connections.
-    /// Not for Node apps with the preload: they drain safely by themselves
-    /// (requests in flight are answered), and must hear the signal to end
-    /// what would otherwise hold them until the drain timeout: WebSockets,
-    /// event streams, socket.io's long-polling requests.
-    pub(super) fn defers_stop_signal(&self) -> bool {
-        self.proxy.is_some() && self.config.command.preload.is_none()
     }
 
     /// Watches every listening socket for a hang-up (from now on).
@@ -121,20 +110,6 @@ impl Supervisor {
             }
         };
         self.request_reload(target, None).await;
-    }
-
-    /// A draining backend has no connections left: it gets the stop signal.
-    pub(super) fn on_idle(&mut self, pid: Pid) {
-        let Some((index, _)) = self.slot_of(pid) else {
-            return;
-        };
-        if self.slots[index].signal_now(pid, clock(), self.config.drain_timeout) {
-            self.emit(Event::Idle {
-                slot: index,
-                pid: pid.as_raw() as u32,
-            });
-            self.ask_to_stop(pid);
-        }
     }
 
     /// Proxy mode: a live worker closed its private listener. The master's
