@@ -4,14 +4,11 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::{mpsc, Notify};
 
 use crate::balance::{ActiveCount, Candidate};
-
-#[cfg(feature = "http")]
-use super::http;
 
 /// Where a worker's private listener is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,13 +48,23 @@ pub(crate) struct Backend {
     refusing: AtomicBool,
     /// Where a refusing worker is reported (once).
     refusing_tx: mpsc::UnboundedSender<u32>,
-    /// HTTP mode: idle keep-alive connections to it.
-    #[cfg(feature = "http")]
-    pub(crate) pool: Pool,
+    /// What the plane keeps for this worker besides the counts (HTTP
+    /// mode: its kept-alive connections), made on first use.
+    kept: OnceLock<Box<dyn Kept>>,
 }
 
-#[cfg(feature = "http")]
-type Pool = http::Pool;
+/// What a plane keeps for one worker besides the counts (HTTP mode: the
+/// pool of kept-alive connections to it). The shared code knows only when
+/// to let go of it.
+pub(crate) trait Kept: std::any::Any + std::fmt::Debug + Send + Sync {
+    /// The worker leaves the rotation: what is idle goes now.
+    fn drain(&self);
+    /// The worker is gone: everything goes, and nothing is kept from now
+    /// on.
+    fn close(&self);
+    /// For the plane that made it to find its own type again.
+    fn as_any(&self) -> &dyn std::any::Any;
+}
 
 /// How long a check that a worker still holds its listener is trusted.
 const HOLD_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
@@ -112,8 +119,7 @@ impl Backend {
             draining: AtomicBool::new(false),
             idle_sent: AtomicBool::new(false),
             idle,
-            #[cfg(feature = "http")]
-            pool: Default::default(),
+            kept: OnceLock::new(),
         })
     }
 
@@ -150,9 +156,11 @@ impl Backend {
     /// idle already.
     pub(crate) fn start_draining(&self) -> bool {
         self.draining.store(true, Ordering::Release);
-        // Its idle connections close now; busy ones after their response.
-        #[cfg(feature = "http")]
-        self.pool.clear();
+        // What the plane keeps idle for it goes now (HTTP mode: its idle
+        // connections; busy ones close after their response).
+        if let Some(kept) = self.kept.get() {
+            kept.drain();
+        }
         self.active() == 0 && !self.idle_sent.swap(true, Ordering::AcqRel)
     }
 }
@@ -162,6 +170,26 @@ impl Backend {
     /// Out of rotation and waiting for its connections to end.
     pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+}
+
+impl Backend {
+    /// What the plane keeps for this worker, made on first use. A backend
+    /// belongs to one plane, so it is always of the plane's type.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn kept<K: Kept + Default>(&self) -> &K {
+        let kept = self.kept.get_or_init(|| Box::new(K::default()));
+        match kept.as_any().downcast_ref::<K>() {
+            Some(k) => k,
+            None => unreachable!("a backend serves one plane"),
+        }
+    }
+
+    /// The worker is gone: what the plane kept for it is let go.
+    pub(crate) fn close_kept(&self) {
+        if let Some(kept) = self.kept.get() {
+            kept.close();
+        }
     }
 }
 

@@ -225,8 +225,7 @@ impl Plane {
         let backend = self.registry().remove(&(pid.as_raw() as u32));
         let passed = self.pass_on_queued(pid);
         if let Some(backend) = backend {
-            #[cfg(feature = "http")]
-            backend.pool.close();
+            backend.close_kept();
             for t in &backend.addrs {
                 if let Target::Unix(path) = t {
                     let _ = std::fs::remove_file(path);

@@ -409,9 +409,12 @@ async fn exchange(
                     if answered.reusable && !backend.is_draining() {
                         // A draining worker's connections close with their
                         // last answer.
-                        backend
-                            .pool
-                            .put(shared.address, up, worker(&backend), &shared.counters);
+                        backend.kept::<Pool>().put(
+                            shared.address,
+                            up,
+                            worker(&backend),
+                            &shared.counters,
+                        );
                     }
                     if answered.body_left {
                         After::Linger
@@ -473,7 +476,7 @@ async fn connection(
     let address = shared.address;
     if !request.upgrade {
         match backend
-            .pool
+            .kept::<Pool>()
             .take(address, worker(backend), &shared.counters)
         {
             Taken::Idle(up) => return Ok(up),

@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{tcp, unix};
 
 use super::{POOL_IDLE, POOL_MAX};
+use crate::proxy::backend::Kept;
 use crate::proxy::{relay, Counters, Upstream};
 
 // What HTTP mode does with a worker connection besides opening it:
@@ -231,6 +232,20 @@ impl Worker {
                  outstanding; its connection was closed"
             )
         });
+    }
+}
+
+impl Kept for Pool {
+    fn drain(&self) {
+        self.clear();
+    }
+
+    fn close(&self) {
+        Pool::close(self);
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 
