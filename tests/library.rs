@@ -487,6 +487,22 @@ async fn the_event_stream_ends_after_the_cluster_stopped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_output_stream_ends_after_the_cluster_stopped_while_handles_live() {
+    use tokio::sync::broadcast::error::RecvError;
+    let c = Running::start(hello_cluster(1).log_events(false).forward_output(false), 1).await;
+    let handle = c.handle.clone();
+    let mut output = handle.output();
+    c.stop().await;
+    while let Ok(_) | Err(RecvError::Lagged(_)) = tokio::time::timeout(WAIT, output.recv())
+        .await
+        .expect("the output stream ends once the cluster stopped")
+    {}
+    let mut late = handle.output();
+    assert!(matches!(late.recv().await, Err(RecvError::Closed)));
+    drop(handle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_cluster_says_why_to_whoever_only_uses_the_question_mark() {
     let cluster = quick_restarts(
         "echo 'connect ECONNREFUSED: the database is down' >&2; exit 3",

@@ -172,7 +172,9 @@ impl Handle {
     /// ([`Builder::forward_output`](crate::Builder::forward_output)). A subscriber more than 4096 lines
     /// behind misses lines ([`broadcast::error::RecvError::Lagged`]); the
     /// workers are never held back for it. Lines are copied only while
-    /// somebody subscribes.
+    /// somebody subscribes. The stream ends
+    /// ([`broadcast::error::RecvError::Closed`]) once the cluster has
+    /// stopped, as [`Handle::events`] does, even while handles live on.
     pub fn output(&self) -> broadcast::Receiver<OutputLine> {
         self.shared.log.subscribe_output()
     }

@@ -37,7 +37,8 @@ struct Inner {
     /// Taken when the cluster has stopped, so that subscribers' streams
     /// end after the last event.
     events: Mutex<Option<broadcast::Sender<Event>>>,
-    output: broadcast::Sender<OutputLine>,
+    /// Taken with the events: the workers' lines end with the cluster.
+    output: Mutex<Option<broadcast::Sender<OutputLine>>>,
 }
 
 impl Log {
@@ -51,7 +52,7 @@ impl Log {
             name,
             to_stderr,
             events: Mutex::new(Some(broadcast::channel(EVENTS).0)),
-            output: broadcast::channel(LINES).0,
+            output: Mutex::new(Some(broadcast::channel(LINES).0)),
         }))
     }
 
@@ -97,7 +98,7 @@ impl Log {
     }
 
     /// A new subscriber to the events; its stream ends after
-    /// [`Log::close_events`].
+    /// [`Log::close`].
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Event> {
         let events = self.0.events.lock().unwrap_or_else(|p| p.into_inner());
         match &*events {
@@ -107,27 +108,41 @@ impl Log {
         }
     }
 
-    /// Ends every subscriber's stream (after the events already sent).
-    pub(crate) fn close_events(&self) {
+    /// Ends every subscriber's streams, events and workers' lines (after
+    /// what was already sent).
+    pub(crate) fn close(&self) {
         self.0
             .events
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+        self.output().take();
     }
 
-    /// A new subscriber to the workers' lines.
+    fn output(&self) -> std::sync::MutexGuard<'_, Option<broadcast::Sender<OutputLine>>> {
+        self.0.output.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new subscriber to the workers' lines; its stream ends after
+    /// [`Log::close`].
     pub(crate) fn subscribe_output(&self) -> broadcast::Receiver<OutputLine> {
-        self.0.output.subscribe()
+        match &*self.output() {
+            Some(tx) => tx.subscribe(),
+            None => broadcast::channel(1).1,
+        }
     }
 
     /// Whether anybody listens to the workers' lines (so that nobody pays
     /// for a copy of each line when nobody does).
     pub(crate) fn output_wanted(&self) -> bool {
-        self.0.output.receiver_count() > 0
+        self.output()
+            .as_ref()
+            .is_some_and(|tx| tx.receiver_count() > 0)
     }
 
     pub(crate) fn output_line(&self, line: OutputLine) {
-        let _ = self.0.output.send(line);
+        if let Some(tx) = &*self.output() {
+            let _ = tx.send(line);
+        }
     }
 }

@@ -189,7 +189,7 @@ impl Supervisor {
         self.answer_upgrades(|| Err(Error::NotRunning));
         self.phase = Phase::Stopped;
         self.emit(Event::Stopped);
-        self.shared.log.close_events();
+        self.shared.log.close();
         let _ = tokio::time::timeout(FINAL_FLUSH, crate::observe::writer::flush()).await;
         // Last: Handle::shutdown resolves on this, after the final lines.
         self.publish_snapshot();
@@ -230,7 +230,7 @@ impl Drop for Supervisor {
         }
         self.phase = Phase::Stopped;
         self.publish_snapshot();
-        self.shared.log.close_events();
+        self.shared.log.close();
     }
 }
 
