@@ -14,6 +14,21 @@ use crate::supervisor::reload::Target;
 use crate::supervisor::{self, Control, Shared, Snapshot};
 
 /// Controls and observes a cluster. Cheap to clone; usable from any task.
+///
+/// # Before `run()`
+///
+/// A handle works from the moment the cluster is built. A control sent
+/// before [`Cluster::run`](crate::Cluster::run) waits for it:
+/// [`Handle::shutdown`] and [`Handle::kill`] make `run()` start no worker
+/// and return at once; [`Handle::reload`], [`Handle::restart`],
+/// [`Handle::scale`], [`Handle::scale_by`], [`Handle::signal`],
+/// [`Handle::set_command`] and [`Handle::upgrade`] are carried out once
+/// the first workers have started. So do not `.await` one on the task
+/// that is to call `run()` next: it would wait for ever. If the cluster is
+/// dropped without running, each resolves to [`Error::NotRunning`]. The
+/// readers answer at once ([`Handle::phase`] is
+/// [`Phase::Created`](crate::Phase::Created), [`Handle::workers`] is
+/// empty), and [`Handle::stopped`] waits for the end of `run()`.
 #[derive(Debug, Clone)]
 pub struct Handle {
     pub(super) control: mpsc::UnboundedSender<Control>,

@@ -8,6 +8,7 @@ use nix::unistd::Pid;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::reload::{Target, Waiter};
+use super::Supervisor;
 use crate::types::{Error, Exit, Result};
 
 /// A request from a [`Handle`].
@@ -108,5 +109,30 @@ pub(super) async fn next_signal(signals: &mut Option<Signals>) -> MasterSignal {
             _ = s.usr2.recv() => MasterSignal::Usr2,
         },
         None => std::future::pending().await,
+    }
+}
+
+impl Supervisor {
+    /// Carries out a control from a handle; the reply goes back on the
+    /// control's own channel.
+    pub(super) async fn on_control(&mut self, control: Control) {
+        match control {
+            Control::Stop { graceful } => self.stop(graceful),
+            Control::Signal {
+                slot,
+                signal,
+                reply,
+            } => {
+                let _ = reply.send(self.signal_slot(slot, signal));
+            }
+            Control::SetCommand { command, reply } => {
+                let _ = reply.send(self.set_command(*command));
+            }
+            Control::Scale { to, reply } => {
+                let _ = reply.send(self.scale(to).await);
+            }
+            Control::Reload { target, reply } => self.request_reload(target, Some(reply)).await,
+            Control::Upgrade { reply } => self.request_upgrade(Some(reply)),
+        }
     }
 }

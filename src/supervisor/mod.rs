@@ -171,12 +171,21 @@ pub(crate) async fn run(
         refusing: mut refusing_rx,
     } = inbox;
 
+    // Controls sent before run() wait for it: a stop means nothing is
+    // started; the others are carried out once the first workers are.
+    let mut early = Vec::new();
     for i in 0..sup.slots.len() {
         if adopting {
             break;
         }
-        // A stop may already be queued (shutdown() before run()).
-        if let Ok(Control::Stop { graceful }) = control_rx.try_recv() {
+        let mut stop = None;
+        while let Ok(control) = control_rx.try_recv() {
+            match control {
+                Control::Stop { graceful } => stop = Some(graceful),
+                other => early.push(other),
+            }
+        }
+        if let Some(graceful) = stop {
             sup.stop(graceful);
             break;
         }
@@ -198,6 +207,9 @@ pub(crate) async fn run(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick
     });
+    for control in early {
+        sup.on_control(control).await;
+    }
     while !sup.finished() {
         let ping = async {
             match &mut service_watchdog {
@@ -233,20 +245,7 @@ pub(crate) async fn run(
             Some(pid) = idle_rx.recv() => sup.on_idle(Pid::from_raw(pid as i32)),
             Some(()) = listen_rx.recv() => sup.on_listener_hangup().await,
             Some(pid) = refusing_rx.recv() => sup.on_refusing(Pid::from_raw(pid as i32)),
-            Some(c) = control_rx.recv() => match c {
-                Control::Stop { graceful } => sup.stop(graceful),
-                Control::Signal { slot, signal, reply } => {
-                    let _ = reply.send(sup.signal_slot(slot, signal));
-                }
-                Control::SetCommand { command, reply } => {
-                    let _ = reply.send(sup.set_command(*command));
-                }
-                Control::Scale { to, reply } => {
-                    let _ = reply.send(sup.scale(to).await);
-                }
-                Control::Reload { target, reply } => sup.request_reload(target, Some(reply)).await,
-                Control::Upgrade { reply } => sup.request_upgrade(Some(reply)),
-            },
+            Some(c) = control_rx.recv() => sup.on_control(c).await,
             sig = next_signal(&mut signals) => match sig {
                 MasterSignal::Term => sup.stop(true),
                 // A second Ctrl-C means "now".

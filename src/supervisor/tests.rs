@@ -339,3 +339,62 @@ async fn a_pre_stop_delay_keeps_workers_serving_while_the_cluster_says_stopping(
     assert!(sent.iter().all(|s| s.at - asked >= Duration::from_secs(10)));
     c.run.await.unwrap().unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_asked_for_before_run_makes_run_start_nothing_and_return() {
+    let fake = Fake::new(SERVE);
+    let cluster = cluster(2).build().unwrap();
+    let handle = cluster.handle();
+    // Asked for before run(): it waits for run() to carry it out.
+    let shutdown = tokio::spawn({
+        let handle = handle.clone();
+        async move { handle.shutdown().await }
+    });
+    tokio::task::yield_now().await;
+    assert!(!shutdown.is_finished(), "shutdown waits for run()");
+    cluster
+        .run_on(std::sync::Arc::new(fake.clone()))
+        .await
+        .unwrap();
+    shutdown.await.unwrap().unwrap();
+    assert!(fake.spawned().is_empty(), "{:?}", fake.spawned());
+    assert_eq!(handle.phase(), crate::Phase::Stopped);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_asked_for_before_run_is_carried_out_once_the_workers_started() {
+    let fake = Fake::new(SERVE);
+    let cluster = cluster(1).build().unwrap();
+    let handle = cluster.handle();
+    let reload = tokio::spawn({
+        let handle = handle.clone();
+        async move { handle.reload().await }
+    });
+    tokio::task::yield_now().await;
+    let run = tokio::spawn(cluster.run_on(std::sync::Arc::new(fake.clone())));
+    let report = reload.await.unwrap().unwrap();
+    assert!(report.is_complete(), "{report}");
+    assert_eq!(report.replaced.len(), 1, "{report}");
+    assert_eq!(
+        fake.spawned().len(),
+        2,
+        "the first worker and its successor"
+    );
+    handle.shutdown().await.unwrap();
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn controls_of_a_cluster_dropped_without_running_say_not_running() {
+    let cluster = cluster(1).build().unwrap();
+    let handle = cluster.handle();
+    let reload = tokio::spawn({
+        let handle = handle.clone();
+        async move { handle.reload().await }
+    });
+    tokio::task::yield_now().await;
+    drop(cluster);
+    assert!(matches!(reload.await.unwrap(), Err(Error::NotRunning)));
+    assert!(matches!(handle.shutdown().await, Err(Error::NotRunning)));
+    assert!(matches!(handle.scale(2).await, Err(Error::NotRunning)));
+}
