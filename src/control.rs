@@ -44,7 +44,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
 use crate::observe::event::OutputLine;
-use crate::types::{Error, Result};
+use crate::types::{Error, ErrorKind, Result};
 use crate::{Handle, Signal};
 
 /// Connections served at once; more wait in the listen queue.
@@ -364,13 +364,15 @@ fn refuse(status: StatusCode, kind: &str, error: impl std::fmt::Display) -> Resp
 }
 
 fn failed(e: &Error) -> Response<Body> {
-    let (status, kind) = match e {
-        Error::NoSuchSlot { .. } => (StatusCode::NOT_FOUND, "no_such_slot"),
-        Error::NoWorker { .. } => (StatusCode::CONFLICT, "no_worker"),
-        Error::NotRunning => (StatusCode::CONFLICT, "not_running"),
-        Error::ZeroWorkers | Error::InvalidSetting { .. } | Error::Parse { .. } => {
-            (StatusCode::BAD_REQUEST, "invalid")
-        }
+    // The same classification a program gets from Error::kind(); the
+    // `kind` strings the API has always sent stay.
+    let (status, kind) = match (e, e.kind()) {
+        (Error::NoWorker { .. }, _) => (StatusCode::CONFLICT, "no_worker"),
+        (Error::Busy { .. }, _) => (StatusCode::CONFLICT, "busy"),
+        (_, ErrorKind::NotFound) => (StatusCode::NOT_FOUND, "no_such_slot"),
+        (_, ErrorKind::NotRunning) => (StatusCode::CONFLICT, "not_running"),
+        (_, ErrorKind::Conflict) => (StatusCode::CONFLICT, "conflict"),
+        (_, ErrorKind::Usage) => (StatusCode::BAD_REQUEST, "invalid"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "failed"),
     };
     refuse(status, kind, e.chain())
@@ -540,5 +542,28 @@ async fn respond(req: Request<Incoming>, state: &State) -> Response<Body> {
             "no_such_request",
             format!("no {method} {path}; see herd::control's docs"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_statuses_by_their_kind() {
+        let status = |e: Error| failed(&e).status();
+        let busy = Error::Busy {
+            what: "scale",
+            reason: "a reload is running".into(),
+        };
+        assert_eq!(status(busy), StatusCode::CONFLICT);
+        assert_eq!(status(Error::NotRunning), StatusCode::CONFLICT);
+        assert_eq!(status(Error::ZeroWorkers), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            status(Error::NoSuchSlot { slot: 9, slots: 2 }),
+            StatusCode::NOT_FOUND
+        );
+        let io = Error::io("spawning", std::io::Error::other("x"));
+        assert_eq!(status(io), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

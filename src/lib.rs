@@ -155,7 +155,7 @@ pub use cluster::{
 };
 pub use observe::{Event, Notice, OutputLine, OutputStream};
 pub use types::{
-    Balance, Cidr, Error, Exit, KillMode, Phase, Readiness, ReloadFailure, ReloadReport,
+    Balance, Cidr, Error, ErrorKind, Exit, KillMode, Phase, Readiness, ReloadFailure, ReloadReport,
     Replacement, Result, Signal, SlotFailure, WorkerInfo, WorkerState, DEFAULT_RELOAD_PARALLEL,
     DEFAULT_START_TIMEOUT,
 };

@@ -25,8 +25,8 @@ impl Supervisor {
             Scale::To(n) => n,
             Scale::By(d) => from.saturating_add_signed(d).max(1),
         };
-        let refuse = |reason: String| Error::InvalidSetting {
-            setting: "workers",
+        let busy = |reason: String| Error::Busy {
+            what: "scale",
             reason,
         };
         if to == 0 {
@@ -36,21 +36,22 @@ impl Supervisor {
             return Err(Error::NotRunning);
         }
         if self.reload.is_some() {
-            return Err(refuse(
-                "a reload is running: scale when it has ended".into(),
-            ));
+            return Err(busy("a reload is running: scale when it has ended".into()));
         }
         if self.slots.len() > from {
-            return Err(refuse(format!(
+            return Err(busy(format!(
                 "slots {from} to {} are still draining: scale when they are gone",
                 self.slots.len() - 1
             )));
         }
         if self.listeners.per_slot() && to > crate::net::steer::MAX_STEERED_SLOTS {
-            return Err(refuse(format!(
-                "reuseport steering takes at most {} slots",
-                crate::net::steer::MAX_STEERED_SLOTS
-            )));
+            return Err(Error::InvalidSetting {
+                setting: "workers",
+                reason: format!(
+                    "reuseport steering takes at most {} slots",
+                    crate::net::steer::MAX_STEERED_SLOTS
+                ),
+            });
         }
         if to == from {
             return Ok((from, to));

@@ -285,28 +285,17 @@ async fn scaling_is_refused_to_zero_during_a_reload_and_while_slots_drain() {
         .await;
     let during = c.handle.scale(3).await.unwrap_err();
     assert!(
-        matches!(
-            during,
-            Error::InvalidSetting {
-                setting: "workers",
-                ..
-            }
-        ),
+        matches!(during, Error::Busy { what: "scale", .. }),
         "{during}"
     );
+    assert_eq!(during.kind(), crate::ErrorKind::Conflict);
     assert!(reload.await.unwrap().unwrap().is_complete());
 
     // Slot 1 drains for 5 s: scaling again waits for it.
     c.handle.scale(1).await.unwrap();
     let draining = c.handle.scale(3).await.unwrap_err();
     assert!(
-        matches!(
-            draining,
-            Error::InvalidSetting {
-                setting: "workers",
-                ..
-            }
-        ),
+        matches!(draining, Error::Busy { what: "scale", .. }),
         "{draining}"
     );
     c.until(1, |e| matches!(e, Event::Exited { slot: 1, .. }))

@@ -161,6 +161,17 @@ pub enum Error {
     #[error("the cluster is not running")]
     NotRunning,
 
+    /// The cluster is in the middle of something that must end first (a
+    /// reload runs, removed slots still drain): the same request succeeds
+    /// later. A conflict of the moment, not a bad request.
+    #[error("cannot {what} now: {reason}")]
+    Busy {
+        /// What was asked for (`scale`).
+        what: &'static str,
+        /// What it waits for.
+        reason: String,
+    },
+
     /// The master could not be upgraded in place (it keeps running as it
     /// was), or an upgraded master could not take over what it inherited.
     #[error("master upgrade: {reason}")]
@@ -254,7 +265,57 @@ fn describe_failures(slots: &[SlotFailure]) -> String {
         .join(", ")
 }
 
+/// What kind of error an [`Error`] is, for a program (or the control API)
+/// that maps errors to its own answers: exit codes, HTTP statuses, retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The request or configuration is wrong (a program not found, a bad
+    /// setting, text that does not parse): fix it, do not retry.
+    Usage,
+    /// A slot or thing asked for does not exist.
+    NotFound,
+    /// Refused for now (a reload runs, a slot has no worker, an address
+    /// or control socket is taken): the same request may succeed later.
+    Conflict,
+    /// The cluster is not running (dropped, or stopped).
+    NotRunning,
+    /// The operating system refused (binding, spawning, an fd, a file).
+    Os,
+    /// The cluster ran and failed: every slot gave up, a worker failed,
+    /// an upgrade did not take.
+    Failed,
+}
+
 impl Error {
+    /// What kind of error this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::NoProgram
+            | Error::ProgramNotFound { .. }
+            | Error::ProgramNotExecutable { .. }
+            | Error::ProgramIsDirectory { .. }
+            | Error::BadWorkingDirectory { .. }
+            | Error::ZeroWorkers
+            | Error::InvalidSetting { .. }
+            | Error::Parse { .. }
+            | Error::BadListener { .. }
+            | Error::Activation(_) => ErrorKind::Usage,
+            Error::NoSuchSlot { .. } => ErrorKind::NotFound,
+            Error::Busy { .. }
+            | Error::NoWorker { .. }
+            | Error::ControlInUse { .. }
+            | Error::AddressInUse { .. } => ErrorKind::Conflict,
+            Error::NotRunning => ErrorKind::NotRunning,
+            Error::Listen { .. } | Error::Spawn { .. } | Error::Io { .. } => ErrorKind::Os,
+            Error::AllSlotsFailed { .. } | Error::WorkersFailed { .. } | Error::Upgrade { .. } => {
+                ErrorKind::Failed
+            }
+        }
+    }
+
     /// The error and its sources, as one sentence: `Display` leaves the
     /// source out (a chain printer such as anyhow's shows it), lines and
     /// events that show only this error want it in.
@@ -283,6 +344,24 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_conflict_of_the_moment_is_not_a_usage_error() {
+        let busy = Error::Busy {
+            what: "scale",
+            reason: "a reload is running".into(),
+        };
+        assert_eq!(busy.kind(), ErrorKind::Conflict);
+        assert!(busy.to_string().contains("scale"), "{busy}");
+        assert_eq!(Error::ZeroWorkers.kind(), ErrorKind::Usage);
+        assert_eq!(Error::NotRunning.kind(), ErrorKind::NotRunning);
+        assert_eq!(
+            Error::NoSuchSlot { slot: 3, slots: 2 }.kind(),
+            ErrorKind::NotFound
+        );
+        let io = Error::io("reading", io::Error::other("x"));
+        assert_eq!(io.kind(), ErrorKind::Os);
+    }
 
     #[test]
     fn settings_name_the_cli_flag_and_the_builder_method() {

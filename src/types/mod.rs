@@ -20,7 +20,7 @@ pub(crate) mod state;
 
 pub use balance::{Balance, Cidr, Strategy};
 pub(crate) use duration::Millis;
-pub use error::{Error, Result, SlotFailure};
+pub use error::{Error, ErrorKind, Result, SlotFailure};
 pub use exit::{Exit, KillMode};
 pub use readiness::{Readiness, DEFAULT_START_TIMEOUT};
 pub use report::{ReloadFailure, ReloadReport, Replacement, DEFAULT_RELOAD_PARALLEL};
