@@ -530,6 +530,45 @@ async fn a_failed_cluster_says_why_to_whoever_only_uses_the_question_mark() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_looping_node_app_is_quoted_by_its_error_not_nodes_version_banner() {
+    // Node ends every uncaught exception with its version on a line of its
+    // own, after the stack.
+    let cluster = Cluster::builder()
+        .command("node")
+        .args([
+            "-e",
+            "throw new Error('connect ECONNREFUSED: the database is down')",
+        ])
+        .node_preload(false)
+        .workers(1)
+        .without_sockets()
+        .handle_signals(false)
+        .log_events(false)
+        .forward_output(false)
+        .crash_loop(herd::CrashLoop {
+            limit: 2,
+            window: Duration::from_secs(60),
+        })
+        .backoff(herd::Backoff {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(20),
+            ..herd::Backoff::default()
+        })
+        .build()
+        .unwrap();
+    let err = tokio::time::timeout(WAIT, cluster.run())
+        .await
+        .expect("run returns")
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("last: Error: connect ECONNREFUSED: the database is down"),
+        "{text}"
+    );
+    assert!(!text.contains("Node.js v"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_program_gets_every_worker_line_and_every_notice_as_values() {
     use herd::{Notice, OutputStream};
     let cluster = silent_sh(

@@ -56,19 +56,6 @@ fn says_in_use(line: &str) -> bool {
         || l.contains("connection in use")
 }
 
-/// Whether a line looks like it says why a program failed (an error or
-/// exception line, not a stack frame).
-fn explains(line: &str) -> bool {
-    let trimmed = line.trim_start();
-    if trimmed.starts_with("at ") || trimmed.starts_with("File \"") {
-        return false;
-    }
-    let lower = trimmed.to_ascii_lowercase();
-    ["error", "exception", "cannot find", "panicked", "fatal"]
-        .iter()
-        .any(|w| lower.contains(w))
-}
-
 impl Tail {
     fn push(&self, line: &[u8]) {
         let text: String = String::from_utf8_lossy(line)
@@ -81,7 +68,7 @@ impl Tail {
         if says_in_use(&text) {
             t.in_use = Some((n, text.clone()));
         }
-        if explains(&text) {
+        if crate::types::error::explains_failure(&text) {
             if t.notable.len() == TAIL_NOTABLE {
                 t.notable.pop_front();
             }

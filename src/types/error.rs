@@ -246,6 +246,40 @@ fn describe_exits(slots: &[(usize, crate::types::Exit)]) -> String {
         .join(", ")
 }
 
+/// Whether a line looks like it says why a program failed (an error or
+/// exception line, not a stack frame).
+pub(crate) fn explains_failure(line: &str) -> bool {
+    let trimmed = line.trim_start();
+    if trimmed.starts_with("at ") || trimmed.starts_with("File \"") {
+        return false;
+    }
+    let lower = trimmed.to_ascii_lowercase();
+    ["error", "exception", "cannot find", "panicked", "fatal"]
+        .iter()
+        .any(|w| lower.contains(w))
+}
+
+/// The line of a failed worker's last output to quote: the last that
+/// explains the failure, else the last that is not a runtime's banner
+/// (Node ends every crash with `Node.js v20.19.0`).
+fn telling_line(lines: &[String]) -> Option<&str> {
+    let banner = |l: &str| {
+        l.strip_prefix("Node.js v")
+            .is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit()))
+    };
+    lines
+        .iter()
+        .rev()
+        .find(|l| explains_failure(l))
+        .or_else(|| {
+            lines
+                .iter()
+                .rev()
+                .find(|l| !l.trim().is_empty() && !banner(l.trim()))
+        })
+        .map(String::as_str)
+}
+
 fn describe_failures(slots: &[SlotFailure]) -> String {
     slots
         .iter()
@@ -256,7 +290,7 @@ fn describe_failures(slots: &[SlotFailure]) -> String {
                 f.exits,
                 crate::types::Millis(f.window)
             );
-            if let Some(line) = f.last_output.last() {
+            if let Some(line) = telling_line(&f.last_output) {
                 text.push_str(&format!(", last: {line}"));
             }
             text
@@ -344,6 +378,31 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_crash_is_quoted_by_its_error_line_not_its_version_banner() {
+        let lines: Vec<String> = [
+            "/app/server.js:1",
+            "throw new Error('connect ECONNREFUSED: the database is down')",
+            "^",
+            "",
+            "Error: connect ECONNREFUSED: the database is down",
+            "    at Object.<anonymous> (/app/server.js:1:7)",
+            "    at Module._compile (node:internal/modules/cjs/loader:1364:14)",
+            "",
+            "Node.js v20.19.0",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            telling_line(&lines),
+            Some("Error: connect ECONNREFUSED: the database is down")
+        );
+        let plain: Vec<String> = ["starting", "bye", "Node.js v22.1.0"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(telling_line(&plain), Some("bye"));
+    }
 
     #[test]
     fn a_conflict_of_the_moment_is_not_a_usage_error() {
