@@ -73,6 +73,9 @@ async fn launcher() -> Result<(), Box<dyn std::error::Error>> {
         .listen(SocketAddr::from(([0, 0, 0, 0], port)))
         // Its events go out as JSON below, not as herd's text lines.
         .log_events(false)
+        // This program is the whole service: SIGTERM and Ctrl-C stop the
+        // cluster, SIGHUP reloads it (a library takes no signal unasked).
+        .handle_signals(true)
         .build()?;
     let handle = cluster.handle();
 

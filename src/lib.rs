@@ -90,11 +90,14 @@
 //! its process group is killed before it is reaped, so no generation leaves
 //! orphans behind.
 //!
-//! **Upgrading the master.** SIGUSR2 (or [`Handle::upgrade`]) runs the
-//! program's binary, as the file is now, once as a pre-flight check with
-//! the same arguments (`HERD_UPGRADE=check:3`: [`Builder::build`] checks
-//! its configuration against the running cluster, prints a confirmation
-//! and exits), then re-executes it in the same process. The sockets, the
+//! **Upgrading the master.** A program that opts in
+//! ([`Builder::upgrade_in_place`]; a library takes no signal and never
+//! re-executes itself unasked) upgrades on SIGUSR2 or [`Handle::upgrade`]:
+//! its binary, as the file is now, runs once as a pre-flight check with
+//! the same arguments (`HERD_UPGRADE=check:3`: [`upgrade_preflight`] says
+//! so, [`Builder::build`] checks the configuration against the running
+//! cluster, and [`Cluster::run`] prints a confirmation and returns), then
+//! the program re-executes it in the same process. The sockets, the
 //! workers' pidfds, output pipes and readiness channels, the notify socket
 //! and what the program [`Handle::carry`]s cross `execve` with the slot
 //! table in a memfd (`HERD_UPGRADE=state:FD`); `build()` in the new binary
@@ -168,6 +171,18 @@ pub use types::{
 /// [`Error::Parse`] naming the text.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration> {
     types::duration::parse(text)
+}
+
+/// Whether this process is a new binary's pre-flight run during an upgrade
+/// in place ([`Builder::upgrade_in_place`]): the running master starts the
+/// new binary once with its arguments to learn whether it would take over.
+/// Such a run builds its cluster as usual; [`Cluster::run`] then checks the
+/// configuration against the running cluster, prints the confirmation the
+/// master waits for and returns without starting anything. Call it at the
+/// top of `main` to skip what a pre-flight must not do (bind an admin port
+/// the running master holds, open log files, migrate a database).
+pub fn upgrade_preflight() -> bool {
+    upgrade::is_preflight()
 }
 
 /// Parses a memory size as the `--max-memory` flag takes it: `300M`,

@@ -17,6 +17,7 @@ async fn after_run_returns_the_signals_it_handled_stay_caught_and_a_second_run_g
             .workers(1)
             .listen("127.0.0.1:0".parse().unwrap())
             .log_events(false)
+            .handle_signals(true)
             .build()
             .unwrap();
         let handle = cluster.handle();

@@ -102,7 +102,11 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         .command
         .split_first()
         .ok_or_else(|| Usage("no program given".into()))?;
+    // The CLI is the whole program: it takes the master's signals and may
+    // replace itself in place (a library user opts in to both).
     let mut builder = Cluster::builder()
+        .handle_signals(true)
+        .upgrade_in_place(true)
         .command(program)
         .args(args)
         .balance(balance)
@@ -201,6 +205,12 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.listen(*addr);
     }
     let cluster = builder.build()?;
+    if herd::upgrade_preflight() {
+        // A new binary's pre-flight: run() confirms that it would take
+        // over and starts nothing; the running master keeps its control
+        // socket, metrics endpoint and log files.
+        return Ok(cluster.run().await?);
+    }
     let log_files = if to_files {
         let files = herd::logfile::LogFiles::start(
             &cluster.handle(),

@@ -35,6 +35,7 @@ pub struct Builder {
     pub(super) kill_mode: KillMode,
     pub(super) settle: Duration,
     pub(super) handle_signals: bool,
+    pub(super) upgrade_in_place: bool,
     pub(super) name: Option<String>,
     pub(super) log_events: bool,
     pub(super) forward_output: bool,
@@ -75,7 +76,8 @@ impl Default for Builder {
             stop_signal: DEFAULT_STOP_SIGNAL,
             kill_mode: KillMode::default(),
             settle: DEFAULT_SETTLE,
-            handle_signals: true,
+            handle_signals: false,
+            upgrade_in_place: false,
             name: None,
             log_events: true,
             forward_output: true,
@@ -289,14 +291,17 @@ impl Builder {
         }
     }
 
-    /// Whether `run()` handles SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGTTIN,
-    /// SIGTTOU and SIGUSR2 sent to the master (default true): SIGTERM and
-    /// SIGINT stop gracefully (a second SIGINT kills), SIGQUIT kills at
-    /// once, SIGHUP starts a rolling reload (as [`Handle::reload`](crate::Handle::reload)),
-    /// SIGTTIN and SIGTTOU scale by one (as [`Handle::scale_by`](crate::Handle::scale_by)), SIGUSR2
-    /// upgrades the master in place (as [`Handle::upgrade`](crate::Handle::upgrade)). Turn off when
-    /// the embedding program handles signals itself and calls the handle's
-    /// methods.
+    /// Whether `run()` handles SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGTTIN and
+    /// SIGTTOU sent to the process, and SIGUSR2 with
+    /// [`Builder::upgrade_in_place`] (default false: a library takes no
+    /// process-wide signal unless asked; the `cluster` example turns it
+    /// on). SIGTERM and SIGINT stop gracefully (a second SIGINT kills),
+    /// SIGQUIT kills at once, SIGHUP starts a rolling reload (as
+    /// [`Handle::reload`](crate::Handle::reload)), SIGTTIN and SIGTTOU scale
+    /// by one (as [`Handle::scale_by`](crate::Handle::scale_by)), SIGUSR2
+    /// upgrades the master in place (as
+    /// [`Handle::upgrade`](crate::Handle::upgrade)). Leave it off when the
+    /// program handles signals itself and calls the handle's methods.
     ///
     /// tokio never gives a signal back once it listened for it: after
     /// `run()` returns, these signals stay caught, and a SIGTERM or
@@ -307,6 +312,20 @@ impl Builder {
     #[must_use = "a builder method returns the changed builder"]
     pub fn handle_signals(mut self, on: bool) -> Self {
         self.handle_signals = on;
+        self
+    }
+
+    /// Whether the master may replace its own binary in place (default
+    /// false): [`Handle::upgrade`](crate::Handle::upgrade), and SIGUSR2 with
+    /// [`Builder::handle_signals`], re-execute this program in the same
+    /// process, which keeps the sockets and workers. That replaces the
+    /// whole embedding program, so it is the program's choice: it must be
+    /// ready to be started again with the same arguments, and to pass the
+    /// pre-flight (see [`crate::upgrade_preflight`]). The `cluster`
+    /// example turns it on.
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn upgrade_in_place(mut self, on: bool) -> Self {
+        self.upgrade_in_place = on;
         self
     }
 

@@ -45,6 +45,9 @@ pub struct Cluster {
     handle: Handle,
     control_rx: mpsc::UnboundedReceiver<Control>,
     snapshot_tx: watch::Sender<Snapshot>,
+    /// This process is a new binary's pre-flight run: `run()` confirms and
+    /// starts nothing.
+    preflight: bool,
 }
 
 impl Cluster {
@@ -88,6 +91,7 @@ impl Cluster {
             handle,
             control_rx,
             snapshot_tx,
+            preflight: false,
         }
     }
 
@@ -117,7 +121,19 @@ impl Cluster {
     /// every slot has tripped its crash-loop limit, [`Error::Io`](crate::Error::Io) if the
     /// signal handlers cannot be installed.
     pub async fn run(self) -> Result<()> {
+        if self.preflight {
+            // What the running master waits for: this binary, with this
+            // configuration, would take over.
+            println!("{}", crate::upgrade::CHECK_OK);
+            return Ok(());
+        }
         self.run_on(Arc::new(crate::process::os::Real)).await
+    }
+
+    /// Marks the cluster of a pre-flight run.
+    fn preflight(mut self) -> Cluster {
+        self.preflight = true;
+        self
     }
 
     /// [`Cluster::run`] with worker processes started, signalled and

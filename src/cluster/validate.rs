@@ -187,12 +187,15 @@ impl Builder {
         }
         match inherited {
             Some(crate::upgrade::Inherited::Check(state)) => {
-                // The pre-flight of an upgrade: this binary would take over.
+                // The pre-flight of an upgrade: run() says whether this
+                // binary would take over, and starts nothing.
+                self.check_upgrade()?;
                 state.compatible(self.balance)?;
-                println!("{}", crate::upgrade::CHECK_OK);
-                std::process::exit(0);
+                let listeners = Listeners::bind(Vec::new(), self.balance, 1, backlog)?;
+                return Ok(Cluster::new(config, listeners, None).preflight());
             }
             Some(crate::upgrade::Inherited::Adopt(state)) => {
+                self.check_upgrade()?;
                 state.compatible(self.balance)?;
                 // The running cluster's sockets, mode and number of slots
                 // carry over; the rest of the configuration is this one.
@@ -538,6 +541,18 @@ impl Builder {
         Ok(())
     }
 
+    /// A binary started to take over a running cluster must have opted in.
+    fn check_upgrade(&self) -> Result<()> {
+        if self.upgrade_in_place {
+            return Ok(());
+        }
+        Err(Error::Upgrade {
+            reason: "this program was started to take over a running cluster, and its builder \
+                     does not allow upgrades in place (Builder::upgrade_in_place)"
+                .into(),
+        })
+    }
+
     /// Addresses to listen on, unless the workers serve nothing.
     fn check_sockets(&self) -> Result<()> {
         if self.listen.is_empty() && !self.without_sockets {
@@ -569,6 +584,7 @@ impl Builder {
             kill_mode: self.kill_mode,
             settle: (!self.settle.is_zero()).then_some(self.settle),
             handle_signals: self.handle_signals,
+            upgrade_in_place: self.upgrade_in_place,
             name: self.name.clone(),
             log_events: self.log_events,
             forward_output: self.forward_output,

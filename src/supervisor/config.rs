@@ -24,6 +24,8 @@ pub(crate) struct Config {
     pub(crate) kill_mode: KillMode,
     pub(crate) settle: Option<Duration>,
     pub(crate) handle_signals: bool,
+    /// The program opted in to upgrades in place.
+    pub(crate) upgrade_in_place: bool,
     pub(crate) name: Option<String>,
     pub(crate) log_events: bool,
     pub(crate) forward_output: bool,

@@ -100,6 +100,20 @@ impl Supervisor {
         &mut self,
         reply: Option<tokio::sync::oneshot::Sender<Result<()>>>,
     ) {
+        if !self.config.upgrade_in_place {
+            let reason = "upgrades in place are off: Builder::upgrade_in_place turns them on";
+            match reply {
+                Some(reply) => {
+                    let _ = reply.send(Err(Error::Upgrade {
+                        reason: reason.into(),
+                    }));
+                }
+                None => self.emit(Event::UpgradeFailed {
+                    reason: reason.into(),
+                }),
+            }
+            return;
+        }
         if self.upgrade_requests.is_empty() {
             self.upgrade_since = Some(clock());
         }

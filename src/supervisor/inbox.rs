@@ -64,11 +64,13 @@ pub(super) struct Signals {
     hup: tokio::signal::unix::Signal,
     ttin: tokio::signal::unix::Signal,
     ttou: tokio::signal::unix::Signal,
-    usr2: tokio::signal::unix::Signal,
+    /// Only with [`crate::Builder::upgrade_in_place`]: a stray SIGUSR2
+    /// must not re-execute a program that did not ask for it.
+    usr2: Option<tokio::signal::unix::Signal>,
 }
 
 impl Signals {
-    pub(super) fn install() -> Result<Self> {
+    pub(super) fn install(upgrades: bool) -> Result<Self> {
         let kind = |k: SignalKind, name: &str| {
             signal(k).map_err(|e| Error::io(format!("installing the {name} handler"), e))
         };
@@ -81,7 +83,11 @@ impl Signals {
             ttin: kind(SignalKind::from_raw(nix::libc::SIGTTIN), "SIGTTIN")?,
             ttou: kind(SignalKind::from_raw(nix::libc::SIGTTOU), "SIGTTOU")?,
             // nginx's: upgrade the master in place.
-            usr2: kind(SignalKind::user_defined2(), "SIGUSR2")?,
+            usr2: if upgrades {
+                Some(kind(SignalKind::user_defined2(), "SIGUSR2")?)
+            } else {
+                None
+            },
         })
     }
 }
@@ -106,7 +112,12 @@ pub(super) async fn next_signal(signals: &mut Option<Signals>) -> MasterSignal {
             _ = s.hup.recv() => MasterSignal::Hup,
             _ = s.ttin.recv() => MasterSignal::Ttin,
             _ = s.ttou.recv() => MasterSignal::Ttou,
-            _ = s.usr2.recv() => MasterSignal::Usr2,
+            Some(_) = async {
+                match &mut s.usr2 {
+                    Some(usr2) => usr2.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => MasterSignal::Usr2,
         },
         None => std::future::pending().await,
     }

@@ -45,7 +45,7 @@ impl Supervisor {
         os: Arc<dyn Processes>,
     ) -> Result<(Supervisor, Inbox, bool)> {
         let signals = if config.handle_signals {
-            Some(Signals::install()?)
+            Some(Signals::install(config.upgrade_in_place)?)
         } else {
             None
         };

@@ -61,6 +61,11 @@ pub(crate) fn remember_exe() {
     EXE.get_or_init(|| std::env::current_exe().ok());
 }
 
+/// Whether this process is a new binary's pre-flight run.
+pub(crate) fn is_preflight() -> bool {
+    std::env::var_os(ENV).is_some_and(|v| v.to_string_lossy().starts_with("check:"))
+}
+
 /// The binary to re-execute.
 pub(crate) fn exe() -> Option<PathBuf> {
     EXE.get().cloned().flatten()
