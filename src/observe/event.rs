@@ -266,6 +266,137 @@ pub enum Event {
     Stopped,
 }
 
+/// How much an event matters to whoever runs the cluster: the log level
+/// it deserves ([`Event::level`], [`Notice::level`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[non_exhaustive]
+pub enum Level {
+    /// Routine detail of draining (a worker went idle, got its signal).
+    Debug,
+    /// The cluster doing its job: a worker started, was replaced, a
+    /// reload finished, a worker said it stops.
+    Info,
+    /// Something went wrong that herd handled (a crash it restarts, a
+    /// start timeout, an aborted reload, a limit reached).
+    Warn,
+    /// Something herd could not mend (a slot given up, a failed upgrade,
+    /// a worker that cannot be reaped).
+    Error,
+}
+
+impl Event {
+    /// The stable snake_case name of the event, as [`Event::to_json`]
+    /// writes it under `event`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Spawned { .. } => "spawned",
+            Event::SpawnFailed { .. } => "spawn_failed",
+            Event::Ready { .. } => "ready",
+            Event::StartTimeout { .. } => "start_timeout",
+            Event::PortConflict { .. } => "port_conflict",
+            Event::WatchdogTimeout { .. } => "watchdog_timeout",
+            Event::Replaced { .. } => "replaced",
+            Event::ReloadStarted { .. } => "reload_started",
+            Event::ReloadFinished { .. } => "reload_finished",
+            Event::Exited { .. } => "exited",
+            Event::RestartScheduled { .. } => "restart_scheduled",
+            Event::SlotDone { .. } => "slot_done",
+            Event::SlotFailed { .. } => "slot_failed",
+            Event::Stopping { .. } => "stopping",
+            Event::Idle { .. } => "idle",
+            Event::DrainSignal { .. } => "drain_signal",
+            Event::DrainTimeout { .. } => "drain_timeout",
+            Event::ListenerReplaced { .. } => "listener_replaced",
+            Event::Notice { .. } => "notice",
+            Event::Scaled { .. } => "scaled",
+            Event::Upgrading { .. } => "upgrading",
+            Event::UpgradeFailed { .. } => "upgrade_failed",
+            Event::Upgraded { .. } => "upgraded",
+            Event::MemoryLimit { .. } => "memory_limit",
+            Event::RequestLimit { .. } => "request_limit",
+            Event::Stopped => "stopped",
+        }
+    }
+
+    /// The slot the event is about, if it is about one.
+    pub fn slot(&self) -> Option<usize> {
+        match self {
+            Event::Spawned { slot, .. }
+            | Event::SpawnFailed { slot, .. }
+            | Event::Ready { slot, .. }
+            | Event::StartTimeout { slot, .. }
+            | Event::PortConflict { slot, .. }
+            | Event::WatchdogTimeout { slot, .. }
+            | Event::Replaced { slot, .. }
+            | Event::Exited { slot, .. }
+            | Event::RestartScheduled { slot, .. }
+            | Event::SlotDone { slot, .. }
+            | Event::SlotFailed { slot, .. }
+            | Event::Idle { slot, .. }
+            | Event::DrainSignal { slot, .. }
+            | Event::DrainTimeout { slot, .. }
+            | Event::MemoryLimit { slot, .. }
+            | Event::RequestLimit { slot, .. } => Some(*slot),
+            Event::ListenerReplaced { slot, .. } | Event::Notice { slot, .. } => *slot,
+            _ => None,
+        }
+    }
+
+    /// The worker process the event is about, if it is about one (for
+    /// [`Event::Replaced`], the successor).
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Event::Spawned { pid, .. }
+            | Event::Ready { pid, .. }
+            | Event::StartTimeout { pid, .. }
+            | Event::PortConflict { pid, .. }
+            | Event::WatchdogTimeout { pid, .. }
+            | Event::Exited { pid, .. }
+            | Event::Idle { pid, .. }
+            | Event::DrainSignal { pid, .. }
+            | Event::DrainTimeout { pid, .. }
+            | Event::MemoryLimit { pid, .. }
+            | Event::RequestLimit { pid, .. } => Some(*pid),
+            Event::Replaced { new_pid, .. } => Some(*new_pid),
+            _ => None,
+        }
+    }
+
+    /// The log level the event deserves.
+    pub fn level(&self) -> Level {
+        match self {
+            Event::Idle { .. } | Event::DrainSignal { .. } => Level::Debug,
+            Event::SpawnFailed { .. } | Event::SlotFailed { .. } | Event::UpgradeFailed { .. } => {
+                Level::Error
+            }
+            Event::StartTimeout { .. }
+            | Event::PortConflict { .. }
+            | Event::WatchdogTimeout { .. }
+            | Event::DrainTimeout { .. }
+            | Event::ListenerReplaced { .. }
+            | Event::MemoryLimit { .. } => Level::Warn,
+            Event::Exited { expected, .. } => {
+                if *expected {
+                    Level::Info
+                } else {
+                    Level::Warn
+                }
+            }
+            Event::ReloadFinished { report } => {
+                if report.is_complete() {
+                    Level::Info
+                } else {
+                    Level::Warn
+                }
+            }
+            Event::Notice { notice, .. } => notice.level(),
+            _ => Level::Info,
+        }
+    }
+}
+
 /// The kind of an [`Event::Notice`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -311,6 +442,19 @@ pub enum Notice {
 }
 
 impl Notice {
+    /// The log level a notice of this kind deserves: a worker that says
+    /// it stops or reports its status is routine, a reap that failed is not.
+    pub fn level(self) -> Level {
+        match self {
+            Notice::WorkerStopping
+            | Notice::WorkerStatus
+            | Notice::ConnectionsPassedOn
+            | Notice::ReloadQueued => Level::Info,
+            Notice::ReapFailed | Notice::ListenerLost => Level::Error,
+            _ => Level::Warn,
+        }
+    }
+
     /// The stable snake_case name, as `to_json` writes it.
     pub fn name(self) -> &'static str {
         match self {
@@ -535,6 +679,36 @@ pub enum OutputStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_say_their_slot_pid_and_level() {
+        let exited = |expected| Event::Exited {
+            slot: 2,
+            generation: 1,
+            pid: 42,
+            exit: Exit::Code(1),
+            uptime: Duration::from_secs(3),
+            expected,
+        };
+        assert_eq!(exited(false).name(), "exited");
+        assert_eq!(
+            (exited(false).slot(), exited(false).pid()),
+            (Some(2), Some(42))
+        );
+        assert_eq!(exited(false).level(), Level::Warn);
+        assert_eq!(exited(true).level(), Level::Info);
+        let stopping = Event::Notice {
+            slot: Some(0),
+            notice: Notice::WorkerStopping,
+            message: "worker said STOPPING=1".into(),
+        };
+        // A worker that says it stops is routine, not a warning.
+        assert_eq!(stopping.level(), Level::Info);
+        assert_eq!(Notice::ReapFailed.level(), Level::Error);
+        assert_eq!(Event::Stopped.slot(), None);
+        assert_eq!(Event::Stopped.pid(), None);
+        assert!(Level::Debug < Level::Info && Level::Warn < Level::Error);
+    }
 
     #[test]
     fn events_have_a_stable_json_form() {

@@ -160,37 +160,6 @@ impl Event {
         }
         .finish()
     }
-
-    fn name(&self) -> &'static str {
-        match self {
-            Event::Spawned { .. } => "spawned",
-            Event::SpawnFailed { .. } => "spawn_failed",
-            Event::Ready { .. } => "ready",
-            Event::StartTimeout { .. } => "start_timeout",
-            Event::PortConflict { .. } => "port_conflict",
-            Event::WatchdogTimeout { .. } => "watchdog_timeout",
-            Event::Replaced { .. } => "replaced",
-            Event::ReloadStarted { .. } => "reload_started",
-            Event::ReloadFinished { .. } => "reload_finished",
-            Event::Exited { .. } => "exited",
-            Event::RestartScheduled { .. } => "restart_scheduled",
-            Event::SlotDone { .. } => "slot_done",
-            Event::SlotFailed { .. } => "slot_failed",
-            Event::Stopping { .. } => "stopping",
-            Event::Idle { .. } => "idle",
-            Event::DrainSignal { .. } => "drain_signal",
-            Event::DrainTimeout { .. } => "drain_timeout",
-            Event::ListenerReplaced { .. } => "listener_replaced",
-            Event::Notice { .. } => "notice",
-            Event::Scaled { .. } => "scaled",
-            Event::Upgrading { .. } => "upgrading",
-            Event::UpgradeFailed { .. } => "upgrade_failed",
-            Event::Upgraded { .. } => "upgraded",
-            Event::MemoryLimit { .. } => "memory_limit",
-            Event::RequestLimit { .. } => "request_limit",
-            Event::Stopped => "stopped",
-        }
-    }
 }
 
 /// A JSON object written field by field.

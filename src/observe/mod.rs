@@ -12,4 +12,4 @@ pub(crate) mod metrics;
 pub(crate) mod throttle;
 pub(crate) mod writer;
 
-pub use event::{Event, Notice, OutputLine, OutputStream};
+pub use event::{Event, Level, Notice, OutputLine, OutputStream};
