@@ -91,9 +91,18 @@ async fn launcher() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut events = handle.events();
     tokio::spawn(async move {
-        while let Ok(event) = events.recv().await {
-            if let Ok(line) = serde_json::to_string(&event) {
-                eprintln!("{line}");
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match events.recv().await {
+                Ok(event) => {
+                    if let Ok(line) = serde_json::to_string(&event) {
+                        eprintln!("{line}");
+                    }
+                }
+                // Behind the cluster: say so and go on (the stream is
+                // still open); it ends after the cluster has stopped.
+                Err(RecvError::Lagged(n)) => eprintln!("{{\"missed_events\":{n}}}"),
+                Err(RecvError::Closed) => break,
             }
         }
     });

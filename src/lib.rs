@@ -119,12 +119,22 @@
 //! [`Builder::forward_output`] is off, and is on [`Handle::output`] for a
 //! program that wants it. [`Handle::workers`] is a snapshot of every slot.
 //!
-//! **Features.** `serde`: the events, snapshots and reports serialize.
-//! `hyper`: `worker::http`, a server for Rust workers that drains without
-//! losing a request.
+//! **Features.** None is on by default.
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `serde` | events, snapshots, reports and stats serialize |
+//! | `hyper` | `worker::http`, a server for Rust workers that drains without losing a request |
+//! | `control` | `control`, the JSON control API on a Unix socket that `herdctl` speaks |
+//! | `metrics` | counters and gauges through the `metrics` facade |
+//! | `http` | [`Balance::Http`]: the master balances each HTTP/1.1 request |
+//! | `tracing` | `trace::forward`: every event and worker line as a `tracing` event |
 //!
 //! Workers written in Rust use [`worker`] to pick up their sockets.
 #![deny(missing_docs)]
+// docs.rs builds with `--cfg docsrs` on nightly: each feature-gated item
+// says which feature enables it.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 // Say why, rather than build an empty crate: herd needs pidfds, cgroup v2,
 // `SO_REUSEPORT` groups and `PR_SET_PDEATHSIG`.
@@ -141,6 +151,8 @@ pub mod logfile;
 pub mod net;
 mod node;
 mod observe;
+#[cfg(feature = "tracing")]
+pub use observe::trace;
 mod private_dir;
 mod process;
 pub mod proxy;

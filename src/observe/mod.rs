@@ -10,6 +10,8 @@ mod json;
 pub(crate) mod log;
 pub(crate) mod metrics;
 pub(crate) mod throttle;
+#[cfg(feature = "tracing")]
+pub mod trace;
 pub(crate) mod writer;
 
 pub use event::{Event, Level, Notice, OutputLine, OutputStream};

@@ -85,9 +85,11 @@ impl Plane {
             limit,
             private_unix,
             seed,
-            #[cfg_attr(not(feature = "http"), allow(unused_variables))]
             trusted,
         } = settings;
+        // Only HTTP mode reads X-Forwarded-For from trusted proxies.
+        #[cfg(not(feature = "http"))]
+        let _ = trusted;
         let rotation = Arc::new(Rotation::default());
         counters
             .limit
