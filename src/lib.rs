@@ -168,7 +168,7 @@ pub use cluster::{
     Builder, Cluster, Handle, WorkerCommand, DEFAULT_DRAIN_TIMEOUT, DEFAULT_SAMPLE_INTERVAL,
     DEFAULT_SETTLE, DEFAULT_STOP_SIGNAL,
 };
-pub use observe::{Event, Level, Notice, OutputLine, OutputStream};
+pub use observe::{Event, Level, Missed, Notice, OutputLine, OutputStream};
 pub use types::{
     Balance, Cidr, Error, ErrorKind, Exit, KillMode, Phase, Readiness, ReloadFailure, ReloadReport,
     Replacement, Result, Signal, SlotFailure, WorkerInfo, WorkerState, DEFAULT_RELOAD_PARALLEL,

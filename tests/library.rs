@@ -487,6 +487,29 @@ async fn the_event_stream_ends_after_the_cluster_stopped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_carries_the_stop_and_then_ends() {
+    use tokio_stream::StreamExt;
+    let c = Running::start(hello_cluster(1).log_events(false), 1).await;
+    let handle = c.handle.clone();
+    let mut events = handle.event_stream();
+    let mut output = handle.output_stream();
+    c.stop().await;
+    let mut last = None;
+    while let Some(item) = tokio::time::timeout(WAIT, events.next())
+        .await
+        .expect("the stream ends")
+    {
+        last = Some(item.expect("no event missed").name());
+    }
+    assert_eq!(last, Some("stopped"));
+    while tokio::time::timeout(WAIT, output.next())
+        .await
+        .expect("the output stream ends too")
+        .is_some()
+    {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_output_stream_ends_after_the_cluster_stopped_while_handles_live() {
     use tokio::sync::broadcast::error::RecvError;
     let c = Running::start(hello_cluster(1).log_events(false).forward_output(false), 1).await;

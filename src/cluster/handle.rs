@@ -194,6 +194,43 @@ impl Handle {
         self.shared.log.subscribe_output()
     }
 
+    /// [`Handle::events`] as a [`Stream`](tokio_stream::Stream): a reader
+    /// that falls behind gets a [`Missed`](crate::Missed) item and goes on,
+    /// and the stream ends after [`Event::Stopped`].
+    ///
+    /// ```no_run
+    /// use tokio_stream::StreamExt;
+    /// # async fn demo(handle: herd::Handle) {
+    /// let mut events = handle.event_stream();
+    /// while let Some(event) = events.next().await {
+    ///     match event {
+    ///         Ok(event) => println!("{} {event}", event.name()),
+    ///         Err(missed) => eprintln!("{missed}"),
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn event_stream(
+        &self,
+    ) -> impl tokio_stream::Stream<Item = std::result::Result<Event, crate::Missed>>
+           + Send
+           + Unpin
+           + 'static {
+        lagging_as_missed(self.events())
+    }
+
+    /// [`Handle::output`] as a [`Stream`](tokio_stream::Stream), as
+    /// [`Handle::event_stream`] is: lag is an item, and the stream ends
+    /// once the cluster has stopped.
+    pub fn output_stream(
+        &self,
+    ) -> impl tokio_stream::Stream<Item = std::result::Result<OutputLine, crate::Missed>>
+           + Send
+           + Unpin
+           + 'static {
+        lagging_as_missed(self.output())
+    }
+
     /// Sets what every worker started from now on runs (the next reload or
     /// restart): a new release directory, new arguments, a new
     /// environment. It is checked as [`Builder::build`](crate::Builder::build) checks the first
@@ -320,5 +357,38 @@ impl Handle {
     /// The bound listening addresses.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+}
+
+/// A broadcast receiver as a stream whose lag is a [`crate::Missed`] item.
+fn lagging_as_missed<T: Clone + Send + 'static>(
+    rx: broadcast::Receiver<T>,
+) -> impl tokio_stream::Stream<Item = std::result::Result<T, crate::Missed>> + Send + Unpin + 'static
+{
+    use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::BroadcastStream::new(rx)
+        .map(|item| item.map_err(|BroadcastStreamRecvError::Lagged(n)| crate::Missed(n)))
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_stream::StreamExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_reader_that_fell_behind_gets_the_count_and_goes_on_to_the_end() {
+        let (tx, rx) = broadcast::channel(2);
+        let mut stream = lagging_as_missed(rx);
+        for i in 0..5 {
+            tx.send(i).unwrap();
+        }
+        drop(tx);
+        let mut items = Vec::new();
+        while let Some(item) = stream.next().await {
+            items.push(item);
+        }
+        assert_eq!(items, vec![Err(crate::Missed(3)), Ok(3), Ok(4)]);
     }
 }

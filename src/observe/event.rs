@@ -266,6 +266,13 @@ pub enum Event {
     Stopped,
 }
 
+/// A reader of [`crate::Handle::event_stream`] or
+/// [`crate::Handle::output_stream`] fell behind: this many items were
+/// missed, and the stream goes on with the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the reader fell behind and missed {0} items")]
+pub struct Missed(pub u64);
+
 /// How much an event matters to whoever runs the cluster: the log level
 /// it deserves ([`Event::level`], [`Notice::level`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -14,4 +14,4 @@ pub(crate) mod throttle;
 pub mod trace;
 pub(crate) mod writer;
 
-pub use event::{Event, Level, Notice, OutputLine, OutputStream};
+pub use event::{Event, Level, Missed, Notice, OutputLine, OutputStream};
