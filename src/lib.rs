@@ -151,14 +151,14 @@ pub mod logfile;
 pub mod net;
 mod node;
 mod observe;
-#[cfg(feature = "tracing")]
-pub use observe::trace;
 mod private_dir;
 mod process;
 pub mod proxy;
 pub mod ready;
 mod service;
 mod supervisor;
+#[cfg(feature = "tracing")]
+pub mod trace;
 mod types;
 mod upgrade;
 pub mod worker;

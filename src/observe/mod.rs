@@ -10,8 +10,6 @@ mod json;
 pub(crate) mod log;
 pub(crate) mod metrics;
 pub(crate) mod throttle;
-#[cfg(feature = "tracing")]
-pub mod trace;
 pub(crate) mod writer;
 
 pub use event::{Event, Level, Missed, Notice, OutputLine, OutputStream};

@@ -7,7 +7,7 @@
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
-use super::event::{Event, Level, OutputLine, OutputStream};
+use crate::observe::{Event, Level, OutputLine, OutputStream};
 use crate::Handle;
 
 /// What [`forward`] sends to `tracing` besides the events.
