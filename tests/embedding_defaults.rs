@@ -4,9 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{hello, WAIT};
+use common::{first_ready_worker, hello, WAIT};
 use herd::{Cluster, Error, Event};
 use nix::sys::signal::{kill, Signal};
 use tokio::signal::unix::{signal, SignalKind};
@@ -27,14 +25,7 @@ async fn a_library_cluster_takes_no_signal_and_never_re_executes_the_program() {
     let handle = cluster.handle();
     let mut events = handle.events();
     let run = tokio::spawn(cluster.run());
-    tokio::time::timeout(WAIT, async {
-        while handle.workers().iter().all(|w| w.ready_since.is_none()) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("a ready worker");
-    let worker = handle.workers()[0].pid;
+    let worker = Some(first_ready_worker(&handle).await);
 
     kill(nix::unistd::getpid(), Signal::SIGHUP).unwrap();
     kill(nix::unistd::getpid(), Signal::SIGUSR2).unwrap();

@@ -22,9 +22,14 @@ fn hello_cluster(workers: usize) -> herd::Builder {
 /// One `sh -c script` worker with no sockets, restarted after 10-20 ms,
 /// given up on after `limit` exits (0: never).
 fn quick_restarts(script: &str, limit: u32) -> herd::Builder {
+    quick_restarts_of("sh", &["-c", script], limit)
+}
+
+/// [`quick_restarts`] of any program.
+fn quick_restarts_of(program: &str, args: &[&str], limit: u32) -> herd::Builder {
     Cluster::builder()
-        .command("sh")
-        .args(["-c", script])
+        .command(program)
+        .args(args)
         .workers(1)
         .without_sockets()
         .handle_signals(false)
@@ -556,29 +561,18 @@ async fn a_failed_cluster_says_why_to_whoever_only_uses_the_question_mark() {
 async fn a_crash_looping_node_app_is_quoted_by_its_error_not_nodes_version_banner() {
     // Node ends every uncaught exception with its version on a line of its
     // own, after the stack.
-    let cluster = Cluster::builder()
-        .command("node")
-        .args([
+    let cluster = quick_restarts_of(
+        "node",
+        &[
             "-e",
             "throw new Error('connect ECONNREFUSED: the database is down')",
-        ])
-        .node_preload(false)
-        .workers(1)
-        .without_sockets()
-        .handle_signals(false)
-        .log_events(false)
-        .forward_output(false)
-        .crash_loop(herd::CrashLoop {
-            limit: 2,
-            window: Duration::from_secs(60),
-        })
-        .backoff(herd::Backoff {
-            initial: Duration::from_millis(10),
-            max: Duration::from_millis(20),
-            ..herd::Backoff::default()
-        })
-        .build()
-        .unwrap();
+        ],
+        2,
+    )
+    .node_preload(false)
+    .forward_output(false)
+    .build()
+    .unwrap();
     let err = tokio::time::timeout(WAIT, cluster.run())
         .await
         .expect("run returns")

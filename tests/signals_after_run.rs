@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{hello, WAIT};
+use common::{first_ready_worker, hello, WAIT};
 use herd::{Cluster, Phase};
 use nix::sys::signal::{kill, Signal};
 
@@ -22,13 +22,7 @@ async fn after_run_returns_the_signals_it_handled_stay_caught_and_a_second_run_g
             .unwrap();
         let handle = cluster.handle();
         let run = tokio::spawn(cluster.run());
-        tokio::time::timeout(WAIT, async {
-            while handle.workers().iter().all(|w| w.pid.is_none()) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .expect("a worker");
+        first_ready_worker(&handle).await;
         // The cluster handles SIGTERM: a graceful stop, in both rounds.
         kill(nix::unistd::getpid(), Signal::SIGTERM).unwrap();
         tokio::time::timeout(WAIT, run)

@@ -5,9 +5,8 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use common::{hello, WAIT};
+use common::{first_ready_worker, hello, WAIT};
 use herd::Cluster;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -83,14 +82,7 @@ async fn events_and_worker_lines_reach_tracing_with_their_level_and_fields() {
     let handle = cluster.handle();
     let forwarding = herd::trace::forward(&handle, herd::trace::Forward { output: true });
     let run = tokio::spawn(cluster.run());
-    tokio::time::timeout(WAIT, async {
-        while handle.workers().iter().all(|w| w.ready_since.is_none()) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("a ready worker");
-    let pid = handle.workers()[0].pid.unwrap().to_string();
+    let pid = first_ready_worker(&handle).await.to_string();
     handle.shutdown().await.unwrap();
     run.await.unwrap().unwrap();
     // The streams end with the cluster, and so does the forwarding.

@@ -5,20 +5,22 @@
 //! One file per role: `master.rs` (the master process and its events),
 //! `http.rs` (requests), `load.rs` (load and reloads under load),
 //! `events.rs` (reading events), `processes.rs` (pids, guards),
-//! `herdctl.rs` (the control socket). This file: where programs and
+//! `herdctl.rs` (the control socket), `library.rs` (clusters run in the
+//! test process). This file: where programs and
 //! fixtures are, and command lines.
 #![allow(dead_code)]
 
 mod events;
 mod herdctl;
 mod http;
+mod library;
 mod load;
 mod master;
 mod processes;
 
 // Each test binary uses some of the helpers.
 #[allow(unused_imports)]
-pub use {events::*, herdctl::*, http::*, load::*, master::*, processes::*};
+pub use {events::*, herdctl::*, http::*, library::*, load::*, master::*, processes::*};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
