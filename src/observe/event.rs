@@ -10,7 +10,7 @@ use crate::types::{Exit, Millis, Readiness, ReloadReport};
 
 /// Something that happened to the cluster or one of its workers.
 #[derive(Debug, Clone, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 #[cfg_attr(feature = "serde", serde(tag = "event", rename_all = "snake_case"))]
 pub enum Event {
@@ -48,14 +48,18 @@ pub enum Event {
             feature = "serde",
             serde(
                 rename = "timeout_ms",
-                serialize_with = "crate::types::serde_impl::millis"
+                serialize_with = "crate::types::serde_impl::millis",
+                deserialize_with = "crate::types::serde_impl::de_millis"
             )
         )]
         timeout: Duration,
         /// What it was expected to do to be ready.
         #[cfg_attr(
             feature = "serde",
-            serde(serialize_with = "crate::types::serde_impl::display")
+            serde(
+                serialize_with = "crate::types::serde_impl::display",
+                deserialize_with = "crate::types::serde_impl::de_display"
+            )
         )]
         readiness: Readiness,
     },
@@ -111,7 +115,8 @@ pub enum Event {
             feature = "serde",
             serde(
                 rename = "uptime_ms",
-                serialize_with = "crate::types::serde_impl::millis"
+                serialize_with = "crate::types::serde_impl::millis",
+                deserialize_with = "crate::types::serde_impl::de_millis"
             )
         )]
         uptime: Duration,
@@ -127,7 +132,8 @@ pub enum Event {
             feature = "serde",
             serde(
                 rename = "delay_ms",
-                serialize_with = "crate::types::serde_impl::millis"
+                serialize_with = "crate::types::serde_impl::millis",
+                deserialize_with = "crate::types::serde_impl::de_millis"
             )
         )]
         delay: Duration,
@@ -149,7 +155,8 @@ pub enum Event {
             feature = "serde",
             serde(
                 rename = "window_ms",
-                serialize_with = "crate::types::serde_impl::millis"
+                serialize_with = "crate::types::serde_impl::millis",
+                deserialize_with = "crate::types::serde_impl::de_millis"
             )
         )]
         window: Duration,
@@ -406,7 +413,7 @@ impl Event {
 
 /// The kind of an [`Event::Notice`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum Notice {
@@ -659,7 +666,7 @@ impl fmt::Display for Event {
 /// One line a worker wrote (without its newline), as
 /// [`crate::Handle::output`] delivers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub struct OutputLine {
     /// The worker's slot.
@@ -674,7 +681,7 @@ pub struct OutputLine {
 
 /// Which of a worker's streams an [`OutputLine`] came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum OutputStream {
     /// Its standard output.

@@ -36,7 +36,7 @@ pub(crate) struct Counters {
 /// The connections the master forwards to one worker now (see
 /// [`crate::Handle::proxied_connections`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub struct Proxied {
     /// The worker's slot.
@@ -49,7 +49,7 @@ pub struct Proxied {
 
 /// What proxy mode's limits did (see [`crate::Handle::proxy_stats`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub struct ProxyStats {
     /// The most client connections open at once (`--max-connections`).

@@ -198,7 +198,7 @@ pub enum Error {
 
 /// Why one slot was given up on (an element of [`Error::AllSlotsFailed`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub struct SlotFailure {
     /// The slot index.
@@ -210,7 +210,8 @@ pub struct SlotFailure {
         feature = "serde",
         serde(
             rename = "window_ms",
-            serialize_with = "crate::types::serde_impl::millis"
+            serialize_with = "crate::types::serde_impl::millis",
+            deserialize_with = "crate::types::serde_impl::de_millis"
         )
     )]
     pub window: Duration,

@@ -10,7 +10,7 @@ pub const DEFAULT_RELOAD_PARALLEL: usize = 1;
 
 /// One slot whose worker a reload replaced.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub struct Replacement {
     /// The slot.
@@ -25,7 +25,7 @@ pub struct Replacement {
 
 /// Why a reload stopped before it reached every slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub struct ReloadFailure {
     /// The slot whose successor did not make it.
@@ -39,7 +39,7 @@ pub struct ReloadFailure {
 /// What a reload (or a soft restart of one slot) did. A reload that was
 /// aborted is still `Ok(report)`: look at [`ReloadReport::failure`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 #[must_use = "an aborted reload comes back as Ok(report) with `failure` set"]
 pub struct ReloadReport {
@@ -54,7 +54,8 @@ pub struct ReloadReport {
         feature = "serde",
         serde(
             rename = "duration_ms",
-            serialize_with = "crate::types::serde_impl::millis"
+            serialize_with = "crate::types::serde_impl::millis",
+            deserialize_with = "crate::types::serde_impl::de_millis"
         )
     )]
     pub duration: Duration,

@@ -3,9 +3,10 @@
 //! instants as milliseconds elapsed, and values as their `Display` text.
 
 use std::fmt::Display;
+use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use serde::Serializer;
+use serde::{Deserialize, Deserializer, Serializer};
 
 pub(crate) fn millis<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -35,6 +36,40 @@ impl serde::Serialize for crate::Signal {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.name())
     }
+}
+
+// Reading back what the serializers above write: a control API client
+// gets typed values, not JSON to pick apart.
+
+impl<'de> Deserialize<'de> for crate::Signal {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        de_display(d)
+    }
+}
+
+pub(crate) fn de_millis<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    u64::deserialize(d).map(Duration::from_millis)
+}
+
+pub(crate) fn de_opt_millis<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
+}
+
+/// `ms` ago, as an instant of this process (as close as the clocks allow).
+pub(crate) fn de_elapsed_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Instant>, D::Error> {
+    let now = Instant::now();
+    Ok(Option::<u64>::deserialize(d)?
+        .map(|ms| now.checked_sub(Duration::from_millis(ms)).unwrap_or(now)))
+}
+
+pub(crate) fn de_display<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+    T::Err: Display,
+{
+    let text = String::deserialize(d)?;
+    text.parse().map_err(serde::de::Error::custom)
 }
 
 #[cfg(test)]
@@ -88,7 +123,42 @@ mod tests {
         for e in events {
             let by_hand: Value = serde_json::from_str(&e.to_json()).unwrap();
             assert_eq!(serde_json::to_value(&e).unwrap(), by_hand, "{e:?}");
+            // What a client reads back is the event that was sent.
+            let back: Event = serde_json::from_str(&e.to_json()).unwrap();
+            assert_eq!(back, e);
         }
+    }
+
+    #[test]
+    fn reports_lines_and_stats_read_back_as_they_were() {
+        let report = crate::types::ReloadReport {
+            replaced: vec![crate::types::Replacement {
+                slot: 0,
+                old_pid: Some(4),
+                new_pid: 5,
+                generation: 1,
+            }],
+            failure: Some(crate::types::ReloadFailure {
+                slot: 1,
+                reason: "exited with code 1 before it was ready".into(),
+                last_output: vec!["Error: config missing".into()],
+            }),
+            duration: Duration::from_millis(1234),
+        };
+        let text = serde_json::to_string(&report).unwrap();
+        let back: crate::types::ReloadReport = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, report);
+        let line = crate::observe::OutputLine {
+            slot: 2,
+            pid: 9,
+            stream: crate::observe::OutputStream::Stderr,
+            line: "boom".into(),
+        };
+        let back: crate::observe::OutputLine =
+            serde_json::from_str(&serde_json::to_string(&line).unwrap()).unwrap();
+        assert_eq!(back, line);
+        let bad = serde_json::from_str::<crate::Signal>("\"SIGNOPE\"").unwrap_err();
+        assert!(bad.to_string().contains("SIGNOPE"), "{bad}");
     }
 
     #[test]
@@ -116,5 +186,18 @@ mod tests {
         assert_eq!(v["memory_bytes"], json!(50 << 20));
         let uptime = v["uptime_ms"].as_u64().unwrap();
         assert!((2000..60_000).contains(&uptime), "{uptime}");
+        // Read back: the same worker, started about as long ago.
+        let back: WorkerInfo = serde_json::from_value(v).unwrap();
+        assert_eq!(
+            (back.slot, back.pid, back.state),
+            (0, Some(9), crate::WorkerState::Ready)
+        );
+        assert_eq!(back.last_exit, Some(Exit::Code(3)));
+        assert_eq!(back.cpu_time, Some(Duration::from_millis(1500)));
+        let age = back.started.expect("a start").elapsed();
+        assert!(
+            age >= Duration::from_secs(2) && age < Duration::from_secs(60),
+            "{age:?}"
+        );
     }
 }

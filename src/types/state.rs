@@ -6,7 +6,7 @@ use super::exit::Exit;
 
 /// A point-in-time view of one worker slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub struct WorkerInfo {
     /// The slot index (also the worker's `NODE_APP_INSTANCE`).
@@ -28,7 +28,8 @@ pub struct WorkerInfo {
         feature = "serde",
         serde(
             rename = "uptime_ms",
-            serialize_with = "crate::types::serde_impl::elapsed_ms"
+            serialize_with = "crate::types::serde_impl::elapsed_ms",
+            deserialize_with = "crate::types::serde_impl::de_elapsed_ms"
         )
     )]
     pub started: Option<std::time::Instant>,
@@ -38,7 +39,8 @@ pub struct WorkerInfo {
         feature = "serde",
         serde(
             rename = "cpu_ms",
-            serialize_with = "crate::types::serde_impl::opt_millis"
+            serialize_with = "crate::types::serde_impl::opt_millis",
+            deserialize_with = "crate::types::serde_impl::de_opt_millis"
         )
     )]
     pub cpu_time: Option<std::time::Duration>,
@@ -52,7 +54,8 @@ pub struct WorkerInfo {
         feature = "serde",
         serde(
             rename = "ready_for_ms",
-            serialize_with = "crate::types::serde_impl::elapsed_ms"
+            serialize_with = "crate::types::serde_impl::elapsed_ms",
+            deserialize_with = "crate::types::serde_impl::de_elapsed_ms"
         )
     )]
     pub ready_since: Option<std::time::Instant>,
@@ -62,7 +65,7 @@ pub struct WorkerInfo {
 }
 /// Where a slot is in its life (the state of its current worker).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum WorkerState {
@@ -95,7 +98,7 @@ impl fmt::Display for WorkerState {
 
 /// Where a cluster is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum Phase {
