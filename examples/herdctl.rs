@@ -19,13 +19,11 @@
 //! usage; 3 no master answers; 4 permission refused; 5 the master refused
 //! the request (an unknown slot, a scale during a reload).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
+use herd::control::{Client, ClientError};
 use serde_json::{json, Value};
 
 #[derive(Parser)]
@@ -138,133 +136,60 @@ fn socket(cli: &Cli) -> Result<PathBuf, Failure> {
     }
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
-
-fn lost(e: hyper::Error) -> Failure {
-    Failure(3, format!("the master closed the connection: {e}"))
+/// What a client error means for the exit status.
+fn failure(e: ClientError) -> Failure {
+    let code = match &e {
+        ClientError::Forbidden(_) => 4,
+        ClientError::Refused { .. } => 5,
+        _ => 3,
+    };
+    Failure(code, e.to_string())
 }
 
-/// An HTTP/1 connection to the master's control socket.
-async fn connect(path: &Path) -> Result<Sender, Failure> {
-    let stream = tokio::net::UnixStream::connect(path)
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::PermissionDenied => Failure(
-                4,
-                format!(
-                    "permission refused on {}: run as the master's user",
-                    path.display()
-                ),
-            ),
-            _ => Failure(
-                3,
-                format!("no herd master answers on {}: {e}", path.display()),
-            ),
-        })?;
-    // Nothing is sent to a socket that another user serves: someone who
-    // swapped it would read the request and answer "done" while the real
-    // master runs on.
-    let me = nix::unistd::geteuid().as_raw();
-    match stream.peer_cred() {
-        Ok(cred) if cred.uid() == me || cred.uid() == 0 => {}
-        Ok(cred) => {
-            return Err(Failure(
-                4,
-                format!(
-                    "{} is served by uid {}, neither this user (uid {me}) nor root: not a \
-                     master of yours; refusing to talk to it",
-                    path.display(),
-                    cred.uid()
-                ),
-            ))
-        }
-        Err(e) => {
-            return Err(Failure(
-                4,
-                format!("cannot tell who serves {}: {e}", path.display()),
-            ))
-        }
-    }
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(lost)?;
-    tokio::spawn(conn);
-    Ok(sender)
-}
-
+/// One request through herd's own client; a refusal is exit status 5.
 async fn request(
-    path: &Path,
+    client: &Client,
     method: &str,
     uri: &str,
     body: Option<Value>,
-) -> Result<(u16, Value), Failure> {
-    let mut sender = connect(path).await?;
-    let body = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(uri)
-        .header(hyper::header::HOST, "herd")
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(body))
-        .map_err(|e| Failure(2, e.to_string()))?;
-    let response = sender.send_request(req).await.map_err(lost)?;
-    let status = response.status().as_u16();
-    let bytes = response
-        .into_body()
-        .collect()
+) -> Result<Value, Failure> {
+    client
+        .request(method, uri, body)
         .await
-        .map_err(lost)?
-        .to_bytes();
-    // A permission check by peer credentials closes without a word.
-    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Ok((status, value))
+        .map(|(_, value)| value)
+        .map_err(failure)
 }
 
 /// `logs -f`: prints each line as the master streams it.
-async fn follow(path: &Path, uri: &str, json: bool) -> Result<u8, Failure> {
-    let mut sender = connect(path).await?;
-    let req = hyper::Request::builder()
-        .uri(uri)
-        .header(hyper::header::HOST, "herd")
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| Failure(2, e.to_string()))?;
-    let mut body = sender.send_request(req).await.map_err(lost)?.into_body();
-    let mut pending = String::new();
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame.map_err(lost)?.into_data() else {
-            continue;
-        };
-        pending.push_str(&String::from_utf8_lossy(&data));
-        while let Some(end) = pending.find('\n') {
-            let line: String = pending.drain(..=end).collect();
+async fn follow(
+    client: &Client,
+    slot: Option<usize>,
+    lines: usize,
+    json: bool,
+) -> Result<u8, Failure> {
+    client
+        .follow_logs(slot, lines, |l| {
             if json {
-                print!("{line}");
-            } else if let Ok(l) = serde_json::from_str::<Value>(&line) {
-                println!(
-                    "[slot {} pid {}] {}",
-                    l["slot"],
-                    l["pid"],
-                    l["line"].as_str().unwrap_or("")
-                );
+                println!("{}", serde_json::to_string(&l).unwrap_or_default());
+            } else {
+                println!("[slot {} pid {}] {}", l.slot, l.pid, l.line);
             }
-        }
-    }
+            true
+        })
+        .await
+        .map_err(failure)?;
     Ok(0)
 }
 
 async fn run(cli: Cli) -> Result<u8, Failure> {
-    let path = socket(&cli)?;
+    let client = Client::new(socket(&cli)?);
     if let Command::Logs {
         slot,
         lines,
         follow: true,
     } = &cli.command
     {
-        let uri = match slot {
-            Some(s) => format!("/v1/logs?follow=1&slot={s}&lines={lines}"),
-            None => format!("/v1/logs?follow=1&lines={lines}"),
-        };
-        return follow(&path, &uri, cli.json).await;
+        return follow(&client, *slot, *lines, cli.json).await;
     }
     let (method, uri, body) = match &cli.command {
         Command::Ls => ("GET", "/v1/workers".to_owned(), None),
@@ -300,16 +225,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Stop => ("POST", "/v1/stop".to_owned(), None),
         Command::Upgrade => ("POST", "/v1/upgrade".to_owned(), None),
     };
-    let (status, answer) = request(&path, method, &uri, body).await?;
-    if !(200..300).contains(&status) {
-        let message = answer["error"]
-            .as_str()
-            .map_or_else(|| format!("the master answered {status}"), str::to_owned);
-        let code = if status == 403 { 4 } else { 5 };
-        return Err(Failure(code, message));
-    }
+    let answer = request(&client, method, &uri, body).await?;
     if let Command::Upgrade = cli.command {
-        return upgraded(&path, &answer, cli.json).await;
+        return upgraded(&client, &answer, cli.json).await;
     }
     if cli.json {
         println!("{answer}");
@@ -369,13 +287,13 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
 }
 
 /// `upgrade`: waits until the new master answers with one upgrade more.
-async fn upgraded(path: &Path, answer: &Value, json: bool) -> Result<u8, Failure> {
+async fn upgraded(client: &Client, answer: &Value, json: bool) -> Result<u8, Failure> {
     let before = answer["upgrades"].as_u64().unwrap_or(0);
     let deadline = tokio::time::Instant::now() + UPGRADE_WAIT;
     loop {
         // The old master's connections end with its exec; the socket
         // itself stays, and the new master answers on it.
-        if let Ok((200, now)) = request(path, "GET", "/v1/workers", None).await {
+        if let Ok((200, now)) = client.request("GET", "/v1/workers", None).await {
             let upgrades = now["upgrades"].as_u64().unwrap_or(0);
             if upgrades > before {
                 if json {

@@ -850,3 +850,47 @@ async fn the_next_reload_runs_the_command_the_launcher_set() {
     run.await.unwrap().unwrap();
     let _ = std::fs::remove_dir_all(&release);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rust_program_drives_a_running_master_through_the_typed_client() {
+    use herd::control::{Client, ClientError};
+    let dir = std::env::temp_dir().join(format!("herd-client-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("control.sock");
+    let c = Running::start(hello_cluster(1).log_events(false), 1).await;
+    let server = herd::control::serve(c.handle.clone(), &path).await.unwrap();
+    let client = Client::new(&path);
+
+    let status = client.status().await.unwrap();
+    assert_eq!(status.pid, std::process::id());
+    assert_eq!(status.workers.len(), 1);
+    assert_eq!(status.phase, Phase::Running);
+    let first = status.workers[0].pid.expect("a worker");
+
+    let report = client.reload().await.unwrap();
+    assert!(report.is_complete(), "{report}");
+    assert_eq!(report.replaced[0].old_pid, Some(first));
+
+    // Refusals come back typed, with the API's kind.
+    match client.restart(7).await {
+        Err(ClientError::Refused { status, kind, .. }) => {
+            assert_eq!((status, kind.as_str()), (404, "no_such_slot"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(client.scale_by(1).await.unwrap(), (1, 2));
+    let pids = client.signal(herd::Signal::WINCH, Some(0)).await.unwrap();
+    assert_eq!(pids.len(), 1);
+
+    c.stop().await;
+    drop(server);
+    // Nobody answers any more: the error says so, naming the socket.
+    let _ = std::fs::remove_file(&path);
+    match client.status().await {
+        Err(e @ ClientError::NoMaster { .. }) => {
+            assert!(e.to_string().contains("control.sock"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

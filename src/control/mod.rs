@@ -23,6 +23,10 @@
 //! An error is `{"error": "a sentence", "kind": "no_such_slot"}` with a 4xx
 //! or 5xx status.
 //!
+//! A Rust program drives a running master with [`Client`], which herdctl
+//! uses too: typed answers ([`Status`], [`crate::ReloadReport`],
+//! [`crate::OutputLine`]) and typed refusals ([`ClientError`]).
+//!
 //! Why not `tower`: the limits that protect the master are per connection
 //! (how many, how slow), which hyper's connection builder and a semaphore
 //! give directly; a tower layer limits requests, which a slow client never
@@ -42,6 +46,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
+
+mod client;
+
+pub use client::{Client, ClientError, Status};
 
 use crate::observe::event::OutputLine;
 use crate::types::{Error, ErrorKind, Result};
