@@ -894,3 +894,54 @@ async fn a_rust_program_drives_a_running_master_through_the_typed_client() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tower_service_is_served_and_drained_by_a_shutdown_future() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+
+    /// A service as tower users write them: readiness, then the call.
+    #[derive(Clone)]
+    struct Hello(Arc<AtomicUsize>);
+    impl tower_service::Service<hyper::Request<hyper::body::Incoming>> for Hello {
+        type Response = hyper::Response<http_body_util::Full<hyper::body::Bytes>>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+            std::future::ready(Ok(hyper::Response::new("hi from tower\n".into())))
+        }
+    }
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let readied = Arc::new(AtomicUsize::new(0));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(herd::worker::http::serve_service(
+        vec![listener],
+        Hello(readied.clone()),
+        Default::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let body = tokio::task::spawn_blocking(move || get(addr, "/"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(body, "hi from tower\n");
+    assert!(
+        readied.load(Ordering::SeqCst) >= 1,
+        "poll_ready before call"
+    );
+    stop.send(()).unwrap();
+    tokio::time::timeout(WAIT, server)
+        .await
+        .expect("the shutdown future drains the server")
+        .unwrap()
+        .unwrap();
+}

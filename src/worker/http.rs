@@ -15,6 +15,9 @@
 //!
 //! It also reports readiness (`READY=1`) once it accepts, pings the
 //! watchdog when herd asks for one, and says `STOPPING=1` when it drains.
+//! [`serve`] takes a closure; [`serve_service`] takes any tower `Service`
+//! (an axum `Router` as it is) and a shutdown future that drains the server
+//! as the stop signal does.
 //!
 //! ```no_run
 //! use http_body_util::Full;
@@ -121,7 +124,81 @@ where
     B::Error: Into<BoxError>,
     E: Into<BoxError>,
 {
+    serve_until(listeners, handler, options, std::future::pending()).await
+}
+
+/// Serves any [`tower_service::Service`] (an axum `Router` as it is) the
+/// way [`serve`] serves a handler: until the stop signal or `shutdown`
+/// resolves, whichever comes first, then drains without losing a request.
+/// The service is cloned for each request and asked whether it is ready
+/// before each call.
+///
+/// ```no_run
+/// # async fn demo<S>(service: S) -> std::io::Result<()>
+/// # where
+/// #     S: tower_service::Service<hyper::Request<hyper::body::Incoming>, Response = hyper::Response<String>>
+/// #         + Clone + Send + Sync + 'static,
+/// #     S::Future: Send,
+/// #     S::Error: Into<herd::worker::http::BoxError>,
+/// # {
+/// let listeners = herd::worker::tcp_listeners().map_err(std::io::Error::other)?;
+/// let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+/// // ... `tx.send(())` drains the server as the stop signal would.
+/// herd::worker::http::serve_service(listeners, service, Default::default(), async {
+///     let _ = rx.await;
+/// })
+/// .await
+/// # }
+/// ```
+///
+/// # Errors
+///
+/// As [`serve`].
+pub async fn serve_service<S, B>(
+    listeners: Vec<StdListener>,
+    service: S,
+    options: Options,
+    shutdown: impl Future<Output = ()> + Send,
+) -> io::Result<()>
+where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let handler = move |req: Request<Incoming>| {
+        let mut service = service.clone();
+        async move {
+            std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
+            service.call(req).await
+        }
+    };
+    serve_until(listeners, handler, options, shutdown).await
+}
+
+/// [`serve_with`] that also drains when `shutdown` resolves.
+async fn serve_until<F, Fut, B, E>(
+    listeners: Vec<StdListener>,
+    handler: F,
+    options: Options,
+    shutdown: impl Future<Output = ()> + Send,
+) -> io::Result<()>
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<B>, E>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    E: Into<BoxError>,
+{
     let mut stop = signal(SignalKind::from_raw(options.stop_signal.as_raw()))?;
+    let mut shutdown = std::pin::pin!(shutdown);
     let watchdog = super::watchdog_interval().map(|interval| {
         tokio::spawn(async move {
             loop {
@@ -179,6 +256,7 @@ where
         tokio::select! {
             Some(stream) = conn_rx.recv() => serve_one(stream),
             _ = stop.recv() => break,
+            () = &mut shutdown => break,
         }
     }
     // 1. Stop accepting; what was accepted already is served.
