@@ -27,10 +27,12 @@
 //! uses too: typed answers ([`Status`], [`crate::ReloadReport`],
 //! [`crate::OutputLine`]) and typed refusals ([`ClientError`]).
 //!
-//! Why not `tower`: the limits that protect the master are per connection
-//! (how many, how slow), which hyper's connection builder and a semaphore
-//! give directly; a tower layer limits requests, which a slow client never
-//! completes.
+//! [`serve`] answers on its own Unix socket; [`service`] is the same API
+//! as a tower `Service` that a program mounts in its own server (an axum
+//! router, behind its own authentication). The limits that protect the
+//! master on its socket are per connection (how many, how slow), which
+//! hyper's connection builder and a semaphore give directly: a tower layer
+//! limits requests, which a slow client never completes.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -40,7 +42,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Bytes, Incoming};
+use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
@@ -160,26 +162,9 @@ pub async fn serve(handle: Handle, path: impl AsRef<Path>) -> Result<ControlServ
     handle
         .carry(&key, &listener)
         .map_err(|e| io("keeping the control socket for an upgrade", e))?;
-    let logs = Logs::default();
-    let mut output = handle.output();
-    let keep = logs.clone();
-    let streams = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let state = Arc::new(State {
-        handle,
-        logs,
-        streams: streams.clone(),
-    });
+    let (state, collect) = State::start(handle);
+    let streams = state.streams.clone();
     let task = tokio::spawn(async move {
-        let collect = tokio::spawn(async move {
-            use tokio::sync::broadcast::error::RecvError;
-            loop {
-                match output.recv().await {
-                    Ok(line) => keep.push(line),
-                    Err(RecvError::Lagged(_)) => continue,
-                    Err(RecvError::Closed) => return,
-                }
-            }
-        });
         accept(listener, state).await;
         collect.abort();
     });
@@ -212,6 +197,102 @@ struct State {
     handle: Handle,
     logs: Logs,
     streams: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl State {
+    /// The API's state for `handle`, and the task that keeps each slot's
+    /// last lines for `/v1/logs`.
+    fn start(handle: Handle) -> (Arc<State>, JoinHandle<()>) {
+        let logs = Logs::default();
+        let mut output = handle.output();
+        let keep = logs.clone();
+        let collect = tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match output.recv().await {
+                    Ok(line) => keep.push(line),
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+        let state = Arc::new(State {
+            handle,
+            logs,
+            streams: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        });
+        (state, collect)
+    }
+}
+
+/// The control API as a tower `Service`, for a program that mounts it in
+/// a server of its own ([`service`]): every request of the table above,
+/// answered as [`serve`] answers it. Cheap to clone.
+///
+/// What [`serve`] does around it is then the program's to do: check who
+/// asks (the API can stop and re-execute the master), limit connections
+/// and how slow a client may be.
+#[derive(Clone)]
+pub struct ControlService {
+    state: Arc<State>,
+    _collect: Arc<AbortOnDrop>,
+}
+
+impl std::fmt::Debug for ControlService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ControlService")
+    }
+}
+
+/// Ends the log collector with the last clone of the service.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The body of the API's answers.
+pub type ControlBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// The control API of the cluster behind `handle` as a tower `Service`
+/// (mount it under a path of your own, behind your own authentication).
+/// Call it within a tokio runtime: it starts the task that keeps each
+/// slot's last lines.
+pub fn service(handle: Handle) -> ControlService {
+    let (state, collect) = State::start(handle);
+    ControlService {
+        state,
+        _collect: Arc::new(AbortOnDrop(collect)),
+    }
+}
+
+impl<B> tower_service::Service<Request<B>> for ControlService
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<ControlBody>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = std::result::Result<Self::Response, Infallible>>
+                + Send,
+        >,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::result::Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let state = self.state.clone();
+        Box::pin(async move { Ok(respond(req, &state).await) })
+    }
 }
 
 /// The last lines of each slot's workers.
@@ -294,7 +375,7 @@ async fn accept(listener: UnixListener, state: Arc<State>) {
     }
 }
 
-type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+type Body = ControlBody;
 
 fn reply(status: StatusCode, value: Value) -> Response<Body> {
     Response::builder()
@@ -391,7 +472,11 @@ fn to_json<T: serde::Serialize>(value: &T) -> Value {
 }
 
 /// The request's body as JSON (an empty body is `{}`).
-async fn body(req: Request<Incoming>) -> std::result::Result<Value, Response<Body>> {
+async fn body<B>(req: Request<B>) -> std::result::Result<Value, Response<Body>>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let limited = Limited::new(req.into_body(), MAX_BODY);
     let bytes = match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
         Err(_) => {
@@ -422,14 +507,18 @@ async fn body(req: Request<Incoming>) -> std::result::Result<Value, Response<Bod
     })
 }
 
-fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
+fn query<B>(req: &Request<B>, key: &str) -> Option<String> {
     req.uri().query()?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         (k == key).then(|| v.to_owned())
     })
 }
 
-async fn respond(req: Request<Incoming>, state: &State) -> Response<Body> {
+async fn respond<B>(req: Request<B>, state: &State) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let handle = &state.handle;
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
@@ -573,5 +662,44 @@ mod tests {
         );
         let io = Error::io("spawning", std::io::Error::other("x"));
         assert_eq!(status(io), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[tokio::test]
+    async fn the_api_answers_as_a_tower_service_without_a_socket() {
+        use http_body_util::BodyExt;
+        use tower_service::Service;
+        let cluster = crate::Cluster::builder()
+            .command("sh")
+            .args(["-c", "sleep 30"])
+            .workers(1)
+            .without_sockets()
+            .log_events(false)
+            .build()
+            .unwrap();
+        let handle = cluster.handle();
+        let mut api = service(handle.clone());
+        let ask = |method: &str, uri: &str, body: &str| {
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Full::new(Bytes::from(body.to_owned())))
+                .unwrap()
+        };
+        // Before run(): the table answers at once, a scale is refused.
+        let answer = api.call(ask("GET", "/v1/workers", "")).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        let bytes = answer.into_body().collect().await.unwrap().to_bytes();
+        let value: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(value["phase"], "created", "{value}");
+        let missing = api.call(ask("GET", "/v1/nothing", "")).await.unwrap();
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+        let bad = api.call(ask("POST", "/v1/scale", "{nope")).await.unwrap();
+        assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+        drop(cluster);
+        let gone = api
+            .call(ask("POST", "/v1/scale", r#"{"by": 1}"#))
+            .await
+            .unwrap();
+        assert_eq!(gone.status(), StatusCode::CONFLICT, "not running");
     }
 }
