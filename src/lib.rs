@@ -14,8 +14,49 @@
 //!     .listen("0.0.0.0:3000".parse().unwrap())
 //!     .build()?;            // validates and binds; errors name the culprit
 //! let handle = cluster.handle();   // cloneable: reload(), workers(), events(), ...
-//! cluster.run().await?;     // until SIGTERM/SIGINT or handle.shutdown()
+//! cluster.run().await?;     // until handle.shutdown()
 //! # Ok(()) }
+//! ```
+//!
+//! A whole launcher: its events through `tracing` (feature `tracing`), a
+//! rolling reload on SIGHUP, a graceful stop on SIGTERM or Ctrl-C, the
+//! signals handled by the program itself (a library cluster takes none
+//! unless asked with [`Builder::handle_signals`]).
+//!
+//! ```no_run
+//! use tokio::signal::unix::{signal, SignalKind};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let cluster = herd::Cluster::builder()
+//!         .command("node")
+//!         .arg("server.js")
+//!         .workers(4)
+//!         .listen("0.0.0.0:3000".parse()?)
+//!         .log_events(false) // they go to tracing instead
+//!         .build()?;
+//!     let handle = cluster.handle();
+//!     let forwarding = herd::trace::forward(&handle, herd::trace::Forward { output: true });
+//!     let run = tokio::spawn(cluster.run());
+//!
+//!     let (mut hup, mut term) = (signal(SignalKind::hangup())?, signal(SignalKind::terminate())?);
+//!     loop {
+//!         tokio::select! {
+//!             _ = hup.recv() => {
+//!                 let report = handle.reload().await?;
+//!                 if let Some(failure) = &report.failure {
+//!                     tracing::warn!(slot = failure.slot, "reload aborted: {}", failure.reason);
+//!                 }
+//!             }
+//!             _ = term.recv() => break,
+//!             _ = tokio::signal::ctrl_c() => break,
+//!         }
+//!     }
+//!     handle.shutdown().await?; // stop signal, drain, SIGKILL at the drain timeout
+//!     run.await??;
+//!     forwarding.await?;
+//!     Ok(())
+//! }
 //! ```
 //!
 //! ## Theory of operation
