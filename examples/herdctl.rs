@@ -167,17 +167,16 @@ async fn follow(
     lines: usize,
     json: bool,
 ) -> Result<u8, Failure> {
-    client
-        .follow_logs(slot, lines, |l| {
-            if json {
-                println!("{}", serde_json::to_string(&l).unwrap_or_default());
-            } else {
-                println!("[slot {} pid {}] {}", l.slot, l.pid, l.line);
-            }
-            true
-        })
-        .await
-        .map_err(failure)?;
+    use tokio_stream::StreamExt;
+    let mut stream = client.follow_logs(slot, lines).await.map_err(failure)?;
+    while let Some(line) = stream.next().await {
+        let l = line.map_err(failure)?;
+        if json {
+            println!("{}", serde_json::to_string(&l).unwrap_or_default());
+        } else {
+            println!("[slot {} pid {}] {}", l.slot, l.pid, l.line);
+        }
+    }
     Ok(0)
 }
 

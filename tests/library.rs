@@ -881,6 +881,18 @@ async fn a_rust_program_drives_a_running_master_through_the_typed_client() {
     assert_eq!(client.scale_by(1).await.unwrap(), (1, 2));
     let pids = client.signal(herd::Signal::WINCH, Some(0)).await.unwrap();
     assert_eq!(pids.len(), 1);
+    // The lines the workers wrote (a replaced hello says it drained),
+    // read back, then followed as a stream.
+    let kept = client.logs(None, 50).await.unwrap();
+    assert!(!kept.is_empty(), "the workers' lines");
+    let mut follow = client.follow_logs(None, 50).await.unwrap();
+    let first = tokio::time::timeout(WAIT, tokio_stream::StreamExt::next(&mut follow))
+        .await
+        .expect("a line")
+        .expect("the stream is open")
+        .unwrap();
+    assert_eq!(first, kept[0]);
+    drop(follow);
 
     c.stop().await;
     drop(server);

@@ -184,38 +184,52 @@ impl Client {
     }
 
     /// The last `lines` lines, then every new one as the workers write it,
-    /// handed to `each` until the master closes the stream (it stops) or
-    /// `each` returns false.
+    /// as a stream that ends when the master closes it (it stopped). Drop
+    /// the stream to stop following.
     ///
     /// # Errors
     ///
-    /// [`ClientError`], as for every request.
+    /// [`ClientError`] when the request cannot be made; a broken stream
+    /// later is an `Err` item, then the end.
     pub async fn follow_logs(
         &self,
         slot: Option<usize>,
         lines: usize,
-        mut each: impl FnMut(OutputLine) -> bool,
-    ) -> Result<(), ClientError> {
+    ) -> Result<
+        impl tokio_stream::Stream<Item = Result<OutputLine, ClientError>> + Send + Unpin + 'static,
+        ClientError,
+    > {
         let mut sender = self.connect().await?;
         let req = request("GET", &logs_uri(slot, lines, true), None)?;
         let response = sender.send_request(req).await.map_err(lost)?;
         let mut body = response.into_body();
-        let mut pending = Vec::new();
-        while let Some(frame) = body.frame().await {
-            let Ok(data) = frame.map_err(lost)?.into_data() else {
-                continue;
-            };
-            pending.extend_from_slice(&data);
-            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=end).collect();
-                let line = serde_json::from_slice(&line)
-                    .map_err(|e| ClientError::Protocol(format!("a log line: {e}")))?;
-                if !each(line) {
-                    return Ok(());
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut pending = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let data = match frame.map_err(lost) {
+                    Ok(frame) => match frame.into_data() {
+                        Ok(data) => data,
+                        Err(_) => continue,
+                    },
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                pending.extend_from_slice(&data);
+                while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    let item = serde_json::from_slice(&line)
+                        .map_err(|e| ClientError::Protocol(format!("a log line: {e}")));
+                    // The reader went away: stop following.
+                    if tx.send(item).await.is_err() {
+                        return;
+                    }
                 }
             }
-        }
-        Ok(())
+        });
+        Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
     }
 
     /// Asks for a graceful stop (answered at once; the master then stops).
