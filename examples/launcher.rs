@@ -89,20 +89,19 @@ async fn launcher() -> Result<(), Box<dyn std::error::Error>> {
         })
     );
 
-    let mut events = handle.events();
+    // Every event as a JSON line; a reader that falls behind says how many
+    // it missed and goes on (the stream ends after the cluster stopped).
+    let mut events = handle.event_stream();
     tokio::spawn(async move {
-        use tokio::sync::broadcast::error::RecvError;
-        loop {
-            match events.recv().await {
+        use tokio_stream::StreamExt;
+        while let Some(event) = events.next().await {
+            match event {
                 Ok(event) => {
                     if let Ok(line) = serde_json::to_string(&event) {
                         eprintln!("{line}");
                     }
                 }
-                // Behind the cluster: say so and go on (the stream is
-                // still open); it ends after the cluster has stopped.
-                Err(RecvError::Lagged(n)) => eprintln!("{{\"missed_events\":{n}}}"),
-                Err(RecvError::Closed) => break,
+                Err(herd::Missed(n)) => eprintln!("{{\"missed_events\":{n}}}"),
             }
         }
     });
