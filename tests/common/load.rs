@@ -14,6 +14,8 @@ use super::*;
 pub struct LoadStats {
     pub ok: u64,
     pub errors: Vec<String>,
+    /// When each error happened (the soak matches them to its faults).
+    pub error_times: Vec<Instant>,
     pub pids: std::collections::HashSet<u32>,
 }
 
@@ -54,7 +56,10 @@ impl Load {
                                 answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 stats.pids.insert(pid_of(&body));
                             }
-                            Err(e) => stats.errors.push(e),
+                            Err(e) => {
+                                stats.errors.push(e);
+                                stats.error_times.push(Instant::now());
+                            }
                         }
                     }
                     stats
@@ -100,6 +105,7 @@ impl Load {
             let s = t.join().expect("load thread");
             all.ok += s.ok;
             all.errors.extend(s.errors);
+            all.error_times.extend(s.error_times);
             all.pids.extend(s.pids);
         }
         all

@@ -1,0 +1,305 @@
+//! A chaos soak: the real master and real workers under keep-alive and
+//! fresh-connection load for minutes, with a seeded random schedule of
+//! faults, in each balance mode.
+//!
+//! ```text
+//! cargo bench --bench soak                           # 60 s per mode, a new seed
+//! cargo bench --bench soak -- --seconds 600 --seed 42 --mode http
+//! ```
+//!
+//! Faults: SIGKILL of a worker, a rolling reload by SIGHUP, a reload by
+//! herdctl while another may run, a scale up or down by herdctl. The seed
+//! is printed; the same seed replays the same schedule of faults.
+//!
+//! For each mode it prints what was sent and what failed, and for each
+//! failure whether a fault explains it: only a request a SIGKILLed worker
+//! already held may fail outside http mode, and in http mode a GET never
+//! may. Then what was left behind (worker processes alive after the
+//! master's stop), the master's memory and fds at the start, their peak,
+//! and at the end of the load, and whether every reload that started
+//! finished. Any unexplained failure, process left behind or unfinished
+//! reload makes the run fail, naming the seed.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{controlled, hello, herdctl, of_kind, wait_dead, Load, Master};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Workers at the start; scaling stays between one and [`MAX_WORKERS`].
+const WORKERS: usize = 2;
+const MAX_WORKERS: usize = 4;
+/// How long after a SIGKILL a failed request is still that kill's doing.
+const KILL_WINDOW: Duration = Duration::from_secs(2);
+
+/// A small, seeded generator (xorshift64*): the same seed, the same run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Kill,
+    Reload,
+    HerdctlReload,
+    Scale,
+}
+
+/// What one mode's run saw.
+#[derive(Default)]
+struct Report {
+    kills: u32,
+    reloads: u32,
+    scales: u32,
+    ok: u64,
+    failed: usize,
+    explained: usize,
+    unexplained: Vec<String>,
+    left_behind: usize,
+    rss_kb: (u64, u64, u64),
+    fds: (usize, usize, usize),
+    reloads_started: usize,
+    reloads_finished: usize,
+}
+
+fn rss_kb(pid: Pid) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn fd_count(pid: Pid) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+fn soak(mode: &str, seed: u64, seconds: u64) -> Report {
+    let mut rng = Rng(seed | 1);
+    let workers = WORKERS.to_string();
+    let (m, control) = controlled(
+        &[
+            "-w",
+            &workers,
+            "--balance",
+            mode,
+            "--ready",
+            "notify",
+            "--drain-timeout",
+            "5s",
+        ],
+        &[hello()],
+    );
+    m.wait_kind("ready", WORKERS);
+    let master = m.pid();
+    let mut report = Report {
+        rss_kb: (rss_kb(master), 0, 0),
+        fds: (fd_count(master), 0, 0),
+        ..Report::default()
+    };
+    let keep_alive = Load::start(m.addr, 3, true);
+    let fresh = Load::start(m.addr, 2, false);
+    keep_alive.wait_answered(20);
+
+    let mut kills: Vec<Instant> = Vec::new();
+    let mut herdctls: Vec<std::thread::JoinHandle<()>> = Vec::new();
+    let mut target = WORKERS;
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200 + rng.below(800)));
+        report.rss_kb.1 = report.rss_kb.1.max(rss_kb(master));
+        report.fds.1 = report.fds.1.max(fd_count(master));
+        let fault = match rng.below(10) {
+            0..=3 => Fault::Kill,
+            4..=5 => Fault::Reload,
+            6..=7 => Fault::HerdctlReload,
+            _ => Fault::Scale,
+        };
+        match fault {
+            Fault::Kill => {
+                let live = m.live_pids();
+                if live.is_empty() {
+                    continue;
+                }
+                let pid = live[rng.below(live.len() as u64) as usize];
+                kills.push(Instant::now());
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                report.kills += 1;
+            }
+            Fault::Reload => {
+                m.signal(Signal::SIGHUP);
+                report.reloads += 1;
+            }
+            Fault::HerdctlReload => {
+                // Not waited for: it may overlap the next faults.
+                let control = control.clone();
+                herdctls.push(std::thread::spawn(move || {
+                    let _ = herdctl(&control, &["reload"]);
+                }));
+                report.reloads += 1;
+            }
+            Fault::Scale => {
+                let up = target == 1 || (target < MAX_WORKERS && rng.below(2) == 0);
+                let by = if up { "+1" } else { "-1" };
+                let (code, _, _) = herdctl(&control, &["scale", by]);
+                // Refused while a reload runs or slots drain: that is a
+                // conflict of the moment, not a failure.
+                if code == 0 {
+                    target = if up { target + 1 } else { target - 1 };
+                }
+                report.scales += 1;
+            }
+        }
+    }
+    for h in herdctls {
+        let _ = h.join();
+    }
+    // The load goes on while the last reloads end and the cluster settles.
+    m.wait_events("the reloads to end", |e| {
+        of_kind(e, "reload_finished").count() >= of_kind(e, "reload_started").count()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let ka = keep_alive.finish();
+    let fr = fresh.finish();
+    std::thread::sleep(Duration::from_secs(1));
+    report.rss_kb.2 = rss_kb(master);
+    report.fds.2 = fd_count(master);
+    report.ok = ka.ok + fr.ok;
+
+    let explained_by_kill = |t: &Instant| {
+        kills.iter().any(|k| {
+            *k <= *t + Duration::from_millis(200) && t.saturating_duration_since(*k) < KILL_WINDOW
+        })
+    };
+    for (error, at) in ka
+        .errors
+        .iter()
+        .zip(&ka.error_times)
+        .chain(fr.errors.iter().zip(&fr.error_times))
+    {
+        report.failed += 1;
+        if mode != "http" && explained_by_kill(at) {
+            report.explained += 1;
+        } else {
+            report.unexplained.push(error.clone());
+        }
+    }
+    let events = m.events();
+    report.reloads_started = of_kind(&events, "reload_started").count();
+    report.reloads_finished = of_kind(&events, "reload_finished").count();
+    let spawned = m.spawned_pids();
+    finish(m);
+    report.left_behind = spawned
+        .iter()
+        .filter(|&&p| Path::new(&format!("/proc/{p}")).exists())
+        .count();
+    let _ = std::fs::remove_dir_all(control.parent().unwrap_or(&control));
+    report
+}
+
+/// Stops the master and waits for every worker to be gone (the report
+/// then counts what is not).
+fn finish(mut m: Master) {
+    let pids = m.live_pids();
+    m.signal(Signal::SIGTERM);
+    m.wait_exit();
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_dead(&pids, "workers after the stop");
+    }));
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a == "--bench") {
+        return;
+    }
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let seed: u64 = value("--seed")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    let seconds: u64 = value("--seconds")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let modes: Vec<String> = match value("--mode") {
+        Some(m) => vec![m],
+        None => ["reuseport", "proxy", "http"].map(String::from).to_vec(),
+    };
+    let built = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--examples"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("cargo build");
+    assert!(built.success(), "building the examples failed");
+
+    println!("soak: seed {seed}, {seconds} s per mode (replay: --seed {seed})");
+    println!(
+        "| mode | kills | reloads | scales | ok | failed | explained by a kill | unexplained | \
+         left behind | reloads started / finished | master RSS KB start / peak / end | \
+         master fds start / peak / end |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut failed = false;
+    for mode in &modes {
+        let r = soak(mode, seed, seconds);
+        println!(
+            "| {mode} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} / {} | {} / {} / {} |",
+            r.kills,
+            r.reloads,
+            r.scales,
+            r.ok,
+            r.failed,
+            r.explained,
+            r.unexplained.len(),
+            r.left_behind,
+            r.reloads_started,
+            r.reloads_finished,
+            r.rss_kb.0,
+            r.rss_kb.1,
+            r.rss_kb.2,
+            r.fds.0,
+            r.fds.1,
+            r.fds.2,
+        );
+        if !r.unexplained.is_empty() {
+            println!(
+                "  {mode}: unexplained failures, first: {:?}",
+                &r.unexplained[..r.unexplained.len().min(5)]
+            );
+        }
+        failed |= !r.unexplained.is_empty()
+            || r.left_behind > 0
+            || r.reloads_finished < r.reloads_started;
+    }
+    if failed {
+        println!("soak FAILED (seed {seed})");
+        std::process::exit(1);
+    }
+}
