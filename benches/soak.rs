@@ -8,8 +8,15 @@
 //! ```
 //!
 //! Faults: SIGKILL of a worker, a rolling reload by SIGHUP, a reload by
-//! herdctl while another may run, a scale up or down by herdctl. The seed
-//! is printed; the same seed replays the same schedule of faults.
+//! herdctl while another may run, a scale up or down by herdctl, a control
+//! client that sends garbage or connects and stays silent, and in
+//! reuseport mode an upgrade of the master in place (SIGUSR2); in http
+//! mode each worker is also recycled after 20,000 requests. The seed is
+//! printed; the same seed replays the same schedule of faults (what the
+//! machine's timing makes of it may differ).
+//!
+//! A failure counts as explained by a kill when a SIGKILL came less than
+//! 2 s before it: the soak does not know which worker held the request.
 //!
 //! For each mode it prints what was sent and what failed, and for each
 //! failure whether a fault explains it: only a request a SIGKILLed worker
@@ -59,6 +66,10 @@ enum Fault {
     Reload,
     HerdctlReload,
     Scale,
+    /// A control client that sends garbage, or connects and says nothing.
+    BadControlClient,
+    /// reuseport mode: the master replaces itself in place (SIGUSR2).
+    Upgrade,
 }
 
 /// What one mode's run saw.
@@ -67,6 +78,8 @@ struct Report {
     kills: u32,
     reloads: u32,
     scales: u32,
+    others: u32,
+    upgrades: usize,
     ok: u64,
     failed: usize,
     explained: usize,
@@ -96,17 +109,28 @@ fn fd_count(pid: Pid) -> usize {
 fn soak(mode: &str, seed: u64, seconds: u64) -> Report {
     let mut rng = Rng(seed | 1);
     let workers = WORKERS.to_string();
+    // http mode also recycles each worker after 20,000 requests
+    // (gunicorn's max_requests), as a reload does.
+    let recycle: &[&str] = if mode == "http" {
+        &["--max-requests", "20000", "--sample-interval", "200ms"]
+    } else {
+        &[]
+    };
     let (m, control) = controlled(
         &[
-            "-w",
-            &workers,
-            "--balance",
-            mode,
-            "--ready",
-            "notify",
-            "--drain-timeout",
-            "5s",
-        ],
+            &[
+                "-w",
+                &workers,
+                "--balance",
+                mode,
+                "--ready",
+                "notify",
+                "--drain-timeout",
+                "5s",
+            ][..],
+            recycle,
+        ]
+        .concat(),
         &[hello()],
     );
     m.wait_kind("ready", WORKERS);
@@ -123,16 +147,21 @@ fn soak(mode: &str, seed: u64, seconds: u64) -> Report {
     let mut kills: Vec<Instant> = Vec::new();
     let mut herdctls: Vec<std::thread::JoinHandle<()>> = Vec::new();
     let mut target = WORKERS;
+    let mut idle_clients = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200 + rng.below(800)));
         report.rss_kb.1 = report.rss_kb.1.max(rss_kb(master));
         report.fds.1 = report.fds.1.max(fd_count(master));
-        let fault = match rng.below(10) {
+        let fault = match rng.below(12) {
             0..=3 => Fault::Kill,
             4..=5 => Fault::Reload,
             6..=7 => Fault::HerdctlReload,
-            _ => Fault::Scale,
+            8..=9 => Fault::Scale,
+            10 => Fault::BadControlClient,
+            // Upgrades in place exist in reuseport mode only.
+            _ if mode == "reuseport" => Fault::Upgrade,
+            _ => Fault::Reload,
         };
         match fault {
             Fault::Kill => {
@@ -167,6 +196,22 @@ fn soak(mode: &str, seed: u64, seconds: u64) -> Report {
                     target = if up { target + 1 } else { target - 1 };
                 }
                 report.scales += 1;
+            }
+            Fault::BadControlClient => {
+                // Garbage, then gone; or connected and silent for a while.
+                if let Ok(mut c) = std::os::unix::net::UnixStream::connect(&control) {
+                    use std::io::Write;
+                    if rng.below(2) == 0 {
+                        let _ = c.write_all(b"GARBAGE / HTTP/9\r\n\r\n");
+                    } else {
+                        idle_clients.push(c);
+                    }
+                }
+                report.others += 1;
+            }
+            Fault::Upgrade => {
+                m.signal(Signal::SIGUSR2);
+                report.others += 1;
             }
         }
     }
@@ -205,6 +250,8 @@ fn soak(mode: &str, seed: u64, seconds: u64) -> Report {
     }
     let events = m.events();
     report.reloads_started = of_kind(&events, "reload_started").count();
+    report.upgrades = of_kind(&events, "upgraded").count();
+    drop(idle_clients);
     report.reloads_finished = of_kind(&events, "reload_finished").count();
     let spawned = m.spawned_pids();
     finish(m);
@@ -261,19 +308,21 @@ fn main() {
 
     println!("soak: seed {seed}, {seconds} s per mode (replay: --seed {seed})");
     println!(
-        "| mode | kills | reloads | scales | ok | failed | explained by a kill | unexplained | \
+        "| mode | kills | reloads | scales | other faults | upgrades | ok | failed | explained by a kill | unexplained | \
          left behind | reloads started / finished | master RSS KB start / peak / end | \
          master fds start / peak / end |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut failed = false;
     for mode in &modes {
         let r = soak(mode, seed, seconds);
         println!(
-            "| {mode} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} / {} | {} / {} / {} |",
+            "| {mode} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} / {} | {} / {} / {} |",
             r.kills,
             r.reloads,
             r.scales,
+            r.others,
+            r.upgrades,
             r.ok,
             r.failed,
             r.explained,
