@@ -89,6 +89,8 @@ struct Report {
     fds: (usize, usize, usize),
     reloads_started: usize,
     reloads_finished: usize,
+    /// HTTP mode: the reasons the master gave for the errors it answered.
+    master_errors: Vec<String>,
 }
 
 fn rss_kb(pid: Pid) -> u64 {
@@ -249,6 +251,12 @@ fn soak(mode: &str, seed: u64, seconds: u64) -> Report {
         }
     }
     let events = m.events();
+    // What the master said of the errors it answered itself (HTTP mode).
+    report.master_errors = events
+        .iter()
+        .filter(|e| e["notice"] == "http_error")
+        .filter_map(|e| e["message"].as_str().map(str::to_owned))
+        .collect();
     report.reloads_started = of_kind(&events, "reload_started").count();
     report.upgrades = of_kind(&events, "upgraded").count();
     drop(idle_clients);
@@ -337,6 +345,12 @@ fn main() {
             r.fds.1,
             r.fds.2,
         );
+        if !r.unexplained.is_empty() && !r.master_errors.is_empty() {
+            println!(
+                "  {mode}: the master said: {:?}",
+                &r.master_errors[..r.master_errors.len().min(5)]
+            );
+        }
         if !r.unexplained.is_empty() {
             println!(
                 "  {mode}: unexplained failures, first: {:?}",

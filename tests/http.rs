@@ -103,6 +103,30 @@ fn a_get_in_flight_on_a_killed_worker_is_sent_again_to_another() {
     assert!(m.wait_exit().success(), "{}", m.log());
 }
 
+/// Found by the soak (seed 3, http mode): a GET whose worker died with it
+/// in hand was sent once more, to a worker that died too, and then answered
+/// 502. A request that no worker answered is sent to each worker in
+/// rotation before the client hears of it.
+#[test]
+fn a_get_that_two_dying_workers_never_answered_is_answered_by_a_third() {
+    let program = s(&["python3", &fixture("tests/fixtures/dies_on_some_slots.py")]);
+    let m = Master::start(&cmd(
+        &["-w", "3", "--balance", "http", "-e", "DYING_SLOTS=0,1"],
+        &program,
+    ));
+    m.wait_kind("spawned", 3);
+    // Round-robin starts each request at the next slot: some start at slot
+    // 0, then meet slot 1.
+    for i in 0..9 {
+        let (status, answer) = raw(
+            m.addr,
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(status, 200, "request {i}: {answer}\n{}", m.log());
+        assert!(answer.contains("slot=2"), "request {i}: {answer}");
+    }
+}
+
 #[test]
 fn forwarded_headers_bad_gateway_and_oversized_heads_get_their_status() {
     let mut m = Master::start(&cmd(&["-w", "2", "--balance", "http"], &py_abrupt()));

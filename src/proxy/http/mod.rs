@@ -13,9 +13,10 @@
 //! Heads are parsed and rewritten by [`h1`]; bodies stream through
 //! as they come, never whole in memory. A request that could not be
 //! delivered (the worker's connection failed before any of it was
-//! written, or it was refused) goes to another worker; one whose worker
-//! closed or died before any byte of an answer is sent once more if it is
-//! idempotent and has no body. Otherwise the client gets `502`. A response
+//! written, or it was refused) goes to another worker; so does one whose
+//! worker closed or died before any byte of an answer, if it is idempotent
+//! and has no body: each worker in rotation gets it before the client gets
+//! `502`. A response
 //! head that takes longer than the response timeout is a `504`; no ready
 //! worker within [`NO_WORKER_WAIT`] a `503` with `Retry-After`.
 //! `Connection: Upgrade` (WebSocket) is tunnelled once the worker answers
@@ -50,6 +51,9 @@ use crate::balance::{hash_ip, Picker};
 use crate::types::Cidr;
 use h1::{Framing, RequestHead};
 
+/// The most workers one request is offered to before the client gets 502
+/// (each at most once; fewer when fewer are in rotation).
+const MAX_ATTEMPTS: usize = 8;
 /// How long a request waits for a ready worker before it is answered 503.
 pub const NO_WORKER_WAIT: Duration = Duration::from_secs(10);
 /// An idle pooled connection older than this is not reused: servers close
@@ -373,16 +377,24 @@ async fn exchange(
     // After the master's own error answer, the connection is kept only if
     // no unread body is left in it.
     let keep = request.keep_alive && !request.http10 && request.framing == Framing::Empty;
-    let mut tried = None;
+    // Workers that failed this request: it goes to each other worker in
+    // rotation before the client hears of it (a reload or a crash can take
+    // more than one worker at once).
+    let mut tried: Vec<u32> = Vec::new();
     let mut failure = "no worker could take the request";
-    for attempt in 0..2 {
+    for attempt in 0..MAX_ATTEMPTS {
         let wanted = if attempt == 0 { request.pinned } else { None };
-        let Some((counted, backend)) = pick(shared, peer, tried, wanted).await else {
+        let Some((counted, backend)) = pick(shared, peer, &tried, wanted).await else {
             let reason = "no worker is ready to take the request";
             let kept = shared.answer(client, 503, reason, keep, started).await;
             return after_error(kept, &request);
         };
-        tried = Some(backend.pid);
+        // Every worker in rotation may have failed it already: then one of
+        // them again, on its next connection (a pooled one the worker had
+        // just closed is the commonest failure).
+        if !tried.contains(&backend.pid) {
+            tried.push(backend.pid);
+        }
         let mut up = match connection(&backend, shared, &request).await {
             Ok(up) => up,
             Err(Unreachable::Connect) => {
@@ -516,7 +528,7 @@ fn worker(backend: &Backend) -> Worker {
 async fn pick(
     shared: &Shared,
     peer: SocketAddr,
-    not: Option<u32>,
+    not: &[u32],
     wanted: Option<usize>,
 ) -> Option<(Counted, Arc<Backend>)> {
     let (_, backends) = tokio::time::timeout(NO_WORKER_WAIT, shared.rotation.serving())
@@ -531,7 +543,12 @@ async fn pick(
         let mut picker = shared.picker.lock().unwrap_or_else(|p| p.into_inner());
         picker.pick(backends.as_slice(), hash_ip(peer.ip()))?
     };
-    if not == Some(backends[index].pid) && backends.len() > 1 {
+    // The next worker in rotation that has not failed this request, if
+    // there is one.
+    for _ in 0..backends.len() {
+        if !not.contains(&backends[index].pid) {
+            break;
+        }
         index = (index + 1) % backends.len();
     }
     let counted = Counted::new(&backends, index);
