@@ -266,6 +266,18 @@ impl Rotation {
         (self.version.load(Ordering::Acquire), set.clone())
     }
 
+    /// Resolves once the set is no longer the one of `version`.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) async fn changed_since(&self, version: u64) {
+        loop {
+            let notified = self.changed.notified();
+            if self.version() != version {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// The set, once it is not empty.
     pub(crate) async fn serving(&self) -> (u64, Arc<Vec<Arc<Backend>>>) {
         loop {

@@ -382,13 +382,35 @@ async fn exchange(
     // more than one worker at once).
     let mut tried: Vec<u32> = Vec::new();
     let mut failure = "no worker could take the request";
-    for attempt in 0..MAX_ATTEMPTS {
+    let mut attempt = 0;
+    // The last worker tried refused the connection.
+    let mut refused = false;
+    while attempt < MAX_ATTEMPTS {
         let wanted = if attempt == 0 { request.pinned } else { None };
+        attempt += 1;
+        let version = shared.rotation.version();
         let Some((counted, backend)) = pick(shared, peer, &tried, wanted).await else {
             let reason = "no worker is ready to take the request";
             let kept = shared.answer(client, 503, reason, keep, started).await;
             return after_error(kept, &request);
         };
+        if tried.contains(&backend.pid) && refused {
+            // Every worker in rotation refused the connection: they are
+            // dead and not reaped yet. Wait for the rotation to change (a
+            // replacement, or the dead taken out) rather than spend the
+            // attempts on them; the wait for a worker bounds it.
+            drop(counted);
+            let waited = tokio::time::timeout(
+                NO_WORKER_WAIT.saturating_sub(started.elapsed()),
+                shared.rotation.changed_since(version),
+            )
+            .await;
+            if waited.is_err() {
+                break;
+            }
+            refused = false;
+            continue;
+        }
         // Every worker in rotation may have failed it already: then one of
         // them again, on its next connection (a pooled one the worker had
         // just closed is the commonest failure).
@@ -400,6 +422,7 @@ async fn exchange(
             Err(Unreachable::Connect) => {
                 backend.connect_errors.fetch_add(1, Ordering::Relaxed);
                 failure = "cannot connect to the worker";
+                refused = true;
                 continue;
             }
             Err(Unreachable::Closing) => {
@@ -407,6 +430,7 @@ async fn exchange(
                 continue;
             }
         };
+        refused = false;
         backend.total.fetch_add(1, Ordering::Relaxed);
         let set_cookie =
             (shared.config.sticky && request.pinned != Some(backend.slot)).then_some(backend.slot);
