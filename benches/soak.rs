@@ -22,7 +22,8 @@
 //! failure whether a fault explains it: only a request a SIGKILLed worker
 //! already held may fail outside http mode, and in http mode a GET never
 //! may. Then what was left behind (worker processes alive after the
-//! master's stop), the master's memory and fds at the start, their peak,
+//! master's stop, and the master's unreaped children at the end of the
+//! load), the master's memory and fds at the start, their peak,
 //! and at the end of the load, and whether every reload that started
 //! finished. Any unexplained failure, process left behind or unfinished
 //! reload makes the run fail, naming the seed.
@@ -89,6 +90,9 @@ struct Report {
     fds: (usize, usize, usize),
     reloads_started: usize,
     reloads_finished: usize,
+    /// The master's children that exited and were not reaped, at the end
+    /// of the load.
+    zombies: usize,
     /// HTTP mode: the reasons the master gave for the errors it answered.
     master_errors: Vec<String>,
 }
@@ -102,6 +106,26 @@ fn rss_kb(pid: Pid) -> u64 {
                 .and_then(|v| v.split_whitespace().next()?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// Children of `pid` that exited and were not reaped.
+fn zombies_of(pid: Pid) -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            // After the command's closing parenthesis: state, ppid, ...
+            let mut rest = stat
+                .rsplit_once(')')
+                .map_or("", |(_, r)| r)
+                .split_whitespace();
+            let state = rest.next();
+            let ppid = rest.next().and_then(|p| p.parse::<i32>().ok());
+            state == Some("Z") && ppid == Some(pid.as_raw())
+        })
+        .count()
 }
 
 fn fd_count(pid: Pid) -> usize {
@@ -230,6 +254,7 @@ fn soak(mode: &str, seed: u64, seconds: u64) -> Report {
     let fr = fresh.finish();
     std::thread::sleep(Duration::from_secs(1));
     report.rss_kb.2 = rss_kb(master);
+    report.zombies = zombies_of(master);
     report.fds.2 = fd_count(master);
     report.ok = ka.ok + fr.ok;
 
@@ -318,15 +343,15 @@ fn main() {
     println!("soak: seed {seed}, {seconds} s per mode (replay: --seed {seed})");
     println!(
         "| mode | kills | reloads | scales | other faults | upgrades | ok | failed | explained by a kill | unexplained | \
-         left behind | reloads started / finished | master RSS KB start / peak / end | \
+         left behind | zombies | reloads started / finished | master RSS KB start / peak / end | \
          master fds start / peak / end |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut failed = false;
     for mode in &modes {
         let r = soak(mode, seed, seconds);
         println!(
-            "| {mode} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} / {} | {} / {} / {} |",
+            "| {mode} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} / {} | {} / {} / {} |",
             r.kills,
             r.reloads,
             r.scales,
@@ -337,6 +362,7 @@ fn main() {
             r.explained,
             r.unexplained.len(),
             r.left_behind,
+            r.zombies,
             r.reloads_started,
             r.reloads_finished,
             r.rss_kb.0,
@@ -360,6 +386,7 @@ fn main() {
         }
         failed |= !r.unexplained.is_empty()
             || r.left_behind > 0
+            || r.zombies > 0
             || r.reloads_finished < r.reloads_started;
     }
     if failed {
