@@ -380,7 +380,9 @@ async fn exchange(
     // Workers that failed this request: it goes to each other worker in
     // rotation before the client hears of it (a reload or a crash can take
     // more than one worker at once).
-    let mut tried: Vec<u32> = Vec::new();
+    // On the stack: a request allocates nothing for its retries.
+    let mut tried = [0u32; MAX_ATTEMPTS];
+    let mut tried_n = 0;
     let mut failure = "no worker could take the request";
     let mut attempt = 0;
     // The last worker tried refused the connection.
@@ -389,12 +391,12 @@ async fn exchange(
         let wanted = if attempt == 0 { request.pinned } else { None };
         attempt += 1;
         let version = shared.rotation.version();
-        let Some((counted, backend)) = pick(shared, peer, &tried, wanted).await else {
+        let Some((counted, backend)) = pick(shared, peer, &tried[..tried_n], wanted).await else {
             let reason = "no worker is ready to take the request";
             let kept = shared.answer(client, 503, reason, keep, started).await;
             return after_error(kept, &request);
         };
-        if tried.contains(&backend.pid) && refused {
+        if tried[..tried_n].contains(&backend.pid) && refused {
             // Every worker in rotation refused the connection: they are
             // dead and not reaped yet. Wait for the rotation to change (a
             // replacement, or the dead taken out) rather than spend the
@@ -414,8 +416,9 @@ async fn exchange(
         // Every worker in rotation may have failed it already: then one of
         // them again, on its next connection (a pooled one the worker had
         // just closed is the commonest failure).
-        if !tried.contains(&backend.pid) {
-            tried.push(backend.pid);
+        if !tried[..tried_n].contains(&backend.pid) {
+            tried[tried_n] = backend.pid;
+            tried_n += 1;
         }
         let mut up = match connection(&backend, shared, &request).await {
             Ok(up) => up,
