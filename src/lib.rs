@@ -185,6 +185,8 @@ compile_error!(
 );
 
 pub mod balance;
+#[cfg(feature = "cli")]
+pub mod cli;
 mod cluster;
 #[cfg(feature = "control")]
 pub mod control;

@@ -1,7 +1,11 @@
-//! `cluster`: run N copies of a program behind one address.
+//! The `herd` and `herdctl` command lines (feature `cli`, on by default):
+//! what `cargo install herd-cluster` installs, and what the `cluster` and
+//! `herdctl` examples run. A launcher that wants the exact command line
+//! calls [`herd()`] from its `main`.
 //!
 //! ```text
-//! cargo run --release --example cluster -- -w 4 -l 0.0.0.0:3000 node examples/node/server.js
+//! herd -w 4 -l 0.0.0.0:3000 node examples/node/server.js
+//! cargo run --release --example cluster -- -w 4 node examples/node/server.js
 //! ```
 //!
 //! Everything from the first non-option on is the program and its arguments.
@@ -10,24 +14,30 @@
 //! slot failed, 2 for bad usage.
 
 //!
-//! The parts: `cli.rs` (flags and their parsers), `run.rs` (the cluster
+//! The parts: `args.rs` (flags and their parsers), `run.rs` (the cluster
 //! built from them and run), `unit.rs` (`--print-systemd-unit`),
-//! `metrics.rs` (`--metrics`).
+//! `metrics.rs` (`--metrics`), `ctl.rs` (`herdctl`).
 
-mod cli;
+mod args;
+mod ctl;
 mod metrics;
 mod run;
 mod unit;
+
+pub use ctl::herdctl;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::Cli;
+use args::Cli;
 use run::run;
 use unit::systemd_units;
 
-fn main() -> ExitCode {
+/// The `herd` command: parses `std::env::args` and runs until the cluster
+/// stops. Returns the exit status (0 stopped cleanly, 1 the cluster failed,
+/// 2 bad usage).
+pub fn herd() -> ExitCode {
     let cli = Cli::parse();
     if cli.print_systemd_unit {
         return match systemd_units(&cli) {
@@ -93,12 +103,12 @@ fn is_usage(e: &(dyn std::error::Error + 'static)) -> bool {
         return true;
     }
     matches!(
-        e.downcast_ref::<herd::Error>(),
+        e.downcast_ref::<crate::Error>(),
         Some(
-            herd::Error::InvalidSetting { .. }
-                | herd::Error::Parse { .. }
-                | herd::Error::ZeroWorkers
-                | herd::Error::NoProgram
+            crate::Error::InvalidSetting { .. }
+                | crate::Error::Parse { .. }
+                | crate::Error::ZeroWorkers
+                | crate::Error::NoProgram
         )
     )
 }

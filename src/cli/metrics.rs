@@ -4,12 +4,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::Usage;
+use super::Usage;
 
 /// `--metrics`: the facade's values for Prometheus, and the probes.
 pub(crate) async fn serve_metrics(
     addr: SocketAddr,
-    handle: herd::Handle,
+    handle: crate::Handle,
     sample: Duration,
 ) -> Result<tokio::task::JoinHandle<()>, Box<dyn std::error::Error>> {
     use http_body_util::Full;
@@ -60,12 +60,12 @@ pub(crate) async fn serve_metrics(
                         "/healthz" => (200, "ok\n".to_owned()),
                         "/readyz" => {
                             let workers = handle.workers();
-                            let ready = handle.phase() == herd::Phase::Running
-                                && workers.iter().any(|w| w.state == herd::WorkerState::Ready)
+                            let ready = handle.phase() == crate::Phase::Running
+                                && workers.iter().any(|w| w.state == crate::WorkerState::Ready)
                                 && workers.iter().all(|w| {
                                     matches!(
                                         w.state,
-                                        herd::WorkerState::Ready | herd::WorkerState::Failed
+                                        crate::WorkerState::Ready | crate::WorkerState::Failed
                                     )
                                 });
                             if ready {

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::cli::{cluster_name, Cli};
+use super::args::{cluster_name, Cli};
 
 /// `--print-systemd-unit`: the service (and with `--socket-unit` the
 /// socket) unit that runs the command line this was called with.

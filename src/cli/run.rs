@@ -5,11 +5,11 @@ use std::net::SocketAddr;
 
 use std::time::Duration;
 
-use herd::{Backoff, Balance, Cluster, CrashLoop, Readiness};
+use crate::{Backoff, Balance, Cluster, CrashLoop, Readiness};
 
-use crate::cli::{cluster_name, default_listen, Cli};
-use crate::metrics::serve_metrics;
-use crate::Usage;
+use super::args::{cluster_name, default_listen, Cli};
+use super::metrics::serve_metrics;
+use super::Usage;
 
 /// Sockets the master was started with (systemd socket activation,
 /// `systemd-socket-activate`), with their addresses.
@@ -19,7 +19,7 @@ pub(crate) fn activated_sockets(
         return Ok(Vec::new());
     }
     let mut out = Vec::new();
-    for fd in herd::worker::listen_fds()? {
+    for fd in crate::worker::listen_fds()? {
         let addr = socket2::SockRef::from(&fd)
             .local_addr()
             .ok()
@@ -205,16 +205,16 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.listen(*addr);
     }
     let cluster = builder.build()?;
-    if herd::upgrade_preflight() {
+    if crate::upgrade_preflight() {
         // A new binary's pre-flight: run() confirms that it would take
         // over and starts nothing; the running master keeps its control
         // socket, metrics endpoint and log files.
         return Ok(cluster.run().await?);
     }
     let log_files = if to_files {
-        let files = herd::logfile::LogFiles::start(
+        let files = crate::logfile::LogFiles::start(
             &cluster.handle(),
-            herd::logfile::Targets {
+            crate::logfile::Targets {
                 file: cli.log_file.clone(),
                 dir: cli.log_dir.clone(),
             },
@@ -243,12 +243,12 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         let path = cli
             .control
             .clone()
-            .unwrap_or_else(|| herd::control::default_path(&control_name));
-        match herd::control::serve(cluster.handle(), &path).await {
+            .unwrap_or_else(|| crate::control::default_path(&control_name));
+        match crate::control::serve(cluster.handle(), &path).await {
             Ok(server) => Some(server),
             // Another master owns that name: a usage error, before anything
             // starts.
-            Err(e @ herd::Error::ControlInUse { .. }) => return Err(Usage(e.to_string()).into()),
+            Err(e @ crate::Error::ControlInUse { .. }) => return Err(Usage(e.to_string()).into()),
             Err(e) => return Err(e.into()),
         }
     };
@@ -295,7 +295,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             match events.recv().await {
                 Ok(e) => {
                     eprintln!("{open}{}", &e.to_json()[1..]);
-                    if matches!(e, herd::Event::Stopped) {
+                    if matches!(e, crate::Event::Stopped) {
                         return;
                     }
                 }

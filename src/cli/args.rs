@@ -4,13 +4,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::{Balance, KillMode, Readiness, RestartPolicy, Signal};
 use clap::Parser;
-use herd::{Balance, KillMode, Readiness, RestartPolicy, Signal};
 
 /// Run N copies of a program behind one listening address, keep them alive,
 /// and stop them gracefully.
 #[derive(Debug, Parser)]
-#[command(name = "cluster", version, trailing_var_arg = true)]
+#[command(name = "herd", version, trailing_var_arg = true)]
 pub(crate) struct Cli {
     /// Number of worker processes [default: the number of CPUs].
     #[arg(short, long, value_name = "N")]
@@ -32,7 +32,7 @@ pub(crate) struct Cli {
 
     /// With --balance proxy or http: round-robin, least-conn, p2c or ip-hash.
     #[arg(long, value_name = "STRATEGY", value_parser = parse_strategy)]
-    pub(crate) strategy: Option<herd::balance::Strategy>,
+    pub(crate) strategy: Option<crate::balance::Strategy>,
 
     /// With --balance proxy or http, for programs that can only bind a
     /// port themselves (Go, Java, puma, uvicorn --port $PORT): set PORT to a
@@ -49,7 +49,7 @@ pub(crate) struct Cli {
     /// With --balance proxy: send a PROXY protocol header (v1 or v2) to
     /// workers, so that apps see the client's address.
     #[arg(long, value_name = "VERSION", value_parser = parse_proxy_protocol)]
-    pub(crate) proxy_protocol: Option<herd::proxy::ProxyProtocol>,
+    pub(crate) proxy_protocol: Option<crate::proxy::ProxyProtocol>,
 
     /// With --balance http: `cookie` pins each client to a worker slot with
     /// a cookie (herd_slot) that the slot's next worker honours after a
@@ -70,7 +70,7 @@ pub(crate) struct Cli {
     /// With --balance http: keep the X-Forwarded-* headers that peers in
     /// this range send (a load balancer in front); repeatable.
     #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
-    pub(crate) trust_proxy: Vec<herd::Cidr>,
+    pub(crate) trust_proxy: Vec<crate::Cidr>,
 
     /// With --balance proxy or http: the most client connections at once; more
     /// wait in the listen queue [default: what the fd limit leaves].
@@ -111,7 +111,7 @@ pub(crate) struct Cli {
 
     /// A slot with this many exits within --crash-window is marked failed
     /// (0: never give up).
-    #[arg(long, value_name = "N", default_value_t = herd::DEFAULT_CRASH_LIMIT)]
+    #[arg(long, value_name = "N", default_value_t = crate::DEFAULT_CRASH_LIMIT)]
     pub(crate) crash_limit: u32,
 
     /// The window --crash-limit counts exits in.
@@ -233,7 +233,7 @@ pub(crate) struct Cli {
     pub(crate) max_requests: Option<u64>,
 
     /// How many slots a reload (SIGHUP) replaces at the same time.
-    #[arg(long, value_name = "N", default_value_t = herd::DEFAULT_RELOAD_PARALLEL)]
+    #[arg(long, value_name = "N", default_value_t = crate::DEFAULT_RELOAD_PARALLEL)]
     pub(crate) reload_parallel: usize,
 
     /// Do not inject herd's preload into Node workers.
@@ -259,49 +259,49 @@ pub(crate) struct Cli {
 }
 
 pub(crate) fn parse_listen(s: &str) -> Result<Vec<SocketAddr>, String> {
-    herd::net::parse_listen_addr(s).map_err(|e| e.to_string())
+    crate::net::parse_listen_addr(s).map_err(|e| e.to_string())
 }
 
-pub(crate) fn parse_cidr(s: &str) -> Result<herd::Cidr, String> {
-    s.parse().map_err(|e: herd::Error| e.to_string())
+pub(crate) fn parse_cidr(s: &str) -> Result<crate::Cidr, String> {
+    s.parse().map_err(|e: crate::Error| e.to_string())
 }
 
 /// The mode, and whether the text named a strategy (`proxy:least-conn`).
 pub(crate) fn parse_balance(s: &str) -> Result<(Balance, bool), String> {
-    let balance = s.parse().map_err(|e: herd::Error| e.to_string())?;
+    let balance = s.parse().map_err(|e: crate::Error| e.to_string())?;
     Ok((balance, s.contains(':')))
 }
 
 pub(crate) fn parse_ready(s: &str) -> Result<Readiness, String> {
-    s.parse().map_err(|e: herd::Error| e.to_string())
+    s.parse().map_err(|e: crate::Error| e.to_string())
 }
 
 pub(crate) fn parse_kill_mode(s: &str) -> Result<KillMode, String> {
-    s.parse().map_err(|e: herd::Error| e.to_string())
+    s.parse().map_err(|e: crate::Error| e.to_string())
 }
 
-pub(crate) fn parse_strategy(s: &str) -> Result<herd::balance::Strategy, String> {
-    s.parse().map_err(|e: herd::Error| e.to_string())
+pub(crate) fn parse_strategy(s: &str) -> Result<crate::balance::Strategy, String> {
+    s.parse().map_err(|e: crate::Error| e.to_string())
 }
 
-pub(crate) fn parse_proxy_protocol(s: &str) -> Result<herd::proxy::ProxyProtocol, String> {
-    s.parse().map_err(|e: herd::Error| e.to_string())
+pub(crate) fn parse_proxy_protocol(s: &str) -> Result<crate::proxy::ProxyProtocol, String> {
+    s.parse().map_err(|e: crate::Error| e.to_string())
 }
 
 pub(crate) fn parse_restart(s: &str) -> Result<RestartPolicy, String> {
-    s.parse().map_err(|e: herd::Error| e.to_string())
+    s.parse().map_err(|e: crate::Error| e.to_string())
 }
 
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    herd::parse_duration(s).map_err(|e| e.to_string())
+    crate::parse_duration(s).map_err(|e| e.to_string())
 }
 
 pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
-    herd::parse_size(s).map_err(|e| e.to_string())
+    crate::parse_size(s).map_err(|e| e.to_string())
 }
 
 pub(crate) fn parse_signal(s: &str) -> Result<Signal, String> {
-    s.parse().map_err(|e: herd::Error| e.to_string())
+    s.parse().map_err(|e: crate::Error| e.to_string())
 }
 
 pub(crate) fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -313,7 +313,7 @@ pub(crate) fn parse_env(s: &str) -> Result<(String, String), String> {
 
 pub(crate) fn default_listen() -> Result<Vec<SocketAddr>, String> {
     let port = std::env::var("PORT").unwrap_or_else(|_| "3000".into());
-    herd::net::parse_listen_addr(&format!("0.0.0.0:{port}")).map_err(|e| format!("$PORT: {e}"))
+    crate::net::parse_listen_addr(&format!("0.0.0.0:{port}")).map_err(|e| format!("$PORT: {e}"))
 }
 
 /// The cluster's name: `--name`, else the program's file name (None

@@ -1,0 +1,5 @@
+//! `herdctl`: operate running herd masters (see [`herd::cli`]).
+
+fn main() -> std::process::ExitCode {
+    herd::cli::herdctl()
+}
