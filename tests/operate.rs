@@ -117,7 +117,11 @@ fn herdctl_lists_reloads_restarts_scales_and_stops() {
     }
     let (code, text, _) = herdctl(&path, &["ls"]);
     assert_eq!(code, 0);
-    assert_eq!(text.lines().count(), 3, "a header and two rows: {text}");
+    assert_eq!(
+        text.lines().count(),
+        4,
+        "the app's line, a header and two rows: {text}"
+    );
 
     let (code, out, err) = herdctl(&path, &["reload", "--json"]);
     assert_eq!(code, 0, "{err}");

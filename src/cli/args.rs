@@ -9,9 +9,24 @@ use clap::Parser;
 
 /// Run N copies of a program behind one listening address, keep them alive,
 /// and stop them gracefully.
-#[derive(Debug, Parser)]
+///
+/// `herd [OPTIONS] PROGRAM [ARGS]...` runs one program; `herd run ...` is
+/// the same. `herd start FILE` (or `--config FILE`) runs every app of a
+/// herd.toml or a PM2 ecosystem file (.js, .json, .yaml); flags given with
+/// it override the file's settings of every app. Without a program or a
+/// file, ./herd.toml is read when it exists.
+#[derive(Debug, Clone, PartialEq, Parser)]
 #[command(name = "herd", version, trailing_var_arg = true)]
 pub(crate) struct Cli {
+    /// Run the apps of this file: herd.toml, or PM2's ecosystem.config.js,
+    /// .json or .yaml (`herd start FILE` is the same).
+    #[arg(short, long, value_name = "FILE")]
+    pub(crate) config: Option<std::path::PathBuf>,
+
+    /// With a file: start only these apps (repeatable).
+    #[arg(long, value_name = "APP", requires = "config")]
+    pub(crate) only: Vec<String>,
+
     /// Number of worker processes [default: the number of CPUs].
     #[arg(short, long, value_name = "N")]
     pub(crate) workers: Option<usize>,
@@ -198,6 +213,12 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub(crate) start_timeout: Duration,
 
+    /// When a new worker is not ready within --start-timeout: kill it and
+    /// start another (kill), or take it as ready and serve with it (serve:
+    /// PM2's listen_timeout, what an ecosystem file's wait_ready gets).
+    #[arg(long, value_name = "ACTION", default_value = "kill", value_parser = ["kill", "serve"])]
+    pub(crate) on_start_timeout: String,
+
     /// Require WATCHDOG=1 pings on the notify socket this often; a worker
     /// that misses one is killed and restarted.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -244,9 +265,12 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "DIR")]
     pub(crate) cwd: Option<std::path::PathBuf>,
 
-    /// Extra environment variable for the workers; repeat for more.
-    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
-    pub(crate) env: Vec<(String, String)>,
+    /// Extra environment variable for the workers (KEY=VALUE); repeat for
+    /// more. A NAME without `=` picks the file's environment block of that
+    /// name (`env.NAME` in herd.toml, `env_NAME` in an ecosystem file), as
+    /// PM2's `--env production`.
+    #[arg(short, long = "env", value_name = "KEY=VALUE|NAME", value_parser = parse_env)]
+    pub(crate) env: Vec<EnvArg>,
 
     /// Environment variable to remove from the workers' environment; repeat
     /// for more.
@@ -254,8 +278,51 @@ pub(crate) struct Cli {
     pub(crate) unset_env: Vec<String>,
 
     /// The program to run, then its arguments.
-    #[arg(required = true, value_name = "PROGRAM [ARGS]...")]
+    #[arg(value_name = "PROGRAM [ARGS]...")]
     pub(crate) command: Vec<String>,
+}
+
+/// One `--env`: a variable, or the name of an environment block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum EnvArg {
+    /// `KEY=VALUE`.
+    Var(String, String),
+    /// `production`: the file's block of that name.
+    Named(String),
+}
+
+impl Cli {
+    /// The variables given with `--env KEY=VALUE`.
+    pub(crate) fn env_vars(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.env.iter().filter_map(|e| match e {
+            EnvArg::Var(k, v) => Some((k.as_str(), v.as_str())),
+            EnvArg::Named(_) => None,
+        })
+    }
+
+    /// The environment named with `--env NAME`, if any (the last one).
+    pub(crate) fn env_name(&self) -> Option<&str> {
+        self.env.iter().rev().find_map(|e| match e {
+            EnvArg::Named(n) => Some(n.as_str()),
+            EnvArg::Var(..) => None,
+        })
+    }
+}
+
+/// The command line, with `herd run ...` and `herd start FILE ...` read as
+/// `herd ...` and `herd --config FILE ...`.
+pub(crate) fn args() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match args.get(1).and_then(|a| a.to_str()) {
+        Some("run") => {
+            args.remove(1);
+        }
+        Some("start") => {
+            args[1] = "--config".into();
+        }
+        _ => {}
+    }
+    args
 }
 
 pub(crate) fn parse_listen(s: &str) -> Result<Vec<SocketAddr>, String> {
@@ -304,10 +371,15 @@ pub(crate) fn parse_signal(s: &str) -> Result<Signal, String> {
     s.parse().map_err(|e: crate::Error| e.to_string())
 }
 
-pub(crate) fn parse_env(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_env(s: &str) -> Result<EnvArg, String> {
     match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-        _ => Err(format!("`{s}` is not KEY=VALUE")),
+        Some((k, v)) if !k.is_empty() => Ok(EnvArg::Var(k.to_owned(), v.to_owned())),
+        None if !s.is_empty() && !s.contains(char::is_whitespace) => {
+            Ok(EnvArg::Named(s.to_owned()))
+        }
+        _ => Err(format!(
+            "`{s}` is neither KEY=VALUE nor an environment's name"
+        )),
     }
 }
 

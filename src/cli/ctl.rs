@@ -1,19 +1,21 @@
 //! `herdctl`: operate a running herd master through its control API.
 //!
 //! ```text
-//! herdctl ls            # the worker table
-//! herdctl reload        # waits; exit 1 if aborted
-//! herdctl restart 2
-//! herdctl signal USR2 1
-//! herdctl scale +2      # or 4, or -1
-//! herdctl logs 0 -n 20
-//! herdctl stop
-//! herdctl upgrade       # the master re-executes its binary
+//! herdctl ls                  # every app of every herd, with its workers
+//! herdctl reload              # the only app; a config file's herd re-reads it
+//! herdctl reload api          # one app (rolling); `all`: every app
+//! herdctl restart 2           # one slot; `restart api 2`, `restart api`
+//! herdctl signal USR2 api 1
+//! herdctl scale api +2        # or 4, or -1
+//! herdctl logs api 0 -n 20
+//! herdctl stop api            # one app; `all`; nothing: the whole herd
+//! herdctl upgrade             # the master re-executes its binary
 //! ```
 //!
-//! It finds the master by `--control PATH`, by `--name NAME` (the master's
-//! `--name`, or its program's file name), or, when only one master runs,
-//! by itself. `--json` prints what the API answered.
+//! An app is found by name in whichever herd runs it (a herd that runs
+//! one program answers to its own name too). A command without an app
+//! goes to the one master that runs (or `--control PATH`, `--name NAME`).
+//! `--json` prints what the API answered.
 //!
 //! Exit status: 0 done; 1 the operation failed (an aborted reload); 2 bad
 //! usage; 3 no master answers; 4 permission refused; 5 the master refused
@@ -44,31 +46,53 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// The worker table.
+    /// Every app of every herd this user runs (or of the one named), with
+    /// its workers.
     #[command(alias = "status")]
-    Ls,
-    /// A rolling reload; waits for its report.
-    Reload,
-    /// A soft restart of one slot (successor first).
-    Restart { slot: usize },
-    /// Sends a signal to every worker, or to one slot's.
-    Signal { signal: String, slot: Option<usize> },
-    /// Scales to N workers, or by +N / -N.
-    Scale {
-        #[arg(allow_hyphen_values = true)]
-        workers: String,
+    Ls {
+        /// Only this app.
+        app: Option<String>,
     },
-    /// The workers' last output lines.
-    Logs {
+    /// A rolling reload, waited for. APP: that app; `all`: every app of
+    /// every herd; nothing: the only app, or, for a herd that runs a
+    /// config file, the file re-read and its changes applied (apps added,
+    /// removed or changed; the others are not touched).
+    Reload { app: Option<String> },
+    /// A soft restart, successor first: one slot (`restart 2`, `restart
+    /// api 2`), or every slot of an app or of `all` as a rolling reload.
+    Restart {
+        /// An app, `all`, or a slot of the only app.
+        target: String,
+        /// A slot of that app.
         slot: Option<usize>,
+    },
+    /// Sends a signal to every worker, or to one slot's: `signal USR2
+    /// [APP] [SLOT]`.
+    Signal {
+        signal: String,
+        /// [APP] [SLOT].
+        #[arg(num_args = 0..=2)]
+        target: Vec<String>,
+    },
+    /// Scales to N workers, or by +N / -N: `scale [APP] N`.
+    Scale {
+        /// [APP] N.
+        #[arg(allow_hyphen_values = true, num_args = 1..=2, required = true)]
+        args: Vec<String>,
+    },
+    /// The workers' last output lines: `logs [APP] [SLOT]`.
+    Logs {
+        /// [APP] [SLOT].
+        #[arg(num_args = 0..=2)]
+        target: Vec<String>,
         #[arg(short = 'n', long, default_value_t = 50)]
         lines: usize,
         /// Keep printing new lines until the cluster stops.
         #[arg(short = 'f', long)]
         follow: bool,
     },
-    /// Stops the cluster gracefully.
-    Stop,
+    /// Stops gracefully: an app, `all`, or (nothing) the whole herd.
+    Stop { app: Option<String> },
     /// Upgrades the master in place (as SIGUSR2): its binary, as the file
     /// is now, passes a pre-flight check, then replaces the master in the
     /// same process; the workers keep serving. Waits for the new master.
@@ -98,43 +122,137 @@ pub fn herdctl() -> ExitCode {
     }
 }
 
-/// The socket: given, named, or the only one in the default directory.
-fn socket(cli: &Cli) -> Result<PathBuf, Failure> {
+/// The sockets of every herd this user runs (the default directory), or
+/// the one given or named.
+fn masters(cli: &Cli) -> Result<Vec<PathBuf>, Failure> {
     if let Some(path) = &cli.control {
-        return Ok(path.clone());
+        return Ok(vec![path.clone()]);
     }
     if let Some(name) = &cli.name {
-        return Ok(crate::control::default_path(name));
+        return Ok(vec![crate::control::default_path(name)]);
     }
     let dir = crate::control::default_dir();
     // Only sockets a master answers on: a killed one leaves its file.
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
         .map(|d| {
             d.filter_map(|e| e.ok())
-                .filter(|e| std::os::unix::net::UnixStream::connect(e.path()).is_ok())
-                .filter_map(|e| {
-                    e.file_name()
-                        .to_str()?
-                        .strip_suffix(".sock")
-                        .map(str::to_owned)
-                })
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+                .filter(|p| std::os::unix::net::UnixStream::connect(p).is_ok())
                 .collect()
         })
         .unwrap_or_default();
-    names.sort();
-    match names.as_slice() {
-        [one] => Ok(crate::control::default_path(one)),
-        [] => Err(Failure(
+    paths.sort();
+    if paths.is_empty() {
+        return Err(Failure(
             3,
             format!("no herd master runs here (nothing in {})", dir.display()),
-        )),
-        several => Err(Failure(
-            2,
-            format!(
-                "several herd masters run ({}): pass --name",
-                several.join(", ")
-            ),
-        )),
+        ));
+    }
+    Ok(paths)
+}
+
+/// The one master a command without an app goes to.
+fn socket(cli: &Cli) -> Result<PathBuf, Failure> {
+    let mut all = masters(cli)?;
+    if all.len() == 1 {
+        return Ok(all.remove(0));
+    }
+    let names: Vec<String> = all.iter().map(|p| herd_name(p)).collect();
+    Err(Failure(
+        2,
+        format!(
+            "several herd masters run ({}): name an app, `all`, or pass --name",
+            names.join(", ")
+        ),
+    ))
+}
+
+/// A herd's name: its socket's file name.
+fn herd_name(path: &std::path::Path) -> String {
+    path.file_stem()
+        .map_or_else(String::new, |s| s.to_string_lossy().into_owned())
+}
+
+/// One app a command acts on.
+struct Target {
+    client: Client,
+    /// The app's name, for the lines printed about several.
+    label: String,
+}
+
+/// The apps `app` names: `all` (every app of every herd), an app by name
+/// (in whichever herd runs it), or a herd by name when it runs one app.
+async fn targets(cli: &Cli, app: Option<&str>) -> Result<Vec<Target>, Failure> {
+    let Some(want) = app else {
+        return Ok(vec![Target {
+            client: Client::new(socket(cli)?),
+            label: String::new(),
+        }]);
+    };
+    let mut found = Vec::new();
+    let mut seen = Vec::new();
+    for path in masters(cli)? {
+        let client = Client::new(&path);
+        let apps = match client.apps().await {
+            Ok(apps) => apps,
+            // A master gone since the listing, or another user's: not ours.
+            Err(_) if cli.control.is_none() && cli.name.is_none() => continue,
+            Err(e) => return Err(failure(e)),
+        };
+        let herd = herd_name(&path);
+        for status in &apps {
+            let name = status.name.clone().unwrap_or_default();
+            seen.push(if name.is_empty() {
+                herd.clone()
+            } else {
+                name.clone()
+            });
+            let scoped = if name.is_empty() || apps.len() == 1 {
+                client.clone()
+            } else {
+                client.app(&name)
+            };
+            let label = if name.is_empty() {
+                herd.clone()
+            } else {
+                name.clone()
+            };
+            if want == "all" || name == want || (apps.len() == 1 && herd == want) {
+                found.push(Target {
+                    client: scoped,
+                    label,
+                });
+            }
+        }
+    }
+    if found.is_empty() {
+        return Err(Failure(
+            5,
+            if want == "all" {
+                "no herd runs any app".to_owned()
+            } else {
+                format!("no app `{want}` runs (apps: {})", seen.join(", "))
+            },
+        ));
+    }
+    Ok(found)
+}
+
+/// `[APP] [SLOT]`: an app and a slot, an app, or a slot.
+fn app_and_slot(words: &[String]) -> Result<(Option<String>, Option<usize>), Failure> {
+    let slot = |w: &str| {
+        w.parse::<usize>()
+            .map_err(|_| Failure(2, format!("`{w}` is not a slot number")))
+    };
+    match words {
+        [] => Ok((None, None)),
+        [one] => match one.parse::<usize>() {
+            Ok(n) => Ok((None, Some(n))),
+            Err(_) => Ok((Some(one.clone()), None)),
+        },
+        [app, s] => Ok((Some(app.clone()), Some(slot(s)?))),
+        _ => Err(Failure(2, "give at most an app and a slot".into())),
     }
 }
 
@@ -183,25 +301,54 @@ async fn follow(
 }
 
 async fn run(cli: Cli) -> Result<u8, Failure> {
-    let client = Client::new(socket(&cli)?);
-    if let Command::Logs {
-        slot,
-        lines,
-        follow: true,
-    } = &cli.command
-    {
-        return follow(&client, *slot, *lines, cli.json).await;
+    match &cli.command {
+        Command::Ls { app } => return list(&cli, app.as_deref()).await,
+        Command::Logs {
+            target,
+            lines,
+            follow: true,
+        } => {
+            let (app, slot) = app_and_slot(target)?;
+            let t = one(targets(&cli, app.as_deref()).await?)?;
+            return follow(&t.client, slot, *lines, cli.json).await;
+        }
+        Command::Reload { app: None } => {
+            let client = Client::new(socket(&cli)?);
+            // A herd of a config file re-reads it; one cluster reloads.
+            let answer = request(&client, "POST", "/v1/reload", None).await?;
+            return Ok(reported(&cli, "", &answer));
+        }
+        _ => {}
     }
-    let (method, uri, body) = match &cli.command {
-        Command::Ls => ("GET", "/v1/workers".to_owned(), None),
-        Command::Reload => ("POST", "/v1/reload".to_owned(), None),
-        Command::Restart { slot } => ("POST", format!("/v1/restart/{slot}"), None),
-        Command::Signal { signal, slot } => (
-            "POST",
-            "/v1/signal".to_owned(),
-            Some(json!({ "signal": signal, "slot": slot })),
-        ),
-        Command::Scale { workers } => {
+    let (app, method, uri, body) = match &cli.command {
+        Command::Ls { .. } | Command::Reload { app: None } => unreachable!("answered above"),
+        Command::Reload { app } => (app.clone(), "POST", "/v1/reload".to_owned(), None),
+        Command::Restart { target, slot } => match (target.parse::<usize>(), slot) {
+            (Ok(s), None) => (None, "POST", format!("/v1/restart/{s}"), None),
+            (_, Some(s)) => (
+                Some(target.clone()),
+                "POST",
+                format!("/v1/restart/{s}"),
+                None,
+            ),
+            // Every slot of an app: PM2's `restart app`, done losslessly.
+            (Err(_), None) => (Some(target.clone()), "POST", "/v1/reload".to_owned(), None),
+        },
+        Command::Signal { signal, target } => {
+            let (app, slot) = app_and_slot(target)?;
+            (
+                app,
+                "POST",
+                "/v1/signal".to_owned(),
+                Some(json!({ "signal": signal, "slot": slot })),
+            )
+        }
+        Command::Scale { args } => {
+            let (app, workers) = match args.as_slice() {
+                [n] => (None, n),
+                [app, n] => (Some(app.clone()), n),
+                _ => return Err(Failure(2, "scale [APP] N".into())),
+            };
             let body = if let Some(rest) = workers.strip_prefix(['+', '-']) {
                 let by: i64 = rest
                     .parse()
@@ -213,45 +360,102 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     .map_err(|_| Failure(2, format!("`{workers}` is not +N, -N or N")))?;
                 json!({ "workers": n })
             };
-            ("POST", "/v1/scale".to_owned(), Some(body))
+            (app, "POST", "/v1/scale".to_owned(), Some(body))
         }
-        Command::Logs { slot, lines, .. } => (
-            "GET",
-            match slot {
+        Command::Logs { target, lines, .. } => {
+            let (app, slot) = app_and_slot(target)?;
+            let uri = match slot {
                 Some(s) => format!("/v1/logs?slot={s}&lines={lines}"),
                 None => format!("/v1/logs?lines={lines}"),
-            },
-            None,
-        ),
-        Command::Stop => ("POST", "/v1/stop".to_owned(), None),
-        Command::Upgrade => ("POST", "/v1/upgrade".to_owned(), None),
+            };
+            (app, "GET", uri, None)
+        }
+        Command::Stop { app } => (app.clone(), "POST", "/v1/stop".to_owned(), None),
+        Command::Upgrade => (None, "POST", "/v1/upgrade".to_owned(), None),
     };
-    let answer = request(&client, method, &uri, body).await?;
-    if let Command::Upgrade = cli.command {
-        return upgraded(&client, &answer, cli.json).await;
+    let all = targets(&cli, app.as_deref()).await?;
+    let several = all.len() > 1;
+    let mut code = 0;
+    for t in &all {
+        let label = if several { t.label.as_str() } else { "" };
+        let answer = match request(&t.client, method, &uri, body.clone()).await {
+            Ok(answer) => answer,
+            Err(f) if several => {
+                eprintln!("herdctl: {}: {}", t.label, f.1);
+                code = code.max(f.0);
+                continue;
+            }
+            Err(f) => return Err(f),
+        };
+        if let Command::Upgrade = cli.command {
+            return upgraded(&t.client, &answer, cli.json).await;
+        }
+        code = code.max(reported(&cli, label, &answer));
     }
+    Ok(code)
+}
+
+/// The one target of a command that cannot act on several.
+fn one(mut all: Vec<Target>) -> Result<Target, Failure> {
+    if all.len() == 1 {
+        return Ok(all.remove(0));
+    }
+    let names: Vec<&str> = all.iter().map(|t| t.label.as_str()).collect();
+    Err(Failure(
+        2,
+        format!(
+            "that names {} apps ({}): name one",
+            all.len(),
+            names.join(", ")
+        ),
+    ))
+}
+
+/// Prints what the API answered to a command (`label`: the app, when the
+/// command went to several); the exit status it means.
+fn reported(cli: &Cli, label: &str, answer: &Value) -> u8 {
+    let prefix = if label.is_empty() {
+        String::new()
+    } else {
+        format!("{label}: ")
+    };
     if cli.json {
         println!("{answer}");
     }
     match &cli.command {
-        Command::Ls if !cli.json => print_table(&answer),
-        Command::Reload | Command::Restart { .. } => {
+        // The config file re-read: what changed, app by app.
+        Command::Reload { .. } if answer.get("unchanged").is_some() && !cli.json => {
+            let mut parts = Vec::new();
+            for what in ["started", "stopped", "reloaded", "restarted", "unchanged"] {
+                let names: Vec<&str> = answer[what]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                if !names.is_empty() {
+                    parts.push(format!("{what} {}", names.join(", ")));
+                }
+            }
+            println!("{}", parts.join("; "));
+        }
+        Command::Reload { .. } | Command::Restart { .. } => {
             let failure = &answer["failure"];
             if !failure.is_null() {
                 eprintln!(
-                    "herdctl: aborted at slot {}: {}",
+                    "herdctl: {prefix}aborted at slot {}: {}",
                     failure["slot"],
                     failure["reason"].as_str().unwrap_or("")
                 );
                 for line in failure["last_output"].as_array().into_iter().flatten() {
                     eprintln!("  | {}", line.as_str().unwrap_or(""));
                 }
-                return Ok(1);
+                return 1;
             }
             if !cli.json {
                 let replaced = answer["replaced"].as_array().map_or(0, Vec::len);
                 println!(
-                    "replaced {replaced} worker(s) in {}",
+                    "{prefix}replaced {replaced} worker(s) in {}",
                     duration(answer["duration_ms"].as_u64().unwrap_or(0))
                 );
             }
@@ -263,26 +467,85 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 .flatten()
                 .map(Value::to_string)
                 .collect();
-            println!("sent {signal} to pid(s) {}", pids.join(", "));
+            println!("{prefix}sent {signal} to pid(s) {}", pids.join(", "));
         }
         Command::Scale { .. } if !cli.json => {
             println!(
-                "scaling from {} to {} worker(s)",
+                "{prefix}scaling from {} to {} worker(s)",
                 answer["from"], answer["to"]
             );
         }
         Command::Logs { .. } if !cli.json => {
             for l in answer["lines"].as_array().into_iter().flatten() {
                 println!(
-                    "[slot {} pid {}] {}",
+                    "{prefix}[slot {} pid {}] {}",
                     l["slot"],
                     l["pid"],
                     l["line"].as_str().unwrap_or("")
                 );
             }
         }
-        Command::Stop if !cli.json => println!("stopping"),
+        Command::Stop { .. } if !cli.json => println!("{prefix}stopping"),
         _ => {}
+    }
+    0
+}
+
+/// `ls`: every app of every herd (or of the one named), each with a line
+/// that says where it runs, then its workers.
+async fn list(cli: &Cli, app: Option<&str>) -> Result<u8, Failure> {
+    let mut shown: Vec<(String, Value)> = Vec::new();
+    let explicit = cli.control.is_some() || cli.name.is_some();
+    for path in masters(cli)? {
+        let client = Client::new(&path);
+        let answer = match request(&client, "GET", "/v1/apps", None).await {
+            Ok(a) => a,
+            Err(_) if !explicit => continue,
+            Err(f) => return Err(f),
+        };
+        for status in answer["apps"].as_array().into_iter().flatten() {
+            let name = status["name"].as_str().filter(|n| !n.is_empty());
+            let label = name.map_or_else(|| herd_name(&path), str::to_owned);
+            if app.is_none_or(|a| a == label || a == herd_name(&path)) {
+                shown.push((label, status.clone()));
+            }
+        }
+    }
+    if let (Some(want), true) = (app, shown.is_empty()) {
+        return Err(Failure(5, format!("no app `{want}` runs")));
+    }
+    if cli.json {
+        // One app: its table as `GET /v1/workers` answers; several: a list.
+        if shown.len() == 1 {
+            println!("{}", shown[0].1);
+        } else {
+            let apps: Vec<&Value> = shown.iter().map(|(_, v)| v).collect();
+            println!("{}", json!({ "apps": apps }));
+        }
+        return Ok(0);
+    }
+    for (i, (label, status)) in shown.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        let addrs: Vec<&str> = status["addrs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        println!(
+            "{label}: master pid {}, {} on {}, {}",
+            status["pid"],
+            status["balance"].as_str().unwrap_or("?"),
+            if addrs.is_empty() {
+                "no address".to_owned()
+            } else {
+                addrs.join(" ")
+            },
+            status["phase"].as_str().unwrap_or("?"),
+        );
+        print_table(status);
     }
     Ok(0)
 }

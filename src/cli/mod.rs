@@ -18,8 +18,11 @@
 //! built from them and run), `unit.rs` (`--print-systemd-unit`),
 //! `metrics.rs` (`--metrics`), `ctl.rs` (`herdctl`).
 
+mod apps;
 mod args;
+mod config;
 mod ctl;
+mod ecosystem;
 mod metrics;
 mod run;
 mod unit;
@@ -28,7 +31,7 @@ pub use ctl::herdctl;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 use args::Cli;
 use run::run;
@@ -38,7 +41,21 @@ use unit::systemd_units;
 /// stops. Returns the exit status (0 stopped cleanly, 1 the cluster failed,
 /// 2 bad usage).
 pub fn herd() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches_from(args::args());
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // A config file: given, or ./herd.toml when no program is.
+    let file = cli.config.clone().or_else(|| {
+        let here = std::path::PathBuf::from("herd.toml");
+        (cli.command.is_empty() && here.is_file()).then_some(here)
+    });
+    if cli.command.is_empty() && file.is_none() {
+        let _ = Cli::command().print_help();
+        eprintln!("\nherd: error: give a program to run (herd node server.js) or a config file (herd start herd.toml)");
+        return ExitCode::from(2);
+    }
     if cli.print_systemd_unit {
         return match systemd_units(&cli) {
             Ok(text) => {
@@ -54,7 +71,8 @@ pub fn herd() -> ExitCode {
     // One thread is plenty for a master that only forks, reaps and forwards
     // output, and keeps its footprint small. In proxy mode the master is in
     // the data path: a thread per CPU.
-    let runtime = if cli.balance.is_some_and(|(b, _)| b.is_proxy()) {
+    // A file's apps may be in a proxy mode too.
+    let runtime = if file.is_some() || cli.balance.is_some_and(|(b, _)| b.is_proxy()) {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -70,7 +88,11 @@ pub fn herd() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let outcome = match file {
+        Some(path) => runtime.block_on(apps::run(path, cli, matches)),
+        None => runtime.block_on(run(cli)),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("herd: error: {}", chain(e.as_ref()));

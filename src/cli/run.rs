@@ -30,10 +30,102 @@ pub(crate) fn activated_sockets(
     Ok(out)
 }
 
+/// Runs the one app of the command line: the process is this cluster (it
+/// takes the master's signals and may upgrade in place).
 pub(crate) async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let cluster = build(&cli, true)?;
+    if crate::upgrade_preflight() {
+        // A new binary's pre-flight: run() confirms that it would take
+        // over and starts nothing; the running master keeps its control
+        // socket, metrics endpoint and log files.
+        return Ok(cluster.run().await?);
+    }
+    let extras = Extras::start(&cli, &cluster).await?;
     let control_name = cluster_name(&cli).unwrap_or_else(|| "herd".into());
-    let explicit: Vec<SocketAddr> = cli.listen.into_iter().flatten().collect();
-    let mut activated = activated_sockets()?;
+    let control = if cli.no_control {
+        None
+    } else {
+        let path = cli
+            .control
+            .clone()
+            .unwrap_or_else(|| crate::control::default_path(&control_name));
+        match crate::control::serve(cluster.handle(), &path).await {
+            Ok(server) => Some(server),
+            // Another master owns that name: a usage error, before anything
+            // starts.
+            Err(e @ crate::Error::ControlInUse { .. }) => return Err(Usage(e.to_string()).into()),
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let result = serve(&cli, cluster, extras).await;
+    if let Some(control) = &control {
+        control.finish().await;
+    }
+    result
+}
+
+/// What runs beside a cluster: its log files and metrics endpoint.
+pub(crate) struct Extras {
+    log_files: Option<std::sync::Arc<crate::logfile::LogFiles>>,
+    _tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Extras {
+    fn drop(&mut self) {
+        for t in &self._tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Extras {
+    /// Opens the log files (reopened on SIGUSR1) and serves the metrics.
+    pub(crate) async fn start(
+        cli: &Cli,
+        cluster: &Cluster,
+    ) -> Result<Extras, Box<dyn std::error::Error>> {
+        let mut tasks = Vec::new();
+        let log_files = if cli.log_file.is_some() || cli.log_dir.is_some() {
+            let files = crate::logfile::LogFiles::start(
+                &cluster.handle(),
+                crate::logfile::Targets {
+                    file: cli.log_file.clone(),
+                    dir: cli.log_dir.clone(),
+                },
+            )?;
+            let files = std::sync::Arc::new(files);
+            let reopen = files.clone();
+            let mut usr1 =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
+            tasks.push(tokio::spawn(async move {
+                while usr1.recv().await.is_some() {
+                    reopen.reopen();
+                }
+            }));
+            Some(files)
+        } else {
+            None
+        };
+        if let Some(addr) = cli.metrics {
+            tasks.push(serve_metrics(addr, cluster.handle(), cli.sample_interval).await?);
+        }
+        Ok(Extras {
+            log_files,
+            _tasks: tasks,
+        })
+    }
+}
+
+/// Builds one app's cluster from its options. `whole`: the process is this
+/// one cluster (systemd's sockets, the master's signals, upgrades in
+/// place); an app of a file is not.
+pub(crate) fn build(cli: &Cli, whole: bool) -> Result<Cluster, Box<dyn std::error::Error>> {
+    let explicit: Vec<SocketAddr> = cli.listen.iter().flatten().copied().collect();
+    let mut activated = if whole {
+        activated_sockets()?
+    } else {
+        Vec::new()
+    };
     // With --listen, an activated socket serves the address it is bound to
     // and the other addresses are bound here; without, every activated
     // socket serves and nothing else.
@@ -102,11 +194,12 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         .command
         .split_first()
         .ok_or_else(|| Usage("no program given".into()))?;
-    // The CLI is the whole program: it takes the master's signals and may
-    // replace itself in place (a library user opts in to both).
+    // The CLI of one app is the whole program: it takes the master's
+    // signals and may replace itself in place (a library user opts in to
+    // both).
     let mut builder = Cluster::builder()
-        .handle_signals(true)
-        .upgrade_in_place(true)
+        .handle_signals(whole)
+        .upgrade_in_place(whole)
         .command(program)
         .args(args)
         .balance(balance)
@@ -128,6 +221,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         .settle(cli.settle)
         .log_events(!json)
         .start_timeout(cli.start_timeout)
+        .serve_on_start_timeout(cli.on_start_timeout == "serve")
         .reload_parallel(cli.reload_parallel)
         .node_preload(!cli.no_node_preload);
     if let Some(name) = &cli.name {
@@ -195,7 +289,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     for k in &cli.unset_env {
         builder = builder.env_remove(k);
     }
-    for (k, v) in &cli.env {
+    for (k, v) in cli.env_vars() {
         builder = builder.env(k, v);
     }
     for (fd, _) in activated {
@@ -204,54 +298,18 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     for addr in &listen {
         builder = builder.listen(*addr);
     }
-    let cluster = builder.build()?;
-    if crate::upgrade_preflight() {
-        // A new binary's pre-flight: run() confirms that it would take
-        // over and starts nothing; the running master keeps its control
-        // socket, metrics endpoint and log files.
-        return Ok(cluster.run().await?);
-    }
-    let log_files = if to_files {
-        let files = crate::logfile::LogFiles::start(
-            &cluster.handle(),
-            crate::logfile::Targets {
-                file: cli.log_file.clone(),
-                dir: cli.log_dir.clone(),
-            },
-        )?;
-        let files = std::sync::Arc::new(files);
-        let reopen = files.clone();
-        let mut usr1 =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
-        tokio::spawn(async move {
-            while usr1.recv().await.is_some() {
-                reopen.reopen();
-            }
-        });
-        Some(files)
-    } else {
-        None
-    };
-    // Serves until the process exits.
-    let _metrics_task = match cli.metrics {
-        Some(addr) => Some(serve_metrics(addr, cluster.handle(), cli.sample_interval).await?),
-        None => None,
-    };
-    let control = if cli.no_control {
-        None
-    } else {
-        let path = cli
-            .control
-            .clone()
-            .unwrap_or_else(|| crate::control::default_path(&control_name));
-        match crate::control::serve(cluster.handle(), &path).await {
-            Ok(server) => Some(server),
-            // Another master owns that name: a usage error, before anything
-            // starts.
-            Err(e @ crate::Error::ControlInUse { .. }) => return Err(Usage(e.to_string()).into()),
-            Err(e) => return Err(e.into()),
-        }
-    };
+    Ok(builder.build()?)
+}
+
+/// Runs a built cluster until it stops: says where it listens, prints its
+/// events as JSON lines with `--log-format json`, and closes its log files.
+pub(crate) async fn serve(
+    cli: &Cli,
+    cluster: Cluster,
+    extras: Extras,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let json = cli.log_format == "json";
+    let balance = cluster.balance();
     // Every JSON line names the cluster when it has a name.
     let open = match &cli.name {
         Some(name) => format!("{{\"cluster\":\"{name}\","),
@@ -276,43 +334,33 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             );
         }
     }
-    if !json {
-        let result = cluster.run().await;
-        if let Some(files) = &log_files {
-            files.finish().await;
-        }
-        if let Some(control) = &control {
-            control.finish().await;
-        }
-        result?;
-        return Ok(());
-    }
-    // Every event as a JSON line, in order, the last ones included.
-    let mut events = cluster.handle().events();
-    let printer = tokio::spawn(async move {
-        use tokio::sync::broadcast::error::RecvError;
-        loop {
-            match events.recv().await {
-                Ok(e) => {
-                    eprintln!("{open}{}", &e.to_json()[1..]);
-                    if matches!(e, crate::Event::Stopped) {
-                        return;
+    let printer = json.then(|| {
+        // Every event as a JSON line, in order, the last ones included.
+        let mut events = cluster.handle().events();
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match events.recv().await {
+                    Ok(e) => {
+                        eprintln!("{open}{}", &e.to_json()[1..]);
+                        if matches!(e, crate::Event::Stopped) {
+                            return;
+                        }
                     }
+                    Err(RecvError::Lagged(n)) => {
+                        eprintln!("{open}\"event\":\"lagged\",\"missed\":{n}}}")
+                    }
+                    Err(RecvError::Closed) => return,
                 }
-                Err(RecvError::Lagged(n)) => {
-                    eprintln!("{open}\"event\":\"lagged\",\"missed\":{n}}}")
-                }
-                Err(RecvError::Closed) => return,
             }
-        }
+        })
     });
     let result = cluster.run().await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), printer).await;
-    if let Some(files) = &log_files {
-        files.finish().await;
+    if let Some(printer) = printer {
+        let _ = tokio::time::timeout(Duration::from_secs(2), printer).await;
     }
-    if let Some(control) = &control {
-        control.finish().await;
+    if let Some(files) = &extras.log_files {
+        files.finish().await;
     }
     result?;
     Ok(())

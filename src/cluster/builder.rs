@@ -41,6 +41,7 @@ pub struct Builder {
     pub(super) forward_output: bool,
     pub(super) readiness: Readiness,
     pub(super) start_timeout: Duration,
+    pub(super) serve_on_start_timeout: bool,
     pub(super) watchdog: Option<Duration>,
     pub(super) reload_parallel: usize,
     pub(super) sample_interval: Duration,
@@ -83,6 +84,7 @@ impl Default for Builder {
             forward_output: true,
             readiness: Readiness::Auto,
             start_timeout: DEFAULT_START_TIMEOUT,
+            serve_on_start_timeout: false,
             watchdog: None,
             reload_parallel: DEFAULT_RELOAD_PARALLEL,
             sample_interval: DEFAULT_SAMPLE_INTERVAL,
@@ -375,6 +377,20 @@ impl Builder {
     #[must_use = "a builder method returns the changed builder"]
     pub fn start_timeout(mut self, timeout: Duration) -> Self {
         self.start_timeout = timeout;
+        self
+    }
+
+    /// What a new worker that misses [`Builder::start_timeout`] gets.
+    /// `false` (the default): it is killed (and restarted, or its reload
+    /// aborted); a Node worker that listens but never calls
+    /// `process.send('ready')` ([`Readiness::Ipc`]) fails its slot at once
+    /// with a [`Notice::NeverReady`](crate::Notice::NeverReady) naming the
+    /// call, since a restart would only repeat it. `true`: it is taken as
+    /// ready and serves, with a [`Notice::ReadyAssumed`](crate::Notice::ReadyAssumed)
+    /// warning: PM2's `listen_timeout` after `wait_ready`.
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn serve_on_start_timeout(mut self, serve: bool) -> Self {
+        self.serve_on_start_timeout = serve;
         self
     }
 

@@ -39,6 +39,7 @@ pub struct Handle {
     /// workers must read it (for [`Handle::set_command`]).
     pub(super) node_preload: Option<bool>,
     pub(super) addrs: Arc<[SocketAddr]>,
+    pub(super) balance: crate::Balance,
 }
 
 impl Handle {
@@ -357,6 +358,11 @@ impl Handle {
     /// The bound listening addresses.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// How the workers share the addresses.
+    pub fn balance(&self) -> crate::Balance {
+        self.balance
     }
 }
 

@@ -73,6 +73,7 @@ impl Cluster {
             shared: Shared::new(config.name.clone(), config.log_events),
             node_preload: config.node_preload.then_some(config.user.is_some()),
             addrs: listeners.local_addrs().into(),
+            balance: listeners.balance(),
         };
         let mut inherited = inherited;
         if let Some(adopted) = &mut inherited {
@@ -109,6 +110,12 @@ impl Cluster {
     /// kernel's port where port 0 was given).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         self.listeners.local_addrs()
+    }
+
+    /// How the workers share the addresses (after the defaults and the
+    /// sockets taken over were applied).
+    pub fn balance(&self) -> crate::Balance {
+        self.listeners.balance()
     }
 
     /// Starts the workers and supervises them until the cluster is stopped

@@ -59,6 +59,12 @@ pub struct Status {
     pub pid: u32,
     /// Master upgrades in place the cluster has been through.
     pub upgrades: u32,
+    /// How its workers share the addresses (`reuseport`, `http`, ...).
+    #[serde(default)]
+    pub balance: Option<String>,
+    /// Where it listens.
+    #[serde(default)]
+    pub addrs: Vec<String>,
     /// Every slot.
     pub workers: Vec<WorkerInfo>,
 }
@@ -68,6 +74,8 @@ pub struct Status {
 #[derive(Debug, Clone)]
 pub struct Client {
     path: PathBuf,
+    /// The app every request names (`?app=`), on a herd of several.
+    app: Option<String>,
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
@@ -76,7 +84,47 @@ impl Client {
     /// A client of the master whose control socket is `path`
     /// ([`super::default_path`] names the default one).
     pub fn new(path: impl Into<PathBuf>) -> Client {
-        Client { path: path.into() }
+        Client {
+            path: path.into(),
+            app: None,
+        }
+    }
+
+    /// The same master, with every request for app `name` (a herd that
+    /// runs a config file serves several apps on one socket).
+    pub fn app(&self, name: &str) -> Client {
+        Client {
+            path: self.path.clone(),
+            app: Some(name.to_owned()),
+        }
+    }
+
+    /// Every app the master runs, each as [`Client::status`] shows it.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError`], as for every request.
+    pub async fn apps(&self) -> Result<Vec<Status>, ClientError> {
+        #[derive(serde::Deserialize)]
+        struct Apps {
+            apps: Vec<Status>,
+        }
+        let apps: Apps = self.typed("GET", "/v1/apps", None).await?;
+        Ok(apps.apps)
+    }
+
+    /// On a herd that runs a config file: re-reads the file and applies
+    /// the difference (apps added, removed or changed); the others are
+    /// left alone.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Refused`] with kind `bad_config` when the file
+    /// cannot be used (nothing changed then).
+    pub async fn reconfigure(&self) -> Result<super::Changes, ClientError> {
+        Client::new(self.path.clone())
+            .typed("POST", "/v1/reload", None)
+            .await
     }
 
     /// The control socket.
@@ -200,7 +248,7 @@ impl Client {
         ClientError,
     > {
         let mut sender = self.connect().await?;
-        let req = request("GET", &logs_uri(slot, lines, true), None)?;
+        let req = request("GET", &self.scoped(&logs_uri(slot, lines, true)), None)?;
         let response = sender.send_request(req).await.map_err(lost)?;
         let mut body = response.into_body();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -256,8 +304,9 @@ impl Client {
         body: Option<Value>,
     ) -> Result<(u16, Value), ClientError> {
         let mut sender = self.connect().await?;
+        let uri = self.scoped(uri);
         let response = sender
-            .send_request(request(method, uri, body)?)
+            .send_request(request(method, &uri, body)?)
             .await
             .map_err(lost)?;
         let status = response.status().as_u16();
@@ -292,6 +341,17 @@ impl Client {
     ) -> Result<T, ClientError> {
         let (_, value) = self.request(method, uri, body).await?;
         serde_json::from_value(value).map_err(|e| ClientError::Protocol(format!("{uri}: {e}")))
+    }
+
+    /// `uri` with this client's app, if it has one.
+    fn scoped(&self, uri: &str) -> String {
+        match &self.app {
+            Some(app) if !uri.contains("app=") => {
+                let sep = if uri.contains('?') { '&' } else { '?' };
+                format!("{uri}{sep}app={app}")
+            }
+            _ => uri.to_owned(),
+        }
     }
 
     /// An HTTP/1 connection to the socket, once its server is known to be

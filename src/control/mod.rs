@@ -19,6 +19,13 @@
 //! | `POST /v1/upgrade` | `{"upgrading": true, "upgrades": N}` once the new binary passed its pre-flight; then the master re-executes it |
 //! | `GET /v1/logs?slot=N&lines=K` | `{"lines": [OutputLine...]}` |
 //! | `GET /v1/logs?follow=1&slot=N` | the kept lines, then each new one: one `OutputLine` per line |
+//! | `GET /v1/apps` | `{"pid", "apps": [...]}`: each app as `GET /v1/workers` shows it |
+//!
+//! A herd that runs several apps ([`serve_apps`]) serves them all on one
+//! socket: every request above takes `?app=NAME`, and one without goes to
+//! the only app (with several it is refused, kind `app_required`). There,
+//! `POST /v1/reload` without an app re-reads the config file and answers
+//! with the [`Changes`]; `POST /v1/stop` without one stops every app.
 //!
 //! An error is `{"error": "a sentence", "kind": "no_such_slot"}` with a 4xx
 //! or 5xx status.
@@ -49,8 +56,10 @@ use serde_json::{json, Value};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
+mod apps;
 mod client;
 
+pub use apps::{Apps, Changes, Reconfigure};
 pub use client::{Client, ClientError, Status};
 
 use crate::observe::event::OutputLine;
@@ -127,22 +136,7 @@ impl Drop for ControlServer {
 pub async fn serve(handle: Handle, path: impl AsRef<Path>) -> Result<ControlServer> {
     let path = path.as_ref().to_path_buf();
     let io = |what: &str, e| Error::io(format!("{what} {}", path.display()), e);
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        // The default directories, every directory herd creates on the
-        // way, and a parent that others could write: the user's alone, or
-        // refused (another local user could swap the socket).
-        let default = default_dir();
-        if dir == default {
-            if let Some(base) = default.parent() {
-                crate::private_dir::ensure(base, 0o700)?;
-            }
-        }
-        if dir == default || !dir.exists() {
-            crate::private_dir::ensure(dir, 0o700)?;
-        } else {
-            crate::private_dir::check_chosen(dir)?;
-        }
-    }
+    prepare_dir(&path)?;
     // After an upgrade in place, the socket the previous master served:
     // clients queued on it during the exec are answered by this one.
     let key = format!("control:{}", path.display());
@@ -162,17 +156,54 @@ pub async fn serve(handle: Handle, path: impl AsRef<Path>) -> Result<ControlServ
     handle
         .carry(&key, &listener)
         .map_err(|e| io("keeping the control socket for an upgrade", e))?;
-    let (state, collect) = State::start(handle);
+    Ok(serving(listener, path, State::single(handle)))
+}
+
+/// Serves the control API of several apps (a herd that runs a config
+/// file) on one Unix socket at `path`; `apps` may change while it serves.
+/// No upgrade in place carries this socket.
+///
+/// # Errors
+///
+/// As [`serve`].
+pub async fn serve_apps(apps: Apps, path: impl AsRef<Path>) -> Result<ControlServer> {
+    let path = path.as_ref().to_path_buf();
+    prepare_dir(&path)?;
+    let listener = bind(&path).await?;
+    Ok(serving(listener, path, State::new(apps)))
+}
+
+fn serving(listener: UnixListener, path: PathBuf, state: Arc<State>) -> ControlServer {
     let streams = state.streams.clone();
     let task = tokio::spawn(async move {
         accept(listener, state).await;
-        collect.abort();
     });
-    Ok(ControlServer {
+    ControlServer {
         path,
         task,
         streams,
-    })
+    }
+}
+
+/// Makes (or checks) the directory the socket goes in.
+fn prepare_dir(path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // The default directories, every directory herd creates on the
+        // way, and a parent that others could write: the user's alone, or
+        // refused (another local user could swap the socket).
+        let default = default_dir();
+        if dir == default {
+            if let Some(base) = default.parent() {
+                crate::private_dir::ensure(base, 0o700)?;
+            }
+        }
+        if dir == default || !dir.exists() {
+            crate::private_dir::ensure(dir, 0o700)?;
+        } else {
+            crate::private_dir::check_chosen(dir)?;
+        }
+    }
+    Ok(())
 }
 
 /// Binds the control socket at `path`, unless another master answers there.
@@ -194,34 +225,55 @@ async fn bind(path: &Path) -> Result<UnixListener> {
 }
 
 struct State {
-    handle: Handle,
-    logs: Logs,
+    apps: Apps,
     streams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl State {
-    /// The API's state for `handle`, and the task that keeps each slot's
-    /// last lines for `/v1/logs`.
-    fn start(handle: Handle) -> (Arc<State>, JoinHandle<()>) {
-        let logs = Logs::default();
-        let mut output = handle.output();
-        let keep = logs.clone();
-        let collect = tokio::spawn(async move {
-            use tokio::sync::broadcast::error::RecvError;
-            loop {
-                match output.recv().await {
-                    Ok(line) => keep.push(line),
-                    Err(RecvError::Lagged(_)) => continue,
-                    Err(RecvError::Closed) => return,
-                }
-            }
-        });
-        let state = Arc::new(State {
-            handle,
-            logs,
+    fn new(apps: Apps) -> Arc<State> {
+        Arc::new(State {
+            apps,
             streams: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
-        });
-        (state, collect)
+        })
+    }
+
+    /// The API of one cluster: its one app, named as the cluster is.
+    fn single(handle: Handle) -> Arc<State> {
+        let apps = Apps::new();
+        let name = handle.name().unwrap_or_default().to_owned();
+        apps.insert(&name, handle);
+        State::new(apps)
+    }
+
+    /// The app a request names (`?app=`), or the only one.
+    fn app<B>(&self, req: &Request<B>) -> std::result::Result<apps::Entry, Box<Response<Body>>> {
+        match query(req, "app") {
+            Some(name) => self.apps.entry(&name).ok_or_else(|| {
+                Box::new(refuse(
+                    StatusCode::NOT_FOUND,
+                    "no_such_app",
+                    format!(
+                        "no app `{name}` runs here (apps: {})",
+                        self.apps.names().join(", ")
+                    ),
+                ))
+            }),
+            None => {
+                let mut all = self.apps.entries();
+                if all.len() == 1 {
+                    return Ok(all.remove(0));
+                }
+                Err(Box::new(refuse(
+                    StatusCode::BAD_REQUEST,
+                    "app_required",
+                    format!(
+                        "this herd runs {} apps ({}): name one (?app=NAME)",
+                        all.len(),
+                        self.apps.names().join(", ")
+                    ),
+                )))
+            }
+        }
     }
 }
 
@@ -235,7 +287,6 @@ impl State {
 #[derive(Clone)]
 pub struct ControlService {
     state: Arc<State>,
-    _collect: Arc<AbortOnDrop>,
 }
 
 impl std::fmt::Debug for ControlService {
@@ -261,10 +312,8 @@ pub type ControlBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 /// Call it within a tokio runtime: it starts the task that keeps each
 /// slot's last lines.
 pub fn service(handle: Handle) -> ControlService {
-    let (state, collect) = State::start(handle);
     ControlService {
-        state,
-        _collect: Arc::new(AbortOnDrop(collect)),
+        state: State::single(handle),
     }
 }
 
@@ -300,6 +349,24 @@ where
 struct Logs(Arc<Mutex<HashMap<usize, VecDeque<OutputLine>>>>);
 
 impl Logs {
+    /// The kept lines of `handle`'s workers, and the task that keeps them.
+    fn collect(handle: &Handle) -> (Logs, JoinHandle<()>) {
+        let logs = Logs::default();
+        let mut output = handle.output();
+        let keep = logs.clone();
+        let task = tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match output.recv().await {
+                    Ok(line) => keep.push(line),
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+        (logs, task)
+    }
+
     fn push(&self, line: OutputLine) {
         let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let slot = all.entry(line.slot).or_default();
@@ -404,13 +471,13 @@ impl hyper::body::Body for Stream {
 
 /// `GET /v1/logs?follow=1`: the kept lines, then every new one, one JSON
 /// object per line, until the client goes or the cluster stops.
-fn follow(state: &State, slot: Option<usize>, lines: usize) -> Response<Body> {
+fn follow(state: &State, app: &apps::Entry, slot: Option<usize>, lines: usize) -> Response<Body> {
     use std::sync::atomic::Ordering;
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
-    let mut output = state.handle.output();
+    let mut output = app.handle.output();
     // The stream ends with the cluster: its events end after `Stopped`.
-    let mut events = state.handle.events();
-    let kept = state.logs.last(slot, lines);
+    let mut events = app.handle.events();
+    let kept = app.logs.last(slot, lines);
     let open = state.streams.clone();
     open.fetch_add(1, Ordering::AcqRel);
     tokio::spawn(async move {
@@ -467,6 +534,20 @@ fn failed(e: &Error) -> Response<Body> {
     refuse(status, kind, e.chain())
 }
 
+/// One app as `GET /v1/workers` shows it.
+fn status(app: &apps::Entry) -> Value {
+    let handle = &app.handle;
+    json!({
+        "name": handle.name().map(str::to_owned).or_else(|| (!app.name.is_empty()).then(|| app.name.clone())),
+        "phase": to_json(&handle.phase()),
+        "pid": std::process::id(),
+        "upgrades": handle.upgrades(),
+        "balance": handle.balance().to_string(),
+        "addrs": handle.local_addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "workers": to_json(&handle.workers()),
+    })
+}
+
 fn to_json<T: serde::Serialize>(value: &T) -> Value {
     serde_json::to_value(value).unwrap_or(Value::Null)
 }
@@ -519,20 +600,48 @@ where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let handle = &state.handle;
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     match (&method, path.as_str()) {
-        (&Method::GET, "/v1/workers") => reply(
-            StatusCode::OK,
-            json!({
-                "name": handle.name(),
-                "phase": to_json(&handle.phase()),
-                "pid": std::process::id(),
-                "upgrades": handle.upgrades(),
-                "workers": to_json(&handle.workers()),
-            }),
-        ),
+        (&Method::GET, "/v1/apps") => {
+            let apps: Vec<Value> = state.apps.entries().iter().map(status).collect();
+            return reply(
+                StatusCode::OK,
+                json!({ "pid": std::process::id(), "apps": apps }),
+            );
+        }
+        (&Method::POST, "/v1/reload") if query(&req, "app").is_none() => {
+            if let Some(tx) = state.apps.reconfigurer() {
+                let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
+                if tx.send(Reconfigure { reply: reply_tx }).await.is_err() {
+                    return refuse(StatusCode::CONFLICT, "not_running", "the herd is stopping");
+                }
+                return match reply_rx.await {
+                    Ok(Ok(changes)) => reply(StatusCode::OK, to_json(&changes)),
+                    Ok(Err(why)) => refuse(StatusCode::UNPROCESSABLE_ENTITY, "bad_config", why),
+                    Err(_) => refuse(StatusCode::CONFLICT, "not_running", "the herd is stopping"),
+                };
+            }
+        }
+        (&Method::POST, "/v1/stop")
+            if query(&req, "app").is_none() && state.apps.entries().len() > 1 =>
+        {
+            for app in state.apps.entries() {
+                tokio::spawn(async move {
+                    let _ = app.handle.shutdown().await;
+                });
+            }
+            return reply(StatusCode::ACCEPTED, json!({ "stopping": true }));
+        }
+        _ => {}
+    }
+    let app = match state.app(&req) {
+        Ok(app) => app,
+        Err(refused) => return *refused,
+    };
+    let handle = &app.handle;
+    match (&method, path.as_str()) {
+        (&Method::GET, "/v1/workers") => reply(StatusCode::OK, status(&app)),
         (&Method::POST, "/v1/upgrade") => {
             let before = handle.upgrades();
             match handle.upgrade().await {
@@ -627,11 +736,11 @@ where
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(LOG_LINES);
             if query(&req, "follow").is_some_and(|f| f == "1") {
-                return follow(state, slot, lines);
+                return follow(state, &app, slot, lines);
             }
             reply(
                 StatusCode::OK,
-                json!({ "lines": to_json(&state.logs.last(slot, lines)) }),
+                json!({ "lines": to_json(&app.logs.last(slot, lines)) }),
             )
         }
         _ => refuse(

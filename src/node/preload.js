@@ -41,6 +41,9 @@
   const stopSignal = env.HERD_STOP_SIGNAL || 'SIGTERM';
   const idleGraceMs = parseInt(env.HERD_IDLE_GRACE_MS || '', 10) || 250;
   const waitReady = env.HERD_WAIT_READY === '1';
+  // PM2's listen_timeout: an app that never says ready serves anyway
+  // after this long (the master takes it as ready at the same time).
+  const serveAfterMs = parseInt(env.HERD_SERVE_AFTER_MS || '', 10) || 0;
   const wanted = env.HERD_LISTEN.split(',').filter(Boolean).map((item) => {
     const [ino, port] = item.split(':');
     return { ino: Number(ino), port: Number(port), fd: null, claimed: false };
@@ -128,6 +131,10 @@
       };
       listen.call(server, { fd });
     }
+  }
+
+  if (waitReady && serveAfterMs > 0) {
+    setTimeout(appSaysReady, serveAfterMs).unref();
   }
 
   if (waitReady) {
@@ -259,6 +266,9 @@
     if (port > 0) portOf.set(port, entry);
     track(this);
     if (waitReady && !appReady) {
+      // The master learns that the app listens but has not said ready:
+      // what it says when the start timeout passes depends on it.
+      if (parked.size === 0) report(`parked ${process.pid}`);
       parked.set(this, entry.fd);
       return listenPrivately(this, args, port, callback);
     }

@@ -453,6 +453,12 @@ pub enum Notice {
     /// At most one line a second, all counted in
     /// [`crate::proxy::ProxyStats::worker_protocol_errors`].
     WorkerProtocolError,
+    /// A new worker did not report ready within the start timeout and is
+    /// taken as ready (`serve_on_start_timeout`, PM2's `listen_timeout`).
+    ReadyAssumed,
+    /// A worker listens but never said `process.send('ready')`
+    /// (`Readiness::Ipc`): its slot fails at once instead of restarting.
+    NeverReady,
 }
 
 impl Notice {
@@ -464,7 +470,7 @@ impl Notice {
             | Notice::WorkerStatus
             | Notice::ConnectionsPassedOn
             | Notice::ReloadQueued => Level::Info,
-            Notice::ReapFailed | Notice::ListenerLost => Level::Error,
+            Notice::ReapFailed | Notice::ListenerLost | Notice::NeverReady => Level::Error,
             _ => Level::Warn,
         }
     }
@@ -486,6 +492,8 @@ impl Notice {
             Notice::HttpError => "http_error",
             Notice::ScaleRefused => "scale_refused",
             Notice::WorkerProtocolError => "worker_protocol_error",
+            Notice::ReadyAssumed => "ready_assumed",
+            Notice::NeverReady => "never_ready",
         }
     }
 }

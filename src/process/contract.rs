@@ -32,6 +32,7 @@ const RESERVED: &[&str] = &[
     "HERD_LISTEN",
     "HERD_READY_PIPE",
     "HERD_WAIT_READY",
+    "HERD_SERVE_AFTER_MS",
     "HERD_PRELOAD",
     "HERD_STOP_SIGNAL",
     crate::upgrade::ENV,
@@ -103,6 +104,8 @@ pub(crate) struct Preload<'a> {
     pub(crate) path: &'a Path,
     /// The app says when it is ready (`process.send('ready')`).
     pub(crate) wait_ready: bool,
+    /// With `wait_ready`: move to herd's sockets after this long anyway.
+    pub(crate) serve_after: Option<std::time::Duration>,
     pub(crate) stop_signal: Signal,
 }
 
@@ -178,6 +181,9 @@ impl Spawn<'_> {
             set("HERD_LISTEN", sockets.join(",").into());
             if preload.wait_ready {
                 set("HERD_WAIT_READY", "1".into());
+                if let Some(after) = preload.serve_after {
+                    set("HERD_SERVE_AFTER_MS", after.as_millis().to_string().into());
+                }
             }
             let require = format!("--require \"{}\"", preload.path.display());
             let options = match base.iter().find(|(k, _)| k == "NODE_OPTIONS") {
@@ -260,6 +266,7 @@ mod tests {
             preload: Some(Preload {
                 path: Path::new("/x/preload.js"),
                 wait_ready: true,
+                serve_after: None,
                 stop_signal: Signal::SIGINT,
             }),
         };

@@ -49,6 +49,9 @@ pub(crate) enum Note {
     Stopping(Pid),
     /// A free-form status line.
     Status(Pid, String),
+    /// The worker's app listens, and waits to say `process.send('ready')`
+    /// before it takes herd's sockets (the preload said so).
+    Parked(Pid),
     /// The worker's app runs in this process of its tree (the preload
     /// said so): the stop signal goes there.
     Serving {

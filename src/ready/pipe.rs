@@ -5,7 +5,8 @@
 //! arrives on it speaks for that worker, from whichever process the app runs
 //! in (`npm start` runs it two processes below the worker). The preload
 //! writes `ready <pid>`: the app is ready, and `<pid>` is the process that
-//! took the sockets, which gets the stop signal.
+//! took the sockets, which gets the stop signal; `parked <pid>` when the
+//! app listens but waits for `process.send('ready')`.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -34,6 +35,13 @@ pub(crate) fn parse(line: &str) -> Option<Pid> {
     (pid > 0).then(|| Pid::from_raw(pid))
 }
 
+/// Whether one line says that the app listens but has not said ready.
+pub(crate) fn is_parked(line: &str) -> bool {
+    line.trim()
+        .strip_prefix("parked ")
+        .is_some_and(|p| p.parse::<i32>().is_ok_and(|p| p > 0))
+}
+
 /// Reads the master's end until every writer is gone, forwarding which
 /// process runs the app and, when `counts` (the cluster's readiness is the
 /// preload's), readiness for `worker`.
@@ -47,6 +55,9 @@ pub(crate) async fn serve(
         return;
     };
     super::for_each_line(pipe, MAX_LINE, |line| {
+        if is_parked(line) {
+            return tx.send(Note::Parked(worker)).is_ok();
+        }
         let Some(app) = parse(line) else {
             return true;
         };
@@ -65,6 +76,9 @@ mod tests {
     #[test]
     fn only_ready_lines_with_a_pid_count() {
         assert_eq!(parse("ready 42\n"), Some(Pid::from_raw(42)));
+        assert!(is_parked("parked 42\n"));
+        assert!(!is_parked("parked x") && !is_parked("ready 42"));
+        assert_eq!(parse("parked 42"), None);
         assert_eq!(parse("ready 0"), None);
         assert_eq!(parse("ready -1"), None);
         assert_eq!(parse("ready"), None);

@@ -31,6 +31,8 @@ pub(crate) struct Config {
     pub(crate) forward_output: bool,
     pub(crate) readiness: Readiness,
     pub(crate) start_timeout: Duration,
+    /// A worker not ready within `start_timeout` is taken as ready.
+    pub(crate) serve_on_start_timeout: bool,
     pub(crate) watchdog: Option<Duration>,
     /// The user workers run as, if not the master's.
     pub(crate) user: Option<WorkerUser>,

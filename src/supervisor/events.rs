@@ -9,16 +9,20 @@ use crate::observe::event::{Event, Notice};
 use crate::process::output;
 use crate::process::process_group_of;
 use crate::ready::Note;
-use crate::types::{Exit, Millis, Phase};
+use crate::types::{Exit, Millis, Phase, Readiness};
 
 use super::inbox::Reaped;
-use super::workers::{START_TIMEOUT, WATCHDOG};
+use super::workers::{NEVER_READY, START_TIMEOUT, WATCHDOG};
 use super::{clock, random_unit, Supervisor};
 
 impl Supervisor {
     pub(super) async fn on_note(&mut self, note: Note) {
         let pid = match &note {
-            Note::Ready(p) | Note::Watchdog(p) | Note::Stopping(p) | Note::Status(p, _) => *p,
+            Note::Ready(p)
+            | Note::Watchdog(p)
+            | Note::Stopping(p)
+            | Note::Status(p, _)
+            | Note::Parked(p) => *p,
             Note::Serving { worker, .. } => *worker,
         };
         let Some((index, _)) = self.slot_of(pid) else {
@@ -51,6 +55,7 @@ impl Supervisor {
                     format!("pid {pid} status: {text}"),
                 );
             }
+            Note::Parked(pid) => self.worker(pid).parked = true,
             Note::Serving { worker, app } => {
                 // Only a process of the worker's own group: the stop signal
                 // must never reach a stranger.
@@ -130,6 +135,10 @@ impl Supervisor {
             }
         }
         match outcome {
+            ExitOutcome::Current(Decision::Restart(_)) if killed_for == Some(NEVER_READY) => {
+                let decision = self.slots[r.slot].give_up(exit);
+                self.report(r.slot, decision, r.tail)
+            }
             ExitOutcome::Current(decision) => {
                 if matches!(decision, Decision::Restart(_)) {
                     let reason = killed_for.unwrap_or("exit");
@@ -215,14 +224,48 @@ impl Supervisor {
                 self.kill_tree(pid);
             }
             Due::DelayReady(pid) => self.on_ready(index, pid).await,
+            Due::StartTimeout(pid, _) if self.config.serve_on_start_timeout => {
+                let t = Millis(self.config.start_timeout);
+                let what = match self.ready.mode {
+                    Readiness::Ipc => "never called process.send('ready')",
+                    Readiness::Notify => "never sent READY=1",
+                    _ => "did not report ready",
+                };
+                self.notice(
+                    Some(index),
+                    Notice::ReadyAssumed,
+                    format!(
+                        "pid {pid} {what} within {t}: serving with it anyway \
+                         (--on-start-timeout serve, PM2's listen_timeout)"
+                    ),
+                );
+                self.on_ready(index, pid).await;
+            }
             Due::StartTimeout(pid, _) => {
+                let parked = self.ready.mode == Readiness::Ipc && self.worker(pid).parked;
+                if parked {
+                    // It listens and waits for a message it will never
+                    // send: restarting it would only repeat the outage.
+                    self.notice(
+                        Some(index),
+                        Notice::NeverReady,
+                        format!(
+                            "pid {pid} listens but never called process.send('ready') within {} \
+                             (--wait-ready): the slot is not restarted. Call it once the app \
+                             serves, or drop --wait-ready (--on-start-timeout serve serves \
+                             anyway, as PM2's listen_timeout does)",
+                            Millis(self.config.start_timeout)
+                        ),
+                    );
+                }
                 self.emit(Event::StartTimeout {
                     slot: index,
                     pid: pid.as_raw() as u32,
                     timeout: self.config.start_timeout,
                     readiness: self.ready.mode,
                 });
-                self.worker(pid).killed_for = Some(START_TIMEOUT);
+                self.worker(pid).killed_for =
+                    Some(if parked { NEVER_READY } else { START_TIMEOUT });
                 self.kill_tree(pid);
             }
             Due::Signal(pid) => {

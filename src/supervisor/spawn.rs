@@ -62,6 +62,10 @@ impl Supervisor {
             preload: self.config.command.preload.as_deref().map(|path| Preload {
                 path,
                 wait_ready: self.ready.mode == Readiness::Ipc,
+                serve_after: self
+                    .config
+                    .serve_on_start_timeout
+                    .then_some(self.config.start_timeout),
                 stop_signal: self.config.stop_signal,
             }),
         }

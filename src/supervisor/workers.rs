@@ -9,6 +9,9 @@ use crate::process::cgroup::WorkerCgroup;
 
 /// Why the master killed a worker: it missed its start timeout.
 pub(super) const START_TIMEOUT: &str = "start_timeout";
+/// Why the master killed a worker: it listened but never said ready
+/// (`--wait-ready`), which a restart would only repeat.
+pub(super) const NEVER_READY: &str = "never_ready";
 /// Why the master killed a worker: it missed its watchdog.
 pub(super) const WATCHDOG: &str = "watchdog";
 
@@ -26,6 +29,8 @@ pub(super) struct Worker {
     /// Why the master killed it ([`START_TIMEOUT`], [`WATCHDOG`]), for the
     /// restart or the failed reload that follows.
     pub(super) killed_for: Option<&'static str>,
+    /// Its app listens and waits to say ready (the preload said so).
+    pub(super) parked: bool,
     /// Replaced for its request count (`max_requests`): once is enough.
     pub(super) request_limited: bool,
 }

@@ -532,6 +532,29 @@ impl Slot {
         }
     }
 
+    /// The worker that just exited is not to be restarted, whatever the
+    /// policy decided (it never said ready and never would): the slot
+    /// fails now, its one exit counted.
+    pub(crate) fn give_up(&mut self, exit: Exit) -> Decision {
+        if self.state == WorkerState::Backoff {
+            self.restarts = self.restarts.saturating_sub(1);
+        }
+        self.restart_at = None;
+        self.state = WorkerState::Failed;
+        let decision = Decision::Failed {
+            exits: 1,
+            window: Duration::ZERO,
+        };
+        self.failure = Some(SlotFailure {
+            slot: self.index,
+            exits: 1,
+            window: Duration::ZERO,
+            last_exit: Some(exit),
+            last_output: Vec::new(),
+        });
+        decision
+    }
+
     /// Starting the slot's worker failed for want of the master's own
     /// resources: try again after `delay`, counting nothing.
     pub(crate) fn retry_start(&mut self, now: Instant, delay: Duration) {

@@ -1,0 +1,368 @@
+//! Every app of a config file under one herd process: each app a cluster
+//! of its own on its own sockets, one control socket for all of them.
+//!
+//! SIGTERM and SIGINT stop every app. SIGHUP and `herdctl reload` (without
+//! an app) re-read the file and apply the difference: an app added is
+//! started, one removed is stopped, one whose program, environment or
+//! worker count changed is reloaded (rolling, successor first), one whose
+//! sockets or mode changed is stopped and started anew; the others are
+//! not touched. `herdctl reload all` rolls every app.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::ArgMatches;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::args::Cli;
+use super::config::{self, AppDef, Loaded};
+use super::run::{build, serve, Extras};
+use super::{chain, Usage};
+use crate::control::{Apps, Changes, Reconfigure};
+use crate::{Handle, WorkerCommand};
+
+/// An app that runs.
+struct Running {
+    def: AppDef,
+    handle: Handle,
+    task: JoinHandle<()>,
+    /// Which start of the app this is: an end reported by an earlier one
+    /// (stopped for a restart) is not this one's.
+    generation: u64,
+}
+
+/// How an app's run ended: its name, its generation, and the error.
+type Ended = (String, u64, Option<String>);
+
+struct Herd {
+    path: PathBuf,
+    flags: Cli,
+    matches: ArgMatches,
+    apps: Apps,
+    running: BTreeMap<String, Running>,
+    /// The file's order, for listings and stops.
+    order: Vec<String>,
+    generation: u64,
+    ended: mpsc::UnboundedSender<Ended>,
+    /// Apps that failed on their own (every slot failed): their errors.
+    failures: Vec<String>,
+}
+
+/// Runs the apps of the file `path`, with the flags given beside it.
+pub(crate) async fn run(
+    path: PathBuf,
+    flags: Cli,
+    matches: ArgMatches,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let loaded = config::load(&path, &flags, &matches).map_err(|e| Usage(e.0))?;
+    let json = flags.log_format == "json" || loaded.apps.iter().any(|a| a.cli.log_format == "json");
+    warn(&loaded.warnings, json);
+    let (ended_tx, mut ended_rx) = mpsc::unbounded_channel();
+    let mut herd = Herd {
+        path,
+        flags,
+        matches,
+        apps: Apps::new(),
+        running: BTreeMap::new(),
+        order: Vec::new(),
+        generation: 0,
+        ended: ended_tx,
+        failures: Vec::new(),
+    };
+    // Every socket is bound before anything starts: a file with one bad
+    // app starts none.
+    let mut built = Vec::new();
+    for def in &loaded.apps {
+        let cluster = build(&def.cli, false)
+            .map_err(|e| Usage(format!("app `{}`: {}", def.name, chain(e.as_ref()))))?;
+        built.push((def.clone(), cluster));
+    }
+    let (reconf_tx, mut reconf_rx) = mpsc::channel::<Reconfigure>(4);
+    herd.apps.on_reconfigure(reconf_tx);
+    let control = if herd.flags.no_control {
+        None
+    } else {
+        let path = loaded
+            .control
+            .clone()
+            .unwrap_or_else(|| crate::control::default_path(&loaded.name));
+        match crate::control::serve_apps(herd.apps.clone(), &path).await {
+            Ok(server) => Some(server),
+            Err(e @ crate::Error::ControlInUse { .. }) => return Err(Usage(e.to_string()).into()),
+            Err(e) => return Err(e.into()),
+        }
+    };
+    for (def, cluster) in built {
+        herd.launch(def, cluster).await?;
+    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                match herd.reconfigure().await {
+                    Ok(changes) => say(&format!("reloaded {}: {}", herd.path.display(), summary(&changes)), json),
+                    Err(e) => say(&format!("reload of {} refused, nothing changed: {e}", herd.path.display()), json),
+                }
+            }
+            Some(req) = reconf_rx.recv() => {
+                let result = herd.reconfigure().await;
+                let _ = req.reply.send(result);
+            }
+            Some((name, generation, error)) = ended_rx.recv() => {
+                herd.ended(&name, generation, error);
+                if herd.running.is_empty() {
+                    break;
+                }
+            }
+        }
+    }
+    herd.stop_all(&mut ended_rx).await;
+    if let Some(control) = &control {
+        control.finish().await;
+    }
+    if herd.failures.is_empty() {
+        Ok(())
+    } else {
+        Err(herd.failures.join("; ").into())
+    }
+}
+
+impl Herd {
+    /// Starts a built app.
+    async fn launch(
+        &mut self,
+        def: AppDef,
+        cluster: crate::Cluster,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let extras = Extras::start(&def.cli, &cluster).await?;
+        let handle = cluster.handle();
+        self.generation += 1;
+        let generation = self.generation;
+        let cli = def.cli.clone();
+        let name = def.name.clone();
+        let ended = self.ended.clone();
+        let task = tokio::spawn(async move {
+            let error = serve(&cli, cluster, extras)
+                .await
+                .err()
+                .map(|e| chain(e.as_ref()));
+            let _ = ended.send((name, generation, error));
+        });
+        self.apps.insert(&def.name, handle.clone());
+        if !self.order.contains(&def.name) {
+            self.order.push(def.name.clone());
+        }
+        self.running.insert(
+            def.name.clone(),
+            Running {
+                def,
+                handle,
+                task,
+                generation,
+            },
+        );
+        Ok(())
+    }
+
+    /// An app's run ended on its own (stopped through the API, or every
+    /// slot failed).
+    fn ended(&mut self, name: &str, generation: u64, error: Option<String>) {
+        if self
+            .running
+            .get(name)
+            .is_some_and(|r| r.generation == generation)
+        {
+            self.running.remove(name);
+            self.apps.remove(name);
+            if let Some(e) = error {
+                self.failures.push(format!("app `{name}`: {e}"));
+            }
+        }
+    }
+
+    /// Stops one app and waits for it.
+    async fn stop(&mut self, name: &str) {
+        if let Some(r) = self.running.remove(name) {
+            self.apps.remove(name);
+            let _ = r.handle.shutdown().await;
+            let _ = r.task.await;
+        }
+    }
+
+    /// Stops every app (all at once) and waits for them.
+    async fn stop_all(&mut self, ended: &mut mpsc::UnboundedReceiver<Ended>) {
+        for r in self.running.values() {
+            let handle = r.handle.clone();
+            tokio::spawn(async move {
+                let _ = handle.shutdown().await;
+            });
+        }
+        let running = std::mem::take(&mut self.running);
+        for (name, r) in running {
+            let _ = r.task.await;
+            self.apps.remove(&name);
+        }
+        while let Ok((name, _, Some(e))) = ended.try_recv() {
+            self.failures.push(format!("app `{name}`: {e}"));
+        }
+    }
+
+    /// Re-reads the file and applies the difference.
+    async fn reconfigure(&mut self) -> Result<Changes, String> {
+        let loaded: Loaded =
+            config::load(&self.path, &self.flags, &self.matches).map_err(|e| e.0)?;
+        warn(&loaded.warnings, self.flags.log_format == "json");
+        let mut changes = Changes::default();
+        let wanted: Vec<&str> = loaded.apps.iter().map(|a| a.name.as_str()).collect();
+        let gone: Vec<String> = self
+            .running
+            .keys()
+            .filter(|n| !wanted.contains(&n.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.stop(&name).await;
+            self.order.retain(|n| n != &name);
+            changes.stopped.push(name);
+        }
+        let mut errors = Vec::new();
+        for def in loaded.apps {
+            let name = def.name.clone();
+            let outcome = match self.running.get(&name) {
+                None => self.start(def).await.map(|()| &mut changes.started),
+                Some(r) if r.def == def => Ok(&mut changes.unchanged),
+                Some(r) if soft_change(&r.def.cli, &def.cli) => {
+                    let handle = r.handle.clone();
+                    match apply_soft(&handle, &r.def.cli, &def.cli).await {
+                        Ok(()) => {
+                            if let Some(r) = self.running.get_mut(&name) {
+                                r.def = def;
+                            }
+                            Ok(&mut changes.reloaded)
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                Some(_) => {
+                    self.stop(&name).await;
+                    self.start(def).await.map(|()| &mut changes.restarted)
+                }
+            };
+            match outcome {
+                Ok(list) => list.push(name),
+                Err(e) => errors.push(format!("app `{name}`: {e}")),
+            }
+        }
+        if errors.is_empty() {
+            Ok(changes)
+        } else {
+            Err(format!(
+                "{} (done: {})",
+                errors.join("; "),
+                summary(&changes)
+            ))
+        }
+    }
+
+    async fn start(&mut self, def: AppDef) -> Result<(), String> {
+        let cluster = build(&def.cli, false).map_err(|e| chain(e.as_ref()))?;
+        self.launch(def, cluster)
+            .await
+            .map_err(|e| chain(e.as_ref()))
+    }
+}
+
+/// Whether only what a reload can apply changed: the program, its
+/// arguments, directory and environment, and the worker count.
+fn soft_change(old: &Cli, new: &Cli) -> bool {
+    let mut a = old.clone();
+    a.command.clone_from(&new.command);
+    a.cwd.clone_from(&new.cwd);
+    a.env.clone_from(&new.env);
+    a.unset_env.clone_from(&new.unset_env);
+    a.workers = new.workers;
+    a == *new
+}
+
+/// Applies a soft change: the new command for every worker from now on, a
+/// rolling reload, then the new worker count.
+async fn apply_soft(handle: &Handle, old: &Cli, new: &Cli) -> Result<(), String> {
+    let command_changed = old.command != new.command
+        || old.cwd != new.cwd
+        || old.env != new.env
+        || old.unset_env != new.unset_env;
+    if command_changed {
+        let (program, args) = new.command.split_first().ok_or("`command` is empty")?;
+        let mut command = WorkerCommand::new(program).args(args);
+        if let Some(dir) = &new.cwd {
+            command = command.current_dir(dir);
+        }
+        for k in &new.unset_env {
+            command = command.env_remove(k);
+        }
+        for (k, v) in new.env_vars() {
+            command = command.env(k, v);
+        }
+        handle.set_command(command).await.map_err(|e| e.chain())?;
+        let report = handle.reload().await.map_err(|e| e.chain())?;
+        if let Some(f) = report.failure {
+            return Err(format!("its reload was aborted: {}", f.reason));
+        }
+    }
+    if old.workers != new.workers {
+        let n = new
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |p| p.get()));
+        handle.scale(n).await.map_err(|e| e.chain())?;
+    }
+    Ok(())
+}
+
+fn summary(c: &Changes) -> String {
+    let parts: Vec<String> = [
+        ("started", &c.started),
+        ("stopped", &c.stopped),
+        ("reloaded", &c.reloaded),
+        ("restarted", &c.restarted),
+        ("unchanged", &c.unchanged),
+    ]
+    .iter()
+    .filter(|(_, v)| !v.is_empty())
+    .map(|(what, v)| format!("{what} {}", v.join(", ")))
+    .collect();
+    if parts.is_empty() {
+        "no apps".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
+fn warn(warnings: &[String], json: bool) {
+    for w in warnings {
+        if json {
+            eprintln!(
+                "{{\"event\":\"notice\",\"slot\":null,\"notice\":\"config_ignored\",\"level\":\"warn\",\"message\":{}}}",
+                serde_json::Value::String(w.clone())
+            );
+        } else {
+            eprintln!("herd: warning: {w}");
+        }
+    }
+}
+
+fn say(text: &str, json: bool) {
+    if json {
+        eprintln!(
+            "{{\"event\":\"notice\",\"slot\":null,\"notice\":\"config_reloaded\",\"level\":\"info\",\"message\":{}}}",
+            serde_json::Value::String(text.to_owned())
+        );
+    } else {
+        eprintln!("herd: {text}");
+    }
+}
