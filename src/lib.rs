@@ -160,7 +160,8 @@
 //! [`Builder::forward_output`] is off, and is on [`Handle::output`] for a
 //! program that wants it. [`Handle::workers`] is a snapshot of every slot.
 //!
-//! **Features.** None is on by default.
+//! **Features.** Only `cli` is on by default; a library user who wants
+//! none of its dependencies writes `default-features = false`.
 //!
 //! | feature | what it adds |
 //! |---|---|
@@ -170,6 +171,7 @@
 //! | `metrics` | counters and gauges through the `metrics` facade |
 //! | `http` | [`Balance::Http`]: the master balances each HTTP/1.1 request |
 //! | `tracing` | `trace::forward`: every event and worker line as a `tracing` event |
+//! | `cli` | the `herd` and `herdctl` commands ([`cli`]): `control`, `http`, `metrics` and `serde` with clap, TOML and YAML |
 //!
 //! Workers written in Rust use [`worker`] to pick up their sockets.
 #![deny(missing_docs)]
