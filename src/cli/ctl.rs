@@ -75,9 +75,10 @@ enum Command {
         target: Vec<String>,
     },
     /// Scales to N workers, or by +N / -N: `scale [APP] N`.
+    #[command(allow_negative_numbers = true)]
     Scale {
         /// [APP] N.
-        #[arg(allow_hyphen_values = true, num_args = 1..=2, required = true)]
+        #[arg(num_args = 1..=2, required = true)]
         args: Vec<String>,
     },
     /// The workers' last output lines: `logs [APP] [SLOT]`.

@@ -22,6 +22,7 @@ mod apps;
 mod args;
 mod config;
 mod ctl;
+mod detect;
 mod ecosystem;
 mod metrics;
 mod run;

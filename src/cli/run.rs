@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::{Backoff, Balance, Cluster, CrashLoop, Readiness};
 
 use super::args::{cluster_name, default_listen, Cli};
+use super::detect::{self, Kind};
 use super::metrics::serve_metrics;
 use super::Usage;
 
@@ -179,6 +180,16 @@ pub(crate) fn build(cli: &Cli, whole: bool) -> Result<Cluster, Box<dyn std::erro
     } else {
         balance
     };
+    // No mode given: chosen by what the program is (detect.rs).
+    let mut port_contract = cli.proxy_port;
+    let balance = if !balance_given && !cli.proxy_port && activated.is_empty() {
+        let (chosen, why) = choose_balance(cli, listen.len());
+        port_contract = matches!(chosen, Balance::Http { .. });
+        announce(cli, chosen, port_contract, &why);
+        chosen
+    } else {
+        balance
+    };
     let ready = match (cli.wait_ready, cli.ready) {
         (false, r) => r,
         (true, Readiness::Auto | Readiness::Ipc) => Readiness::Ipc,
@@ -253,7 +264,7 @@ pub(crate) fn build(cli: &Cli, whole: bool) -> Result<Cluster, Box<dyn std::erro
     if let Some(v) = cli.proxy_protocol {
         builder = builder.proxy_protocol(v);
     }
-    if cli.proxy_port {
+    if port_contract {
         builder = builder.port_contract(true);
     }
     if cli.proxy_splice {
@@ -299,6 +310,72 @@ pub(crate) fn build(cli: &Cli, whole: bool) -> Result<Cluster, Box<dyn std::erro
         builder = builder.listen(*addr);
     }
     Ok(builder.build()?)
+}
+
+/// The mode for a program when none is given, and why (the table in
+/// detect.rs).
+fn choose_balance(cli: &Cli, addresses: usize) -> (Balance, String) {
+    let program = cli.command.first().map_or("", String::as_str);
+    let mut command = crate::WorkerCommand::new(program);
+    if let Some(dir) = &cli.cwd {
+        command = command.current_dir(dir);
+    }
+    let runs_node = !cli.no_node_preload && command.runs_node().unwrap_or(false);
+    match detect::classify(cli, runs_node) {
+        Kind::Port(why) if addresses == 1 => (
+            Balance::Http {
+                strategy: crate::Strategy::default(),
+            },
+            format!(
+                "{why}: each worker binds a private PORT and the master forwards every request \
+                 to one (--balance http --proxy-port), so reloads lose nothing"
+            ),
+        ),
+        Kind::Port(why) => (
+            Balance::ReusePort,
+            format!(
+                "{why}, but a worker binds one PORT and {addresses} addresses are given: \
+                 pass --balance proxy or http with --proxy-port and one --listen"
+            ),
+        ),
+        Kind::Node => (
+            Balance::ReusePort,
+            "a Node app: the preload hands app.listen() herd's sockets".to_owned(),
+        ),
+        Kind::ListenFds(why) => (
+            Balance::ReusePort,
+            format!("{why}: it takes herd's sockets"),
+        ),
+        Kind::Unknown => (
+            Balance::ReusePort,
+            format!(
+                "{program} gets herd's sockets as LISTEN_FDS (fd 3 on); if it binds $PORT \
+                 itself instead, pass --balance http --proxy-port"
+            ),
+        ),
+    }
+}
+
+/// Says which mode was chosen, and why.
+fn announce(cli: &Cli, balance: Balance, port_contract: bool, why: &str) {
+    if cli.log_format == "json" {
+        let mut line = serde_json::json!({
+            "event": "balance_chosen",
+            "balance": balance.to_string(),
+            "proxy_port": port_contract,
+            "why": why,
+        });
+        if let Some(name) = &cli.name {
+            line["cluster"] = name.clone().into();
+        }
+        eprintln!("{line}");
+    } else {
+        let tag = cli
+            .name
+            .as_ref()
+            .map_or_else(|| "herd".to_owned(), |n| format!("herd[{n}]"));
+        eprintln!("{tag}: {balance} mode: {why}");
+    }
 }
 
 /// Runs a built cluster until it stops: says where it listens, prints its

@@ -35,6 +35,17 @@ impl WorkerCommand {
         }
     }
 
+    /// Whether herd sees this program as Node: `node` itself, or a script
+    /// whose `#!` line runs node (npm, npx, tsx, an executable app). Such
+    /// workers get the preload unless [`Builder::node_preload`](crate::Builder::node_preload) turns it off.
+    ///
+    /// # Errors
+    ///
+    /// As [`Builder::build`](crate::Builder::build): the program not found, a bad directory.
+    pub fn runs_node(&self) -> crate::Result<bool> {
+        Ok(prepare_command(self, None)?.runs_node)
+    }
+
     /// Appends one argument.
     #[must_use = "a builder method returns the changed command"]
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
