@@ -309,20 +309,93 @@ impl Cli {
     }
 }
 
-/// The command line, with `herd run ...` and `herd start FILE ...` read as
-/// `herd ...` and `herd --config FILE ...`.
+/// The command line, with `herd [OPTIONS] run ...` and `herd [OPTIONS]
+/// start FILE ...` read as `herd ...` and `herd --config FILE ...`.
 pub(crate) fn args() -> Vec<std::ffi::OsString> {
-    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    match args.get(1).and_then(|a| a.to_str()) {
-        Some("run") => {
-            args.remove(1);
+    rewrite(std::env::args_os().collect())
+}
+
+/// [`args`] on a given command line.
+pub(crate) fn rewrite(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    use clap::CommandFactory;
+    let command = Cli::command();
+    // Whether option `word` (`--name`, `-w`) takes the next word as its value.
+    let takes_value = |word: &str| {
+        command.get_arguments().any(|a| {
+            let named = match word.strip_prefix("--") {
+                Some(long) => a.get_long() == Some(long),
+                None => word.len() == 2 && a.get_short() == word.chars().nth(1),
+            };
+            named && a.get_action().takes_values()
+        })
+    };
+    let mut i = 1;
+    while i < args.len() {
+        let Some(word) = args[i].to_str().map(str::to_owned) else {
+            return args;
+        };
+        if word == "--" || !word.starts_with('-') {
+            // The first word that is not an option.
+            match word.as_str() {
+                "run" => {
+                    args.remove(i);
+                }
+                "start" => args[i] = "--config".into(),
+                _ => {}
+            }
+            return args;
         }
-        Some("start") => {
-            args[1] = "--config".into();
-        }
-        _ => {}
+        i += if !word.contains('=') && takes_value(&word) {
+            2
+        } else {
+            1
+        };
     }
     args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(line: &str) -> Vec<String> {
+        rewrite(line.split(' ').map(Into::into).collect())
+            .into_iter()
+            .map(|w| w.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn run_and_start_are_found_after_options() {
+        assert_eq!(
+            words("herd start app.toml"),
+            ["herd", "--config", "app.toml"]
+        );
+        assert_eq!(
+            words("herd --log-format json -w 2 start e.js --env production"),
+            [
+                "herd",
+                "--log-format",
+                "json",
+                "-w",
+                "2",
+                "--config",
+                "e.js",
+                "--env",
+                "production"
+            ]
+        );
+        assert_eq!(
+            words("herd --name=x run node a.js"),
+            ["herd", "--name=x", "node", "a.js"]
+        );
+        // A program's own `start` is left alone.
+        assert_eq!(words("herd npm start"), ["herd", "npm", "start"]);
+        assert_eq!(
+            words("herd --no-control start x"),
+            ["herd", "--no-control", "--config", "x"]
+        );
+    }
 }
 
 pub(crate) fn parse_listen(s: &str) -> Result<Vec<SocketAddr>, String> {

@@ -129,9 +129,18 @@ impl Master {
 
     /// [`Master::start`] of a copy of the cluster example at `binary`.
     pub fn start_binary(binary: &Path, args: &[String]) -> Master {
+        Self::start_binary_with(binary, args, |_| {})
+    }
+
+    /// [`Master::start_binary`] with the command adjusted by `tweak`.
+    pub fn start_binary_with(
+        binary: &Path,
+        args: &[String],
+        tweak: impl FnOnce(&mut Command),
+    ) -> Master {
         let mut all = s(&["--log-format", "json"]);
         all.extend(args.iter().cloned());
-        let mut m = Self::spawn_program(binary, &all, |_| {});
+        let mut m = Self::spawn_program(binary, &all, tweak);
         let events = m.wait_events("the listening event", |e| {
             of_kind(e, "listening").count() > 0
         });
@@ -142,7 +151,12 @@ impl Master {
         m
     }
 
-    fn spawn_program(program: &Path, args: &[String], tweak: impl FnOnce(&mut Command)) -> Master {
+    /// Starts `program` (the herd binary, a copy of it) without waiting.
+    pub fn spawn_program(
+        program: &Path,
+        args: &[String],
+        tweak: impl FnOnce(&mut Command),
+    ) -> Master {
         use std::os::unix::process::CommandExt;
         let mut cmd = Command::new(program);
         cmd.args(control_args(args))
