@@ -354,50 +354,6 @@ pub(crate) fn rewrite(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsStri
     args
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn words(line: &str) -> Vec<String> {
-        rewrite(line.split(' ').map(Into::into).collect())
-            .into_iter()
-            .map(|w| w.into_string().unwrap())
-            .collect()
-    }
-
-    #[test]
-    fn run_and_start_are_found_after_options() {
-        assert_eq!(
-            words("herd start app.toml"),
-            ["herd", "--config", "app.toml"]
-        );
-        assert_eq!(
-            words("herd --log-format json -w 2 start e.js --env production"),
-            [
-                "herd",
-                "--log-format",
-                "json",
-                "-w",
-                "2",
-                "--config",
-                "e.js",
-                "--env",
-                "production"
-            ]
-        );
-        assert_eq!(
-            words("herd --name=x run node a.js"),
-            ["herd", "--name=x", "node", "a.js"]
-        );
-        // A program's own `start` is left alone.
-        assert_eq!(words("herd npm start"), ["herd", "npm", "start"]);
-        assert_eq!(
-            words("herd --no-control start x"),
-            ["herd", "--no-control", "--config", "x"]
-        );
-    }
-}
-
 pub(crate) fn parse_listen(s: &str) -> Result<Vec<SocketAddr>, String> {
     crate::net::parse_listen_addr(s).map_err(|e| e.to_string())
 }
@@ -473,4 +429,48 @@ pub(crate) fn cluster_name(cli: &Cli) -> Option<String> {
             .file_name()
             .map_or_else(|| "herd".into(), |n| n.to_string_lossy().into_owned()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(line: &str) -> Vec<String> {
+        rewrite(line.split(' ').map(Into::into).collect())
+            .into_iter()
+            .map(|w| w.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn run_and_start_are_found_after_options() {
+        assert_eq!(
+            words("herd start app.toml"),
+            ["herd", "--config", "app.toml"]
+        );
+        assert_eq!(
+            words("herd --log-format json -w 2 start e.js --env production"),
+            [
+                "herd",
+                "--log-format",
+                "json",
+                "-w",
+                "2",
+                "--config",
+                "e.js",
+                "--env",
+                "production"
+            ]
+        );
+        assert_eq!(
+            words("herd --name=x run node a.js"),
+            ["herd", "--name=x", "node", "a.js"]
+        );
+        // A program's own `start` is left alone.
+        assert_eq!(words("herd npm start"), ["herd", "npm", "start"]);
+        assert_eq!(
+            words("herd --no-control start x"),
+            ["herd", "--no-control", "--config", "x"]
+        );
+    }
 }
