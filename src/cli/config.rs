@@ -652,6 +652,19 @@ workers = "max"
     }
 
     #[test]
+    fn the_example_file_is_valid_and_says_what_it_shows() {
+        let text = include_str!("../../examples/herd.toml");
+        let loaded = load_text(text, Some("production")).unwrap();
+        assert_eq!(loaded.name, "shop");
+        let names: Vec<_> = loaded.apps.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["web", "api"]);
+        let web = &loaded.apps[0].cli;
+        assert_eq!(web.env_vars().last(), Some(("NODE_ENV", "production")));
+        assert_eq!(web.max_memory, Some(300 * 1024 * 1024));
+        assert_eq!(loaded.apps[1].cli.listen[0][0].port(), 8080);
+    }
+
+    #[test]
     fn an_unknown_key_is_refused_with_its_line_and_name() {
         let e = load_text(
             "[apps.web]\ncommand = \"node web.js\"\ndrain_timout = \"5s\"\n",

@@ -376,6 +376,10 @@ fn map_app(
     if !env.is_empty() {
         o.env = env;
     }
+    // PM2 runs one instance of an app that does not say how many.
+    if o.workers.is_none() {
+        o.workers = Some(Workers::Count(1));
+    }
     let _ = name;
     Ok((o, ignored))
 }

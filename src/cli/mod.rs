@@ -58,7 +58,7 @@ pub fn herd() -> ExitCode {
         return ExitCode::from(2);
     }
     if cli.print_systemd_unit {
-        return match systemd_units(&cli) {
+        return match systemd_units(&cli, file.as_deref()) {
             Ok(text) => {
                 print!("{text}");
                 ExitCode::SUCCESS

@@ -8,7 +8,7 @@ use super::args::{cluster_name, Cli};
 
 /// `--print-systemd-unit`: the service (and with `--socket-unit` the
 /// socket) unit that runs the command line this was called with.
-pub(crate) fn systemd_units(cli: &Cli) -> Result<String, String> {
+pub(crate) fn systemd_units(cli: &Cli, file: Option<&std::path::Path>) -> Result<String, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
     let cwd = std::env::current_dir().map_err(|e| format!("cannot read the directory: {e}"))?;
     let quote = |a: &str| {
@@ -31,7 +31,17 @@ pub(crate) fn systemd_units(cli: &Cli) -> Result<String, String> {
             .filter(|a| a != "--print-systemd-unit" && a != "--socket-unit")
             .map(|a| quote(&a)),
     );
-    let name = cluster_name(cli).ok_or("no program given")?;
+    let name = match file {
+        Some(f) => super::config::dir_name(f),
+        None => cluster_name(cli).ok_or("no program given")?,
+    };
+    // A config file's herd reloads by SIGHUP too, but its apps report to
+    // systemd on their own: plain notify, with the signal as the reload.
+    let kind = if file.is_some() {
+        "Type=notify\nExecReload=/bin/kill -HUP $MAINPID\n"
+    } else {
+        "Type=notify-reload\nReloadSignal=SIGHUP\n"
+    };
     // systemd SIGKILLs what is left after TimeoutStopSec: herd's own drain,
     // the pre-stop delay and a margin come first.
     let stop = cli.drain_timeout + cli.pre_stop_delay + Duration::from_secs(5);
@@ -60,9 +70,8 @@ pub(crate) fn systemd_units(cli: &Cli) -> Result<String, String> {
          # READY=1, RELOADING=1 and STOPPING=1 come from herd itself; systemd\n\
          # older than 253 (no notify-reload): Type=notify and\n\
          # ExecReload=/bin/kill -HUP $MAINPID\n\
-         Type=notify-reload\n\
+         {kind}\
          NotifyAccess=main\n\
-         ReloadSignal=SIGHUP\n\
          ExecStart={}\n\
          WorkingDirectory={}\n\
          # herd drains its workers; systemd only signals the master.\n\
