@@ -421,6 +421,17 @@ fn a_python_server_that_binds_port_serves_and_reloads_losslessly_in_the_default_
 }
 
 #[test]
+fn uvicorn_told_to_bind_port_by_its_shell_line_gets_http_mode_and_reloads_losslessly() {
+    let mut args = s(&["-w", "2", "-l", "127.0.0.1:0"]);
+    args.extend(uvicorn_server());
+    let m = Master::start_binary(herd_bin(), &args);
+    let chosen: Vec<_> = of_kind(&m.events(), "balance_chosen").cloned().collect();
+    assert_eq!(chosen[0]["balance"], "http", "{}", m.log());
+    m.wait_kind("ready", 2);
+    reload_under_load(&m, 2, 2, 1, |_| {});
+}
+
+#[test]
 fn a_go_net_http_server_serves_and_reloads_losslessly_in_the_default_mode() {
     // .ci/run installs Go; a machine without it cannot build the server.
     let Some(go) = on_path("go") else {

@@ -47,30 +47,6 @@ fn a_node_app_that_calls_process_exit_on_sigterm_reloads_without_a_failed_reques
     reloads_lose_nothing(&[], &exit_on_term());
 }
 
-/// uvicorn from the distribution (`apt-get install python3-uvicorn`): the
-/// `python3` that can import it (a pyenv `python3` first on PATH may not).
-fn uvicorn() -> Vec<String> {
-    let python = ["python3", "/usr/bin/python3"]
-        .into_iter()
-        .find(|p| {
-            std::process::Command::new(p)
-                .args(["-c", "import uvicorn"])
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-        .expect("uvicorn is not installed: apt-get install python3-uvicorn");
-    let dir = fixture("tests/fixtures");
-    s(&[
-        "sh",
-        "-c",
-        &format!(
-            "exec {python} -m uvicorn --app-dir {dir} uvicorn_app:app --host 127.0.0.1 \
-             --port \"$PORT\" --lifespan off --no-access-log"
-        ),
-    ])
-}
-
 #[test]
 fn herds_own_examples_reload_without_a_failed_request() {
     reloads_lose_nothing(&[], &node_server());
@@ -80,7 +56,7 @@ fn herds_own_examples_reload_without_a_failed_request() {
 #[test]
 fn uvicorn_reloads_without_a_failed_request() {
     // It binds PORT itself (--proxy-port), as uvicorn's docs run it.
-    reloads_lose_nothing(&["--proxy-port"], &uvicorn());
+    reloads_lose_nothing(&["--proxy-port"], &uvicorn_server());
 }
 
 #[test]

@@ -461,6 +461,36 @@ mod tests {
     }
 
     #[test]
+    fn yaml_and_json_files_are_read_as_pm2_reads_them() {
+        let dir = std::env::temp_dir().join(format!("herd-eco-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let yaml = dir.join("ecosystem.yaml");
+        std::fs::write(
+            &yaml,
+            "apps:\n  - name: api\n    script: ./api\n    instances: 3\n    env:\n      PORT: 4000\n",
+        )
+        .unwrap();
+        let loaded = load(&yaml, None).unwrap();
+        assert_eq!(loaded.apps[0].cli.command, ["./api"]);
+        assert_eq!(loaded.apps[0].cli.workers, Some(3));
+        assert_eq!(loaded.apps[0].cli.listen[0][0].port(), 4000);
+        let json = dir.join("ecosystem.json");
+        std::fs::write(&json, r#"{"apps": [{"name": "w", "script": "w.js"}]}"#).unwrap();
+        let loaded = load(&json, None).unwrap();
+        assert_eq!(loaded.apps[0].cli.command, ["node", "w.js"]);
+        assert_eq!(
+            loaded.apps[0].cli.workers,
+            Some(1),
+            "PM2 runs one without instances"
+        );
+        let broken = dir.join("broken.yaml");
+        std::fs::write(&broken, "apps: [\n").unwrap();
+        let e = load(&broken, None).unwrap_err().0;
+        assert!(e.contains("broken.yaml"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn bad_files_say_what_is_wrong() {
         let e = apps(json!({ "apps": [{ "name": "x" }] }), None)
             .unwrap_err()

@@ -182,7 +182,12 @@ pub(crate) fn build(cli: &Cli, whole: bool) -> Result<Cluster, Box<dyn std::erro
     };
     // No mode given: chosen by what the program is (detect.rs).
     let mut port_contract = cli.proxy_port;
-    let balance = if !balance_given && !cli.proxy_port && activated.is_empty() {
+    let balance = if !balance_given && cli.proxy_port {
+        // --proxy-port alone: the mode it is made for.
+        Balance::Http {
+            strategy: cli.strategy.unwrap_or_default(),
+        }
+    } else if !balance_given && !cli.proxy_port && activated.is_empty() {
         let (chosen, why) = choose_balance(cli, listen.len());
         port_contract = matches!(chosen, Balance::Http { .. });
         announce(cli, chosen, port_contract, &why);

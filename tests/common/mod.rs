@@ -62,6 +62,30 @@ pub fn node_server() -> Vec<String> {
     vec!["node".into(), fixture("examples/node/server.js")]
 }
 
+/// uvicorn from the distribution (`apt-get install python3-uvicorn`): the
+/// `python3` that can import it (a pyenv `python3` first on PATH may not).
+pub fn uvicorn_server() -> Vec<String> {
+    let python = ["python3", "/usr/bin/python3"]
+        .into_iter()
+        .find(|p| {
+            std::process::Command::new(p)
+                .args(["-c", "import uvicorn"])
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .expect("uvicorn is not installed: apt-get install python3-uvicorn");
+    let dir = fixture("tests/fixtures");
+    s(&[
+        "sh",
+        "-c",
+        &format!(
+            "exec {python} -m uvicorn --app-dir {dir} uvicorn_app:app --host 127.0.0.1 \
+             --port \"$PORT\" --lifespan off --no-access-log"
+        ),
+    ])
+}
+
 pub fn hello_server() -> Vec<String> {
     vec![hello()]
 }
