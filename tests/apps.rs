@@ -314,6 +314,22 @@ fn a_reload_of_herd_toml_applies_the_difference_and_leaves_the_other_apps_alone(
 }
 
 #[test]
+fn the_help_names_the_control_sockets_real_place() {
+    let out = std::process::Command::new(herd_bin())
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Where a master with --name demo puts its socket under this runtime
+    // directory (the herdctl test below finds sockets there).
+    assert!(
+        help.contains("$XDG_RUNTIME_DIR/herd/control/NAME.sock"),
+        "{help}"
+    );
+    assert!(help.contains("/tmp/herd-UID/control/NAME.sock"), "{help}");
+}
+
+#[test]
 fn an_unknown_key_in_herd_toml_is_refused_before_anything_starts() {
     let dir = TempDir::new("badkey");
     let file = dir.join("herd.toml");
@@ -416,6 +432,17 @@ fn a_python_server_that_binds_port_serves_and_reloads_losslessly_in_the_default_
     assert_eq!(chosen[0]["balance"], "http");
     assert_eq!(chosen[0]["proxy_port"], true);
     m.wait_kind("ready", 2);
+    // Start-up ends with one line: how many are ready, and where.
+    let serving = m.wait_kind("serving", 1);
+    let serving = of_kind(&serving, "serving").next().unwrap();
+    assert_eq!(
+        (serving["ready"].as_u64(), serving["workers"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(
+        serving["urls"][0],
+        format!("http://127.0.0.1:{}", m.addr.port())
+    );
     let run = reload_under_load(&m, 2, 2, 2, |_| {});
     assert!(run.served_by().len() >= 4, "{:?}", run.served_by());
 }

@@ -380,6 +380,20 @@ fn no_worker_survives_sigkill_of_the_master(program: Vec<String>, marker: &str) 
     let m = Master::start(&cmd(&["-w", "2"], &program));
     let pids = m.wait_ready(2, marker);
     assert_eq!(pids.len(), 2);
+    // The process that ends them shows in `ps` under a short line that
+    // says what it is, not as a page of shell script.
+    let lines: Vec<String> = children(m.pid())
+        .iter()
+        .filter_map(|(pid, _)| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.starts_with("herd-sentinel"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].len() < 200 && !lines[0].contains('\n'),
+        "{}",
+        lines[0]
+    );
     m.signal(Signal::SIGKILL);
     wait_dead(&pids, "workers after SIGKILL of the master");
 }

@@ -168,9 +168,10 @@ pub(crate) struct Cli {
     pub(crate) name: Option<String>,
 
     /// Where the control API (`herdctl`) is served: a Unix socket, 0600 in
-    /// a 0700 directory. Default: `$XDG_RUNTIME_DIR/herd/NAME.sock` or
-    /// `/tmp/herd-UID/NAME.sock`, NAME being `--name` or the program's
-    /// file name.
+    /// a 0700 directory. Default: `$XDG_RUNTIME_DIR/herd/control/NAME.sock`
+    /// or `/tmp/herd-UID/control/NAME.sock`, NAME being `--name`, the
+    /// program's file name, or a config file's `name` (else its
+    /// directory's).
     #[arg(long, value_name = "PATH")]
     pub(crate) control: Option<std::path::PathBuf>,
 

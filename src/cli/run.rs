@@ -317,6 +317,72 @@ pub(crate) fn build(cli: &Cli, whole: bool) -> Result<Cluster, Box<dyn std::erro
     Ok(builder.build()?)
 }
 
+/// Once every slot has a ready worker (or one slot failed first), one
+/// line that says how many are ready and where the cluster serves
+/// (`serving` with `--log-format json`, whose lines start with `open`).
+async fn ready_line(
+    mut events: tokio::sync::broadcast::Receiver<crate::Event>,
+    workers: usize,
+    addrs: Vec<SocketAddr>,
+    balance: Balance,
+    json: Option<String>,
+    tag: String,
+) {
+    use crate::Event;
+    let mut ready = std::collections::BTreeSet::new();
+    let failed = loop {
+        match events.recv().await {
+            Ok(Event::Ready { slot, .. }) => {
+                ready.insert(slot);
+                if ready.len() >= workers {
+                    break None;
+                }
+            }
+            Ok(Event::SlotFailed { slot, .. }) => break Some(slot),
+            Ok(Event::Stopping { .. } | Event::Stopped) => return,
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(_) => return,
+        }
+    };
+    // What a browser or curl would open: loopback for a wildcard address.
+    let urls: Vec<String> = addrs
+        .iter()
+        .map(|a| {
+            let scheme = if matches!(balance, Balance::Proxy { .. }) {
+                "tcp"
+            } else {
+                "http"
+            };
+            let host = match a.ip() {
+                ip if ip.is_unspecified() => "localhost".to_owned(),
+                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                ip => ip.to_string(),
+            };
+            format!("{scheme}://{host}:{}", a.port())
+        })
+        .collect();
+    match json {
+        Some(open) => {
+            let line = serde_json::json!({
+                "event": "serving",
+                "ready": ready.len(),
+                "workers": workers,
+                "urls": urls,
+                "failed_slot": failed,
+            });
+            eprintln!("{open}{}", &line.to_string()[1..]);
+        }
+        None => {
+            let failed = failed.map_or_else(String::new, |s| format!(" (slot {s} failed)"));
+            eprintln!(
+                "{tag}: {}/{workers} workers ready{failed}, serving {}",
+                ready.len(),
+                urls.join(" ")
+            );
+        }
+    }
+}
+
 /// The mode for a program when none is given, and why (the table in
 /// detect.rs).
 fn choose_balance(cli: &Cli, addresses: usize) -> (Balance, String) {
@@ -416,6 +482,14 @@ pub(crate) async fn serve(
             );
         }
     }
+    let ready_line = tokio::spawn(ready_line(
+        cluster.handle().events(),
+        cluster.worker_count(),
+        cluster.local_addrs().to_vec(),
+        balance,
+        json.then(|| open.clone()),
+        tag.clone(),
+    ));
     let printer = json.then(|| {
         // Every event as a JSON line, in order, the last ones included.
         let mut events = cluster.handle().events();
@@ -438,6 +512,7 @@ pub(crate) async fn serve(
         })
     });
     let result = cluster.run().await;
+    ready_line.abort();
     if let Some(printer) = printer {
         let _ = tokio::time::timeout(Duration::from_secs(2), printer).await;
     }

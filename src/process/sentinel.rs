@@ -39,6 +39,10 @@ done
 [ "$0" = - ] || echo 1 > "$0"
 for p in $g; do kill -9 -"$p"; done"#;
 
+/// What `ps` shows of the sentinel after its name: it runs the script
+/// from its environment.
+const SHOWN: &str = ": ends the workers if the herd master dies; eval \"$HERD_SENTINEL\"";
+
 /// The cluster's sentinel: the write end of its pipe and its pid.
 #[derive(Debug)]
 pub(crate) struct Sentinel {
@@ -60,16 +64,20 @@ impl Sentinel {
             Some(p) => CString::new(p.as_os_str().as_bytes()).map_err(nul)?,
             None => CString::new("-").map_err(nul)?,
         };
+        // The script goes in the environment, so that `ps` shows a short
+        // line that says what the process is, not the whole script.
         let argv_owned = [
             CString::new("herd-sentinel").map_err(nul)?,
             CString::new("-c").map_err(nul)?,
-            CString::new(SCRIPT).map_err(nul)?,
+            CString::new(SHOWN).map_err(nul)?,
             target,
         ];
         let mut argv: Vec<*const libc::c_char> = argv_owned.iter().map(|a| a.as_ptr()).collect();
         argv.push(std::ptr::null());
         let path_env = CString::new("PATH=/usr/bin:/bin").map_err(nul)?;
-        let envp: [*const libc::c_char; 2] = [path_env.as_ptr(), std::ptr::null()];
+        let script_env = CString::new(format!("HERD_SENTINEL={SCRIPT}")).map_err(nul)?;
+        let envp: [*const libc::c_char; 3] =
+            [path_env.as_ptr(), script_env.as_ptr(), std::ptr::null()];
         if !Path::new(SHELL).exists() {
             return Err(io::Error::new(io::ErrorKind::NotFound, SHELL));
         }
