@@ -269,7 +269,7 @@ fn append(path: &Path) -> Result<File> {
 }
 
 /// `2026-11-28T18:40:01.123Z`, without a date crate.
-fn timestamp(at: SystemTime) -> String {
+pub(crate) fn timestamp(at: SystemTime) -> String {
     let since = at
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();

@@ -150,13 +150,30 @@ fn herdctl_lists_reloads_restarts_scales_and_stops() {
     let sent: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(sent["pids"].as_array().unwrap().len(), 1);
 
+    // Slot 0's journal: its workers' lines and herd's events about it
+    // (or about the whole cluster), each with its time.
     let (code, out, _) = herdctl(&path, &["logs", "0", "--json"]);
     assert_eq!(code, 0);
-    let logs: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let lines = logs["lines"].as_array().unwrap();
+    let entries: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert!(
-        !lines.is_empty() && lines.iter().all(|l| l["slot"] == 0),
-        "{logs}"
+        entries
+            .iter()
+            .all(|e| e["slot"] == 0 || e["slot"].is_null()),
+        "{out}"
+    );
+    assert!(
+        entries.iter().all(|e| e["time_ms"].as_u64() > Some(0)),
+        "{out}"
+    );
+    assert!(entries.iter().any(|e| e["stream"] == "out"), "{out}");
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["stream"] == "herd" && e["event"]["event"] == "replaced"),
+        "{out}"
     );
 
     let (code, _, _) = herdctl(&path, &["stop"]);
@@ -564,9 +581,10 @@ fn herdctl_logs_follow_streams_new_lines_until_the_cluster_stops() {
             let _ = tx.send(line);
         }
     });
-    // The kept line comes first: from then on the stream is subscribed.
-    let first = rx.recv_timeout(WAIT).expect("the kept line");
-    assert!(first.contains("hello: pid="), "{first}");
+    // The kept entry comes first: from then on the stream is subscribed.
+    let first = rx.recv_timeout(WAIT).expect("the kept entry");
+    let first: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert!(first["time_ms"].as_u64() > Some(0), "{first}");
     // A reload makes the successor say hello: that line streams out.
     m.signal(Signal::SIGHUP);
     m.wait_events("the reload", |e| complete_reloads(e) == 1);
@@ -577,9 +595,9 @@ fn herdctl_logs_follow_streams_new_lines_until_the_cluster_stops() {
             .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
             .expect("a streamed line");
         let l: serde_json::Value = serde_json::from_str(&line).unwrap();
-        if pid_field(&l, "pid") == successor {
+        // herd's own entries (its events) stream out too.
+        if l["stream"] == "out" && pid_field(&l, "pid") == successor {
             assert_eq!(l["slot"], 0);
-            assert_eq!(l["stream"], "stdout");
             break;
         }
     }
@@ -668,4 +686,43 @@ fn restarts_are_counted_by_reason() {
         assert!(std::time::Instant::now() < deadline, "{body}");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+#[test]
+fn herdctl_reload_shows_each_slot_as_it_is_replaced_and_scale_waits_for_the_new_workers() {
+    let (m, path) = controlled(&["-w", "2", "--ready", "notify"], &hello_server());
+    m.wait_kind("ready", 2);
+    let old = m.live_pids();
+    let (code, out, err) = herdctl(&path, &["reload"]);
+    assert_eq!(code, 0, "{err}");
+    let replaced: Vec<(u32, u32)> = of_kind(&m.wait_kind("replaced", 2), "replaced")
+        .map(|e| (pid_field(e, "old_pid"), pid_field(e, "new_pid")))
+        .collect();
+    assert_eq!(replaced.len(), 2);
+    // A line per slot while it runs, naming both pids, then the outcome.
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    for (line, (was, now)) in lines.iter().zip(&replaced) {
+        assert!(
+            line.contains(&now.to_string()) && line.contains(&was.to_string()),
+            "{out}"
+        );
+        assert!(old.contains(was));
+    }
+    let (code, out, _) = herdctl(&path, &["reload", "--quiet"]);
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    // scale returns once the new slots serve: the master's own table
+    // says so right after.
+    let (code, out, err) = herdctl(&path, &["scale", "+2", "--quiet"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, table, _) = herdctl(&path, &["ls", "--json"]);
+    let table: serde_json::Value = serde_json::from_str(&table).unwrap();
+    let states: Vec<&str> = table["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["ready"; 4], "{out}");
 }

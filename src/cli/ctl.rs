@@ -24,7 +24,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::control::{Client, ClientError};
+use crate::control::{Client, ClientError, JournalEntry};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 
@@ -40,6 +40,10 @@ struct Cli {
     /// Print the API's JSON answer instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Print only the outcome: no line per slot while a reload or a scale
+    /// runs (for scripts).
+    #[arg(short, long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -81,7 +85,8 @@ enum Command {
         #[arg(num_args = 1..=2, required = true)]
         args: Vec<String>,
     },
-    /// The workers' last output lines: `logs [APP] [SLOT]`.
+    /// The app's journal: herd's events and the workers' lines (out, err)
+    /// in order, each with its time: `logs [APP] [SLOT]`.
     Logs {
         /// [APP] [SLOT].
         #[arg(num_args = 0..=2)]
@@ -99,6 +104,9 @@ enum Command {
     /// same process; the workers keep serving. Waits for the new master.
     Upgrade,
 }
+
+/// How long `scale` waits for the new slots' workers to be ready.
+const SCALE_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// How long `upgrade` waits for the new master to answer.
 const UPGRADE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -281,24 +289,150 @@ async fn request(
         .map_err(failure)
 }
 
-/// `logs -f`: prints each line as the master streams it.
-async fn follow(
+/// `logs`: the app's journal (herd's events and its workers' lines, in
+/// order, each with its time), then with `-f` every new entry.
+async fn logs(
     client: &Client,
     slot: Option<usize>,
     lines: usize,
+    follow: bool,
     json: bool,
 ) -> Result<u8, Failure> {
     use tokio_stream::StreamExt;
-    let mut stream = client.follow_logs(slot, lines).await.map_err(failure)?;
-    while let Some(line) = stream.next().await {
-        let l = line.map_err(failure)?;
+    let print = |e: &JournalEntry| {
         if json {
-            println!("{}", serde_json::to_string(&l).unwrap_or_default());
+            println!("{}", serde_json::to_string(e).unwrap_or_default());
         } else {
-            println!("[slot {} pid {}] {}", l.slot, l.pid, l.line);
+            println!("{}", journal_line(e));
         }
+    };
+    if !follow {
+        for e in client.journal(slot, lines).await.map_err(failure)? {
+            print(&e);
+        }
+        return Ok(0);
+    }
+    let mut stream = client.follow_journal(slot, lines).await.map_err(failure)?;
+    while let Some(entry) = stream.next().await {
+        print(&entry.map_err(failure)?);
     }
     Ok(0)
+}
+
+/// One journal entry as text: its time, whose it is, and the line.
+fn journal_line(e: &JournalEntry) -> String {
+    let at = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(e.time_ms);
+    let time = crate::logfile::timestamp(at);
+    let who = match (e.stream.as_str(), e.slot, e.pid) {
+        ("herd", _, _) => format!("herd {}", e.level.as_deref().unwrap_or("info")),
+        (stream, Some(slot), Some(pid)) => format!("slot {slot} pid {pid} {stream}"),
+        (stream, _, _) => stream.to_owned(),
+    };
+    format!("{time} [{who}] {}", e.line)
+}
+
+/// While `request` runs, prints each slot a reload replaces: the
+/// successor, how long it took to be ready, and the predecessor that now
+/// drains.
+async fn with_progress(
+    client: &Client,
+    label: &str,
+    request: impl std::future::Future<Output = Result<Value, Failure>>,
+) -> Result<Value, Failure> {
+    use tokio_stream::StreamExt;
+    let Ok(mut stream) = client.follow_journal(None, 0).await else {
+        return request.await;
+    };
+    let prefix = if label.is_empty() {
+        String::new()
+    } else {
+        format!("{label}: ")
+    };
+    let printer = tokio::spawn(async move {
+        let mut spawned: std::collections::HashMap<u64, u64> = Default::default();
+        while let Some(Ok(e)) = stream.next().await {
+            let Some(ev) = &e.event else { continue };
+            match ev["event"].as_str() {
+                Some("spawned") => {
+                    if let Some(pid) = ev["pid"].as_u64() {
+                        spawned.insert(pid, e.time_ms);
+                    }
+                }
+                Some("replaced") => {
+                    let new = ev["new_pid"].as_u64().unwrap_or(0);
+                    let took = spawned.get(&new).map_or_else(String::new, |t| {
+                        format!(" ready in {}", duration(e.time_ms.saturating_sub(*t)))
+                    });
+                    println!(
+                        "{prefix}slot {}: pid {new}{took}, pid {} draining",
+                        ev["slot"], ev["old_pid"]
+                    );
+                }
+                Some("reload_finished") => return,
+                _ => {}
+            }
+        }
+    });
+    let answer = request.await;
+    // The last slot's line comes just before the answer.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), printer).await;
+    answer
+}
+
+/// `scale`: once the new slots are made, waits until each has a ready
+/// worker, printing each; 1 when one failed to start or time ran out.
+async fn scaled(
+    client: &Client,
+    label: &str,
+    answer: &Value,
+    mut stream: impl tokio_stream::Stream<Item = Result<JournalEntry, ClientError>> + Unpin,
+    quiet: bool,
+) -> u8 {
+    use tokio_stream::StreamExt;
+    let (from, to) = (
+        answer["from"].as_u64().unwrap_or(0),
+        answer["to"].as_u64().unwrap_or(0),
+    );
+    let prefix = if label.is_empty() {
+        String::new()
+    } else {
+        format!("{label}: ")
+    };
+    let mut waiting: std::collections::BTreeSet<u64> = (from..to).collect();
+    let mut failed = Vec::new();
+    let deadline = tokio::time::Instant::now() + SCALE_WAIT;
+    while !waiting.is_empty() {
+        let next = tokio::time::timeout_at(deadline, stream.next()).await;
+        let Ok(Some(Ok(e))) = next else { break };
+        let Some(ev) = &e.event else { continue };
+        let Some(slot) = ev["slot"].as_u64().filter(|s| waiting.contains(s)) else {
+            continue;
+        };
+        match ev["event"].as_str() {
+            Some("ready") => {
+                waiting.remove(&slot);
+                if !quiet {
+                    println!("{prefix}slot {slot}: pid {} ready", ev["pid"]);
+                }
+            }
+            Some("slot_failed" | "spawn_failed") => {
+                waiting.remove(&slot);
+                failed.push(format!("slot {slot}: {}", e.line));
+            }
+            _ => {}
+        }
+    }
+    let _ = client;
+    for slot in &waiting {
+        failed.push(format!(
+            "slot {slot}: no worker ready within {}s",
+            SCALE_WAIT.as_secs()
+        ));
+    }
+    for f in &failed {
+        eprintln!("herdctl: {prefix}{f}");
+    }
+    u8::from(!failed.is_empty())
 }
 
 async fn run(cli: Cli) -> Result<u8, Failure> {
@@ -307,22 +441,29 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Logs {
             target,
             lines,
-            follow: true,
+            follow,
         } => {
             let (app, slot) = app_and_slot(target)?;
             let t = one(targets(&cli, app.as_deref()).await?)?;
-            return follow(&t.client, slot, *lines, cli.json).await;
+            return logs(&t.client, slot, *lines, *follow, cli.json).await;
         }
         Command::Reload { app: None } => {
             let client = Client::new(socket(&cli)?);
             // A herd of a config file re-reads it; one cluster reloads.
-            let answer = request(&client, "POST", "/v1/reload", None).await?;
+            let ask = request(&client, "POST", "/v1/reload", None);
+            let answer = if cli.json || cli.quiet {
+                ask.await?
+            } else {
+                with_progress(&client, "", ask).await?
+            };
             return Ok(reported(&cli, "", &answer));
         }
         _ => {}
     }
     let (app, method, uri, body) = match &cli.command {
-        Command::Ls { .. } | Command::Reload { app: None } => unreachable!("answered above"),
+        Command::Ls { .. } | Command::Reload { app: None } | Command::Logs { .. } => {
+            unreachable!("answered above")
+        }
         Command::Reload { app } => (app.clone(), "POST", "/v1/reload".to_owned(), None),
         Command::Restart { target, slot } => match (target.parse::<usize>(), slot) {
             (Ok(s), None) => (None, "POST", format!("/v1/restart/{s}"), None),
@@ -363,14 +504,6 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             };
             (app, "POST", "/v1/scale".to_owned(), Some(body))
         }
-        Command::Logs { target, lines, .. } => {
-            let (app, slot) = app_and_slot(target)?;
-            let uri = match slot {
-                Some(s) => format!("/v1/logs?slot={s}&lines={lines}"),
-                None => format!("/v1/logs?lines={lines}"),
-            };
-            (app, "GET", uri, None)
-        }
         Command::Stop { app } => (app.clone(), "POST", "/v1/stop".to_owned(), None),
         Command::Upgrade => (None, "POST", "/v1/upgrade".to_owned(), None),
     };
@@ -379,7 +512,25 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     let mut code = 0;
     for t in &all {
         let label = if several { t.label.as_str() } else { "" };
-        let answer = match request(&t.client, method, &uri, body.clone()).await {
+        let progress = !cli.json
+            && !cli.quiet
+            && matches!(
+                cli.command,
+                Command::Reload { .. } | Command::Restart { .. }
+            );
+        // Subscribed before the scale, so that no new worker's ready is
+        // missed.
+        let scale_watch = match cli.command {
+            Command::Scale { .. } => t.client.follow_journal(None, 0).await.ok(),
+            _ => None,
+        };
+        let ask = request(&t.client, method, &uri, body.clone());
+        let asked = if progress {
+            with_progress(&t.client, label, ask).await
+        } else {
+            ask.await
+        };
+        let answer = match asked {
             Ok(answer) => answer,
             Err(f) if several => {
                 eprintln!("herdctl: {}: {}", t.label, f.1);
@@ -392,6 +543,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             return upgraded(&t.client, &answer, cli.json).await;
         }
         code = code.max(reported(&cli, label, &answer));
+        if let Some(stream) = scale_watch {
+            code = code.max(scaled(&t.client, label, &answer, stream, cli.quiet || cli.json).await);
+        }
     }
     Ok(code)
 }
@@ -475,16 +629,6 @@ fn reported(cli: &Cli, label: &str, answer: &Value) -> u8 {
                 "{prefix}scaling from {} to {} worker(s)",
                 answer["from"], answer["to"]
             );
-        }
-        Command::Logs { .. } if !cli.json => {
-            for l in answer["lines"].as_array().into_iter().flatten() {
-                println!(
-                    "{prefix}[slot {} pid {}] {}",
-                    l["slot"],
-                    l["pid"],
-                    l["line"].as_str().unwrap_or("")
-                );
-            }
         }
         Command::Stop { .. } if !cli.json => println!("{prefix}stopping"),
         _ => {}

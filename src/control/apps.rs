@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::journal::Journal;
 use super::{AbortOnDrop, Logs};
 use crate::Handle;
 
@@ -37,7 +38,8 @@ pub(super) struct Entry {
     pub(super) name: String,
     pub(super) handle: Handle,
     pub(super) logs: Logs,
-    _collect: Arc<AbortOnDrop>,
+    pub(super) journal: Journal,
+    _collect: Arc<(AbortOnDrop, AbortOnDrop)>,
 }
 
 /// `POST /v1/reload` without an app, on a herd that runs a config file:
@@ -77,11 +79,13 @@ impl Apps {
     /// app's last output lines.
     pub fn insert(&self, name: &str, handle: Handle) {
         let (logs, collect) = Logs::collect(&handle);
+        let (journal, write) = Journal::collect(&handle);
         let entry = Entry {
             name: name.to_owned(),
             handle,
             logs,
-            _collect: Arc::new(AbortOnDrop(collect)),
+            journal,
+            _collect: Arc::new((AbortOnDrop(collect), AbortOnDrop(write))),
         };
         let mut inner = self.lock();
         inner.entries.retain(|e| e.name != name);

@@ -69,6 +69,29 @@ pub struct Status {
     pub workers: Vec<WorkerInfo>,
 }
 
+/// One entry of an app's journal ([`Client::journal`]): a worker's line or
+/// one of herd's events.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[non_exhaustive]
+pub struct JournalEntry {
+    /// When the master saw it, in milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// The slot it is about, if one.
+    pub slot: Option<usize>,
+    /// The worker it is about, if one.
+    pub pid: Option<u32>,
+    /// `out` or `err` for a worker's line, `herd` for herd's own.
+    pub stream: String,
+    /// The line, or the event as herd's log writes it.
+    pub line: String,
+    /// For herd's lines: `info`, `warn` or `error`.
+    #[serde(default)]
+    pub level: Option<String>,
+    /// For herd's lines: the event, typed as `--log-format json` writes it.
+    #[serde(default)]
+    pub event: Option<Value>,
+}
+
 /// A client of the control API on one socket. Each request opens its own
 /// connection, so a client is cheap to keep and to clone.
 #[derive(Debug, Clone)]
@@ -247,8 +270,58 @@ impl Client {
         impl tokio_stream::Stream<Item = Result<OutputLine, ClientError>> + Send + Unpin + 'static,
         ClientError,
     > {
+        self.follow(&logs_uri(slot, lines, true)).await
+    }
+
+    /// The last `lines` entries of the app's journal (of one slot, and
+    /// herd's events about the whole cluster): herd's events and the
+    /// workers' lines in the order the master saw them, each with its time.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError`], as for every request.
+    pub async fn journal(
+        &self,
+        slot: Option<usize>,
+        lines: usize,
+    ) -> Result<Vec<JournalEntry>, ClientError> {
+        #[derive(serde::Deserialize)]
+        struct Entries {
+            entries: Vec<JournalEntry>,
+        }
+        let e: Entries = self
+            .typed("GET", &journal_uri(slot, lines, false), None)
+            .await?;
+        Ok(e.entries)
+    }
+
+    /// [`Client::journal`], then every new entry as it comes, as a stream
+    /// that ends when the cluster stops. Drop it to stop following.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::follow_logs`].
+    pub async fn follow_journal(
+        &self,
+        slot: Option<usize>,
+        lines: usize,
+    ) -> Result<
+        impl tokio_stream::Stream<Item = Result<JournalEntry, ClientError>> + Send + Unpin + 'static,
+        ClientError,
+    > {
+        self.follow(&journal_uri(slot, lines, true)).await
+    }
+
+    /// A streamed answer: one JSON value per line.
+    async fn follow<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        uri: &str,
+    ) -> Result<
+        impl tokio_stream::Stream<Item = Result<T, ClientError>> + Send + Unpin + 'static,
+        ClientError,
+    > {
         let mut sender = self.connect().await?;
-        let req = request("GET", &self.scoped(&logs_uri(slot, lines, true)), None)?;
+        let req = request("GET", &self.scoped(uri), None)?;
         let response = sender.send_request(req).await.map_err(lost)?;
         let mut body = response.into_body();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -269,7 +342,7 @@ impl Client {
                 while let Some(end) = pending.iter().position(|&b| b == b'\n') {
                     let line: Vec<u8> = pending.drain(..=end).collect();
                     let item = serde_json::from_slice(&line)
-                        .map_err(|e| ClientError::Protocol(format!("a log line: {e}")));
+                        .map_err(|e| ClientError::Protocol(format!("a streamed line: {e}")));
                     // The reader went away: stop following.
                     if tx.send(item).await.is_err() {
                         return;
@@ -394,6 +467,10 @@ impl Client {
         tokio::spawn(conn);
         Ok(sender)
     }
+}
+
+fn journal_uri(slot: Option<usize>, lines: usize, follow: bool) -> String {
+    logs_uri(slot, lines, follow).replacen("/v1/logs", "/v1/journal", 1)
 }
 
 fn logs_uri(slot: Option<usize>, lines: usize, follow: bool) -> String {

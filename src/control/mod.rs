@@ -19,6 +19,8 @@
 //! | `POST /v1/upgrade` | `{"upgrading": true, "upgrades": N}` once the new binary passed its pre-flight; then the master re-executes it |
 //! | `GET /v1/logs?slot=N&lines=K` | `{"lines": [OutputLine...]}` |
 //! | `GET /v1/logs?follow=1&slot=N` | the kept lines, then each new one: one `OutputLine` per line |
+//! | `GET /v1/journal?slot=N&lines=K` | `{"entries": [...]}`: herd's events and the workers' lines in the order the master saw them, each `{"time_ms", "slot", "pid", "stream": "out"/"err"/"herd", "line"}` (herd's with `"level"` and the typed `"event"`) |
+//! | `GET /v1/journal?follow=1&slot=N&lines=K` | the same entries, then each new one, one per line, until the cluster stops |
 //! | `GET /v1/apps` | `{"pid", "apps": [...]}`: each app as `GET /v1/workers` shows it |
 //!
 //! A herd that runs several apps ([`serve_apps`]) serves them all on one
@@ -58,9 +60,11 @@ use tokio::task::JoinHandle;
 
 mod apps;
 mod client;
+mod journal;
 
 pub use apps::{Apps, Changes, Reconfigure};
-pub use client::{Client, ClientError, Status};
+pub use client::{Client, ClientError, JournalEntry, Status};
+pub use journal::JOURNAL_ENTRIES;
 
 use crate::observe::event::OutputLine;
 use crate::types::{Error, ErrorKind, Result};
@@ -515,6 +519,58 @@ fn follow(state: &State, app: &apps::Entry, slot: Option<usize>, lines: usize) -
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
 }
 
+/// `GET /v1/journal?follow=1`: the kept entries, then every new one, one
+/// JSON object per line, until the client goes or the cluster stops.
+fn follow_journal(
+    state: &State,
+    app: &apps::Entry,
+    slot: Option<usize>,
+    lines: usize,
+) -> Response<Body> {
+    use std::sync::atomic::Ordering;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
+    // Subscribed before the kept entries are read: an entry written in
+    // between comes twice and is skipped by its number.
+    let mut live = app.journal.subscribe();
+    let kept = app.journal.last(slot, lines);
+    let open = state.streams.clone();
+    open.fetch_add(1, Ordering::AcqRel);
+    tokio::spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        let encode = |v: &Value| Bytes::from(v.to_string() + "\n");
+        let mut seen = 0;
+        let mut ended = false;
+        for e in &kept {
+            seen = e.seq;
+            if tx.send(encode(&e.json)).await.is_err() {
+                ended = true;
+                break;
+            }
+        }
+        while !ended {
+            match live.recv().await {
+                Ok(e) if e.seq > seen => {
+                    seen = e.seq;
+                    let last = e.json["event"]["event"] == "stopped";
+                    if journal::about(&e, slot) {
+                        ended = tx.send(encode(&e.json)).await.is_err();
+                    }
+                    ended |= last;
+                }
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => ended = true,
+            }
+        }
+        drop(tx);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        open.fetch_sub(1, Ordering::AcqRel);
+    });
+    Response::builder()
+        .header(hyper::header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Stream(rx).boxed())
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
+}
+
 fn refuse(status: StatusCode, kind: &str, error: impl std::fmt::Display) -> Response<Body> {
     reply(status, json!({ "error": error.to_string(), "kind": kind }))
 }
@@ -729,6 +785,22 @@ where
                 let _ = handle.shutdown().await;
             });
             reply(StatusCode::ACCEPTED, json!({ "stopping": true }))
+        }
+        (&Method::GET, "/v1/journal") => {
+            let slot = query(&req, "slot").and_then(|s| s.parse().ok());
+            let lines = query(&req, "lines")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(JOURNAL_ENTRIES);
+            if query(&req, "follow").is_some_and(|f| f == "1") {
+                return follow_journal(state, &app, slot, lines);
+            }
+            let entries: Vec<Value> = app
+                .journal
+                .last(slot, lines)
+                .into_iter()
+                .map(|e| e.json)
+                .collect();
+            reply(StatusCode::OK, json!({ "entries": entries }))
         }
         (&Method::GET, "/v1/logs") => {
             let slot = query(&req, "slot").and_then(|s| s.parse().ok());
