@@ -579,3 +579,101 @@ fn herdctl_without_a_name_lists_every_app_of_every_herd_and_finds_an_app_by_name
         assert!(m.wait_exit().success(), "{}", m.log());
     }
 }
+
+#[test]
+fn a_file_changed_under_watch_is_one_reload_under_load_and_an_ignored_one_is_none() {
+    let dir = TempDir::new("watch");
+    let src = dir.join("src");
+    std::fs::create_dir_all(src.join("node_modules")).unwrap();
+    std::fs::write(src.join("app.js"), "// v1\n").unwrap();
+    let m = Master::start_binary(
+        herd_bin(),
+        &s(&[
+            "-w",
+            "2",
+            "-l",
+            "127.0.0.1:0",
+            "--cwd",
+            &dir.0.display().to_string(),
+            "--watch=src",
+            "--ignore-watch",
+            "*.tmp",
+            "--watch-delay",
+            "300ms",
+            "node",
+            &fixture("examples/node/server.js"),
+        ]),
+    );
+    m.wait_kind("ready", 2);
+    let ka = Load::start(m.addr, 2, true);
+    let fr = Load::start(m.addr, 2, false);
+    ka.wait_answered(20);
+    // A burst of saves, as an editor or a deploy makes them: one reload.
+    for i in 2..5 {
+        std::fs::write(src.join("app.js"), format!("// v{i}\n")).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+    }
+    m.wait_events("the reload the change asked for", |e| {
+        complete_reloads(e) == 1
+    });
+    let changed = m.wait_kind("watch_changed", 1);
+    let changed = of_kind(&changed, "watch_changed").next().unwrap().clone();
+    assert_eq!(
+        changed["changed"],
+        serde_json::json!(["app.js"]),
+        "{changed}"
+    );
+    let n = ka.answered();
+    ka.wait_answered(n + 20);
+    let (ka, fr) = (ka.finish(), fr.finish());
+    assert!(
+        ka.errors.is_empty() && fr.errors.is_empty(),
+        "{}{}\n{}",
+        summary(&ka.errors),
+        summary(&fr.errors),
+        m.log()
+    );
+    // Changes that are ignored: node_modules, a log file, --ignore-watch.
+    std::fs::write(src.join("node_modules/dep.js"), "x").unwrap();
+    std::fs::write(src.join("server.log"), "x").unwrap();
+    std::fs::write(src.join("cache.tmp"), "x").unwrap();
+    // Then one that counts: if the ignored ones had counted, they would
+    // have made a burst of their own before it.
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    std::fs::write(src.join("app.js"), "// v5\n").unwrap();
+    m.wait_events("the second reload", |e| complete_reloads(e) == 2);
+    let all = m.wait_kind("watch_changed", 2);
+    let bursts: Vec<_> = of_kind(&all, "watch_changed").collect();
+    assert_eq!(bursts.len(), 2, "{}", m.log());
+    assert_eq!(bursts[1]["changed"], serde_json::json!(["app.js"]));
+}
+
+#[test]
+fn a_cron_schedule_reloads_the_cluster_each_time_it_comes() {
+    // Every second (six fields: seconds first), to see two in a test.
+    let m = Master::start_binary(
+        herd_bin(),
+        &s(&[
+            "-w",
+            "1",
+            "-l",
+            "127.0.0.1:0",
+            "--cron-reload",
+            "* * * * * *",
+            "node",
+            &fixture("examples/node/server.js"),
+        ]),
+    );
+    let scheduled = m.wait_kind("cron_scheduled", 1);
+    let next = of_kind(&scheduled, "cron_scheduled").next().unwrap()["next"].clone();
+    assert!(next.as_str().is_some_and(|t| t.len() >= 19), "{next}");
+    m.wait_events("two scheduled reloads", |e| complete_reloads(e) >= 2);
+    assert!(of_kind(&m.events(), "cron_reload").count() >= 2);
+    // A schedule that is not one is refused before anything starts.
+    let mut bad = Master::spawn_program(
+        herd_bin(),
+        &s(&["--cron-reload", "at three", "node", "x.js"]),
+        |_| {},
+    );
+    assert_eq!(bad.wait_exit().code(), Some(2), "{}", bad.log());
+}

@@ -262,6 +262,27 @@ pub(crate) struct Cli {
     #[arg(long)]
     pub(crate) no_node_preload: bool,
 
+    /// Reload (rolling, nothing lost) when a file under PATH changes
+    /// (default: the workers' directory); repeat as --watch=PATH for more.
+    #[arg(long, value_name = "PATH", num_args = 0..=1, require_equals = true, default_missing_value = ".", action = clap::ArgAction::Append)]
+    pub(crate) watch: Vec<std::path::PathBuf>,
+
+    /// With --watch: changes to paths that match GLOB are not a reason to
+    /// reload (a name at any depth, or a path under the watched
+    /// directory); node_modules, .git and *.log never are. Repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub(crate) ignore_watch: Vec<String>,
+
+    /// With --watch: a burst of changes is one reload, once nothing has
+    /// changed for this long.
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    pub(crate) watch_delay: Duration,
+
+    /// A rolling reload on a schedule, in local time: "0 3 * * *" is 03:00
+    /// every day (PM2's cron_restart); six fields put seconds first.
+    #[arg(long, value_name = "SCHEDULE", value_parser = parse_cron)]
+    pub(crate) cron_reload: Option<String>,
+
     /// Working directory of the workers.
     #[arg(long, value_name = "DIR")]
     pub(crate) cwd: Option<std::path::PathBuf>,
@@ -357,6 +378,10 @@ pub(crate) fn rewrite(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsStri
 
 pub(crate) fn parse_listen(s: &str) -> Result<Vec<SocketAddr>, String> {
     crate::net::parse_listen_addr(s).map_err(|e| e.to_string())
+}
+
+pub(crate) fn parse_cron(s: &str) -> Result<String, String> {
+    super::cron::parse(s).map(|_| s.to_owned())
 }
 
 pub(crate) fn parse_cidr(s: &str) -> Result<crate::Cidr, String> {

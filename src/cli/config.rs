@@ -99,6 +99,10 @@ pub(crate) struct AppOptions {
     pub(crate) max_requests: Option<u64>,
     pub(crate) reload_parallel: Option<usize>,
     pub(crate) node_preload: Option<bool>,
+    pub(crate) watch: Option<WatchSetting>,
+    pub(crate) ignore_watch: Option<OneOrMany>,
+    pub(crate) watch_delay: Option<String>,
+    pub(crate) cron_reload: Option<String>,
     #[serde(default)]
     pub(crate) env: BTreeMap<String, EnvEntry>,
     #[serde(default)]
@@ -120,6 +124,14 @@ impl CommandLine {
             CommandLine::Line(l) => l.split_whitespace().map(str::to_owned).collect(),
         }
     }
+}
+
+/// `watch = true` (the app's directory), or the paths to watch.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum WatchSetting {
+    On(bool),
+    Paths(OneOrMany),
 }
 
 /// `workers = 4`, or `"max"` (one per CPU).
@@ -497,6 +509,17 @@ fn apply(
     if let Some(b) = o.node_preload {
         cli.no_node_preload = !b;
     }
+    match &o.watch {
+        Some(WatchSetting::On(true)) => cli.watch = vec![".".into()],
+        Some(WatchSetting::On(false)) => cli.watch.clear(),
+        Some(WatchSetting::Paths(p)) => cli.watch = p.items().into_iter().map(Into::into).collect(),
+        None => {}
+    }
+    if let Some(i) = &o.ignore_watch {
+        cli.ignore_watch = i.items();
+    }
+    set!(watch_delay, "watch-delay", args::parse_duration);
+    set!(opt cron_reload, "cron-reload", args::parse_cron);
     cli.unset_env = o.unset_env.clone();
     let mut vars = Vec::new();
     for (k, v) in &o.env {
@@ -582,6 +605,10 @@ pub(crate) fn overlay_flags(app: &mut Cli, flags: &Cli, m: &ArgMatches) {
         max_requests,
         reload_parallel,
         no_node_preload,
+        watch,
+        ignore_watch,
+        watch_delay,
+        cron_reload,
         cwd,
         unset_env,
     );

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::config::{
     dir_name, resolve, AppDef, AppOptions, CommandLine, EnvEntry, FileError, Loaded, OneOrMany,
-    Scalar, Workers,
+    Scalar, WatchSetting, Workers,
 };
 
 /// PM2's default `listen_timeout` (ms): how long it waits for a worker to
@@ -361,6 +361,21 @@ fn map_app(
             "user" | "uid" => o.user = Some(text(v)),
             "gid" => o.group = Some(text(v)),
             "max_requests" => o.max_requests = v.as_u64(),
+            "watch" => {
+                o.watch = Some(match v {
+                    Value::Bool(b) => WatchSetting::On(*b),
+                    other => WatchSetting::Paths(OneOrMany::Many(
+                        words(other).into_iter().map(Scalar::Text).collect(),
+                    )),
+                })
+            }
+            "ignore_watch" => {
+                o.ignore_watch = Some(OneOrMany::Many(
+                    words(v).into_iter().map(Scalar::Text).collect(),
+                ))
+            }
+            "watch_delay" => o.watch_delay = Some(d(v)?),
+            "cron_restart" => o.cron_reload = Some(text(v)),
             k if SILENT.contains(&k) => {}
             other => ignored.push(other.to_owned()),
         }
@@ -404,7 +419,8 @@ mod tests {
                   "wait_ready": true, "listen_timeout": 8000, "kill_timeout": 1600,
                   "max_memory_restart": "300M", "min_uptime": "2s", "max_restarts": 10,
                   "exp_backoff_restart_delay": 100, "out_file": "/tmp/api.log",
-                  "cron_restart": "0 3 * * *", "source_map_support": true },
+                  "cron_restart": "0 3 * * *", "source_map_support": true,
+                  "increment_var": "PORT" },
                 { "name": "worker", "script": "./bin/worker", "instances": 2 }
             ]}),
             Some("production"),
@@ -434,9 +450,10 @@ mod tests {
         // One warning per ignored field, naming it.
         let w = loaded.warnings.join("\n");
         assert!(
-            w.contains("`cron_restart`") && w.contains("`source_map_support`"),
+            w.contains("`increment_var`") && w.contains("`source_map_support`"),
             "{w}"
         );
+        assert_eq!(api.cron_reload.as_deref(), Some("0 3 * * *"));
         assert_eq!(loaded.warnings.len(), 2, "{w}");
         assert_eq!(loaded.name, "herd");
     }

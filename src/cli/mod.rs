@@ -21,12 +21,14 @@
 mod apps;
 mod args;
 mod config;
+mod cron;
 mod ctl;
 mod detect;
 mod ecosystem;
 mod metrics;
 mod run;
 mod unit;
+mod watch;
 
 pub use ctl::herdctl;
 

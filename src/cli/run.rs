@@ -68,6 +68,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 /// What runs beside a cluster: its log files and metrics endpoint.
 pub(crate) struct Extras {
     log_files: Option<std::sync::Arc<crate::logfile::LogFiles>>,
+    _watch: Option<super::watch::Watch>,
     _tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -110,8 +111,60 @@ impl Extras {
         if let Some(addr) = cli.metrics {
             tasks.push(serve_metrics(addr, cluster.handle(), cli.sample_interval).await?);
         }
+        let json = cli.log_format == "json";
+        let name = cli.name.clone();
+        let watch = super::watch::start(cli, cluster.handle(), move |changed: &[String]| {
+            if json {
+                let mut line = serde_json::json!({ "event": "watch_changed", "changed": changed });
+                if let Some(n) = &name {
+                    line["cluster"] = n.clone().into();
+                }
+                eprintln!("{line}");
+            } else {
+                let tag = name
+                    .as_ref()
+                    .map_or_else(|| "herd".to_owned(), |n| format!("herd[{n}]"));
+                let shown: Vec<&str> = changed.iter().take(3).map(String::as_str).collect();
+                let more = changed.len().saturating_sub(3);
+                let more = if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                };
+                eprintln!("{tag}: changed: {}{more}; reloading", shown.join(", "));
+            }
+        })?;
+        if let Some(schedule) = &cli.cron_reload {
+            let cron = super::cron::parse(schedule)?;
+            let json = cli.log_format == "json";
+            let name = cli.name.clone();
+            let say = move |reloading: bool, next: Option<String>| {
+                let next = next.unwrap_or_else(|| "never".into());
+                if json {
+                    let mut line = serde_json::json!({
+                        "event": if reloading { "cron_reload" } else { "cron_scheduled" },
+                        "next": next,
+                    });
+                    if let Some(n) = &name {
+                        line["cluster"] = n.clone().into();
+                    }
+                    eprintln!("{line}");
+                } else {
+                    let tag = name
+                        .as_ref()
+                        .map_or_else(|| "herd".to_owned(), |n| format!("herd[{n}]"));
+                    let what = if reloading { "scheduled reload; " } else { "" };
+                    eprintln!("{tag}: {what}next scheduled reload at {next}");
+                }
+            };
+            say(false, super::cron::next(&cron));
+            tasks.push(super::cron::start(cron, cluster.handle(), move |next| {
+                say(true, next)
+            }));
+        }
         Ok(Extras {
             log_files,
+            _watch: watch,
             _tasks: tasks,
         })
     }

@@ -157,7 +157,7 @@ pub fn notify(state: &str) -> std::io::Result<bool> {
 ///
 /// # Errors
 ///
-/// See [`notify`].
+/// See [`notify()`].
 pub fn notify_ready() -> std::io::Result<bool> {
     notify("READY=1")
 }
@@ -167,7 +167,7 @@ pub fn notify_ready() -> std::io::Result<bool> {
 ///
 /// # Errors
 ///
-/// See [`notify`].
+/// See [`notify()`].
 pub fn notify_watchdog() -> std::io::Result<bool> {
     notify("WATCHDOG=1")
 }
@@ -176,7 +176,7 @@ pub fn notify_watchdog() -> std::io::Result<bool> {
 ///
 /// # Errors
 ///
-/// See [`notify`].
+/// See [`notify()`].
 pub fn notify_stopping() -> std::io::Result<bool> {
     notify("STOPPING=1")
 }
