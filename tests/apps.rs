@@ -677,3 +677,74 @@ fn a_cron_schedule_reloads_the_cluster_each_time_it_comes() {
     );
     assert_eq!(bad.wait_exit().code(), Some(2), "{}", bad.log());
 }
+
+#[test]
+fn herd_startup_writes_a_unit_that_runs_the_file_as_the_user_with_their_path_and_systemd_accepts_it(
+) {
+    let dir = TempDir::new("startup");
+    let file = dir.join("herd.toml");
+    write_toml(&file, "1", false, "");
+    let units = dir.join("units");
+    std::fs::create_dir_all(&units).unwrap();
+    let out = std::process::Command::new(herd_bin())
+        .args(["startup", "systemd", "start", "herd.toml", "--unit-dir"])
+        .arg(&units)
+        .current_dir(&dir.0)
+        // Asked through sudo by this user, whose PATH found node.
+        .env("SUDO_USER", "www-data")
+        .env(
+            "PATH",
+            format!("/opt/nvm/bin:{}", std::env::var("PATH").unwrap()),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let name = std::fs::read_dir(&units)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "service"))
+        .expect("a service unit");
+    let text = std::fs::read_to_string(&name).unwrap();
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key}= in\n{text}"))
+            .to_owned()
+    };
+    let exec: Vec<String> = value("ExecStart").split(' ').map(str::to_owned).collect();
+    assert!(Path::new(&exec[0]).is_absolute(), "{text}");
+    let config = std::fs::canonicalize(&file).unwrap();
+    assert_eq!(
+        exec[1..],
+        ["--config".to_owned(), config.display().to_string()],
+        "{text}"
+    );
+    assert_eq!(value("User"), "www-data");
+    assert!(
+        value("Environment").starts_with("PATH=/opt/nvm/bin:"),
+        "{text}"
+    );
+    assert_eq!(
+        Path::new(&value("WorkingDirectory")),
+        std::fs::canonicalize(&dir.0).unwrap()
+    );
+    assert!(value("ExecReload").contains("-HUP"), "{text}");
+    // systemd's own check of the unit, where systemd is installed (.ci/run
+    // installs it).
+    if let Some(analyze) = on_path("systemd-analyze") {
+        let verify = std::process::Command::new(analyze)
+            .arg("verify")
+            .arg(&name)
+            .output()
+            .unwrap();
+        assert!(
+            verify.status.success() && verify.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&verify.stderr)
+        );
+    }
+}

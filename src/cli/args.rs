@@ -191,14 +191,25 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "DIR")]
     pub(crate) log_dir: Option<std::path::PathBuf>,
 
-    /// Print a systemd service unit (Type=notify-reload) that runs this
-    /// same command, and exit.
+    /// Print the systemd service unit that runs this same command at boot,
+    /// and exit (`herd startup` writes it).
     #[arg(long)]
     pub(crate) print_systemd_unit: bool,
 
-    /// With --print-systemd-unit: also print a .socket unit that opens the
-    /// --listen addresses (ReusePort=yes), so the queue outlives restarts.
-    #[arg(long, requires = "print_systemd_unit")]
+    /// Write the systemd unit that runs this same command at boot into
+    /// /etc/systemd/system (or --unit-dir), say how to enable it, and exit:
+    /// `herd startup [systemd] start herd.toml` (PM2's `startup`).
+    #[arg(long, conflicts_with = "print_systemd_unit")]
+    pub(crate) startup: bool,
+
+    /// With --startup: where the units go.
+    #[arg(long, value_name = "DIR", requires = "startup")]
+    pub(crate) unit_dir: Option<std::path::PathBuf>,
+
+    /// With --print-systemd-unit or --startup: also a .socket unit that
+    /// opens the --listen addresses (ReusePort=yes), so the queue outlives
+    /// restarts.
+    #[arg(long)]
     pub(crate) socket_unit: bool,
 
     /// Serve no control API.
@@ -337,6 +348,17 @@ pub(crate) fn args() -> Vec<std::ffi::OsString> {
     rewrite(std::env::args_os().collect())
 }
 
+/// `herd startup [OPTIONS] start FILE`: the rest after `--startup`
+/// rewritten as a command line of its own.
+fn rewrite_rest(args: Vec<std::ffi::OsString>, at: usize) -> Vec<std::ffi::OsString> {
+    let (head, tail) = args.split_at(at + 1);
+    let mut rest = vec![std::ffi::OsString::from("herd")];
+    rest.extend(tail.iter().cloned());
+    let mut out = head.to_vec();
+    out.extend(rewrite(rest).into_iter().skip(1));
+    out
+}
+
 /// [`args`] on a given command line.
 pub(crate) fn rewrite(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     use clap::CommandFactory;
@@ -363,6 +385,14 @@ pub(crate) fn rewrite(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsStri
                     args.remove(i);
                 }
                 "start" => args[i] = "--config".into(),
+                "startup" => {
+                    args[i] = "--startup".into();
+                    if args.get(i + 1).is_some_and(|w| w == "systemd") {
+                        args.remove(i + 1);
+                    }
+                    // What follows is a command line of its own.
+                    return rewrite_rest(args, i);
+                }
                 _ => {}
             }
             return args;
@@ -497,6 +527,14 @@ mod tests {
         assert_eq!(
             words("herd --no-control start x"),
             ["herd", "--no-control", "--config", "x"]
+        );
+        assert_eq!(
+            words("herd startup systemd start herd.toml"),
+            ["herd", "--startup", "--config", "herd.toml"]
+        );
+        assert_eq!(
+            words("herd startup -w 2 node a.js"),
+            ["herd", "--startup", "-w", "2", "node", "a.js"]
         );
     }
 }

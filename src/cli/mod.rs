@@ -59,8 +59,15 @@ pub fn herd() -> ExitCode {
         eprintln!("\nherd: error: give a program to run (herd node server.js) or a config file (herd start herd.toml)");
         return ExitCode::from(2);
     }
-    if cli.print_systemd_unit {
-        return match systemd_units(&cli, file.as_deref()) {
+    if cli.print_systemd_unit || cli.startup {
+        let done = systemd_units(&cli, file.as_deref()).and_then(|units| {
+            if cli.startup {
+                unit::install(&units, cli.unit_dir.as_deref())
+            } else {
+                Ok(unit::print(&units))
+            }
+        });
+        return match done {
             Ok(text) => {
                 print!("{text}");
                 ExitCode::SUCCESS
