@@ -579,7 +579,7 @@ async fn a_crash_looping_node_app_is_quoted_by_its_error_not_nodes_version_banne
         .unwrap_err();
     let text = err.to_string();
     assert!(
-        text.contains("last: Error: connect ECONNREFUSED: the database is down"),
+        text.contains("the last with code 1: Error: connect ECONNREFUSED: the database is down"),
         "{text}"
     );
     assert!(!text.contains("Node.js v"), "{text}");

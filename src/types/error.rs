@@ -285,14 +285,24 @@ fn describe_failures(slots: &[SlotFailure]) -> String {
     slots
         .iter()
         .map(|f| {
-            let mut text = format!(
-                "slot {} exited {} times within {}",
-                f.slot,
-                f.exits,
-                crate::types::Millis(f.window)
-            );
+            let mut text = if f.window.is_zero() {
+                // Failed at its first exit (it never said ready).
+                format!("slot {} failed", f.slot)
+            } else {
+                format!(
+                    "slot {} exited {} times within {}",
+                    f.slot,
+                    f.exits,
+                    crate::types::Millis(f.window)
+                )
+            };
+            match f.last_exit {
+                Some(crate::Exit::Code(c)) => text.push_str(&format!(", the last with code {c}")),
+                Some(crate::Exit::Signal(s)) => text.push_str(&format!(", the last killed by {s}")),
+                None => text.push_str(", the last"),
+            }
             if let Some(line) = telling_line(&f.last_output) {
-                text.push_str(&format!(", last: {line}"));
+                text.push_str(&format!(": {line}"));
             }
             text
         })
