@@ -216,8 +216,8 @@ pub use cluster::{
 pub use observe::{Event, Level, Missed, Notice, OutputLine, OutputStream};
 pub use types::{
     Balance, Cidr, Error, ErrorKind, Exit, KillMode, Phase, Readiness, ReloadFailure, ReloadReport,
-    Replacement, Result, Signal, SlotFailure, WorkerInfo, WorkerState, DEFAULT_RELOAD_PARALLEL,
-    DEFAULT_START_TIMEOUT,
+    Replacement, RestartCounts, Result, Signal, SlotFailure, WorkerInfo, WorkerState,
+    DEFAULT_RELOAD_PARALLEL, DEFAULT_START_TIMEOUT,
 };
 
 /// Parses a duration as herd's flags take it: `250ms`, `30s`, `1.5s`,

@@ -280,7 +280,7 @@ fn the_control_socket_refuses_other_users_and_bad_requests_and_keeps_serving() {
 
 #[test]
 fn a_worker_over_the_memory_limit_is_replaced_successor_first_without_a_failed_request() {
-    let m = Master::start(&cmd(
+    let (m, path) = controlled(
         &[
             "-w",
             "1",
@@ -290,7 +290,7 @@ fn a_worker_over_the_memory_limit_is_replaced_successor_first_without_a_failed_r
             "200ms",
         ],
         &["node".into(), fixture("tests/fixtures/leaky.js")],
-    ));
+    );
     m.wait_kind("ready", 1);
     let leaky = m.live_pids()[0];
     let keep_alive = Load::start(m.addr, 2, true);
@@ -323,6 +323,12 @@ fn a_worker_over_the_memory_limit_is_replaced_successor_first_without_a_failed_r
         m.log()
     );
     assert!(ka.pids.contains(&successor) || fr.pids.contains(&successor));
+    // The replacement counts in the slot's restarts, as a memory one.
+    let (_, out, _) = herdctl(&path, &["ls", "--json"]);
+    let table: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let by = &table["workers"][0]["restarts_by"];
+    assert!(by["memory"].as_u64() >= Some(1), "{table}");
+    assert_eq!(by["exit"], 0, "{table}");
 }
 
 #[test]
@@ -725,4 +731,57 @@ fn herdctl_reload_shows_each_slot_as_it_is_replaced_and_scale_waits_for_the_new_
         .map(|w| w["state"].as_str().unwrap())
         .collect();
     assert_eq!(states, ["ready"; 4], "{out}");
+}
+
+#[test]
+fn herdctl_describe_shows_the_command_options_schedule_restarts_by_reason_exits_and_last_lines() {
+    let (m, path) = controlled(
+        &[
+            "-w",
+            "2",
+            "--ready",
+            "notify",
+            "--cron-reload",
+            "0 3 * * *",
+            "-e",
+            "API_TOKEN=s3cr3t-value",
+        ],
+        &hello_server(),
+    );
+    m.wait_kind("ready", 2);
+    let victim = m.live_pids()[0];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
+    m.wait_events("the restart", |e| of_kind(e, "ready").count() >= 3);
+    let (code, out, err) = herdctl(&path, &["describe", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !out.contains("s3cr3t-value"),
+        "a variable's value is not shown: {out}"
+    );
+    let d: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(d["info"]["command"][0], hello());
+    assert_eq!(d["info"]["env"], serde_json::json!(["API_TOKEN"]));
+    assert_eq!(d["info"]["cron_reload"], "0 3 * * *");
+    assert!(
+        d["info"]["next_reload"]
+            .as_str()
+            .is_some_and(|t| t.contains(" 03:00:00")),
+        "{d}"
+    );
+    let exit = d["exits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| pid_field(e, "pid") == victim)
+        .expect("the killed worker's exit");
+    assert_eq!(exit["exit"]["signal"], "SIGKILL");
+    assert_eq!(exit["expected"], false);
+    let slot = exit["slot"].as_u64().unwrap() as usize;
+    assert_eq!(d["workers"][slot]["restarts_by"]["exit"], 1, "{d}");
+    let tail = d["tail"][slot.to_string()].as_array().unwrap();
+    assert!(tail.iter().any(|l| pid_field(l, "pid") == victim), "{d}");
+    // The text form too, for one slot.
+    let (code, text, _) = herdctl(&path, &["describe", &slot.to_string()]);
+    assert_eq!(code, 0);
+    assert!(text.contains(&victim.to_string()), "{text}");
 }

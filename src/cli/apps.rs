@@ -155,6 +155,10 @@ impl Herd {
             let _ = ended.send((name, generation, error));
         });
         self.apps.insert(&def.name, handle.clone());
+        self.apps.set_info(
+            &def.name,
+            super::run::describe_info(&def.cli, Some(&self.path)),
+        );
         if !self.order.contains(&def.name) {
             self.order.push(def.name.clone());
         }

@@ -97,6 +97,14 @@ enum Command {
         #[arg(short = 'f', long)]
         follow: bool,
     },
+    /// How an app runs: its command, directory, options in effect, sockets,
+    /// log paths and next scheduled reload; each slot's worker, restarts by
+    /// reason and last lines; the last exits: `describe [APP] [SLOT]`.
+    Describe {
+        /// [APP] [SLOT].
+        #[arg(num_args = 0..=2)]
+        target: Vec<String>,
+    },
     /// Stops gracefully: an app, `all`, or (nothing) the whole herd.
     Stop { app: Option<String> },
     /// Upgrades the master in place (as SIGUSR2): its binary, as the file
@@ -194,9 +202,10 @@ struct Target {
 /// (in whichever herd runs it), or a herd by name when it runs one app.
 async fn targets(cli: &Cli, app: Option<&str>) -> Result<Vec<Target>, Failure> {
     let Some(want) = app else {
+        let path = socket(cli)?;
         return Ok(vec![Target {
-            client: Client::new(socket(cli)?),
-            label: String::new(),
+            label: herd_name(&path),
+            client: Client::new(path),
         }]);
     };
     let mut found = Vec::new();
@@ -447,6 +456,24 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let t = one(targets(&cli, app.as_deref()).await?)?;
             return logs(&t.client, slot, *lines, *follow, cli.json).await;
         }
+        Command::Describe { target } => {
+            let (app, slot) = app_and_slot(target)?;
+            let t = one(targets(&cli, app.as_deref()).await?)?;
+            let mut answer = request(&t.client, "GET", "/v1/describe", None).await?;
+            // The next time of a schedule, in this machine's local time.
+            if let Some(schedule) = answer["info"]["cron_reload"].as_str() {
+                let next = super::cron::parse(schedule)
+                    .ok()
+                    .and_then(|c| super::cron::next(&c));
+                answer["info"]["next_reload"] = next.into();
+            }
+            if cli.json {
+                println!("{answer}");
+            } else {
+                print_describe(&t.label, &answer, slot);
+            }
+            return Ok(0);
+        }
         Command::Reload { app: None } => {
             let client = Client::new(socket(&cli)?);
             // A herd of a config file re-reads it; one cluster reloads.
@@ -461,7 +488,10 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         _ => {}
     }
     let (app, method, uri, body) = match &cli.command {
-        Command::Ls { .. } | Command::Reload { app: None } | Command::Logs { .. } => {
+        Command::Ls { .. }
+        | Command::Reload { app: None }
+        | Command::Logs { .. }
+        | Command::Describe { .. } => {
             unreachable!("answered above")
         }
         Command::Reload { app } => (app.clone(), "POST", "/v1/reload".to_owned(), None),
@@ -749,6 +779,142 @@ fn size(bytes: u64) -> String {
     }
 }
 
+/// `describe` as text.
+fn print_describe(label: &str, a: &Value, slot: Option<usize>) {
+    let info = &a["info"];
+    let name = a["name"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .unwrap_or(label);
+    println!(
+        "{name}: master pid {}, {}",
+        a["pid"],
+        a["phase"].as_str().unwrap_or("?")
+    );
+    let words = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|w| w.as_str().map_or_else(|| w.to_string(), str::to_owned))
+            .collect()
+    };
+    let row = |k: &str, v: String| {
+        if !v.is_empty() {
+            println!("  {k:<16}{v}");
+        }
+    };
+    row("command", words(&info["command"]).join(" "));
+    row("directory", info["cwd"].as_str().unwrap_or("").to_owned());
+    row(
+        "config file",
+        info["config_file"].as_str().unwrap_or("").to_owned(),
+    );
+    row(
+        "listens",
+        format!(
+            "{} ({})",
+            words(&a["addrs"]).join(" "),
+            a["balance"].as_str().unwrap_or("?")
+        ),
+    );
+    let logs = match (info["log_file"].as_str(), info["log_dir"].as_str()) {
+        (Some(f), _) => f.to_owned(),
+        (None, Some(d)) => format!("{d}/ (slot-N.log, master.log)"),
+        _ => "the master's terminal (herdctl logs)".to_owned(),
+    };
+    row("logs", logs);
+    row("env", words(&info["env"]).join(" "));
+    if let Some(schedule) = info["cron_reload"].as_str() {
+        row(
+            "next reload",
+            format!(
+                "{} (cron \"{schedule}\")",
+                info["next_reload"].as_str().unwrap_or("never")
+            ),
+        );
+    }
+    row("watching", words(&info["watch"]).join(" "));
+    if let Some(options) = info["options"].as_object() {
+        let set: Vec<String> = options
+            .iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| {
+                format!(
+                    "{k}={}",
+                    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+                )
+            })
+            .collect();
+        row("options", set.join(" "));
+    }
+    for w in a["workers"].as_array().into_iter().flatten() {
+        let s = w["slot"].as_u64().unwrap_or(0) as usize;
+        if slot.is_some_and(|want| want != s) {
+            continue;
+        }
+        let by: Vec<String> = w["restarts_by"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, n)| n.as_u64().is_some_and(|n| n > 0))
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        println!(
+            "slot {s}: pid {}, {}, up {}, restarts {}{}",
+            w["pid"]
+                .as_u64()
+                .map_or_else(|| "-".to_owned(), |p| p.to_string()),
+            w["state"].as_str().unwrap_or("?"),
+            w["uptime_ms"]
+                .as_u64()
+                .map_or_else(|| "-".to_owned(), duration),
+            by.len(),
+            if by.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", by.join(", "))
+            }
+        );
+        for l in a["tail"][s.to_string()].as_array().into_iter().flatten() {
+            println!(
+                "  {} | {}",
+                l["stream"].as_str().unwrap_or(""),
+                l["line"].as_str().unwrap_or("")
+            );
+        }
+    }
+    let exits: Vec<&Value> = a["exits"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| slot.is_none_or(|s| e["slot"] == s))
+        .collect();
+    if !exits.is_empty() {
+        println!("last exits:");
+        for e in exits {
+            let at = std::time::SystemTime::UNIX_EPOCH
+                + std::time::Duration::from_millis(e["time_ms"].as_u64().unwrap_or(0));
+            let how = match (e["exit"]["code"].as_i64(), e["exit"]["signal"].as_str()) {
+                (Some(c), _) => format!("exited with code {c}"),
+                (None, Some(sig)) => format!("killed by {sig}"),
+                _ => "ended".to_owned(),
+            };
+            println!(
+                "  {} slot {} pid {} {how} after {}{}",
+                crate::logfile::timestamp(at),
+                e["slot"],
+                e["pid"],
+                duration(e["uptime_ms"].as_u64().unwrap_or(0)),
+                if e["expected"] == true {
+                    ""
+                } else {
+                    " (unexpected)"
+                }
+            );
+        }
+    }
+}
+
 fn print_table(answer: &Value) {
     let dash = || "-".to_owned();
     println!(
@@ -769,7 +935,16 @@ fn print_table(answer: &Value) {
             w["state"].as_str().unwrap_or("?"),
             w["generation"].to_string(),
             w["uptime_ms"].as_u64().map_or_else(dash, duration),
-            w["restarts"].to_string(),
+            // Every replacement, whatever its reason (`describe` has them
+            // by reason); a master before that counted exits only.
+            w["restarts_by"].as_object().map_or_else(
+                || w["restarts"].to_string(),
+                |by| by
+                    .values()
+                    .filter_map(Value::as_u64)
+                    .sum::<u64>()
+                    .to_string()
+            ),
             w["cpu_percent"]
                 .as_u64()
                 .map_or_else(dash, |p| format!("{p}%")),

@@ -58,11 +58,58 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             Err(e) => return Err(e.into()),
         }
     };
+    if let Some(server) = &control {
+        let name = cluster.handle().name().unwrap_or_default().to_owned();
+        server.apps().set_info(&name, describe_info(&cli, None));
+    }
     let result = serve(&cli, cluster, extras).await;
     if let Some(control) = &control {
         control.finish().await;
     }
     result
+}
+
+/// What `herdctl describe` says of how this app runs: the command, its
+/// directory and the options in effect (the names of its variables, not
+/// their values, which may be secrets).
+pub(crate) fn describe_info(cli: &Cli, file: Option<&std::path::Path>) -> serde_json::Value {
+    let d = |d: Duration| crate::types::Millis(d).to_string();
+    let mut env: Vec<&str> = cli.env_vars().map(|(k, _)| k).collect();
+    env.sort_unstable();
+    env.dedup();
+    serde_json::json!({
+        "command": cli.command,
+        "cwd": cli.cwd.clone().or_else(|| std::env::current_dir().ok()),
+        "config_file": file,
+        "env": env,
+        "options": {
+            "workers": cli.workers,
+            "readiness": cli.ready.to_string(),
+            "wait_ready": cli.wait_ready,
+            "start_timeout": d(cli.start_timeout),
+            "on_start_timeout": cli.on_start_timeout,
+            "drain_timeout": d(cli.drain_timeout),
+            "stop_signal": cli.stop_signal.to_string(),
+            "kill_mode": cli.kill_mode.to_string(),
+            "restart": cli.restart.to_string(),
+            "restart_delay": d(cli.restart_delay),
+            "restart_delay_max": d(cli.restart_delay_max),
+            "crash_limit": cli.crash_limit,
+            "crash_window": d(cli.crash_window),
+            "min_uptime": d(cli.min_uptime),
+            "max_memory": cli.max_memory,
+            "max_requests": cli.max_requests,
+            "reload_parallel": cli.reload_parallel,
+            "user": cli.user,
+            "group": cli.group,
+        },
+        "log_file": cli.log_file,
+        "log_dir": cli.log_dir,
+        "metrics": cli.metrics.map(|a| a.to_string()),
+        "watch": cli.watch,
+        "ignore_watch": cli.ignore_watch,
+        "cron_reload": cli.cron_reload,
+    })
 }
 
 /// What runs beside a cluster: its log files and metrics endpoint.

@@ -30,6 +30,8 @@ impl std::fmt::Debug for Apps {
 struct Inner {
     entries: Vec<Entry>,
     reconfigure: Option<mpsc::Sender<Reconfigure>>,
+    /// What `GET /v1/describe` tells of each app besides its state.
+    info: std::collections::HashMap<String, serde_json::Value>,
 }
 
 /// One app as the API sees it.
@@ -92,9 +94,25 @@ impl Apps {
         inner.entries.push(entry);
     }
 
+    /// What `GET /v1/describe` says of app `name` besides its state: the
+    /// program's own account of how it runs it (the command, directory,
+    /// options in effect, log paths), as JSON.
+    pub fn set_info(&self, name: &str, info: serde_json::Value) {
+        self.lock().info.insert(name.to_owned(), info);
+    }
+
+    pub(super) fn info(&self, name: &str) -> serde_json::Value {
+        self.lock()
+            .info
+            .get(name)
+            .cloned()
+            .unwrap_or(serde_json::Value::Null)
+    }
+
     /// Stops serving app `name`: its handle, if it was there.
     pub fn remove(&self, name: &str) -> Option<Handle> {
         let mut inner = self.lock();
+        inner.info.remove(name);
         let at = inner.entries.iter().position(|e| e.name == name)?;
         Some(inner.entries.remove(at).handle)
     }

@@ -21,6 +21,7 @@
 //! | `GET /v1/logs?follow=1&slot=N` | the kept lines, then each new one: one `OutputLine` per line |
 //! | `GET /v1/journal?slot=N&lines=K` | `{"entries": [...]}`: herd's events and the workers' lines in the order the master saw them, each `{"time_ms", "slot", "pid", "stream": "out"/"err"/"herd", "line"}` (herd's with `"level"` and the typed `"event"`) |
 //! | `GET /v1/journal?follow=1&slot=N&lines=K` | the same entries, then each new one, one per line, until the cluster stops |
+//! | `GET /v1/describe` | `{"name", "phase", "pid", "info", "workers", "exits", "tail"}`: what the program said of how it runs the app ([`Apps::set_info`]), every slot, the last exits and each slot's last lines |
 //! | `GET /v1/apps` | `{"pid", "apps": [...]}`: each app as `GET /v1/workers` shows it |
 //!
 //! A herd that runs several apps ([`serve_apps`]) serves them all on one
@@ -101,6 +102,7 @@ pub fn default_dir() -> PathBuf {
 #[derive(Debug)]
 pub struct ControlServer {
     path: PathBuf,
+    apps: Apps,
     task: JoinHandle<()>,
     /// Log streams (`follow`) still open.
     streams: Arc<std::sync::atomic::AtomicUsize>,
@@ -121,6 +123,12 @@ impl ControlServer {
     /// The socket's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The apps it serves ([`Apps::set_info`] adds to what `describe`
+    /// says of one).
+    pub fn apps(&self) -> &Apps {
+        &self.apps
     }
 }
 
@@ -179,11 +187,13 @@ pub async fn serve_apps(apps: Apps, path: impl AsRef<Path>) -> Result<ControlSer
 
 fn serving(listener: UnixListener, path: PathBuf, state: Arc<State>) -> ControlServer {
     let streams = state.streams.clone();
+    let apps = state.apps.clone();
     let task = tokio::spawn(async move {
         accept(listener, state).await;
     });
     ControlServer {
         path,
+        apps,
         task,
         streams,
     }
@@ -698,6 +708,39 @@ where
     let handle = &app.handle;
     match (&method, path.as_str()) {
         (&Method::GET, "/v1/workers") => reply(StatusCode::OK, status(&app)),
+        (&Method::GET, "/v1/describe") => {
+            let entries = app.journal.last(None, JOURNAL_ENTRIES);
+            let exits: Vec<Value> = entries
+                .iter()
+                .filter(|e| e.json["event"]["event"] == "exited")
+                .map(|e| {
+                    let mut exit = e.json["event"].clone();
+                    exit["time_ms"] = e.json["time_ms"].clone();
+                    exit
+                })
+                .rev()
+                .take(10)
+                .collect();
+            let mut tail = serde_json::Map::new();
+            for w in handle.workers() {
+                let lines: Vec<Value> = entries
+                    .iter()
+                    .filter(|e| e.json["slot"] == w.slot && e.json["stream"] != "herd")
+                    .rev()
+                    .take(10)
+                    .map(|e| e.json.clone())
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                tail.insert(w.slot.to_string(), Value::Array(lines));
+            }
+            let mut answer = status(&app);
+            answer["info"] = state.apps.info(&app.name);
+            answer["exits"] = Value::Array(exits);
+            answer["tail"] = Value::Object(tail);
+            reply(StatusCode::OK, answer)
+        }
         (&Method::POST, "/v1/upgrade") => {
             let before = handle.upgrades();
             match handle.upgrade().await {

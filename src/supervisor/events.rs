@@ -143,6 +143,7 @@ impl Supervisor {
                 if matches!(decision, Decision::Restart(_)) {
                     let reason = killed_for.unwrap_or("exit");
                     crate::observe::metrics::restart(r.slot, reason);
+                    self.slots[r.slot].restarts_by.bump(reason);
                 }
                 self.report(r.slot, decision, r.tail)
             }

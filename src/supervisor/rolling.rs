@@ -19,6 +19,9 @@ impl Supervisor {
         // Out of rotation first (proxy mode), then stopped.
         self.changed();
         if let (Some(old), Some(new)) = (old, new_pid) {
+            let slot = &mut self.slots[index];
+            let reason = slot.replace_reason.take().unwrap_or("reload");
+            slot.restarts_by.bump(reason);
             self.emit(Event::Replaced {
                 slot: index,
                 old_pid: old.as_raw() as u32,
@@ -146,6 +149,9 @@ impl Supervisor {
         reason: String,
         tail: Vec<String>,
     ) {
+        // No replacement happened: the next one is counted for its own
+        // reason.
+        self.slots[slot].replace_reason = None;
         self.record_successor_failure(slot, reason, tail);
         self.advance_reload().await;
     }

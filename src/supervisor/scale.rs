@@ -169,6 +169,8 @@ impl Supervisor {
         }
         self.emit(event);
         crate::observe::metrics::restart(slot, reason);
+        // Counted when the successor takes over, under this reason.
+        self.slots[slot].replace_reason = Some(reason);
         self.request_reload(Target::Slot(slot), None).await;
     }
 

@@ -109,6 +109,13 @@ async fn a_reload_replaces_one_slot_at_a_time_and_stops_each_predecessor_after_i
             ("replaced", 1)
         ]
     );
+    // Each slot counts its replacement, as a reload, not as an exit.
+    for w in c.handle.workers() {
+        assert_eq!(
+            (w.restarts_by.reload, w.restarts_by.total(), w.restarts),
+            (1, 1, 0)
+        );
+    }
     // Each predecessor heard its stop signal once, after its successor
     // was ready (100 ms after its start), and nothing else.
     let sent = c.fake.sent();

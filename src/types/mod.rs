@@ -25,4 +25,4 @@ pub use exit::{Exit, KillMode};
 pub use readiness::{Readiness, DEFAULT_START_TIMEOUT};
 pub use report::{ReloadFailure, ReloadReport, Replacement, DEFAULT_RELOAD_PARALLEL};
 pub use signal::Signal;
-pub use state::{Phase, WorkerInfo, WorkerState};
+pub use state::{Phase, RestartCounts, WorkerInfo, WorkerState};

@@ -169,6 +169,7 @@ mod tests {
             pid: Some(9),
             state: crate::WorkerState::Ready,
             restarts: 0,
+            restarts_by: crate::RestartCounts::default(),
             last_exit: Some(Exit::Code(3)),
             draining: vec![8],
             started: Some(Instant::now() - Duration::from_secs(2)),

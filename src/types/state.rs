@@ -19,6 +19,11 @@ pub struct WorkerInfo {
     pub state: WorkerState,
     /// How many times the slot was restarted after an unexpected exit.
     pub restarts: u32,
+    /// Every replacement of the slot's worker since the master started,
+    /// by reason: exits, missed start timeouts and watchdogs, memory and
+    /// request limits, reloads and soft restarts.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub restarts_by: RestartCounts,
     /// How the previous worker of this slot ended.
     pub last_exit: Option<Exit>,
     /// Predecessors still draining after a reload.
@@ -63,6 +68,46 @@ pub struct WorkerInfo {
     /// worker.
     pub successor: Option<u32>,
 }
+/// How many times a slot's worker was replaced, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[non_exhaustive]
+pub struct RestartCounts {
+    /// It exited (or was killed) without being asked to, and was restarted.
+    pub exit: u32,
+    /// It missed its start timeout and was killed and restarted.
+    pub start_timeout: u32,
+    /// It missed its watchdog and was killed and restarted.
+    pub watchdog: u32,
+    /// It stayed over the memory limit and was replaced, successor first.
+    pub memory: u32,
+    /// It reached the request limit and was replaced, successor first.
+    pub requests: u32,
+    /// A reload or a soft restart replaced it.
+    pub reload: u32,
+}
+
+impl RestartCounts {
+    /// Every replacement, whatever the reason.
+    pub fn total(&self) -> u32 {
+        self.exit + self.start_timeout + self.watchdog + self.memory + self.requests + self.reload
+    }
+
+    /// Counts one replacement for `reason` (`exit`, `start_timeout`,
+    /// `watchdog`, `memory`, `requests`, `reload`).
+    pub(crate) fn bump(&mut self, reason: &str) {
+        let n = match reason {
+            "start_timeout" => &mut self.start_timeout,
+            "watchdog" => &mut self.watchdog,
+            "memory" => &mut self.memory,
+            "requests" => &mut self.requests,
+            "reload" => &mut self.reload,
+            _ => &mut self.exit,
+        };
+        *n += 1;
+    }
+}
+
 /// Where a slot is in its life (the state of its current worker).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]

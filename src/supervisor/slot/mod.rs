@@ -189,6 +189,11 @@ pub(crate) struct Slot {
     /// How many workers this slot has had.
     spawns: u64,
     pub(crate) restarts: u32,
+    /// Every replacement, by reason.
+    pub(crate) restarts_by: crate::types::RestartCounts,
+    /// Why the pending replacement of the current worker was asked for
+    /// (`memory`, `requests`); a reload when none.
+    pub(crate) replace_reason: Option<&'static str>,
     pub(crate) last_exit: Option<Exit>,
     pub(crate) failure: Option<SlotFailure>,
     restart_at: Option<Instant>,
@@ -206,6 +211,8 @@ impl Slot {
             generation: 0,
             spawns: 0,
             restarts: 0,
+            restarts_by: Default::default(),
+            replace_reason: None,
             last_exit: None,
             failure: None,
             restart_at: None,
@@ -275,6 +282,7 @@ impl Slot {
             pid: self.pid().map(|p| p.as_raw() as u32),
             state: self.state,
             restarts: self.restarts,
+            restarts_by: self.restarts_by,
             last_exit: self.last_exit,
             draining: self
                 .retiring_pids()
