@@ -1,11 +1,17 @@
 //! Log files: the master's events and every worker line, with timestamps,
 //! written to one file and/or one file per slot, reopened on request
 //! (logrotate's `postrotate` sends SIGUSR1; the program calls
-//! [`LogFiles::reopen`]).
+//! [`LogFiles::reopen`]), and rotated by size when asked
+//! ([`Targets::max_size`]: `app.log` becomes `app.log.1`, `.1` becomes
+//! `.2`, and so on up to [`Targets::keep`]). A rotation happens between
+//! two lines on the one thread that writes them: no line is split or lost
+//! across it.
 //!
 //! Writing happens on a thread of its own behind a bounded queue: a slow
-//! or full disk never holds the master back. A line that finds the queue
-//! full, or that the disk refuses, is dropped and counted
+//! or full disk never holds the master's event loop back. Worker lines are
+//! never dropped for a full queue: the workers' pipes wait for the disk,
+//! as they would for a slow terminal. A line the disk refuses, or one of
+//! the master's own that finds the queue full, is dropped and counted
 //! ([`LogFiles::dropped`]); the count is written into the file as soon as
 //! a line gets through again.
 
@@ -34,7 +40,15 @@ pub struct Targets {
     /// One file per slot (`slot-N.log`) with that slot's workers' lines,
     /// and `master.log` with the master's.
     pub dir: Option<PathBuf>,
+    /// Rotate a file before a line would take it over this many bytes
+    /// (None: never; logrotate and SIGUSR1 still work).
+    pub max_size: Option<u64>,
+    /// Rotated files kept per file (`.1` the newest); None: 5.
+    pub keep: Option<usize>,
 }
+
+/// Rotated files kept when [`Targets::keep`] says nothing.
+pub const DEFAULT_KEEP: usize = 5;
 
 enum Msg {
     Line {
@@ -51,6 +65,8 @@ enum Msg {
 #[derive(Debug)]
 pub struct LogFiles {
     tx: SyncSender<Msg>,
+    /// Told when the last worker line is queued (the cluster stopped).
+    lines_ended: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
     dropped: Arc<AtomicU64>,
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -120,30 +136,38 @@ impl LogFiles {
                 }
             }
         }));
-        let mut output = handle.output();
-        let (otx, odrop) = (tx.clone(), dropped.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                match output.recv().await {
-                    Ok(l) => {
-                        let text = format!(
-                            "{} [slot {} pid {}] {}\n",
-                            timestamp(SystemTime::now()),
-                            l.slot,
-                            l.pid,
-                            l.line
-                        );
-                        send(&otx, &odrop, Some(l.slot), text);
+        // Every worker line, none dropped: the workers' pipes wait while
+        // the disk is slow, as they would for a slow terminal.
+        let mut output = handle.lossless_output();
+        let otx = tx.clone();
+        let (lines_done, lines_ended) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("herd-logfile-lines".into())
+            .spawn(move || {
+                while let Some(l) = output.blocking_recv() {
+                    let text = format!(
+                        "{} [slot {} pid {}] {}\n",
+                        timestamp(SystemTime::now()),
+                        l.slot,
+                        l.pid,
+                        l.line
+                    );
+                    if otx
+                        .send(Msg::Line {
+                            slot: Some(l.slot),
+                            text,
+                        })
+                        .is_err()
+                    {
+                        break;
                     }
-                    Err(RecvError::Lagged(n)) => {
-                        odrop.fetch_add(n, Ordering::Relaxed);
-                    }
-                    Err(RecvError::Closed) => return,
                 }
-            }
-        }));
+                let _ = lines_done.send(());
+            })
+            .map_err(|e| Error::io("starting the log file thread", e))?;
         Ok(LogFiles {
             tx,
+            lines_ended: std::sync::Mutex::new(Some(lines_ended)),
             dropped,
             tasks: std::sync::Mutex::new(tasks),
         })
@@ -162,6 +186,14 @@ impl LogFiles {
         let limit = std::time::Duration::from_secs(2);
         for t in tasks {
             let _ = tokio::time::timeout(limit, t).await;
+        }
+        let ended = self
+            .lines_ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(ended) = ended {
+            let _ = tokio::task::spawn_blocking(move || ended.recv_timeout(limit)).await;
         }
         let (done, written) = std::sync::mpsc::channel();
         if self.tx.send(Msg::Flush(done)).is_ok() {
@@ -190,12 +222,18 @@ fn send(tx: &SyncSender<Msg>, dropped: &AtomicU64, slot: Option<usize>, text: St
     }
 }
 
+/// An open file and how many bytes it holds.
+struct Open {
+    file: File,
+    size: u64,
+}
+
 /// The open files.
 struct Files {
     targets: Targets,
-    all: Option<File>,
+    all: Option<Open>,
     /// `None`: the master's file in the directory.
-    per_slot: HashMap<Option<usize>, File>,
+    per_slot: HashMap<Option<usize>, Open>,
 }
 
 impl Files {
@@ -233,18 +271,22 @@ impl Files {
     /// Writes the line everywhere it goes; false if any write failed.
     fn write(&mut self, slot: Option<usize>, text: &str) -> bool {
         let mut ok = true;
-        if let Some(f) = &mut self.all {
-            ok &= f.write_all(text.as_bytes()).is_ok();
+        let (max, keep) = (
+            self.targets.max_size,
+            self.targets.keep.unwrap_or(DEFAULT_KEEP),
+        );
+        if let (Some(open), Some(path)) = (&mut self.all, &self.targets.file) {
+            ok &= write_rotating(open, path, text, max, keep);
         }
         if let Some(path) = self.slot_path(slot) {
-            let file = match self.per_slot.entry(slot) {
+            let open = match self.per_slot.entry(slot) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => match append(&path) {
                     Ok(f) => e.insert(f),
                     Err(_) => return false,
                 },
             };
-            ok &= file.write_all(text.as_bytes()).is_ok();
+            ok &= write_rotating(open, &path, text, max, keep);
         }
         ok
     }
@@ -260,12 +302,53 @@ impl Files {
     }
 }
 
-fn append(path: &Path) -> Result<File> {
-    OpenOptions::new()
+/// Writes `text` to `open`, rotating the file at `path` first when the
+/// line would take it over `max` bytes (a file that is empty takes the
+/// line whatever its size).
+fn write_rotating(open: &mut Open, path: &Path, text: &str, max: Option<u64>, keep: usize) -> bool {
+    let len = text.len() as u64;
+    if max.is_some_and(|max| open.size > 0 && open.size + len > max) {
+        rotate(path, keep);
+        // When no new file can be made, the line goes to the renamed one
+        // rather than nowhere.
+        if let Ok(fresh) = append(path) {
+            *open = fresh;
+        }
+    }
+    let ok = open.file.write_all(text.as_bytes()).is_ok();
+    if ok {
+        open.size += len;
+    }
+    ok
+}
+
+/// `path.(keep-1)` becomes `path.keep` (the oldest goes), ..., `path`
+/// becomes `path.1`.
+fn rotate(path: &Path, keep: usize) {
+    let numbered = |n: usize| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(format!(".{n}"));
+        PathBuf::from(p)
+    };
+    if keep == 0 {
+        let _ = std::fs::remove_file(path);
+        return;
+    }
+    let _ = std::fs::remove_file(numbered(keep));
+    for n in (1..keep).rev() {
+        let _ = std::fs::rename(numbered(n), numbered(n + 1));
+    }
+    let _ = std::fs::rename(path, numbered(1));
+}
+
+fn append(path: &Path) -> Result<Open> {
+    let file = OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
-        .map_err(|e| Error::io(format!("opening the log file {}", path.display()), e))
+        .map_err(|e| Error::io(format!("opening the log file {}", path.display()), e))?;
+    let size = file.metadata().map_or(0, |m| m.len());
+    Ok(Open { file, size })
 }
 
 /// `2026-11-28T18:40:01.123Z`, without a date crate.

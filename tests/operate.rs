@@ -785,3 +785,79 @@ fn herdctl_describe_shows_the_command_options_schedule_restarts_by_reason_exits_
     assert_eq!(code, 0);
     assert!(text.contains(&victim.to_string()), "{text}");
 }
+
+#[test]
+fn log_files_rotate_by_size_under_a_flood_and_lose_no_line() {
+    const LINES: usize = 20_000;
+    const MAX: u64 = 64 * 1024;
+    let dir = std::env::temp_dir().join(format!(
+        "herd-rotate-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("app.log");
+    let script = format!(
+        "for (let i = 0; i < {LINES}; i++) console.log('n=' + i); setInterval(() => {{}}, 1000)"
+    );
+    let mut m = Master::start(&cmd(
+        &[
+            "-w",
+            "1",
+            "--ready",
+            "none",
+            "--log-file",
+            &log.display().to_string(),
+            "--log-max-size",
+            "64K",
+            "--log-keep",
+            "1000",
+        ],
+        &["node".into(), "-e".into(), script],
+    ));
+    // Every file of the log, the current one and the rotated ones.
+    let files = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    };
+    let numbers = || -> Vec<usize> {
+        files()
+            .iter()
+            .flat_map(|f| {
+                std::fs::read_to_string(f)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| l.rsplit_once("] n=").and_then(|(_, n)| n.parse().ok()))
+                    .collect::<Vec<usize>>()
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while numbers().len() < LINES {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {LINES} lines",
+            numbers().len()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    m.signal(Signal::SIGTERM);
+    assert!(m.wait_exit().success());
+    let mut seen = numbers();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..LINES).collect::<Vec<_>>(), "every line once");
+    let all = files();
+    assert!(all.len() > 10, "rotated: {all:?}");
+    for f in &all {
+        let size = std::fs::metadata(f).unwrap().len();
+        assert!(size <= MAX, "{} holds {size} bytes", f.display());
+        assert!(
+            !std::fs::read_to_string(f).unwrap().contains("dropped"),
+            "{}",
+            f.display()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -191,6 +191,15 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "DIR")]
     pub(crate) log_dir: Option<std::path::PathBuf>,
 
+    /// With --log-file or --log-dir: rotate a file before it grows over
+    /// SIZE (10M, 1G): app.log becomes app.log.1, and so on.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub(crate) log_max_size: Option<u64>,
+
+    /// With --log-max-size: rotated files kept per log file [default: 5].
+    #[arg(long, value_name = "N")]
+    pub(crate) log_keep: Option<usize>,
+
     /// Print the systemd service unit that runs this same command at boot,
     /// and exit (`herd startup` writes it).
     #[arg(long)]

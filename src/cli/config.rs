@@ -103,6 +103,8 @@ pub(crate) struct AppOptions {
     pub(crate) ignore_watch: Option<OneOrMany>,
     pub(crate) watch_delay: Option<String>,
     pub(crate) cron_reload: Option<String>,
+    pub(crate) log_max_size: Option<Scalar>,
+    pub(crate) log_keep: Option<usize>,
     #[serde(default)]
     pub(crate) env: BTreeMap<String, EnvEntry>,
     #[serde(default)]
@@ -520,6 +522,14 @@ fn apply(
     }
     set!(watch_delay, "watch-delay", args::parse_duration);
     set!(opt cron_reload, "cron-reload", args::parse_cron);
+    if let Some(m) = &o.log_max_size {
+        let text = m.to_string();
+        cli.log_max_size =
+            Some(args::parse_size(&text).map_err(|e| format!("log-max-size = \"{text}\": {e}"))?);
+    }
+    if let Some(n) = o.log_keep {
+        cli.log_keep = Some(n);
+    }
     cli.unset_env = o.unset_env.clone();
     let mut vars = Vec::new();
     for (k, v) in &o.env {
@@ -609,6 +619,8 @@ pub(crate) fn overlay_flags(app: &mut Cli, flags: &Cli, m: &ArgMatches) {
         ignore_watch,
         watch_delay,
         cron_reload,
+        log_max_size,
+        log_keep,
         cwd,
         unset_env,
     );

@@ -140,6 +140,8 @@ impl Extras {
                 crate::logfile::Targets {
                     file: cli.log_file.clone(),
                     dir: cli.log_dir.clone(),
+                    max_size: cli.log_max_size,
+                    keep: cli.log_keep,
                 },
             )?;
             let files = std::sync::Arc::new(files);

@@ -195,6 +195,12 @@ impl Handle {
         self.shared.log.subscribe_output()
     }
 
+    /// Every worker line, with the workers' pipes waiting for the reader
+    /// (the log files' subscription).
+    pub(crate) fn lossless_output(&self) -> tokio::sync::mpsc::Receiver<OutputLine> {
+        self.shared.log.subscribe_lossless()
+    }
+
     /// [`Handle::events`] as a [`Stream`](tokio_stream::Stream): a reader
     /// that falls behind gets a [`Missed`](crate::Missed) item and goes on,
     /// and the stream ends after [`Event::Stopped`].

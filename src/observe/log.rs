@@ -39,6 +39,9 @@ struct Inner {
     events: Mutex<Option<broadcast::Sender<Event>>>,
     /// Taken with the events: the workers' lines end with the cluster.
     output: Mutex<Option<broadcast::Sender<OutputLine>>>,
+    /// A subscriber that must get every line (log files): the workers'
+    /// pipes wait for it, as they wait for a slow terminal.
+    lossless: Mutex<Option<tokio::sync::mpsc::Sender<OutputLine>>>,
 }
 
 impl Log {
@@ -53,6 +56,7 @@ impl Log {
             to_stderr,
             events: Mutex::new(Some(broadcast::channel(EVENTS).0)),
             output: Mutex::new(Some(broadcast::channel(LINES).0)),
+            lossless: Mutex::new(None),
         }))
     }
 
@@ -117,6 +121,25 @@ impl Log {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         self.output().take();
+        self.lossless().take();
+    }
+
+    fn lossless(&self) -> std::sync::MutexGuard<'_, Option<tokio::sync::mpsc::Sender<OutputLine>>> {
+        self.0.lossless.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The one subscriber that gets every worker line, waiting for it
+    /// rather than dropping lines (replacing an earlier one); its stream
+    /// ends with the cluster.
+    pub(crate) fn subscribe_lossless(&self) -> tokio::sync::mpsc::Receiver<OutputLine> {
+        let (tx, rx) = tokio::sync::mpsc::channel(LINES);
+        *self.lossless() = Some(tx);
+        rx
+    }
+
+    /// Where a line goes that must not be dropped, if anywhere.
+    pub(crate) fn lossless_sink(&self) -> Option<tokio::sync::mpsc::Sender<OutputLine>> {
+        self.lossless().clone()
     }
 
     fn output(&self) -> std::sync::MutexGuard<'_, Option<broadcast::Sender<OutputLine>>> {

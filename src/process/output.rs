@@ -159,8 +159,9 @@ pub(crate) async fn pump(fd: OwnedFd, stream: Stream, sink: Arc<Sink>) {
 
 async fn emit(stream: Stream, sink: &Sink, line: &[u8]) {
     sink.tail.push(line);
-    if sink.log.output_wanted() {
-        sink.log.output_line(OutputLine {
+    let lossless = sink.log.lossless_sink();
+    if sink.log.output_wanted() || lossless.is_some() {
+        let line = OutputLine {
             slot: sink.slot,
             pid: sink.pid,
             stream: match stream {
@@ -168,7 +169,12 @@ async fn emit(stream: Stream, sink: &Sink, line: &[u8]) {
                 Stream::Stderr => OutputStream::Stderr,
             },
             line: String::from_utf8_lossy(line).into_owned(),
-        });
+        };
+        if let Some(tx) = lossless {
+            // Log files: this pipe waits for them, as for a slow terminal.
+            let _ = tx.send(line.clone()).await;
+        }
+        sink.log.output_line(line);
     }
     if !sink.forward {
         return;
