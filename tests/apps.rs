@@ -748,3 +748,50 @@ fn herd_startup_writes_a_unit_that_runs_the_file_as_the_user_with_their_path_and
         );
     }
 }
+
+#[test]
+fn with_time_every_line_on_the_terminal_starts_with_the_time() {
+    let mut m = Master::spawn_program(
+        herd_bin(),
+        &s(&[
+            "--time=utc",
+            "-w",
+            "2",
+            "-l",
+            "127.0.0.1:0",
+            "node",
+            &fixture("examples/node/server.js"),
+        ]),
+        |_| {},
+    );
+    // Both workers said they listen, and were forwarded.
+    m.wait_log("both workers' lines", |l| {
+        l.matches("listening").count() >= 2
+    });
+    m.signal(Signal::SIGTERM);
+    assert!(m.wait_exit().success());
+    let stamped = |l: &str| {
+        let b = l.as_bytes();
+        l.len() > 25
+            && b[4] == b'-'
+            && b[10] == b'T'
+            && &l[23..25] == "Z "
+            && l[..4].chars().all(|c| c.is_ascii_digit())
+            && chrono_like(&l[..23])
+    };
+    fn chrono_like(t: &str) -> bool {
+        t.chars().enumerate().all(|(i, c)| {
+            matches!(i, 4 | 7) && c == '-'
+                || i == 10 && c == 'T'
+                || matches!(i, 13 | 16) && c == ':'
+                || i == 19 && c == '.'
+                || c.is_ascii_digit()
+        })
+    }
+    let log = m.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.is_empty()).collect();
+    assert!(lines.len() >= 8, "{log}");
+    for l in &lines {
+        assert!(stamped(l), "not stamped: {l:?}\n{log}");
+    }
+}

@@ -355,7 +355,7 @@ fn warn(warnings: &[String], json: bool) {
                 serde_json::Value::String(w.clone())
             );
         } else {
-            eprintln!("herd: warning: {w}");
+            super::say!("herd: warning: {w}");
         }
     }
 }
@@ -367,6 +367,6 @@ fn say(text: &str, json: bool) {
             serde_json::Value::String(text.to_owned())
         );
     } else {
-        eprintln!("herd: {text}");
+        super::say!("herd: {text}");
     }
 }

@@ -191,6 +191,12 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "DIR")]
     pub(crate) log_dir: Option<std::path::PathBuf>,
 
+    /// Start every line herd writes to the terminal (its own and the
+    /// workers') with the time: local (the default) or utc. Log files are
+    /// always stamped, in UTC.
+    #[arg(long, value_name = "ZONE", num_args = 0..=1, require_equals = true, default_missing_value = "local", value_parser = ["local", "utc"])]
+    pub(crate) time: Option<String>,
+
     /// With --log-file or --log-dir: rotate a file before it grows over
     /// SIZE (10M, 1G): app.log becomes app.log.1, and so on.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]

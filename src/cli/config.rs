@@ -105,6 +105,7 @@ pub(crate) struct AppOptions {
     pub(crate) cron_reload: Option<String>,
     pub(crate) log_max_size: Option<Scalar>,
     pub(crate) log_keep: Option<usize>,
+    pub(crate) time: Option<Scalar>,
     #[serde(default)]
     pub(crate) env: BTreeMap<String, EnvEntry>,
     #[serde(default)]
@@ -530,6 +531,13 @@ fn apply(
     if let Some(n) = o.log_keep {
         cli.log_keep = Some(n);
     }
+    match &o.time {
+        Some(Scalar::Bool(true)) => cli.time = Some("local".into()),
+        Some(Scalar::Bool(false)) => cli.time = None,
+        Some(Scalar::Text(z)) if z == "local" || z == "utc" => cli.time = Some(z.clone()),
+        Some(other) => return Err(format!("time = {other}: true, \"local\" or \"utc\"")),
+        None => {}
+    }
     cli.unset_env = o.unset_env.clone();
     let mut vars = Vec::new();
     for (k, v) in &o.env {
@@ -621,6 +629,7 @@ pub(crate) fn overlay_flags(app: &mut Cli, flags: &Cli, m: &ArgMatches) {
         cron_reload,
         log_max_size,
         log_keep,
+        time,
         cwd,
         unset_env,
     );

@@ -376,6 +376,7 @@ fn map_app(
             }
             "watch_delay" => o.watch_delay = Some(d(v)?),
             "cron_restart" => o.cron_reload = Some(text(v)),
+            "time" => o.time = Some(scalar(v)),
             k if SILENT.contains(&k) => {}
             other => ignored.push(other.to_owned()),
         }

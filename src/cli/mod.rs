@@ -40,6 +40,38 @@ use args::Cli;
 use run::run;
 use unit::systemd_units;
 
+/// The zone of `--time`, once chosen: every text line herd writes starts
+/// with the time in it.
+static TIME: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+
+/// The time as `--time` shows it: local (with its offset) or UTC.
+fn now_stamp(utc: bool) -> String {
+    if utc {
+        chrono::Utc::now()
+            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string()
+    } else {
+        chrono::Local::now()
+            .format("%Y-%m-%d %H:%M:%S%.3f%:z")
+            .to_string()
+    }
+}
+
+/// Writes one of the CLI's own text lines to stderr, stamped with
+/// `--time`.
+pub(crate) fn say_line(text: &str) {
+    match TIME.get().copied().flatten() {
+        Some(utc) => eprintln!("{} {text}", now_stamp(utc)),
+        None => eprintln!("{text}"),
+    }
+}
+
+/// `eprintln!` for the CLI's own text lines, stamped with `--time`.
+macro_rules! say {
+    ($($t:tt)*) => { $crate::cli::say_line(&format!($($t)*)) };
+}
+pub(crate) use say;
+
 /// The `herd` command: parses `std::env::args` and runs until the cluster
 /// stops. Returns the exit status (0 stopped cleanly, 1 the cluster failed,
 /// 2 bad usage).
@@ -49,6 +81,7 @@ pub fn herd() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    let _ = TIME.set(cli.time.as_deref().map(|z| z == "utc"));
     // A config file: given, or ./herd.toml when no program is.
     let file = cli.config.clone().or_else(|| {
         let here = std::path::PathBuf::from("herd.toml");

@@ -180,7 +180,7 @@ impl Extras {
                 } else {
                     String::new()
                 };
-                eprintln!("{tag}: changed: {}{more}; reloading", shown.join(", "));
+                super::say!("{tag}: changed: {}{more}; reloading", shown.join(", "));
             }
         })?;
         if let Some(schedule) = &cli.cron_reload {
@@ -203,7 +203,7 @@ impl Extras {
                         .as_ref()
                         .map_or_else(|| "herd".to_owned(), |n| format!("herd[{n}]"));
                     let what = if reloading { "scheduled reload; " } else { "" };
-                    eprintln!("{tag}: {what}next scheduled reload at {next}");
+                    super::say!("{tag}: {what}next scheduled reload at {next}");
                 }
             };
             say(false, super::cron::next(&cron));
@@ -276,7 +276,7 @@ pub(crate) fn build(cli: &Cli, whole: bool) -> Result<Cluster, Box<dyn std::erro
         if cli.log_format == "json" {
             eprintln!("{{\"event\":\"notice\",\"slot\":null,\"notice\":\"activated_shared\",\"message\":\"{why}\"}}");
         } else {
-            eprintln!("herd: {why}");
+            super::say!("herd: {why}");
         }
         Balance::Shared
     } else {
@@ -354,6 +354,10 @@ pub(crate) fn build(cli: &Cli, whole: bool) -> Result<Cluster, Box<dyn std::erro
     builder = builder
         .sample_interval(cli.sample_interval)
         .pre_stop_delay(cli.pre_stop_delay);
+    if let Some(zone) = &cli.time {
+        let utc = zone == "utc";
+        builder = builder.line_stamp(move || super::now_stamp(utc));
+    }
     let to_files = cli.log_file.is_some() || cli.log_dir.is_some();
     if to_files {
         // The files take the place of the terminal, as with PM2.
@@ -476,7 +480,7 @@ async fn ready_line(
         }
         None => {
             let failed = failed.map_or_else(String::new, |s| format!(" (slot {s} failed)"));
-            eprintln!(
+            super::say!(
                 "{tag}: {}/{workers} workers ready{failed}, serving {}",
                 ready.len(),
                 urls.join(" ")
@@ -547,7 +551,7 @@ fn announce(cli: &Cli, balance: Balance, port_contract: bool, why: &str) {
             .name
             .as_ref()
             .map_or_else(|| "herd".to_owned(), |n| format!("herd[{n}]"));
-        eprintln!("{tag}: {balance} mode: {why}");
+        super::say!("{tag}: {balance} mode: {why}");
     }
 }
 
@@ -576,7 +580,7 @@ pub(crate) async fn serve(
                 cluster.worker_count()
             );
         } else {
-            eprintln!(
+            super::say!(
                 "{tag}: listening on {addr} ({}, {} worker{})",
                 balance,
                 cluster.worker_count(),

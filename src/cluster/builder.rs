@@ -41,6 +41,7 @@ pub struct Builder {
     pub(super) forward_output: bool,
     pub(super) readiness: Readiness,
     pub(super) start_timeout: Duration,
+    pub(super) line_stamp: Option<crate::observe::writer::Stamp>,
     pub(super) serve_on_start_timeout: bool,
     pub(super) watchdog: Option<Duration>,
     pub(super) reload_parallel: usize,
@@ -84,6 +85,7 @@ impl Default for Builder {
             forward_output: true,
             readiness: Readiness::Auto,
             start_timeout: DEFAULT_START_TIMEOUT,
+            line_stamp: None,
             serve_on_start_timeout: false,
             watchdog: None,
             reload_parallel: DEFAULT_RELOAD_PARALLEL,
@@ -377,6 +379,17 @@ impl Builder {
     #[must_use = "a builder method returns the changed builder"]
     pub fn start_timeout(mut self, timeout: Duration) -> Self {
         self.start_timeout = timeout;
+        self
+    }
+
+    /// Starts every line the master writes to its stdout and stderr (its
+    /// own and the workers' it forwards) with what `stamp` returns, and a
+    /// space: a timestamp in the format and zone of your choice. It is
+    /// process-wide, as the master's output is: the last cluster to run
+    /// with one sets it.
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn line_stamp(mut self, stamp: impl Fn() -> String + Send + Sync + 'static) -> Self {
+        self.line_stamp = Some(crate::observe::writer::Stamp(std::sync::Arc::new(stamp)));
         self
     }
 

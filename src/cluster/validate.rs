@@ -591,6 +591,7 @@ impl Builder {
             readiness: self.readiness,
             start_timeout: self.start_timeout,
             serve_on_start_timeout: self.serve_on_start_timeout,
+            line_stamp: self.line_stamp.clone(),
             watchdog: self.watchdog,
             reload_parallel: self.reload_parallel,
             sample_interval: (!self.sample_interval.is_zero()).then_some(self.sample_interval),

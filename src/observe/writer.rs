@@ -19,6 +19,32 @@ pub(crate) enum Stream {
     Stderr,
 }
 
+/// What starts every line the writers write (a timestamp), if anything.
+#[derive(Clone)]
+pub(crate) struct Stamp(pub(crate) std::sync::Arc<dyn Fn() -> String + Send + Sync>);
+
+impl std::fmt::Debug for Stamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stamp")
+    }
+}
+
+static STAMP: std::sync::RwLock<Option<Stamp>> = std::sync::RwLock::new(None);
+
+/// Sets what starts every line the master writes from now on, its own and
+/// the workers' it forwards (process-wide: the last cluster to set it wins).
+pub(crate) fn set_stamp(stamp: Option<Stamp>) {
+    *STAMP.write().unwrap_or_else(|p| p.into_inner()) = stamp;
+}
+
+fn stamp() -> Option<String> {
+    STAMP
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(|f| (f.0)())
+}
+
 /// Lines queued for the writer thread before readers wait.
 const QUEUE: usize = 1024;
 
@@ -44,9 +70,19 @@ fn writer(stream: Stream) -> &'static mpsc::Sender<Msg> {
                 if index == 0 { "stdout" } else { "stderr" }
             ))
             .spawn(move || {
-                let write = |l: &[u8]| match stream {
-                    Stream::Stdout => std::io::stdout().lock().write_all(l),
-                    Stream::Stderr => std::io::stderr().lock().write_all(l),
+                let write = |l: &[u8]| {
+                    // The stamp and the line under one lock: whole lines.
+                    let stamp = stamp().map(|s| s + " ");
+                    let both = |w: &mut dyn Write| {
+                        if let Some(s) = &stamp {
+                            w.write_all(s.as_bytes())?;
+                        }
+                        w.write_all(l)
+                    };
+                    match stream {
+                        Stream::Stdout => both(&mut std::io::stdout().lock()),
+                        Stream::Stderr => both(&mut std::io::stderr().lock()),
+                    }
                 };
                 while let Some(msg) = rx.blocking_recv() {
                     match msg {

@@ -33,6 +33,8 @@ pub(crate) struct Config {
     pub(crate) start_timeout: Duration,
     /// A worker not ready within `start_timeout` is taken as ready.
     pub(crate) serve_on_start_timeout: bool,
+    /// What starts every line the master writes.
+    pub(crate) line_stamp: Option<crate::observe::writer::Stamp>,
     pub(crate) watchdog: Option<Duration>,
     /// The user workers run as, if not the master's.
     pub(crate) user: Option<WorkerUser>,

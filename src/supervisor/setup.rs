@@ -49,6 +49,9 @@ impl Supervisor {
         } else {
             None
         };
+        if let Some(stamp) = &config.line_stamp {
+            crate::observe::writer::set_stamp(Some(stamp.clone()));
+        }
         let (reaped_tx, reaped_rx) = mpsc::unbounded_channel();
         let (notes_tx, notes_rx) = mpsc::unbounded_channel();
         let (idle_tx, idle_rx) = mpsc::unbounded_channel::<u32>();
