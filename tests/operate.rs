@@ -861,3 +861,73 @@ fn log_files_rotate_by_size_under_a_flood_and_lose_no_line() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn herdctl_top_is_a_live_view_on_a_terminal_that_q_quits_and_tables_elsewhere() {
+    use std::io::{Read, Write};
+    let (m, path) = controlled(&["-w", "2", "--ready", "notify"], &hello_server());
+    m.wait_kind("ready", 2);
+    let pids = m.live_pids();
+    // Not on a terminal: the tables, once per refresh.
+    let (code, out, err) = herdctl(&path, &["top", "-n", "2", "--every", "100ms"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("--- ")).count(),
+        2,
+        "{out}"
+    );
+    for pid in &pids {
+        assert_eq!(out.matches(&format!(" {pid} ")).count(), 2, "{out}");
+    }
+    // On a terminal (a pseudo-terminal here): the alternate screen with the
+    // workers in it, until `q`.
+    let size = nix::pty::Winsize {
+        ws_row: 30,
+        ws_col: 120,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None).unwrap();
+    let slave = |fd: &std::os::fd::OwnedFd| std::process::Stdio::from(fd.try_clone().unwrap());
+    let mut child = std::process::Command::new(example("herdctl"))
+        .arg("--control")
+        .arg(&path)
+        .args(["top", "--every", "100ms"])
+        .env("TERM", "xterm")
+        .stdin(slave(&pty.slave))
+        .stdout(slave(&pty.slave))
+        .stderr(slave(&pty.slave))
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let _guard = GroupGuard(nix::unistd::Pid::from_raw(child.id() as i32));
+    drop(pty.slave);
+    let screen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut reader = std::fs::File::from(pty.master.try_clone().unwrap());
+    let seen = screen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let text = || String::from_utf8_lossy(&screen.lock().unwrap()).into_owned();
+    let deadline = std::time::Instant::now() + WAIT;
+    while !(text().contains("\x1b[?1049h") && pids.iter().all(|p| text().contains(&p.to_string())))
+    {
+        assert!(std::time::Instant::now() < deadline, "{:?}", text());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::fs::File::from(pty.master).write_all(b"q").unwrap();
+    let status = wait_child(&mut child, "herdctl top");
+    assert!(status.success(), "{status}");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(
+        text().contains("\x1b[?1049l"),
+        "the screen is given back: {:?}",
+        text()
+    );
+}

@@ -105,6 +105,18 @@ enum Command {
         #[arg(num_args = 0..=2)]
         target: Vec<String>,
     },
+    /// Every app and worker, refreshed every second (PM2's monit): a live
+    /// view on a terminal (`q` quits), the tables printed again elsewhere.
+    Top {
+        /// Only this app.
+        app: Option<String>,
+        /// How often it refreshes.
+        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = super::args::parse_duration)]
+        every: std::time::Duration,
+        /// Stop after this many refreshes.
+        #[arg(short = 'n', long, value_name = "N")]
+        count: Option<u64>,
+    },
     /// Stops gracefully: an app, `all`, or (nothing) the whole herd.
     Stop { app: Option<String> },
     /// Upgrades the master in place (as SIGUSR2): its binary, as the file
@@ -120,7 +132,7 @@ const SCALE_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 const UPGRADE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// An error with the exit status it means.
-struct Failure(u8, String);
+pub(crate) struct Failure(pub(crate) u8, pub(crate) String);
 
 /// The `herdctl` command: parses `std::env::args`, talks to a running
 /// master and returns the exit status.
@@ -456,6 +468,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let t = one(targets(&cli, app.as_deref()).await?)?;
             return logs(&t.client, slot, *lines, *follow, cli.json).await;
         }
+        Command::Top { app, every, count } => {
+            return super::top::top(masters(&cli)?, app.clone(), *every, *count).await;
+        }
         Command::Describe { target } => {
             let (app, slot) = app_and_slot(target)?;
             let t = one(targets(&cli, app.as_deref()).await?)?;
@@ -491,7 +506,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Ls { .. }
         | Command::Reload { app: None }
         | Command::Logs { .. }
-        | Command::Describe { .. } => {
+        | Command::Describe { .. }
+        | Command::Top { .. } => {
             unreachable!("answered above")
         }
         Command::Reload { app } => (app.clone(), "POST", "/v1/reload".to_owned(), None),
@@ -761,7 +777,7 @@ async fn upgraded(client: &Client, answer: &Value, json: bool) -> Result<u8, Fai
     }
 }
 
-fn duration(ms: u64) -> String {
+pub(crate) fn duration(ms: u64) -> String {
     match ms {
         0..=999 => format!("{ms}ms"),
         1000..=59_999 => format!("{:.1}s", ms as f64 / 1000.0),
@@ -770,7 +786,7 @@ fn duration(ms: u64) -> String {
     }
 }
 
-fn size(bytes: u64) -> String {
+pub(crate) fn size(bytes: u64) -> String {
     match bytes {
         0..=1023 => format!("{bytes}B"),
         1024..=1_048_575 => format!("{}K", bytes >> 10),

@@ -27,6 +27,7 @@ mod detect;
 mod ecosystem;
 mod metrics;
 mod run;
+mod top;
 mod unit;
 mod watch;
 

@@ -57,6 +57,7 @@ impl Handle {
                 slot: b.slot,
                 pid: b.pid,
                 open: b.active(),
+                requests: b.total.load(std::sync::atomic::Ordering::Relaxed),
             })
             .collect();
         v.sort_unstable_by_key(|p| (p.slot, p.pid));

@@ -610,6 +610,7 @@ fn status(app: &apps::Entry) -> Value {
         "upgrades": handle.upgrades(),
         "balance": handle.balance().to_string(),
         "addrs": handle.local_addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "proxied": to_json(&handle.proxied_connections()),
         "workers": to_json(&handle.workers()),
     })
 }

@@ -43,8 +43,10 @@ pub struct Proxied {
     pub slot: usize,
     /// The worker's pid.
     pub pid: u32,
-    /// Connections open to it.
+    /// Connections open to it (in HTTP mode: requests in flight).
     pub open: u32,
+    /// Connections (in HTTP mode: requests) sent to it so far.
+    pub requests: u64,
 }
 
 /// What proxy mode's limits did (see [`crate::Handle::proxy_stats`]).
