@@ -631,3 +631,77 @@ fn in_reuseport_mode_the_master_is_not_woken_by_connections() {
         "the master was woken {woken} times for {CONNECTIONS} connections"
     );
 }
+
+#[test]
+fn a_worker_that_listens_on_its_own_port_is_steered_away_from_and_its_queue_passed_on() {
+    let m = Master::start_json(
+        &s(&[
+            "-l",
+            "127.0.0.1:0",
+            "-w",
+            "2",
+            "--balance",
+            "reuseport",
+            "--ready",
+            "none",
+            "python3",
+            &fixture("tests/fixtures/slot1_binds_its_own_port.py"),
+            &hello(),
+        ]),
+        None,
+    );
+    m.wait_log("hello in slot 0", |l| l.contains("hello: pid="));
+    m.wait_log("slot 1 on its own port", |l| l.contains("myself"));
+    let own_port = m
+        .log()
+        .lines()
+        .find_map(|l| {
+            l.split("listening on ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u16>()
+                .ok()
+        })
+        .unwrap();
+    // Clients that land on slot 1's socket wait, until herd notices.
+    let addr = m.addr;
+    let clients: Vec<_> = (0..20)
+        .map(|_| std::thread::spawn(move || get(addr, "/")))
+        .collect();
+    let events = m.wait_events("the never_accepts notice", |e| {
+        e.iter().any(|e| e["notice"] == "never_accepts")
+    });
+    let notice = events
+        .iter()
+        .find(|e| e["notice"] == "never_accepts")
+        .unwrap();
+    assert_eq!(notice["slot"], 1, "{notice}");
+    assert!(
+        notice["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!(":{own_port}")),
+        "it names where the worker listens instead: {notice}"
+    );
+    let failed: Vec<_> = clients
+        .into_iter()
+        .map(|c| c.join().unwrap())
+        .filter(|r| r.is_err())
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}\n{}", m.log());
+    // From then on, slot 0 alone gets connections: none is left on slot
+    // 1's socket to be passed on at the next look (every second).
+    let passed = |m: &Master| {
+        m.events()
+            .iter()
+            .filter(|e| e["notice"] == "connections_passed_on" && e["slot"] == 1)
+            .count()
+    };
+    let before = passed(&m);
+    for _ in 0..20 {
+        get(addr, "/").unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(passed(&m), before, "{}", m.log());
+}

@@ -11,6 +11,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+pub(crate) mod accepting;
 pub(crate) mod rescue;
 pub(crate) mod steer;
 pub(crate) mod watch;

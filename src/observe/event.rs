@@ -459,6 +459,10 @@ pub enum Notice {
     /// A worker listens but never said `process.send('ready')`
     /// (`Readiness::Ipc`): its slot fails at once instead of restarting.
     NeverReady,
+    /// A ready worker accepts nothing on herd's socket and listens on one
+    /// of its own: its slot gets no more connections, and those waiting
+    /// are passed on.
+    NeverAccepts,
 }
 
 impl Notice {
@@ -470,7 +474,10 @@ impl Notice {
             | Notice::WorkerStatus
             | Notice::ConnectionsPassedOn
             | Notice::ReloadQueued => Level::Info,
-            Notice::ReapFailed | Notice::ListenerLost | Notice::NeverReady => Level::Error,
+            Notice::ReapFailed
+            | Notice::ListenerLost
+            | Notice::NeverReady
+            | Notice::NeverAccepts => Level::Error,
             _ => Level::Warn,
         }
     }
@@ -494,6 +501,7 @@ impl Notice {
             Notice::WorkerProtocolError => "worker_protocol_error",
             Notice::ReadyAssumed => "ready_assumed",
             Notice::NeverReady => "never_ready",
+            Notice::NeverAccepts => "never_accepts",
         }
     }
 }

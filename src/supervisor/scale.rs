@@ -149,6 +149,7 @@ impl Supervisor {
         }
         self.publish_snapshot();
         self.sample_metrics();
+        self.check_accepting();
         for (slot, pid, memory) in over {
             let event = Event::MemoryLimit {
                 slot,

@@ -9,7 +9,7 @@ use super::reload::Target;
 use crate::observe::event::{Event, Notice};
 use crate::types::Phase;
 
-use super::Supervisor;
+use super::{clock, Supervisor};
 
 /// Proxy mode's default connection limit: what the master's fd limit
 /// leaves after the workers' fds and a reserve for spawning (each client
@@ -24,6 +24,10 @@ pub(super) fn default_connection_limit(workers: usize, addresses: usize) -> usiz
         .max(1)
 }
 
+/// How long connections may wait on a ready worker's socket, none
+/// accepted, before the worker is looked at for listeners of its own.
+const NEVER_ACCEPTS_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
+
 impl Supervisor {
     /// Steers new connections to the slots that have a ready worker, when
     /// that set changed, and publishes the new snapshot.
@@ -32,6 +36,10 @@ impl Supervisor {
             .slots
             .iter()
             .filter(|s| s.is_serving())
+            .filter(|s| {
+                !s.pid()
+                    .is_some_and(|p| self.workers.get(&p).is_some_and(|w| w.never_accepts))
+            })
             .map(|s| s.index)
             .collect();
         if let Some(service) = &mut self.service {
@@ -141,6 +149,87 @@ impl Supervisor {
                      worker"
                 ),
             );
+        }
+    }
+
+    /// Reuseport: finds ready workers that accept nothing on their slot's
+    /// socket while they listen on one of their own (a server given no
+    /// `PORT`, or that ignores `LISTEN_FDS`). Such a slot is steered away
+    /// from and its queue passed on, with a notice that names the fix.
+    pub(super) fn check_accepting(&mut self) {
+        if !self.listeners.per_slot() || self.phase != Phase::Running {
+            return;
+        }
+        let table = crate::net::accepting::listeners();
+        let now = clock();
+        let ours: Vec<u64> = (0..self.slots.len())
+            .flat_map(|i| self.listeners.fds_for_slot(i))
+            .filter_map(crate::net::accepting::inode)
+            .collect();
+        let mut found = Vec::new();
+        for index in 0..self.slots.len() {
+            if !self.slots[index].is_serving() {
+                continue;
+            }
+            let Some(pid) = self.slots[index].pid() else {
+                continue;
+            };
+            let queued: u32 = self
+                .listeners
+                .fds_for_slot(index)
+                .into_iter()
+                .filter_map(crate::net::accepting::inode)
+                .filter_map(|ino| table.get(&ino))
+                .map(|l| l.queued)
+                .sum();
+            let app = self.workers.get(&pid).and_then(|w| w.app);
+            let w = self.worker(pid);
+            if w.never_accepts {
+                if queued > 0 {
+                    found.push((index, pid, Vec::new(), queued, false));
+                }
+                continue;
+            }
+            match w.stuck {
+                _ if queued == 0 => w.stuck = None,
+                None => w.stuck = Some((now, queued)),
+                // Something was accepted: not stuck.
+                Some((_, before)) if queued < before => w.stuck = Some((now, queued)),
+                Some((since, _)) if now.saturating_duration_since(since) >= NEVER_ACCEPTS_AFTER => {
+                    // Its own listeners, or those of the app it runs.
+                    let own: Vec<std::net::SocketAddr> = std::iter::once(pid)
+                        .chain(app)
+                        .flat_map(|p| crate::net::accepting::socket_inodes(p.as_raw() as u32))
+                        .filter(|ino| !ours.contains(ino))
+                        .filter_map(|ino| table.get(&ino).map(|l| l.addr))
+                        .collect();
+                    if !own.is_empty() {
+                        found.push((index, pid, own, queued, true));
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        for (index, pid, own, queued, first) in found {
+            if first {
+                self.worker(pid).never_accepts = true;
+                let at: Vec<String> = own.iter().map(ToString::to_string).collect();
+                self.notice(
+                    Some(index),
+                    Notice::NeverAccepts,
+                    format!(
+                        "pid {pid} has accepted none of the {queued} connection(s) waiting on \
+                         herd's socket for {}s and listens on {} itself: its slot gets no more \
+                         connections. Have it serve the socket herd passes (fd 3, LISTEN_FDS), \
+                         or run it with --balance http --proxy-port so that it binds $PORT",
+                        NEVER_ACCEPTS_AFTER.as_secs(),
+                        at.join(" ")
+                    ),
+                );
+                self.changed();
+            }
+            let waiting = self.listeners.drain_slot(index);
+            self.forward_queued(index, waiting);
         }
     }
 

@@ -31,6 +31,12 @@ pub(super) struct Worker {
     pub(super) killed_for: Option<&'static str>,
     /// Its app listens and waits to say ready (the preload said so).
     pub(super) parked: bool,
+    /// Since when connections wait on its slot's socket without one being
+    /// accepted, and how many waited then.
+    pub(super) stuck: Option<(std::time::Instant, u32)>,
+    /// It was found listening on a socket of its own while herd's waited:
+    /// its slot gets no more connections.
+    pub(super) never_accepts: bool,
     /// Replaced for its request count (`max_requests`): once is enough.
     pub(super) request_limited: bool,
 }
