@@ -210,8 +210,8 @@ pub mod worker;
 
 pub use balance::Strategy;
 pub use cluster::{
-    Builder, Cluster, Handle, WorkerCommand, DEFAULT_DRAIN_TIMEOUT, DEFAULT_SAMPLE_INTERVAL,
-    DEFAULT_SETTLE, DEFAULT_STOP_SIGNAL,
+    Builder, Cluster, Handle, Update, WorkerCommand, DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_SAMPLE_INTERVAL, DEFAULT_SETTLE, DEFAULT_STOP_SIGNAL,
 };
 pub use observe::{Event, Level, Missed, Notice, OutputLine, OutputStream};
 pub use types::{

@@ -303,6 +303,23 @@ fn a_reload_of_herd_toml_applies_the_difference_and_leaves_the_other_apps_alone(
     assert!(alive(b_pid));
     assert_eq!(app_events(&m, "a", "reload_finished").len(), 1);
 
+    // b's drain timeout and restart policy change: taken as they are, no
+    // worker replaced.
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "[apps.b]\n",
+        "[apps.b]\ndrain-timeout = \"7s\"\nrestart = \"on-failure\"\n",
+    );
+    std::fs::write(&file, text).unwrap();
+    let (code, out, err) = ctl(&["--control", &c, "--json", "reload"], |_| {});
+    assert_eq!(code, 0, "{out}{err}");
+    let changes: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(changes["updated"], serde_json::json!(["b"]), "{changes}");
+    assert!(alive(b_pid));
+    assert_eq!(app_events(&m, "b", "spawned").len(), 1);
+    let (_, out, _) = ctl(&["--control", &c, "--json", "describe", "b"], |_| {});
+    let d: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(d["info"]["options"]["drain_timeout"], "7s", "{d}");
+
     // One app by name, from herdctl: only its workers are replaced.
     let (code, _, err) = ctl(&["--control", &c, "reload", "b"], |_| {});
     assert_eq!(code, 0, "{err}");

@@ -244,11 +244,19 @@ impl Herd {
                 Some(r) if soft_change(&r.def.cli, &def.cli) => {
                     let handle = r.handle.clone();
                     match apply_soft(&handle, &r.def.cli, &def.cli).await {
-                        Ok(()) => {
+                        Ok(replaced) => {
+                            self.apps.set_info(
+                                &name,
+                                super::run::describe_info(&def.cli, Some(&self.path)),
+                            );
                             if let Some(r) = self.running.get_mut(&name) {
                                 r.def = def;
                             }
-                            Ok(&mut changes.reloaded)
+                            Ok(if replaced {
+                                &mut changes.reloaded
+                            } else {
+                                &mut changes.updated
+                            })
                         }
                         Err(e) => Err(e),
                     }
@@ -282,8 +290,9 @@ impl Herd {
     }
 }
 
-/// Whether only what a reload can apply changed: the program, its
-/// arguments, directory and environment, and the worker count.
+/// Whether only what a running cluster can take changed: the program,
+/// its arguments, directory and environment (a reload), the worker count
+/// (a scale), and the settings of [`crate::Update`].
 fn soft_change(old: &Cli, new: &Cli) -> bool {
     let mut a = old.clone();
     a.command.clone_from(&new.command);
@@ -291,12 +300,60 @@ fn soft_change(old: &Cli, new: &Cli) -> bool {
     a.env.clone_from(&new.env);
     a.unset_env.clone_from(&new.unset_env);
     a.workers = new.workers;
+    a.drain_timeout = new.drain_timeout;
+    a.stop_signal = new.stop_signal;
+    a.kill_mode = new.kill_mode;
+    a.restart = new.restart;
+    a.restart_delay = new.restart_delay;
+    a.restart_delay_max = new.restart_delay_max;
+    a.crash_limit = new.crash_limit;
+    a.crash_window = new.crash_window;
+    a.min_uptime = new.min_uptime;
+    a.start_timeout = new.start_timeout;
+    a.on_start_timeout.clone_from(&new.on_start_timeout);
+    a.max_memory = new.max_memory;
+    a.max_requests = new.max_requests;
+    a.reload_parallel = new.reload_parallel;
+    a.pre_stop_delay = new.pre_stop_delay;
+    a.settle = new.settle;
     a == *new
 }
 
-/// Applies a soft change: the new command for every worker from now on, a
-/// rolling reload, then the new worker count.
-async fn apply_soft(handle: &Handle, old: &Cli, new: &Cli) -> Result<(), String> {
+/// The settings of `cli` a running cluster takes ([`crate::Update`]).
+fn settings(cli: &Cli) -> crate::Update {
+    crate::Update::new()
+        .drain_timeout(cli.drain_timeout)
+        .stop_signal(cli.stop_signal)
+        .kill_mode(cli.kill_mode)
+        .supervision(crate::Supervision {
+            restart: cli.restart,
+            backoff: crate::Backoff {
+                initial: cli.restart_delay,
+                max: cli.restart_delay_max,
+                ..crate::Backoff::default()
+            },
+            crash_loop: crate::CrashLoop {
+                limit: cli.crash_limit,
+                window: cli.crash_window,
+            },
+            min_uptime: cli.min_uptime,
+        })
+        .start_timeout(cli.start_timeout)
+        .serve_on_start_timeout(cli.on_start_timeout == "serve")
+        .max_memory(cli.max_memory)
+        .max_requests(cli.max_requests)
+        .reload_parallel(cli.reload_parallel)
+        .pre_stop_delay(cli.pre_stop_delay)
+        .settle(cli.settle)
+}
+
+/// Applies a soft change: the new settings, the new command for every
+/// worker from now on and a rolling reload, then the new worker count.
+/// Whether a worker was replaced.
+async fn apply_soft(handle: &Handle, old: &Cli, new: &Cli) -> Result<bool, String> {
+    if settings(old) != settings(new) {
+        handle.update(settings(new)).await.map_err(|e| e.chain())?;
+    }
     let command_changed = old.command != new.command
         || old.cwd != new.cwd
         || old.env != new.env
@@ -325,7 +382,7 @@ async fn apply_soft(handle: &Handle, old: &Cli, new: &Cli) -> Result<(), String>
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |p| p.get()));
         handle.scale(n).await.map_err(|e| e.chain())?;
     }
-    Ok(())
+    Ok(command_changed || old.workers != new.workers)
 }
 
 fn summary(c: &Changes) -> String {
@@ -333,6 +390,7 @@ fn summary(c: &Changes) -> String {
         ("started", &c.started),
         ("stopped", &c.stopped),
         ("reloaded", &c.reloaded),
+        ("updated", &c.updated),
         ("restarted", &c.restarted),
         ("unchanged", &c.unchanged),
     ]

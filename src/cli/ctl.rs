@@ -627,7 +627,14 @@ fn reported(cli: &Cli, label: &str, answer: &Value) -> u8 {
         // The config file re-read: what changed, app by app.
         Command::Reload { .. } if answer.get("unchanged").is_some() && !cli.json => {
             let mut parts = Vec::new();
-            for what in ["started", "stopped", "reloaded", "restarted", "unchanged"] {
+            for what in [
+                "started",
+                "stopped",
+                "reloaded",
+                "updated",
+                "restarted",
+                "unchanged",
+            ] {
                 let names: Vec<&str> = answer[what]
                     .as_array()
                     .into_iter()

@@ -271,6 +271,35 @@ impl Handle {
         .await
     }
 
+    /// Takes new settings from now on (drain timeout, stop signal,
+    /// restart policy and backoff, limits, ...), without replacing a
+    /// worker: what the next stop, restart, start or sample does follows
+    /// them. The sockets, the mode and the command are not among them
+    /// ([`Handle::set_command`] changes the command).
+    ///
+    /// ```no_run
+    /// # async fn demo(handle: herd::Handle) -> herd::Result<()> {
+    /// use std::time::Duration;
+    /// handle
+    ///     .update(herd::Update::new().drain_timeout(Duration::from_secs(60)).max_memory(Some(512 << 20)))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidSetting`] for what [`Builder::build`](crate::Builder::build)
+    /// would refuse (a stop signal that cannot stop, a zero start timeout,
+    /// a request limit outside HTTP mode); [`Error::NotRunning`].
+    pub async fn update(&self, update: crate::Update) -> Result<()> {
+        update.check(self.balance.is_http())?;
+        self.ask(|reply| Control::Update {
+            update: Box::new(update),
+            reply,
+        })
+        .await
+    }
+
     /// Scales the cluster to `workers` slots, in every balance mode. New
     /// slots start a worker at once (with reuseport, on a socket of their
     /// own that joins the group). The highest slots are removed: their

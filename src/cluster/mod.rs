@@ -5,10 +5,12 @@
 
 mod builder;
 mod handle;
+mod update;
 mod validate;
 
 pub use builder::Builder;
 pub use handle::Handle;
+pub use update::Update;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

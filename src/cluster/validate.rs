@@ -313,26 +313,7 @@ impl Builder {
 
     /// A stop signal that a worker can catch and that stops it.
     fn check_stop_signal(&self) -> Result<()> {
-        if IGNORED_BY_DEFAULT.contains(&self.stop_signal.to_nix()) {
-            return Err(Error::InvalidSetting {
-                setting: "stop-signal",
-                reason: format!(
-                    "{} does nothing to a program that does not handle it, so it could not stop \
-                     a worker",
-                    self.stop_signal.name()
-                ),
-            });
-        }
-        if self.stop_signal == Signal::KILL || self.stop_signal == Signal::STOP {
-            return Err(Error::InvalidSetting {
-                setting: "stop-signal",
-                reason: format!(
-                    "{} cannot be caught, so a worker could not drain",
-                    self.stop_signal.name()
-                ),
-            });
-        }
-        Ok(())
+        check_stop_signal(self.stop_signal)
     }
 
     /// The start timeout and the watchdog are longer than zero.
@@ -626,4 +607,28 @@ impl Builder {
                 .unwrap_or(crate::proxy::DEFAULT_RESPONSE_TIMEOUT),
         })
     }
+}
+
+/// A stop signal that a worker can catch and that stops it.
+pub(super) fn check_stop_signal(signal: Signal) -> Result<()> {
+    if IGNORED_BY_DEFAULT.contains(&signal.to_nix()) {
+        return Err(Error::InvalidSetting {
+            setting: "stop-signal",
+            reason: format!(
+                "{} does nothing to a program that does not handle it, so it could not stop \
+                 a worker",
+                signal.name()
+            ),
+        });
+    }
+    if signal == Signal::KILL || signal == Signal::STOP {
+        return Err(Error::InvalidSetting {
+            setting: "stop-signal",
+            reason: format!(
+                "{} cannot be caught, so a worker could not drain",
+                signal.name()
+            ),
+        });
+    }
+    Ok(())
 }

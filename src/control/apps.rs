@@ -63,6 +63,10 @@ pub struct Changes {
     /// Apps whose program, environment or worker count changed: reloaded
     /// (rolling, successor first) with the new settings.
     pub reloaded: Vec<String>,
+    /// Apps whose other settings changed (drain timeout, restart policy,
+    /// limits): taken from now on, no worker replaced.
+    #[serde(default)]
+    pub updated: Vec<String>,
     /// Apps whose sockets or balance mode changed: stopped, then started
     /// anew.
     pub restarted: Vec<String>,

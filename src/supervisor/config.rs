@@ -60,6 +60,47 @@ pub(crate) struct Config {
     pub(crate) trusted_proxies: Vec<crate::Cidr>,
 }
 
+impl super::Supervisor {
+    /// Takes new settings from now on (checked by the handle).
+    pub(super) fn update(&mut self, u: crate::cluster::Update) -> crate::Result<()> {
+        let c = &mut self.config;
+        if let Some(d) = u.drain_timeout {
+            c.drain_timeout = d;
+        }
+        if let Some(s) = u.stop_signal {
+            c.stop_signal = s.to_nix();
+        }
+        if let Some(m) = u.kill_mode {
+            c.kill_mode = m;
+        }
+        if let Some(s) = u.supervision {
+            c.supervision = s;
+        }
+        if let Some(d) = u.start_timeout {
+            c.start_timeout = d;
+        }
+        if let Some(b) = u.serve_on_start_timeout {
+            c.serve_on_start_timeout = b;
+        }
+        if let Some(m) = u.max_memory {
+            c.max_memory = m;
+        }
+        if let Some(r) = u.max_requests {
+            c.max_requests = r;
+        }
+        if let Some(n) = u.reload_parallel {
+            c.reload_parallel = n;
+        }
+        if let Some(d) = u.pre_stop_delay {
+            c.pre_stop_delay = (!d.is_zero()).then_some(d);
+        }
+        if let Some(d) = u.settle {
+            c.settle = (!d.is_zero()).then_some(d);
+        }
+        Ok(())
+    }
+}
+
 /// A user to run workers as, resolved.
 #[derive(Debug, Clone)]
 pub(crate) struct WorkerUser {

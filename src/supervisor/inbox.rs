@@ -37,6 +37,10 @@ pub(crate) enum Control {
     Upgrade {
         reply: tokio::sync::oneshot::Sender<Result<()>>,
     },
+    Update {
+        update: Box<crate::cluster::Update>,
+        reply: tokio::sync::oneshot::Sender<Result<()>>,
+    },
 }
 
 /// A number of workers to scale to.
@@ -144,6 +148,9 @@ impl Supervisor {
             }
             Control::Reload { target, reply } => self.request_reload(target, Some(reply)).await,
             Control::Upgrade { reply } => self.request_upgrade(Some(reply)),
+            Control::Update { update, reply } => {
+                let _ = reply.send(self.update(*update));
+            }
         }
     }
 }
