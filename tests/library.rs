@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{alive, get, hello, pid_of, wait_dead, WAIT};
+use common::{alive, get, hello, holds_listener_on, pid_of, wait_dead, WAIT};
 use herd::{Cluster, Error, Event, Phase, WorkerState};
 
 /// A cluster of `hello` workers on a kernel-chosen loopback port, with the
@@ -97,6 +97,7 @@ async fn handle_observes_and_stops_a_running_cluster() {
         .unwrap()
         .unwrap();
     assert!(expected.contains(&pid_of(&body)));
+    assert!(holds_listener_on(std::process::id(), addr.port()));
 
     tokio::time::timeout(WAIT, handle.shutdown())
         .await
@@ -105,8 +106,10 @@ async fn handle_observes_and_stops_a_running_cluster() {
     assert_eq!(handle.phase(), Phase::Stopped);
     run.await.unwrap().unwrap();
     assert!(!alive(a) && !alive(b));
+    // Closed: this process holds no listener on the port any more (another
+    // test may have bound the freed port since).
     assert!(
-        std::net::TcpStream::connect(addr).is_err(),
+        !holds_listener_on(std::process::id(), addr.port()),
         "sockets closed"
     );
 }

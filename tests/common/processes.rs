@@ -112,3 +112,34 @@ pub fn wait_child(child: &mut Child, what: &str) -> ExitStatus {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Whether process `pid` holds a socket that listens on TCP port `port`
+/// (by /proc: the listening rows of that port whose inodes are among its
+/// fds), whoever else may listen on the port since.
+pub fn holds_listener_on(pid: u32, port: u16) -> bool {
+    let mut listening = Vec::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local_port = f
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if f.len() > 9 && f[3] == "0A" && local_port == Some(port) {
+                listening.push(f[9].to_owned());
+            }
+        }
+    }
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .filter_map(|t| {
+                    let t = t.to_string_lossy().into_owned();
+                    Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+                })
+                .any(|ino| listening.contains(&ino))
+        })
+        .unwrap_or(false)
+}
