@@ -10,8 +10,10 @@
 //! Faults: SIGKILL of a worker, a rolling reload by SIGHUP, a reload by
 //! herdctl while another may run, a scale up or down by herdctl, a control
 //! client that sends garbage or connects and stays silent, and in
-//! reuseport mode an upgrade of the master in place (SIGUSR2); in http
-//! mode each worker is also recycled after 20,000 requests. The seed is
+//! reuseport mode an upgrade of the master in place (SIGUSR2), and a
+//! broken release in the middle of a reload (new workers exit at start
+//! for a moment); in http mode each worker is also recycled after 20,000
+//! requests. The seed is
 //! printed; the same seed replays the same schedule of faults (what the
 //! machine's timing makes of it may differ).
 //!
@@ -24,8 +26,10 @@
 //! may. Then what was left behind (worker processes alive after the
 //! master's stop, and the master's unreaped children at the end of the
 //! load), the master's memory and fds at the start, their peak,
-//! and at the end of the load, and whether every reload that started
-//! finished. Any unexplained failure, process left behind or unfinished
+//! and at the end of the load, whether every reload that started
+//! finished, and what contradicts itself: a slot replaced from a pid that
+//! was not its worker, two slots with one pid, a worker still counted as
+//! open once every client has left. Any unexplained failure, process left behind or unfinished
 //! reload makes the run fail, naming the seed.
 
 #[path = "../tests/common/mod.rs"]
@@ -71,6 +75,10 @@ enum Fault {
     BadControlClient,
     /// reuseport mode: the master replaces itself in place (SIGUSR2).
     Upgrade,
+    /// A broken release in the middle of a reload: new workers exit at
+    /// start for a moment while a reload runs (it must abort, and the old
+    /// workers serve on).
+    BrokenRelease,
 }
 
 /// What one mode's run saw.
@@ -95,6 +103,59 @@ struct Report {
     zombies: usize,
     /// HTTP mode: the reasons the master gave for the errors it answered.
     master_errors: Vec<String>,
+    /// Events and tables that contradict each other: a slot replaced
+    /// from a pid that was not its worker, two slots with one pid, a
+    /// worker counted as open after every client left.
+    contradictions: Vec<String>,
+}
+
+/// What the events and the master's table say that cannot all be true.
+fn contradictions(events: &[serde_json::Value], table: &serde_json::Value) -> Vec<String> {
+    use std::collections::HashMap;
+    let mut out = Vec::new();
+    // Each slot's serving worker, as the events tell it.
+    let mut current: HashMap<u64, u64> = HashMap::new();
+    for e in events {
+        let (Some(slot), kind) = (e["slot"].as_u64(), e["event"].as_str().unwrap_or("")) else {
+            continue;
+        };
+        match kind {
+            "ready" => {
+                current.entry(slot).or_insert(e["pid"].as_u64().unwrap_or(0));
+            }
+            "replaced" => {
+                let old = e["old_pid"].as_u64().unwrap_or(0);
+                if let Some(&was) = current.get(&slot) {
+                    if was != old {
+                        out.push(format!(
+                            "slot {slot}: replaced pid {old}, but its worker was {was}"
+                        ));
+                    }
+                }
+                current.insert(slot, e["new_pid"].as_u64().unwrap_or(0));
+            }
+            "exited" => {
+                if current.get(&slot) == e["pid"].as_u64().as_ref() {
+                    current.remove(&slot);
+                }
+            }
+            _ => {}
+        }
+    }
+    let workers = table["workers"].as_array().cloned().unwrap_or_default();
+    let mut pids: Vec<u64> = workers.iter().filter_map(|w| w["pid"].as_u64()).collect();
+    pids.sort_unstable();
+    let before = pids.len();
+    pids.dedup();
+    if pids.len() != before {
+        out.push(format!("two slots with one pid: {workers:?}"));
+    }
+    for p in table["proxied"].as_array().into_iter().flatten() {
+        if p["open"].as_u64().unwrap_or(0) > 0 {
+            out.push(format!("pid {} still counts {} open after every client left", p["pid"], p["open"]));
+        }
+    }
+    out
 }
 
 fn rss_kb(pid: Pid) -> u64 {
@@ -143,6 +204,15 @@ fn soak(mode: &str, seed: u64, seconds: u64) -> Report {
     } else {
         &[]
     };
+    // The workers run hello through a launcher that fails at once while a
+    // "broken" file exists: a broken release.
+    let broken = std::env::temp_dir().join(format!("herd-soak-broken-{}-{mode}", std::process::id()));
+    let _ = std::fs::remove_file(&broken);
+    let launcher = format!(
+        "[ -e '{}' ] && {{ echo 'Error: this release is broken' >&2; exit 1; }}; exec '{}'",
+        broken.display(),
+        hello()
+    );
     let (m, control) = controlled(
         &[
             &[
@@ -154,11 +224,15 @@ fn soak(mode: &str, seed: u64, seconds: u64) -> Report {
                 "notify",
                 "--drain-timeout",
                 "5s",
+                // A broken release restarts in a loop while it lasts: the
+                // slot is not given up on.
+                "--crash-limit",
+                "0",
             ][..],
             recycle,
         ]
         .concat(),
-        &[hello()],
+        &["sh".into(), "-c".into(), launcher],
     );
     m.wait_kind("ready", WORKERS);
     let master = m.pid();
@@ -180,12 +254,13 @@ fn soak(mode: &str, seed: u64, seconds: u64) -> Report {
         std::thread::sleep(Duration::from_millis(200 + rng.below(800)));
         report.rss_kb.1 = report.rss_kb.1.max(rss_kb(master));
         report.fds.1 = report.fds.1.max(fd_count(master));
-        let fault = match rng.below(12) {
+        let fault = match rng.below(13) {
             0..=3 => Fault::Kill,
             4..=5 => Fault::Reload,
             6..=7 => Fault::HerdctlReload,
             8..=9 => Fault::Scale,
             10 => Fault::BadControlClient,
+            11 => Fault::BrokenRelease,
             // Upgrades in place exist in reuseport mode only.
             _ if mode == "reuseport" => Fault::Upgrade,
             _ => Fault::Reload,
@@ -240,8 +315,17 @@ fn soak(mode: &str, seed: u64, seconds: u64) -> Report {
                 m.signal(Signal::SIGUSR2);
                 report.others += 1;
             }
+            Fault::BrokenRelease => {
+                let _ = std::fs::write(&broken, "");
+                m.signal(Signal::SIGHUP);
+                std::thread::sleep(Duration::from_millis(300 + rng.below(700)));
+                let _ = std::fs::remove_file(&broken);
+                report.reloads += 1;
+                report.others += 1;
+            }
         }
     }
+    let _ = std::fs::remove_file(&broken);
     for h in herdctls {
         let _ = h.join();
     }
@@ -287,6 +371,9 @@ fn soak(mode: &str, seed: u64, seconds: u64) -> Report {
     report.upgrades = of_kind(&events, "upgraded").count();
     drop(idle_clients);
     report.reloads_finished = of_kind(&events, "reload_finished").count();
+    let (_, table, _) = herdctl(&control, &["ls", "--json"]);
+    let table: serde_json::Value = serde_json::from_str(&table).unwrap_or_default();
+    report.contradictions = contradictions(&events, &table);
     let spawned = m.spawned_pids();
     finish(m);
     report.left_behind = spawned
@@ -343,15 +430,15 @@ fn main() {
     println!("soak: seed {seed}, {seconds} s per mode (replay: --seed {seed})");
     println!(
         "| mode | kills | reloads | scales | other faults | upgrades | ok | failed | explained by a kill | unexplained | \
-         left behind | zombies | reloads started / finished | master RSS KB start / peak / end | \
+         left behind | zombies | reloads started / finished | contradictions | master RSS KB start / peak / end | \
          master fds start / peak / end |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut failed = false;
     for mode in &modes {
         let r = soak(mode, seed, seconds);
         println!(
-            "| {mode} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} / {} | {} / {} / {} |",
+            "| {mode} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} / {} / {} | {} / {} / {} |",
             r.kills,
             r.reloads,
             r.scales,
@@ -365,6 +452,7 @@ fn main() {
             r.zombies,
             r.reloads_started,
             r.reloads_finished,
+            r.contradictions.len(),
             r.rss_kb.0,
             r.rss_kb.1,
             r.rss_kb.2,
@@ -384,7 +472,14 @@ fn main() {
                 &r.unexplained[..r.unexplained.len().min(5)]
             );
         }
+        if !r.contradictions.is_empty() {
+            println!(
+                "  {mode}: contradictions, first: {:?}",
+                &r.contradictions[..r.contradictions.len().min(5)]
+            );
+        }
         failed |= !r.unexplained.is_empty()
+            || !r.contradictions.is_empty()
             || r.left_behind > 0
             || r.zombies > 0
             || r.reloads_finished < r.reloads_started;
