@@ -121,7 +121,9 @@ fn contradictions(events: &[serde_json::Value], table: &serde_json::Value) -> Ve
         };
         match kind {
             "ready" => {
-                current.entry(slot).or_insert(e["pid"].as_u64().unwrap_or(0));
+                current
+                    .entry(slot)
+                    .or_insert(e["pid"].as_u64().unwrap_or(0));
             }
             "replaced" => {
                 let old = e["old_pid"].as_u64().unwrap_or(0);
@@ -152,7 +154,10 @@ fn contradictions(events: &[serde_json::Value], table: &serde_json::Value) -> Ve
     }
     for p in table["proxied"].as_array().into_iter().flatten() {
         if p["open"].as_u64().unwrap_or(0) > 0 {
-            out.push(format!("pid {} still counts {} open after every client left", p["pid"], p["open"]));
+            out.push(format!(
+                "pid {} still counts {} open after every client left",
+                p["pid"], p["open"]
+            ));
         }
     }
     out
@@ -206,7 +211,8 @@ fn soak(mode: &str, seed: u64, seconds: u64) -> Report {
     };
     // The workers run hello through a launcher that fails at once while a
     // "broken" file exists: a broken release.
-    let broken = std::env::temp_dir().join(format!("herd-soak-broken-{}-{mode}", std::process::id()));
+    let broken =
+        std::env::temp_dir().join(format!("herd-soak-broken-{}-{mode}", std::process::id()));
     let _ = std::fs::remove_file(&broken);
     let launcher = format!(
         "[ -e '{}' ] && {{ echo 'Error: this release is broken' >&2; exit 1; }}; exec '{}'",

@@ -32,9 +32,10 @@ fn ctl(args: &[&str], tweak: impl FnOnce(&mut std::process::Command)) -> (i32, S
     )
 }
 
-/// A child's output, waited for with a timeout.
+/// A child's output, waited for with a timeout (three times the usual
+/// wait: `reload all` replaces every worker of every app in turn).
 fn wait_output(mut child: std::process::Child) -> std::process::Output {
-    let deadline = std::time::Instant::now() + WAIT;
+    let deadline = std::time::Instant::now() + 3 * WAIT;
     while child.try_wait().expect("try_wait").is_none() {
         if std::time::Instant::now() > deadline {
             let _ = child.kill();

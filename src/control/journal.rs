@@ -17,12 +17,34 @@ use crate::{Event, Handle};
 /// Entries kept per app.
 pub const JOURNAL_ENTRIES: usize = 2000;
 
-/// One entry: a worker's line or one of herd's events.
+/// One entry: a worker's line or one of herd's events, kept as its JSON
+/// text (a few hundred bytes; a parsed value would take several times
+/// that in the master's memory).
 #[derive(Debug, Clone)]
 pub(super) struct Entry {
     /// Its place in the journal, from 1.
     pub(super) seq: u64,
-    pub(super) json: Value,
+    /// The slot it is about, if one.
+    pub(super) slot: Option<usize>,
+    /// herd's `stopped` event: the last entry.
+    pub(super) last: bool,
+    pub(super) text: std::sync::Arc<str>,
+}
+
+impl Entry {
+    fn new(seq: u64, json: &Value) -> Entry {
+        Entry {
+            seq,
+            slot: json["slot"].as_u64().map(|s| s as usize),
+            last: json["event"]["event"] == "stopped",
+            text: json.to_string().into(),
+        }
+    }
+
+    /// The entry as JSON again.
+    pub(super) fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or(Value::Null)
+    }
 }
 
 #[derive(Clone)]
@@ -67,7 +89,7 @@ impl Journal {
                     },
                 };
                 seq += 1;
-                writer.push(Entry { seq, json });
+                writer.push(Entry::new(seq, &json));
             }
         });
         (journal, task)
@@ -107,8 +129,8 @@ impl Journal {
 
 /// Whether an entry concerns `slot` (entries without a slot concern all).
 pub(super) fn about(e: &Entry, slot: Option<usize>) -> bool {
-    match (slot, e.json["slot"].as_u64()) {
-        (Some(want), Some(s)) => s as usize == want,
+    match (slot, e.slot) {
+        (Some(want), Some(s)) => s == want,
         _ => true,
     }
 }

@@ -547,12 +547,12 @@ fn follow_journal(
     open.fetch_add(1, Ordering::AcqRel);
     tokio::spawn(async move {
         use tokio::sync::broadcast::error::RecvError;
-        let encode = |v: &Value| Bytes::from(v.to_string() + "\n");
+        let encode = |e: &journal::Entry| Bytes::from(format!("{}\n", e.text));
         let mut seen = 0;
         let mut ended = false;
         for e in &kept {
             seen = e.seq;
-            if tx.send(encode(&e.json)).await.is_err() {
+            if tx.send(encode(e)).await.is_err() {
                 ended = true;
                 break;
             }
@@ -561,9 +561,9 @@ fn follow_journal(
             match live.recv().await {
                 Ok(e) if e.seq > seen => {
                     seen = e.seq;
-                    let last = e.json["event"]["event"] == "stopped";
+                    let last = e.last;
                     if journal::about(&e, slot) {
-                        ended = tx.send(encode(&e.json)).await.is_err();
+                        ended = tx.send(encode(&e)).await.is_err();
                     }
                     ended |= last;
                 }
@@ -710,13 +710,18 @@ where
     match (&method, path.as_str()) {
         (&Method::GET, "/v1/workers") => reply(StatusCode::OK, status(&app)),
         (&Method::GET, "/v1/describe") => {
-            let entries = app.journal.last(None, JOURNAL_ENTRIES);
+            let entries: Vec<Value> = app
+                .journal
+                .last(None, JOURNAL_ENTRIES)
+                .iter()
+                .map(journal::Entry::json)
+                .collect();
             let exits: Vec<Value> = entries
                 .iter()
-                .filter(|e| e.json["event"]["event"] == "exited")
+                .filter(|e| e["event"]["event"] == "exited")
                 .map(|e| {
-                    let mut exit = e.json["event"].clone();
-                    exit["time_ms"] = e.json["time_ms"].clone();
+                    let mut exit = e["event"].clone();
+                    exit["time_ms"] = e["time_ms"].clone();
                     exit
                 })
                 .rev()
@@ -726,10 +731,10 @@ where
             for w in handle.workers() {
                 let lines: Vec<Value> = entries
                     .iter()
-                    .filter(|e| e.json["slot"] == w.slot && e.json["stream"] != "herd")
+                    .filter(|e| e["slot"] == w.slot && e["stream"] != "herd")
                     .rev()
                     .take(10)
-                    .map(|e| e.json.clone())
+                    .cloned()
                     .collect::<Vec<_>>()
                     .into_iter()
                     .rev()
@@ -842,7 +847,7 @@ where
                 .journal
                 .last(slot, lines)
                 .into_iter()
-                .map(|e| e.json)
+                .map(|e| e.json())
                 .collect();
             reply(StatusCode::OK, json!({ "entries": entries }))
         }
