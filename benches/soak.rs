@@ -136,10 +136,8 @@ fn contradictions(events: &[serde_json::Value], table: &serde_json::Value) -> Ve
                 }
                 current.insert(slot, e["new_pid"].as_u64().unwrap_or(0));
             }
-            "exited" => {
-                if current.get(&slot) == e["pid"].as_u64().as_ref() {
-                    current.remove(&slot);
-                }
+            "exited" if current.get(&slot) == e["pid"].as_u64().as_ref() => {
+                current.remove(&slot);
             }
             _ => {}
         }
