@@ -751,6 +751,24 @@ fn herd_startup_writes_a_unit_that_runs_the_file_as_the_user_with_their_path_and
         std::fs::canonicalize(&dir.0).unwrap()
     );
     assert!(value("ExecReload").contains("-HUP"), "{text}");
+    // --print shows the same unit and writes nothing.
+    let empty = dir.join("print-only");
+    std::fs::create_dir_all(&empty).unwrap();
+    let printed = std::process::Command::new(herd_bin())
+        .args(["startup", "--print", "start", "herd.toml", "--unit-dir"])
+        .arg(&empty)
+        .current_dir(&dir.0)
+        .env("SUDO_USER", "www-data")
+        .env(
+            "PATH",
+            format!("/opt/nvm/bin:{}", std::env::var("PATH").unwrap()),
+        )
+        .output()
+        .unwrap();
+    assert!(printed.status.success());
+    let printed = String::from_utf8_lossy(&printed.stdout);
+    assert!(printed.contains(&text), "{printed}");
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
     // systemd's own check of the unit, where systemd is installed (.ci/run
     // installs it).
     if let Some(analyze) = on_path("systemd-analyze") {

@@ -207,14 +207,14 @@ pub(crate) struct Cli {
     pub(crate) log_keep: Option<usize>,
 
     /// Print the systemd service unit that runs this same command at boot,
-    /// and exit (`herd startup` writes it).
-    #[arg(long)]
+    /// and exit (`herd startup` writes it; `herd startup --print` prints).
+    #[arg(long, alias = "print")]
     pub(crate) print_systemd_unit: bool,
 
     /// Write the systemd unit that runs this same command at boot into
     /// /etc/systemd/system (or --unit-dir), say how to enable it, and exit:
     /// `herd startup [systemd] start herd.toml` (PM2's `startup`).
-    #[arg(long, conflicts_with = "print_systemd_unit")]
+    #[arg(long)]
     pub(crate) startup: bool,
 
     /// With --startup: where the units go.

@@ -95,7 +95,7 @@ pub fn herd() -> ExitCode {
     }
     if cli.print_systemd_unit || cli.startup {
         let done = systemd_units(&cli, file.as_deref()).and_then(|units| {
-            if cli.startup {
+            if cli.startup && !cli.print_systemd_unit {
                 unit::install(&units, cli.unit_dir.as_deref())
             } else {
                 Ok(unit::print(&units))

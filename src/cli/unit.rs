@@ -141,7 +141,7 @@ fn exec_args(file: Option<&Path>, cwd: &Path) -> Vec<String> {
     let mut program_seen = false;
     while let Some(a) = words.next() {
         match a.as_str() {
-            "--print-systemd-unit" | "--socket-unit" | "--startup" => continue,
+            "--print-systemd-unit" | "--print" | "--socket-unit" | "--startup" => continue,
             "--unit-dir" => {
                 words.next();
                 continue;
