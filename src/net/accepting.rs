@@ -72,6 +72,30 @@ fn hex_addr(text: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
+/// How many connections wait in the accept queue of the listening socket
+/// at `fd`: TCP_INFO's `tcpi_unacked` (for a listener, the kernel's
+/// `sk_ack_backlog`). One system call, where `/proc/net/tcp` would list
+/// every socket of the machine.
+pub(crate) fn queued(fd: RawFd) -> Option<u32> {
+    use nix::libc;
+    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `fd` is one of the master's own listening sockets; the kernel
+    // writes at most `len` bytes into `info`, which is that large and
+    // zeroed, so every field is initialised whatever it writes.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    // SAFETY: zeroed above, and written (in part) by the kernel.
+    (rc == 0).then(|| unsafe { info.assume_init() }.tcpi_unacked)
+}
+
 /// The inode of the socket at `fd`.
 pub(crate) fn inode(fd: RawFd) -> Option<u64> {
     // SAFETY: `fd` is one of the master's own listening sockets, open for
@@ -128,7 +152,10 @@ mod tests {
     fn this_processs_own_listener_is_found_with_its_queue() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&l);
+        assert_eq!(queued(fd), Some(0));
         let _waiting = std::net::TcpStream::connect(addr).unwrap();
+        assert_eq!(queued(fd), Some(1));
         let ino = inode(std::os::fd::AsRawFd::as_raw_fd(&l)).unwrap();
         assert!(socket_inodes(std::process::id()).contains(&ino));
         let found = listeners()[&ino];

@@ -160,12 +160,10 @@ impl Supervisor {
         if !self.listeners.per_slot() || self.phase != Phase::Running {
             return;
         }
-        let table = crate::net::accepting::listeners();
         let now = clock();
-        let ours: Vec<u64> = (0..self.slots.len())
-            .flat_map(|i| self.listeners.fds_for_slot(i))
-            .filter_map(crate::net::accepting::inode)
-            .collect();
+        // Read only when a worker has looked stuck long enough: it lists
+        // every socket of the machine.
+        let mut table = None;
         let mut found = Vec::new();
         for index in 0..self.slots.len() {
             if !self.slots[index].is_serving() {
@@ -178,9 +176,7 @@ impl Supervisor {
                 .listeners
                 .fds_for_slot(index)
                 .into_iter()
-                .filter_map(crate::net::accepting::inode)
-                .filter_map(|ino| table.get(&ino))
-                .map(|l| l.queued)
+                .filter_map(crate::net::accepting::queued)
                 .sum();
             let app = self.workers.get(&pid).and_then(|w| w.app);
             let w = self.worker(pid);
@@ -196,6 +192,11 @@ impl Supervisor {
                 // Something was accepted: not stuck.
                 Some((_, before)) if queued < before => w.stuck = Some((now, queued)),
                 Some((since, _)) if now.saturating_duration_since(since) >= NEVER_ACCEPTS_AFTER => {
+                    let ours: Vec<u64> = (0..self.slots.len())
+                        .flat_map(|i| self.listeners.fds_for_slot(i))
+                        .filter_map(crate::net::accepting::inode)
+                        .collect();
+                    let table = table.get_or_insert_with(crate::net::accepting::listeners);
                     // Its own listeners, or those of the app it runs.
                     let own: Vec<std::net::SocketAddr> = std::iter::once(pid)
                         .chain(app)
