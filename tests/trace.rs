@@ -83,6 +83,19 @@ async fn events_and_worker_lines_reach_tracing_with_their_level_and_fields() {
     let forwarding = herd::trace::forward(&handle, herd::trace::Forward { output: true });
     let run = tokio::spawn(cluster.run());
     let pid = first_ready_worker(&handle).await.to_string();
+    // hello is ready at its start (no readiness protocol): its first line
+    // may come after; the stop waits for it.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !recorder
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|s| s.target == "herd::worker")
+    {
+        assert!(tokio::time::Instant::now() < deadline, "no worker line");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     handle.shutdown().await.unwrap();
     run.await.unwrap().unwrap();
     // The streams end with the cluster, and so does the forwarding.
