@@ -405,26 +405,25 @@ fn summary(c: &Changes) -> String {
     }
 }
 
+/// A herd-wide notice: `kind` and `level` in JSON, the text otherwise.
+fn notice(kind: &str, level: &str, text: &str, json: bool) {
+    let line = serde_json::json!({
+        "event": "notice",
+        "slot": null,
+        "notice": kind,
+        "level": level,
+        "message": text,
+    });
+    let prefix = if level == "warn" { "warning: " } else { "" };
+    super::event_line(None, json, line, |tag| format!("{tag}: {prefix}{text}"));
+}
+
 fn warn(warnings: &[String], json: bool) {
     for w in warnings {
-        if json {
-            eprintln!(
-                "{{\"event\":\"notice\",\"slot\":null,\"notice\":\"config_ignored\",\"level\":\"warn\",\"message\":{}}}",
-                serde_json::Value::String(w.clone())
-            );
-        } else {
-            super::say!("herd: warning: {w}");
-        }
+        notice("config_ignored", "warn", w, json);
     }
 }
 
 fn say(text: &str, json: bool) {
-    if json {
-        eprintln!(
-            "{{\"event\":\"notice\",\"slot\":null,\"notice\":\"config_reloaded\",\"level\":\"info\",\"message\":{}}}",
-            serde_json::Value::String(text.to_owned())
-        );
-    } else {
-        super::say!("herd: {text}");
-    }
+    notice("config_reloaded", "info", text, json);
 }

@@ -67,6 +67,26 @@ pub(crate) fn say_line(text: &str) {
     }
 }
 
+/// One of the CLI's own events: with `--log-format json` the object
+/// `line` (with the cluster's name, when it has one), else the text
+/// `text` makes from the `herd[NAME]` tag.
+pub(crate) fn event_line(
+    name: Option<&str>,
+    json: bool,
+    mut line: serde_json::Value,
+    text: impl FnOnce(&str) -> String,
+) {
+    if json {
+        if let Some(n) = name {
+            line["cluster"] = n.into();
+        }
+        eprintln!("{line}");
+    } else {
+        let tag = name.map_or_else(|| "herd".to_owned(), |n| format!("herd[{n}]"));
+        say_line(&text(&tag));
+    }
+}
+
 /// `eprintln!` for the CLI's own text lines, stamped with `--time`.
 macro_rules! say {
     ($($t:tt)*) => { $crate::cli::say_line(&format!($($t)*)) };

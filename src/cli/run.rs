@@ -163,25 +163,15 @@ impl Extras {
         let json = cli.log_format == "json";
         let name = cli.name.clone();
         let watch = super::watch::start(cli, cluster.handle(), move |changed: &[String]| {
-            if json {
-                let mut line = serde_json::json!({ "event": "watch_changed", "changed": changed });
-                if let Some(n) = &name {
-                    line["cluster"] = n.clone().into();
-                }
-                eprintln!("{line}");
-            } else {
-                let tag = name
-                    .as_ref()
-                    .map_or_else(|| "herd".to_owned(), |n| format!("herd[{n}]"));
+            let line = serde_json::json!({ "event": "watch_changed", "changed": changed });
+            super::event_line(name.as_deref(), json, line, |tag| {
                 let shown: Vec<&str> = changed.iter().take(3).map(String::as_str).collect();
-                let more = changed.len().saturating_sub(3);
-                let more = if more > 0 {
-                    format!(" and {more} more")
-                } else {
-                    String::new()
+                let more = match changed.len().saturating_sub(3) {
+                    0 => String::new(),
+                    n => format!(" and {n} more"),
                 };
-                super::say!("{tag}: changed: {}{more}; reloading", shown.join(", "));
-            }
+                format!("{tag}: changed: {}{more}; reloading", shown.join(", "))
+            });
         })?;
         if let Some(schedule) = &cli.cron_reload {
             let cron = super::cron::parse(schedule)?;
@@ -189,22 +179,14 @@ impl Extras {
             let name = cli.name.clone();
             let say = move |reloading: bool, next: Option<String>| {
                 let next = next.unwrap_or_else(|| "never".into());
-                if json {
-                    let mut line = serde_json::json!({
-                        "event": if reloading { "cron_reload" } else { "cron_scheduled" },
-                        "next": next,
-                    });
-                    if let Some(n) = &name {
-                        line["cluster"] = n.clone().into();
-                    }
-                    eprintln!("{line}");
-                } else {
-                    let tag = name
-                        .as_ref()
-                        .map_or_else(|| "herd".to_owned(), |n| format!("herd[{n}]"));
+                let line = serde_json::json!({
+                    "event": if reloading { "cron_reload" } else { "cron_scheduled" },
+                    "next": next,
+                });
+                super::event_line(name.as_deref(), json, line, |tag| {
                     let what = if reloading { "scheduled reload; " } else { "" };
-                    super::say!("{tag}: {what}next scheduled reload at {next}");
-                }
+                    format!("{tag}: {what}next scheduled reload at {next}")
+                });
             };
             say(false, super::cron::next(&cron));
             tasks.push(super::cron::start(cron, cluster.handle(), move |next| {
@@ -535,24 +517,15 @@ fn choose_balance(cli: &Cli, addresses: usize) -> (Balance, String) {
 
 /// Says which mode was chosen, and why.
 fn announce(cli: &Cli, balance: Balance, port_contract: bool, why: &str) {
-    if cli.log_format == "json" {
-        let mut line = serde_json::json!({
-            "event": "balance_chosen",
-            "balance": balance.to_string(),
-            "proxy_port": port_contract,
-            "why": why,
-        });
-        if let Some(name) = &cli.name {
-            line["cluster"] = name.clone().into();
-        }
-        eprintln!("{line}");
-    } else {
-        let tag = cli
-            .name
-            .as_ref()
-            .map_or_else(|| "herd".to_owned(), |n| format!("herd[{n}]"));
-        super::say!("{tag}: {balance} mode: {why}");
-    }
+    let line = serde_json::json!({
+        "event": "balance_chosen",
+        "balance": balance.to_string(),
+        "proxy_port": port_contract,
+        "why": why,
+    });
+    super::event_line(cli.name.as_deref(), cli.log_format == "json", line, |tag| {
+        format!("{tag}: {balance} mode: {why}")
+    });
 }
 
 /// Runs a built cluster until it stops: says where it listens, prints its

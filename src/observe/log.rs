@@ -42,6 +42,9 @@ struct Inner {
     /// A subscriber that must get every line (log files): the workers'
     /// pipes wait for it, as they wait for a slow terminal.
     lossless: Mutex<Option<tokio::sync::mpsc::Sender<OutputLine>>>,
+    /// Whether `lossless` holds a sender: read for every worker line, so
+    /// that no lock is taken when nobody writes log files.
+    has_lossless: std::sync::atomic::AtomicBool,
 }
 
 impl Log {
@@ -57,6 +60,7 @@ impl Log {
             events: Mutex::new(Some(broadcast::channel(EVENTS).0)),
             output: Mutex::new(Some(broadcast::channel(LINES).0)),
             lossless: Mutex::new(None),
+            has_lossless: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -122,6 +126,9 @@ impl Log {
             .take();
         self.output().take();
         self.lossless().take();
+        self.0
+            .has_lossless
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 
     fn lossless(&self) -> std::sync::MutexGuard<'_, Option<tokio::sync::mpsc::Sender<OutputLine>>> {
@@ -134,11 +141,21 @@ impl Log {
     pub(crate) fn subscribe_lossless(&self) -> tokio::sync::mpsc::Receiver<OutputLine> {
         let (tx, rx) = tokio::sync::mpsc::channel(LINES);
         *self.lossless() = Some(tx);
+        self.0
+            .has_lossless
+            .store(true, std::sync::atomic::Ordering::Release);
         rx
     }
 
     /// Where a line goes that must not be dropped, if anywhere.
     pub(crate) fn lossless_sink(&self) -> Option<tokio::sync::mpsc::Sender<OutputLine>> {
+        if !self
+            .0
+            .has_lossless
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return None;
+        }
         self.lossless().clone()
     }
 
