@@ -831,3 +831,71 @@ fn with_time_every_line_on_the_terminal_starts_with_the_time() {
         assert!(stamped(l), "not stamped: {l:?}\n{log}");
     }
 }
+
+#[test]
+fn herds_own_output_redirected_into_the_watched_directory_does_not_reload_it() {
+    use std::os::unix::process::CommandExt;
+    // As a user runs it: `herd --watch node app.js > herd.out 2>&1` in the
+    // app's directory, with the real Express app.
+    let dir = TempDir::new("watch-out");
+    std::fs::copy(
+        fixture("tests/fixtures/apps/express_app.js"),
+        dir.join("app.js"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        fixture("tests/fixtures/apps/node_modules"),
+        dir.join("node_modules"),
+    )
+    .unwrap();
+    let out = std::fs::File::create(dir.join("herd.out")).unwrap();
+    let mut child = std::process::Command::new(herd_bin())
+        .args([
+            "--watch",
+            "--watch-delay",
+            "200ms",
+            "-w",
+            "1",
+            "-l",
+            "127.0.0.1:0",
+        ])
+        .args(["--no-control", "--log-format", "json", "node", "app.js"])
+        .current_dir(&dir.0)
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let _guard = GroupGuard(nix::unistd::Pid::from_raw(child.id() as i32));
+    let events = |kind: &str| {
+        std::fs::read_to_string(dir.join("herd.out"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&format!("\"event\":\"{kind}\"")))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while events("ready") < 1 {
+        assert!(std::time::Instant::now() < deadline, "no worker ready");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::fs::write(
+        dir.join("app.js"),
+        std::fs::read_to_string(dir.join("app.js")).unwrap() + "// edit\n",
+    )
+    .unwrap();
+    while events("reload_finished") < 1 {
+        assert!(std::time::Instant::now() < deadline, "no reload");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Its lines about the reload went to herd.out: they are no change.
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    assert_eq!(events("watch_changed"), 1);
+    assert_eq!(events("reload_started"), 1);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    let _ = wait_child(&mut child, "herd");
+}

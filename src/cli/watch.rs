@@ -52,9 +52,21 @@ pub(crate) fn start(
         .collect();
     let mut ignored: Vec<String> = DEFAULT_IGNORED.iter().map(|s| (*s).to_owned()).collect();
     ignored.extend(cli.ignore_watch.iter().cloned());
-    // herd's own log files are written to on every line.
-    for f in cli.log_file.iter().chain(cli.log_dir.iter()) {
-        ignored.push(base.join(f).display().to_string());
+    // What herd itself writes to on every line: its log files, and the
+    // files its own stdout and stderr go to (`herd --watch ... > out`),
+    // which would otherwise reload it for each line it writes.
+    let own_output = [1, 2]
+        .iter()
+        .filter_map(|fd| std::fs::read_link(format!("/proc/self/fd/{fd}")).ok())
+        .filter(|p| p.is_file());
+    for f in cli
+        .log_file
+        .iter()
+        .chain(cli.log_dir.iter())
+        .map(|f| base.join(f))
+        .chain(own_output)
+    {
+        ignored.push(globset::escape(&f.display().to_string()));
     }
     let filter = Filter::new(&roots, &ignored)?;
     let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
