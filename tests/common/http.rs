@@ -6,7 +6,9 @@ use std::net::{SocketAddr, TcpStream};
 
 use super::*;
 
-fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
+/// A connection to `addr` (127.0.0.1 for an unspecified address) with
+/// the I/O timeouts set.
+pub fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
     let target = if addr.ip().is_unspecified() {
         SocketAddr::from(([127, 0, 0, 1], addr.port()))
     } else {
@@ -57,6 +59,16 @@ pub struct KeepAlive {
 /// One GET on a kept-alive connection (opened if needed); the connection is
 /// dropped when the server says `Connection: close`.
 pub fn keep_alive_get(addr: SocketAddr, conn: &mut Option<KeepAlive>) -> Result<String, String> {
+    keep_alive_request(addr, conn, b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+}
+
+/// [`keep_alive_get`] with the request given whole (its answer must have
+/// a Content-Length).
+pub fn keep_alive_request(
+    addr: SocketAddr,
+    conn: &mut Option<KeepAlive>,
+    request: &[u8],
+) -> Result<String, String> {
     if conn.is_none() {
         *conn = Some(KeepAlive {
             stream: connect(addr)?,
@@ -64,7 +76,7 @@ pub fn keep_alive_get(addr: SocketAddr, conn: &mut Option<KeepAlive>) -> Result<
         });
     }
     let c = conn.as_mut().unwrap();
-    let result = exchange(c);
+    let result = exchange(c, request);
     match &result {
         Ok((_, close)) if !close => {}
         _ => *conn = None,
@@ -72,9 +84,9 @@ pub fn keep_alive_get(addr: SocketAddr, conn: &mut Option<KeepAlive>) -> Result<
     result.map(|(body, _)| body)
 }
 
-fn exchange(c: &mut KeepAlive) -> Result<(String, bool), String> {
+fn exchange(c: &mut KeepAlive, request: &[u8]) -> Result<(String, bool), String> {
     c.stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        .write_all(request)
         .map_err(|e| format!("keep-alive write: {e}"))?;
     let mut chunk = [0u8; 4096];
     let head_end = loop {
