@@ -141,6 +141,49 @@ fn a_stray_response_is_dropped_reported_and_never_reaches_another_client() {
     m.signal(Signal::SIGTERM);
 }
 
+/// Once a worker has sent a stray, none of its connections is reused:
+/// each request gets a connection of its own (the worker sees a new
+/// connection for each), so a later stray meets a closed socket instead
+/// of the next request's client. Before, the connection after a stray was
+/// pooled again.
+#[test]
+fn after_a_stray_a_worker_gets_a_new_connection_for_each_request() {
+    let log = RawLog::new("stray-distrust");
+    let m = master(&log);
+    m.wait_kind("ready", 1);
+    let mut c = TcpStream::connect(m.addr).unwrap();
+    c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut ask = |path: &str| {
+        c.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: a\r\nCookie: session=one\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(cookie_seen(&read_answer(&mut c)), "session=one");
+    };
+    let conns = |log: &RawLog, from: usize| -> Vec<u64> {
+        log.entries()[from..]
+            .iter()
+            .filter_map(|e| e["conn"].as_u64())
+            .collect()
+    };
+    // Before: one pooled connection carries them all.
+    for _ in 0..3 {
+        ask("/before");
+    }
+    let before = conns(&log, 0);
+    assert!(before.windows(2).all(|w| w[0] == w[1]), "{before:?}");
+    ask("/stray-now");
+    m.wait_events("the stray's report", |_| !protocol_errors(&m).is_empty());
+    let seen = log.entries().len();
+    for _ in 0..3 {
+        ask("/after");
+    }
+    let mut after = conns(&log, seen);
+    after.dedup();
+    assert_eq!(after.len(), 3, "a new connection each: {after:?}");
+    m.signal(Signal::SIGTERM);
+}
+
 /// Sends `bytes` on a new connection, ends the client's side, and reads
 /// until the master closes: the whole answer.
 fn exchange(addr: SocketAddr, bytes: &[u8]) -> String {

@@ -214,6 +214,7 @@ pub(super) async fn answer(
             reusable: false,
             switched: Some(std::mem::take(buf)),
             body_left: false,
+            stray: false,
         });
     }
     let mut body = Body::new(head.framing);
@@ -235,16 +236,18 @@ pub(super) async fn answer(
             Failed::Broken
         }
     })?;
-    if !buf.is_empty() {
+    let stray = !buf.is_empty();
+    if stray {
         // More than the answer: the worker sent a response nobody asked
         // for, or will; this connection cannot be trusted again.
         worker.stray(&shared.counters, "right after its answer");
     }
     Ok(Answered {
         keep_client: !head.close_client,
-        reusable: head.reusable && buf.is_empty(),
+        reusable: head.reusable && !stray,
         switched: None,
         body_left: false,
+        stray,
     })
 }
 

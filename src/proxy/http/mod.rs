@@ -326,6 +326,9 @@ struct Answered {
     switched: Option<Vec<u8>>,
     /// The worker answered before the client had sent all of its body.
     body_left: bool,
+    /// The worker sent more than the answer: a response nobody asked
+    /// for. Its connections are not reused from now on.
+    stray: bool,
 }
 
 /// What becomes of the client's connection after a request.
@@ -445,6 +448,9 @@ async fn exchange(
                     tunnel(client, buf, up, &early, shared).await;
                     After::Close
                 } else {
+                    if answered.stray {
+                        backend.kept::<Pool>().distrust();
+                    }
                     if answered.reusable && !backend.is_draining() {
                         // A draining worker's connections close with their
                         // last answer.

@@ -185,6 +185,15 @@ impl Upstream {
 /// would get the answer meant for the one before (nginx and HAProxy drop
 /// such connections too).
 ///
+/// A stray can also come while the connection already carries the next
+/// request; then it is indistinguishable from that request's answer (for
+/// any HTTP/1.1 proxy: the protocol has nothing that pairs an answer with
+/// its request), and the real answer arrives unasked right after. So once
+/// a worker has sent one stray, its connections are distrusted: none is
+/// pooled or reused again, each request gets a connection of its own that
+/// closes with its answer, and a stray written after it meets a closed
+/// socket. One client at most gets a misbehaving worker's stray.
+///
 /// One watcher task per worker does it without a task per connection:
 /// each idle socket is registered with the watcher's waker when it is put
 /// back, so a socket that becomes readable wakes the watcher, which checks
@@ -201,6 +210,9 @@ pub(super) struct PoolState {
     watched: bool,
     /// The worker is gone: the watcher ends.
     closed: bool,
+    /// The worker sent a stray response: none of its connections is
+    /// pooled again.
+    distrusted: bool,
 }
 
 impl std::fmt::Debug for Pool {
@@ -229,7 +241,8 @@ impl Worker {
         counters.worker_protocol_error(slot, || {
             format!(
                 "http: slot {slot}: pid {pid} sent a response {when}, with no request \
-                 outstanding; its connection was closed"
+                 outstanding; its connection was closed, and its connections are no \
+                 longer reused (each request gets its own)"
             )
         });
     }
@@ -272,6 +285,14 @@ impl Pool {
         }
     }
 
+    /// The worker sent a stray: its idle connections go, and none is
+    /// pooled again.
+    pub(super) fn distrust(&self) {
+        let mut state = self.lock();
+        state.distrusted = true;
+        state.idle.clear();
+    }
+
     /// The most recently used idle connection for `address` that nothing
     /// came on.
     pub(super) fn take(&self, address: usize, worker: Worker, counters: &Counters) -> Taken {
@@ -286,7 +307,11 @@ impl Pool {
             match p.up.idle_state(&mut cx) {
                 Idle::Quiet => return Taken::Idle(p.up),
                 Idle::Closed => closed = true,
-                Idle::Stray => worker.stray(counters, "on an idle connection"),
+                Idle::Stray => {
+                    worker.stray(counters, "on an idle connection");
+                    state.distrusted = true;
+                    state.idle.clear();
+                }
             }
         }
         if closed {
@@ -304,14 +329,18 @@ impl Pool {
         counters: &Arc<Counters>,
     ) {
         let mut state = self.lock();
-        if state.closed || state.idle.len() >= POOL_MAX {
+        if state.closed || state.distrusted || state.idle.len() >= POOL_MAX {
             return;
         }
         let waker = state.watcher.clone().unwrap_or(Waker::noop().clone());
         match up.idle_state(&mut Context::from_waker(&waker)) {
             Idle::Quiet => {}
             Idle::Closed => return,
-            Idle::Stray => return worker.stray(counters, "after its answer"),
+            Idle::Stray => {
+                state.distrusted = true;
+                state.idle.clear();
+                return worker.stray(counters, "after its answer");
+            }
         }
         state.idle.push(Pooled {
             address,
@@ -352,14 +381,20 @@ pub(super) async fn watch(pool: Arc<Mutex<PoolState>>, worker: Worker, counters:
         {
             state.watcher = Some(cx.waker().clone());
         }
+        let mut stray = false;
         state.idle.retain(|p| match p.up.idle_state(cx) {
             Idle::Quiet => true,
             Idle::Closed => false,
             Idle::Stray => {
                 worker.stray(&counters, "on an idle connection");
+                stray = true;
                 false
             }
         });
+        if stray {
+            state.distrusted = true;
+            state.idle.clear();
+        }
         Poll::Pending
     })
     .await
