@@ -367,8 +367,11 @@ pub(super) enum Taken {
 }
 
 /// Drops each idle connection of a pool that the worker closes or sends
-/// anything on, until the pool is dropped.
+/// anything on, or that stayed idle for [`POOL_IDLE`] (it would never be
+/// taken again, and would hold a socket on both sides while the worker
+/// lives), until the pool is dropped.
 pub(super) async fn watch(pool: Arc<Mutex<PoolState>>, worker: Worker, counters: Arc<Counters>) {
+    let mut expiry = Box::pin(tokio::time::sleep(POOL_IDLE));
     std::future::poll_fn(|cx| {
         let mut state = pool.lock().unwrap_or_else(|p| p.into_inner());
         if state.closed {
@@ -383,6 +386,7 @@ pub(super) async fn watch(pool: Arc<Mutex<PoolState>>, worker: Worker, counters:
         }
         let mut stray = false;
         state.idle.retain(|p| match p.up.idle_state(cx) {
+            _ if p.since.elapsed() >= POOL_IDLE => false,
             Idle::Quiet => true,
             Idle::Closed => false,
             Idle::Stray => {
@@ -394,6 +398,14 @@ pub(super) async fn watch(pool: Arc<Mutex<PoolState>>, worker: Worker, counters:
         if stray {
             state.distrusted = true;
             state.idle.clear();
+        }
+        // Woken again when the oldest idle connection goes stale.
+        if let Some(oldest) = state.idle.iter().map(|p| p.since).min() {
+            let at = tokio::time::Instant::from_std(oldest + POOL_IDLE);
+            expiry.as_mut().reset(at);
+            if std::future::Future::poll(expiry.as_mut(), cx).is_ready() {
+                cx.waker().wake_by_ref();
+            }
         }
         Poll::Pending
     })
