@@ -35,7 +35,8 @@
 //! ended properly (close frame, last chunk); the faults injected; answers
 //! that were not to their own request; processes, cgroups, client
 //! sockets and zombies left behind; the master's memory and fds at the
-//! start, their peak, and at the end of the load; whether every reload
+//! start, their peak, and at the end of the load (back to the workers of
+//! the start: its fds must be those of the start, its memory within 10 %); whether every reload
 //! that started finished; and what contradicts itself (a slot replaced
 //! from a pid that was not its worker, two slots with one pid, a worker
 //! still counted as open once every client has left). Anything
@@ -177,6 +178,10 @@ struct Report {
     rss_kb: (u64, u64, u64),
     anon_kb: (u64, u64, u64),
     fds: (usize, usize, usize),
+    /// The master's fds by kind at the start and the end.
+    fd_kinds: (BTreeMap<String, usize>, BTreeMap<String, usize>),
+    /// The master's sockets at the start and the end.
+    sockets: (Vec<String>, Vec<String>),
     upgrades: usize,
     reloads_started: usize,
     reloads_finished: usize,
@@ -191,6 +196,8 @@ struct Report {
     master_errors: Vec<String>,
     /// Events and tables that contradict each other.
     contradictions: Vec<String>,
+    /// The master's log, kept for a failed run.
+    log: String,
 }
 
 impl Report {
@@ -215,6 +222,7 @@ impl Report {
             (self.orphans > 0, "children that outlived their worker"),
             (self.cgroups_left.unwrap_or(0) > 0, "cgroups left behind"),
             (self.client_sockets > 0, "client connections left open"),
+            (self.fds.2 > self.fds.0, "fds left open in the master"),
             (self.zombies > 0, "zombies"),
             (
                 self.reloads_finished < self.reloads_started,
@@ -283,6 +291,46 @@ fn socket_inodes(pid: Pid) -> HashSet<u64> {
         .collect()
 }
 
+/// `pid`'s sockets as /proc/net tells them: TCP with its local and
+/// remote port and state, or unix with its path (a diagnosis of fds left
+/// open).
+fn socket_lines(pid: Pid) -> Vec<String> {
+    let inodes = socket_inodes(pid);
+    let mut out = Vec::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6", "/proc/net/unix"] {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        for l in text.lines().skip(1) {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (inode, what) = if file.ends_with("unix") {
+                (f.get(6), format!("unix {}", f.get(7).unwrap_or(&"")))
+            } else {
+                let port = |a: Option<&&str>| {
+                    a.and_then(|a| a.rsplit_once(':'))
+                        .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+                        .unwrap_or(0)
+                };
+                (
+                    f.get(9),
+                    format!(
+                        "tcp {} -> {} state {}",
+                        port(f.get(1)),
+                        port(f.get(2)),
+                        f.get(3).unwrap_or(&"")
+                    ),
+                )
+            };
+            if inode
+                .and_then(|i| i.parse::<u64>().ok())
+                .is_some_and(|i| inodes.contains(&i))
+            {
+                out.push(what);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// `pid`'s TCP connections on local port `port` (not its listeners).
 fn connections_on(pid: Pid, port: u16) -> usize {
     let inodes = socket_inodes(pid);
@@ -328,31 +376,34 @@ fn herd_cgroups(dir: &Path, pid: Pid) -> usize {
 fn contradictions(events: &[serde_json::Value], table: &serde_json::Value) -> Vec<String> {
     use std::collections::HashMap;
     let mut out = Vec::new();
-    // Each slot's serving worker, as the events tell it.
-    let mut current: HashMap<u64, u64> = HashMap::new();
+    // Each slot's workers alive, as the events tell it: spawned, not yet
+    // exited (its current worker, a successor, a predecessor draining).
+    let mut live: HashMap<u64, HashSet<u64>> = HashMap::new();
     for e in events {
-        let (Some(slot), kind) = (e["slot"].as_u64(), e["event"].as_str().unwrap_or("")) else {
+        let kind = e["event"].as_str().unwrap_or("");
+        let (Some(slot), Some(pid)) = (
+            e["slot"].as_u64(),
+            e["pid"].as_u64().or(e["old_pid"].as_u64()),
+        ) else {
             continue;
         };
         match kind {
-            "ready" => {
-                current
-                    .entry(slot)
-                    .or_insert(e["pid"].as_u64().unwrap_or(0));
+            "spawned" => {
+                live.entry(slot).or_default().insert(pid);
+            }
+            "exited" => {
+                live.entry(slot).or_default().remove(&pid);
             }
             "replaced" => {
-                let old = e["old_pid"].as_u64().unwrap_or(0);
-                if let Some(&was) = current.get(&slot) {
-                    if was != old {
+                let new = e["new_pid"].as_u64().unwrap_or(0);
+                let workers = live.entry(slot).or_default();
+                for (what, p) in [("old", pid), ("new", new)] {
+                    if !workers.contains(&p) {
                         out.push(format!(
-                            "slot {slot}: replaced pid {old}, but its worker was {was}"
+                            "slot {slot}: replaced with {what} pid {p}, not a live worker of the slot ({workers:?})"
                         ));
                     }
                 }
-                current.insert(slot, e["new_pid"].as_u64().unwrap_or(0));
-            }
-            "exited" if current.get(&slot) == e["pid"].as_u64().as_ref() => {
-                current.remove(&slot);
             }
             _ => {}
         }
@@ -395,6 +446,21 @@ fn status_kb(pid: Pid, field: &str) -> u64 {
                 .and_then(|v| v.split_whitespace().next()?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// What `pid`'s fds are, by kind (socket, pipe, pidfd, file), counted.
+fn fd_kinds(pid: Pid) -> BTreeMap<String, usize> {
+    let mut kinds = BTreeMap::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let target = std::fs::read_link(e.path()).map_or("?".into(), |t| t.display().to_string());
+        let kind = target.split(':').next().unwrap_or("?").to_owned();
+        *kinds.entry(kind).or_default() += 1;
+    }
+    kinds
 }
 
 fn fd_count(pid: Pid) -> usize {
@@ -443,6 +509,8 @@ fn soak(mode: &str, seed: u64, seconds: u64) -> Report {
     let cgroups = cgroup_v2_dir(master);
     let mut report = Report {
         fds: (fd_count(master), 0, 0),
+        fd_kinds: (fd_kinds(master), BTreeMap::new()),
+        sockets: (socket_lines(master), Vec::new()),
         ..Report::default()
     };
     let clients = Clients::start(m.addr, seed);
@@ -467,6 +535,9 @@ fn soak(mode: &str, seed: u64, seconds: u64) -> Report {
     let mut target = WORKERS;
     let mut idle_clients = Vec::new();
     let mut last_tick = Instant::now();
+    let began = Instant::now();
+    let mut timeline: Vec<(Instant, String)> = Vec::new();
+    let mut seen_events = 0;
     let deadline = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200 + rng.below(800)));
@@ -494,6 +565,16 @@ fn soak(mode: &str, seed: u64, seconds: u64) -> Report {
         helpers.extend(&children);
         let fault = Fault::pick(&mut rng, mode);
         *report.faults.entry(fault).or_default() += 1;
+        // The timeline of a failed run: events as the soak saw them come,
+        // and each fault.
+        for e in &events[seen_events..] {
+            timeline.push((Instant::now(), format!("event {e}")));
+        }
+        seen_events = events.len();
+        timeline.push((
+            Instant::now(),
+            format!("fault {} (live {live:?})", fault.name()),
+        ));
         match fault {
             Fault::Kill => {
                 if live.is_empty() {
@@ -583,11 +664,20 @@ fn soak(mode: &str, seed: u64, seconds: u64) -> Report {
     std::thread::sleep(Duration::from_secs(2));
     let tallies = clients.finish();
     drop(idle_clients);
-    std::thread::sleep(Duration::from_secs(1));
+    // Back to the workers of the start (a scale may be refused while a
+    // slot drains: tried again), then a moment for what closes after
+    // the clients: the master's fds must be those of the start.
+    let back = Instant::now() + common::WAIT;
+    while herdctl(&control, &["scale", &workers]).0 != 0 && Instant::now() < back {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(3));
     report.rss_kb.2 = rss_kb(master);
     report.anon_kb.2 = anon_kb(master);
     report.zombies = zombies_of(master);
     report.fds.2 = fd_count(master);
+    report.fd_kinds.1 = fd_kinds(master);
+    report.sockets.1 = socket_lines(master);
     report.client_sockets = connections_on(master, m.addr.port());
     let events = m.events();
     let live = live_pids(&events);
@@ -620,7 +710,27 @@ fn soak(mode: &str, seed: u64, seconds: u64) -> Report {
             } else if excusable && f.pid.is_none() && within(&shut, &f.at) {
                 row.by_listener += 1;
             } else {
-                row.unexplained.push(format!("{}: {}", kind.name(), f.what));
+                // What the events say of its worker, for the diagnosis.
+                let story: Vec<&str> = f.pid.map_or(Vec::new(), |pid| {
+                    events
+                        .iter()
+                        .filter(|e| {
+                            e["pid"].as_u64() == Some(u64::from(pid))
+                                || e["old_pid"].as_u64() == Some(u64::from(pid))
+                        })
+                        .filter_map(|e| e["event"].as_str())
+                        .collect()
+                });
+                row.unexplained.push(format!(
+                    "{}: {} (pid {:?}: {story:?})",
+                    kind.name(),
+                    f.what,
+                    f.pid
+                ));
+                timeline.push((
+                    f.at,
+                    format!("FAILED {}: {} (pid {:?})", kind.name(), f.what, f.pid),
+                ));
             }
         }
         report.crossed.extend(tally.crossed.iter().cloned());
@@ -655,6 +765,21 @@ fn soak(mode: &str, seed: u64, seconds: u64) -> Report {
     let table: serde_json::Value = serde_json::from_str(&table).unwrap_or_default();
     report.contradictions = contradictions(&events, &table);
     let spawned = m.spawned_pids();
+    timeline.sort_by_key(|(at, _)| *at);
+    let lines: Vec<String> = timeline
+        .iter()
+        .map(|(at, what)| {
+            format!(
+                "{:8.3} {what}",
+                at.saturating_duration_since(began).as_secs_f64()
+            )
+        })
+        .collect();
+    report.log = format!(
+        "{}\n--- the soak's timeline (s from the start of the load)\n{}\n",
+        m.log(),
+        lines.join("\n")
+    );
     finish(m);
     report.left_behind = spawned
         .iter()
@@ -793,6 +918,12 @@ fn print(mode: &str, seed: u64, seconds: u64, r: &Report) {
             );
         }
     }
+    if r.fds.2 > r.fds.0 {
+        println!(
+            "  {mode}: the master's fds at the start {:?}, at the end {:?}",
+            r.fd_kinds.0, r.fd_kinds.1
+        );
+    }
     if !r.crossed.is_empty() {
         println!(
             "  {mode}: crossed answers, first: {:?}",
@@ -846,7 +977,13 @@ fn main() {
         print(mode, seed, seconds, &r);
         let why = r.failures();
         if !why.is_empty() {
-            println!("  {mode}: FAILED: {}", why.join(", "));
+            let log = std::env::temp_dir().join(format!("herd-soak-{seed}-{mode}.log"));
+            let _ = std::fs::write(&log, &r.log);
+            println!(
+                "  {mode}: FAILED: {} (the master's log: {})",
+                why.join(", "),
+                log.display()
+            );
             failed.push(mode.clone());
         }
     }
