@@ -195,3 +195,64 @@ fn an_upgrade_in_place_keeps_node_workers_on_their_ipc_channel() {
         &node_server(),
     );
 }
+
+/// Found by the soak: the connections the master relays (those it took
+/// off the queue of a slot whose worker died, and passed on to a live
+/// slot) were closed by an upgrade in place, kept-alive clients and all.
+/// The relays are now paused and carried to the next master, which goes
+/// on with them: each client's next request on the same connection is
+/// answered.
+#[test]
+fn an_upgrade_in_place_keeps_the_connections_the_master_relays() {
+    use std::io::Write;
+    let (mut m, _control) = controlled(
+        &["-w", "2", "--ready", "notify", "--restart-delay", "1s"],
+        &hello_server(),
+    );
+    m.wait_kind("ready", 2);
+    let victim = pid_field(
+        of_kind(&m.events(), "spawned")
+            .find(|e| e["slot"] == 0)
+            .unwrap(),
+        "pid",
+    );
+    // Stopped, its slot's socket queues what reaches it.
+    kill(Pid::from_raw(victim as i32), Signal::SIGSTOP).unwrap();
+    let mut clients: Vec<std::net::TcpStream> = (0..16)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(m.addr).unwrap();
+            c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+            c
+        })
+        .collect();
+    // Its death passes its queue on: those clients are relayed.
+    kill(Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
+    let events = m.wait_events("the queue passed on", |e| {
+        e.iter().any(|e| e["notice"] == "connections_passed_on")
+    });
+    assert!(
+        events
+            .iter()
+            .any(|e| e["notice"] == "connections_passed_on"),
+        "{}",
+        m.log()
+    );
+    for c in &mut clients {
+        assert_eq!(status_of(&read_answer(c)), 200);
+    }
+    m.wait_kind("ready", 3);
+    m.signal(Signal::SIGUSR2);
+    m.wait_kind("upgraded", 1);
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        let answer = read_answer(c);
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "client {i} after the upgrade: {answer:?}\n{}",
+            m.log()
+        );
+    }
+    m.signal(Signal::SIGTERM);
+    assert!(m.wait_exit().success(), "{}", m.log());
+}

@@ -7,10 +7,20 @@
 //! the same address, where the steering program hands it to a live slot.
 //! The forwarded connection reaches the worker from the master's loopback
 //! address; that is the price of not dropping it.
+//!
+//! Such a relay may last as long as the client keeps its connection, and
+//! an upgrade in place replaces the master's process image: the relays
+//! are paused (each between two writes, so no byte read is left unsent),
+//! their two sockets carried to the next master, which resumes them. Before,
+//! an upgrade closed every kept-alive connection the master relayed (found
+//! by the soak).
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use socket2::Socket;
@@ -46,11 +56,133 @@ pub(crate) fn target(local: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, local.port())
 }
 
-/// Forwards one rescued connection to `target` until both sides close.
-pub(crate) async fn forward(client: TcpStream, target: SocketAddr) -> io::Result<()> {
+/// Forwards one rescued connection to `target` until both sides close,
+/// or until the relays are paused for an upgrade.
+pub(crate) async fn forward(
+    client: TcpStream,
+    target: SocketAddr,
+    relays: Arc<Relays>,
+) -> io::Result<()> {
     client.set_nonblocking(true)?;
-    let mut client = tokio::net::TcpStream::from_std(client)?;
-    let mut upstream = tokio::net::TcpStream::connect(target).await?;
-    tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+    let client = tokio::net::TcpStream::from_std(client)?;
+    let upstream = tokio::net::TcpStream::connect(target).await?;
+    relay(client, upstream, relays).await;
+    Ok(())
+}
+
+/// The master's relays of rescued connections: how many run, and the
+/// sockets of those paused for an upgrade.
+#[derive(Debug)]
+pub(crate) struct Relays {
+    pause: tokio::sync::watch::Sender<bool>,
+    running: AtomicUsize,
+    paused: Mutex<Vec<(OwnedFd, OwnedFd)>>,
+}
+
+impl Default for Relays {
+    fn default() -> Self {
+        Relays {
+            pause: tokio::sync::watch::channel(false).0,
+            running: AtomicUsize::new(0),
+            paused: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// The prefix of the keys a relay's two sockets are carried under.
+pub(crate) const CARRY_PREFIX: &str = "herd.relay.";
+
+impl Relays {
+    /// Pauses every relay (each at its next point with nothing in hand)
+    /// and returns their sockets, client first; a relay still writing
+    /// after `limit` goes on, and ends with this process.
+    pub(crate) async fn pause_all(&self, limit: Duration) -> Vec<(OwnedFd, OwnedFd)> {
+        self.pause.send_replace(true);
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.running.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        std::mem::take(&mut *self.paused.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Takes up relays again: those paused for an upgrade that failed, or
+    /// those the previous master carried.
+    pub(crate) fn resume(self: &Arc<Self>, pairs: Vec<(OwnedFd, OwnedFd)>) {
+        self.pause.send_replace(false);
+        for (client, upstream) in pairs {
+            let to_tokio = |fd: OwnedFd| {
+                let s = TcpStream::from(fd);
+                s.set_nonblocking(true)?;
+                tokio::net::TcpStream::from_std(s)
+            };
+            if let (Ok(c), Ok(u)) = (to_tokio(client), to_tokio(upstream)) {
+                tokio::spawn(relay(c, u, self.clone()));
+            }
+        }
+    }
+}
+
+/// Copies bytes both ways until both sides have ended (each end passed
+/// on as a half-close), or until paused: it stops only with nothing read
+/// and not yet written, and leaves its two sockets in `relays`.
+async fn relay(
+    client: tokio::net::TcpStream,
+    upstream: tokio::net::TcpStream,
+    relays: Arc<Relays>,
+) {
+    relays.running.fetch_add(1, Ordering::AcqRel);
+    let mut pause = relays.pause.subscribe();
+    let mut buf = vec![0u8; 16 * 1024];
+    // Whether each side may still send.
+    let (mut from_client, mut from_upstream) = (true, true);
+    while from_client || from_upstream {
+        let (from, to, open) = tokio::select! {
+            biased;
+            _ = pause.wait_for(|p| *p) => {
+                if let (Ok(c), Ok(u)) = (client.into_std(), upstream.into_std()) {
+                    relays
+                        .paused
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((c.into(), u.into()));
+                }
+                relays.running.fetch_sub(1, Ordering::AcqRel);
+                return;
+            }
+            r = client.readable(), if from_client => match r {
+                Ok(()) => (&client, &upstream, &mut from_client),
+                Err(_) => break,
+            },
+            r = upstream.readable(), if from_upstream => match r {
+                Ok(()) => (&upstream, &client, &mut from_upstream),
+                Err(_) => break,
+            },
+        };
+        match from.try_read(&mut buf) {
+            Ok(0) => {
+                *open = false;
+                let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+            }
+            Ok(n) => {
+                if write_all(to, &buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => break,
+        }
+    }
+    relays.running.fetch_sub(1, Ordering::AcqRel);
+}
+
+async fn write_all(to: &tokio::net::TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        to.writable().await?;
+        match to.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
     Ok(())
 }

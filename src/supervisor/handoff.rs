@@ -25,6 +25,9 @@ const SETTLE_LIMIT: Duration = Duration::from_secs(60);
 /// How long subscribers (an event printer) get to receive the `upgrading`
 /// event before the exec ends them.
 const EVENT_GRACE: Duration = Duration::from_millis(200);
+/// How long an upgrade waits for the relays of rescued connections to
+/// pause, each between two writes.
+const RELAY_PAUSE_LIMIT: Duration = Duration::from_secs(1);
 
 /// Clusters running in this process: an exec would end all but the one
 /// that upgrades.
@@ -89,6 +92,31 @@ impl Supervisor {
                 },
             );
         }
+        // The relays the previous master paused, client and upstream of
+        // each under one index.
+        let relayed = {
+            let mut incoming = self
+                .shared
+                .carried
+                .incoming
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let mut pairs = std::collections::BTreeMap::<String, [Option<OwnedFd>; 2]>::new();
+            for (key, fd) in std::mem::take(&mut *incoming) {
+                let Some(rest) = key.strip_prefix(crate::net::rescue::CARRY_PREFIX) else {
+                    incoming.push((key, fd));
+                    continue;
+                };
+                let (index, side) = rest.split_once('.').unwrap_or((rest, ""));
+                let pair = pairs.entry(index.to_owned()).or_default();
+                pair[usize::from(side == "upstream")] = Some(fd);
+            }
+            pairs
+                .into_values()
+                .filter_map(|[c, u]| Some((c?, u?)))
+                .collect()
+        };
+        self.relays.resume(relayed);
         self.emit(Event::Upgraded {
             upgrades: self.upgrades,
             workers: pids,
@@ -209,9 +237,29 @@ impl Supervisor {
             self.reattach_all();
             return;
         }
+        // The relays of rescued connections go on in the next master.
+        let relayed = self.relays.pause_all(RELAY_PAUSE_LIMIT).await;
+        for (i, (client, upstream)) in relayed.iter().enumerate() {
+            let key = |side: &str| format!("{}{i}.{side}", crate::net::rescue::CARRY_PREFIX);
+            for (side, fd) in [("client", client), ("upstream", upstream)] {
+                if let Ok(dup) = fd.try_clone() {
+                    self.shared.carried.carry(&key(side), dup);
+                }
+            }
+        }
+        let resume = |this: &mut Self, relayed: Vec<(OwnedFd, OwnedFd)>| {
+            this.shared
+                .carried
+                .outgoing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|(k, _)| !k.starts_with(crate::net::rescue::CARRY_PREFIX));
+            this.relays.resume(relayed);
+        };
         let (state, keep) = match self.describe(true) {
             Ok(described) => described,
             Err(e) => {
+                resume(self, relayed);
                 self.reattach_all();
                 return self.refuse_upgrade(format!("handing on the fds: {e}"));
             }
@@ -219,6 +267,7 @@ impl Supervisor {
         let request = match exec_request(&exe, &state, self.config.handle_signals) {
             Ok(r) => r,
             Err(e) => {
+                resume(self, relayed);
                 self.reattach_all();
                 return self.refuse_upgrade(e.to_string());
             }
@@ -236,6 +285,7 @@ impl Supervisor {
         let error = spawner::exec(request).await;
         // Still here: the exec failed, and this master goes on.
         drop((keep, memfd));
+        resume(self, relayed);
         self.reattach_all();
         if let Some(service) = &mut self.service {
             service.reloaded();

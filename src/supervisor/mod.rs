@@ -123,6 +123,8 @@ pub(super) struct Supervisor {
     background: Vec<tokio::task::JoinHandle<()>>,
     /// Tasks that notice a listening socket hanging up.
     listen_watch: Vec<tokio::task::JoinHandle<()>>,
+    /// The relays of connections rescued from a slot without a worker.
+    relays: Arc<crate::net::rescue::Relays>,
     listen_tx: mpsc::UnboundedSender<()>,
     /// Foreign notify messages are logged once a second at most.
     foreign_notes: crate::observe::throttle::LogThrottle,

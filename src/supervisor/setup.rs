@@ -198,6 +198,7 @@ impl Supervisor {
             proxy,
             background,
             listen_watch: Vec::new(),
+            relays: Default::default(),
             listen_tx,
             foreign_notes: crate::observe::throttle::LogThrottle::default(),
             cgroup,

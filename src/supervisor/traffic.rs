@@ -263,7 +263,11 @@ impl Supervisor {
             ),
         );
         for (conn, target) in queued {
-            tokio::spawn(crate::net::rescue::forward(conn, target));
+            tokio::spawn(crate::net::rescue::forward(
+                conn,
+                target,
+                self.relays.clone(),
+            ));
         }
     }
 }
