@@ -923,6 +923,10 @@ fn print(mode: &str, seed: u64, seconds: u64, r: &Report) {
             "  {mode}: the master's fds at the start {:?}, at the end {:?}",
             r.fd_kinds.0, r.fd_kinds.1
         );
+        println!(
+            "  {mode}: its sockets at the start {:?}, at the end {:?}",
+            r.sockets.0, r.sockets.1
+        );
     }
     if !r.crossed.is_empty() {
         println!(

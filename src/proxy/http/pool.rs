@@ -213,6 +213,9 @@ pub(super) struct PoolState {
     /// The worker sent a stray response: none of its connections is
     /// pooled again.
     distrusted: bool,
+    /// The watcher's timer is set for the oldest idle connection going
+    /// stale; without it, a connection put back wakes the watcher.
+    timed: bool,
 }
 
 impl std::fmt::Debug for Pool {
@@ -347,6 +350,13 @@ impl Pool {
             up,
             since: Instant::now(),
         });
+        if !state.timed {
+            // The watcher sets its timer for this one.
+            state.timed = true;
+            if let Some(w) = &state.watcher {
+                w.wake_by_ref();
+            }
+        }
         if !state.watched {
             state.watched = true;
             tokio::spawn(watch(self.0.clone(), worker, counters.clone()));
@@ -400,9 +410,11 @@ pub(super) async fn watch(pool: Arc<Mutex<PoolState>>, worker: Worker, counters:
             state.idle.clear();
         }
         // Woken again when the oldest idle connection goes stale.
+        state.timed = false;
         if let Some(oldest) = state.idle.iter().map(|p| p.since).min() {
             let at = tokio::time::Instant::from_std(oldest + POOL_IDLE);
             expiry.as_mut().reset(at);
+            state.timed = true;
             if std::future::Future::poll(expiry.as_mut(), cx).is_ready() {
                 cx.waker().wake_by_ref();
             }
