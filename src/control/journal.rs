@@ -14,8 +14,13 @@ use tokio::task::JoinHandle;
 use crate::observe::event::{OutputLine, OutputStream};
 use crate::{Event, Handle};
 
-/// Entries kept per app.
+/// Entries kept per app, at most.
 pub const JOURNAL_ENTRIES: usize = 2000;
+/// The text kept per app, at most: the oldest entries go first. An event
+/// carries its text and its JSON, so 2000 of them come to about 0.6 MB,
+/// more than a third of what the master holds besides its binary (the
+/// soak's master grew 17-20 % in 10 minutes).
+pub const JOURNAL_BYTES: usize = 256 * 1024;
 
 /// One entry: a worker's line or one of herd's events, kept as its JSON
 /// text (a few hundred bytes; a parsed value would take several times
@@ -49,8 +54,31 @@ impl Entry {
 
 #[derive(Clone)]
 pub(super) struct Journal {
-    kept: Arc<Mutex<VecDeque<Entry>>>,
+    kept: Arc<Mutex<Kept>>,
     live: broadcast::Sender<Entry>,
+}
+
+/// The entries kept, within [`JOURNAL_ENTRIES`] and [`JOURNAL_BYTES`].
+#[derive(Default)]
+struct Kept {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+}
+
+impl Kept {
+    fn push(&mut self, entry: Entry) {
+        self.bytes += entry.text.len();
+        self.entries.push_back(entry);
+        while self.entries.len() > JOURNAL_ENTRIES || self.bytes > JOURNAL_BYTES {
+            match self.entries.pop_front() {
+                Some(old) => self.bytes -= old.text.len(),
+                None => break,
+            }
+        }
+        if self.entries.capacity() > 2 * self.entries.len() + 64 {
+            self.entries.shrink_to_fit();
+        }
+    }
 }
 
 impl Journal {
@@ -58,7 +86,7 @@ impl Journal {
     pub(super) fn collect(handle: &Handle) -> (Journal, JoinHandle<()>) {
         let (live, _) = broadcast::channel(1024);
         let journal = Journal {
-            kept: Arc::new(Mutex::new(VecDeque::new())),
+            kept: Arc::new(Mutex::new(Kept::default())),
             live,
         };
         let mut output = handle.output();
@@ -96,13 +124,10 @@ impl Journal {
     }
 
     fn push(&self, entry: Entry) {
-        {
-            let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-            if kept.len() == JOURNAL_ENTRIES {
-                kept.pop_front();
-            }
-            kept.push_back(entry.clone());
-        }
+        self.kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(entry.clone());
         let _ = self.live.send(entry);
     }
 
@@ -111,6 +136,7 @@ impl Journal {
     pub(super) fn last(&self, slot: Option<usize>, lines: usize) -> Vec<Entry> {
         let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
         let mut out: Vec<Entry> = kept
+            .entries
             .iter()
             .rev()
             .filter(|e| about(e, slot))
@@ -176,4 +202,32 @@ fn missed(n: u64, what: &str) -> Value {
         "level": "warn",
         "line": format!("the journal missed {n} {what} (the master wrote faster than it kept up)"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_journal_keeps_the_newest_entries_within_its_bytes_and_count() {
+        let mut kept = Kept::default();
+        let line = "x".repeat(1000);
+        for seq in 1..=3000 {
+            kept.push(Entry::new(seq, &json!({ "line": line })));
+        }
+        assert!(kept.bytes <= JOURNAL_BYTES, "{} bytes", kept.bytes);
+        assert_eq!(
+            kept.bytes,
+            kept.entries.iter().map(|e| e.text.len()).sum::<usize>()
+        );
+        assert_eq!(kept.entries.back().map(|e| e.seq), Some(3000));
+        assert!(kept.entries.len() > 200, "{} kept", kept.entries.len());
+        // Small entries: the count is the limit.
+        let mut small = Kept::default();
+        for seq in 1..=5000 {
+            small.push(Entry::new(seq, &json!({ "line": "x" })));
+        }
+        assert_eq!(small.entries.len(), JOURNAL_ENTRIES);
+        assert_eq!(small.entries.front().map(|e| e.seq), Some(3001));
+    }
 }

@@ -65,7 +65,7 @@ mod journal;
 
 pub use apps::{Apps, Changes, Reconfigure};
 pub use client::{Client, ClientError, JournalEntry, Status};
-pub use journal::JOURNAL_ENTRIES;
+pub use journal::{JOURNAL_BYTES, JOURNAL_ENTRIES};
 
 use crate::observe::event::OutputLine;
 use crate::types::{Error, ErrorKind, Result};
