@@ -54,7 +54,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clients::{Clients, Kind, Tally};
-use common::{controlled, fixture, herdctl, of_kind, pid_field, wait_dead, Master};
+use common::{
+    controlled, fd_count, fixture, herdctl, live_pids_in, of_kind, pid_field, wait_dead, Master,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -463,10 +465,6 @@ fn fd_kinds(pid: Pid) -> BTreeMap<String, usize> {
     kinds
 }
 
-fn fd_count(pid: Pid) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
-}
-
 fn soak(mode: &str, seed: u64, seconds: u64) -> Report {
     // Mixed first, so that neighbouring seeds (8 and 9) differ.
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
@@ -555,7 +553,7 @@ fn soak(mode: &str, seed: u64, seconds: u64) -> Report {
             killed.extend(by_master);
         }
         last_tick = Instant::now();
-        let live = live_pids(&events);
+        let live = live_pids_in(&events);
         let procs = processes();
         let children: Vec<u32> = procs
             .iter()
@@ -680,7 +678,7 @@ fn soak(mode: &str, seed: u64, seconds: u64) -> Report {
     report.sockets.1 = socket_lines(master);
     report.client_sockets = connections_on(master, m.addr.port());
     let events = m.events();
-    let live = live_pids(&events);
+    let live = live_pids_in(&events);
     let procs = processes();
     report.orphans = procs
         .iter()
@@ -789,17 +787,6 @@ fn soak(mode: &str, seed: u64, seconds: u64) -> Report {
     report.cgroups_left = cgroups.map(|dir| herd_cgroups(&dir, master));
     let _ = std::fs::remove_dir_all(control.parent().unwrap_or(&control));
     report
-}
-
-/// Workers running now, as the events tell it (spawned, not exited).
-fn live_pids(events: &[serde_json::Value]) -> Vec<u32> {
-    let exited: HashSet<u32> = of_kind(events, "exited")
-        .map(|e| pid_field(e, "pid"))
-        .collect();
-    of_kind(events, "spawned")
-        .map(|e| pid_field(e, "pid"))
-        .filter(|p| !exited.contains(p))
-        .collect()
 }
 
 /// Five requests to `/stray/<id>` on one kept-alive connection: the

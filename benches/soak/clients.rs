@@ -276,27 +276,30 @@ fn read_head(s: &mut TcpStream) -> Result<(String, Vec<u8>), String> {
     }
 }
 
+/// Opens a stream: sends `request` on a new connection and reads the
+/// head, which must start with `status`; returns the connection and what
+/// came after the head.
+fn open(addr: SocketAddr, request: &str, status: &str) -> Result<(TcpStream, Vec<u8>), String> {
+    let mut s = connect(addr)?;
+    s.write_all(request.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let (head, rest) = read_head(&mut s)?;
+    if !head.starts_with(status) {
+        return Err(head.lines().next().unwrap_or("").to_owned());
+    }
+    Ok((s, rest))
+}
+
 /// One SSE stream held for 1 to 4 s, counting its events; it ends
 /// properly when the client leaves or when the server sends the last
 /// chunk (a retiring worker ends its streams).
 fn sse(addr: SocketAddr, rng: &mut crate::Rng, t: &mut Tally) {
     let hold = Duration::from_millis(1000 + rng.below(3000));
-    let mut s = match connect(addr) {
-        Ok(s) => s,
+    let request = "GET /events HTTP/1.1\r\nHost: soak\r\nAccept: text/event-stream\r\n\r\n";
+    let (mut s, mut seen) = match open(addr, request, "HTTP/1.1 200") {
+        Ok(opened) => opened,
         Err(e) => return t.fail(format!("sse: {e}"), true),
     };
-    if let Err(e) =
-        s.write_all(b"GET /events HTTP/1.1\r\nHost: soak\r\nAccept: text/event-stream\r\n\r\n")
-    {
-        return t.fail(format!("sse: write: {e}"), true);
-    }
-    let (head, mut seen) = match read_head(&mut s) {
-        Ok(h) => h,
-        Err(e) => return t.fail(format!("sse: {e}"), true),
-    };
-    if !head.starts_with("HTTP/1.1 200") {
-        return t.fail(format!("sse: {}", head.lines().next().unwrap_or("")), true);
-    }
     t.streams += 1;
     let until = Instant::now() + hold;
     let mut chunk = [0u8; 4096];
@@ -383,22 +386,12 @@ fn read_frame(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(u8, Vec<u8>), Str
 /// ends properly by a close handshake, started by either side.
 fn websocket(addr: SocketAddr, rng: &mut crate::Rng, t: &mut Tally, stop: &AtomicBool) {
     let hold = Duration::from_millis(1000 + rng.below(3000));
-    let mut s = match connect(addr) {
-        Ok(s) => s,
-        Err(e) => return t.fail(format!("ws: {e}"), true),
-    };
     let upgrade = "GET / HTTP/1.1\r\nHost: soak\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
                    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-    if let Err(e) = s.write_all(upgrade.as_bytes()) {
-        return t.fail(format!("ws: write: {e}"), true);
-    }
-    let (head, mut buf) = match read_head(&mut s) {
-        Ok(h) => h,
-        Err(e) => return t.fail(format!("ws: handshake: {e}"), true),
+    let (mut s, mut buf) = match open(addr, upgrade, "HTTP/1.1 101") {
+        Ok(opened) => opened,
+        Err(e) => return t.fail(format!("ws: {e}"), true),
     };
-    if !head.starts_with("HTTP/1.1 101") {
-        return t.fail(format!("ws: {}", head.lines().next().unwrap_or("")), true);
-    }
     t.streams += 1;
     let pid = match read_frame(&mut s, &mut buf) {
         Ok((0x1, hello)) => pid_in(&String::from_utf8_lossy(&hello)),

@@ -75,9 +75,6 @@ impl Kept {
                 None => break,
             }
         }
-        if self.entries.capacity() > 2 * self.entries.len() + 64 {
-            self.entries.shrink_to_fit();
-        }
     }
 }
 

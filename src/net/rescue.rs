@@ -25,6 +25,8 @@ use std::time::Duration;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use socket2::Socket;
 
+use crate::upgrade::Carried;
+
 /// Accepts every connection queued on `socket` without blocking.
 ///
 /// Only for a socket no worker accepts on: it polls, then accepts, which
@@ -76,6 +78,8 @@ pub(crate) async fn forward(
 pub(crate) struct Relays {
     pause: tokio::sync::watch::Sender<bool>,
     running: AtomicUsize,
+    /// Told each time a relay stops (paused or ended).
+    stopped: tokio::sync::Notify,
     paused: Mutex<Vec<(OwnedFd, OwnedFd)>>,
 }
 
@@ -84,13 +88,15 @@ impl Default for Relays {
         Relays {
             pause: tokio::sync::watch::channel(false).0,
             running: AtomicUsize::new(0),
+            stopped: tokio::sync::Notify::new(),
             paused: Mutex::new(Vec::new()),
         }
     }
 }
 
-/// The prefix of the keys a relay's two sockets are carried under.
-pub(crate) const CARRY_PREFIX: &str = "herd.relay.";
+/// The prefix of the keys a relay's two sockets are carried under
+/// (`herd.relay.<n>.client`, `herd.relay.<n>.upstream`).
+const CARRY_PREFIX: &str = "herd.relay.";
 
 impl Relays {
     /// Pauses every relay (each at its next point with nothing in hand)
@@ -99,10 +105,56 @@ impl Relays {
     pub(crate) async fn pause_all(&self, limit: Duration) -> Vec<(OwnedFd, OwnedFd)> {
         self.pause.send_replace(true);
         let deadline = tokio::time::Instant::now() + limit;
-        while self.running.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(2)).await;
+        while self.running.load(Ordering::Acquire) > 0 {
+            // Each relay that stops says so (a permit is kept if it comes
+            // before this wait).
+            if tokio::time::timeout_at(deadline, self.stopped.notified())
+                .await
+                .is_err()
+            {
+                break;
+            }
         }
         std::mem::take(&mut *self.paused.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Pauses every relay and hands their sockets to the next master
+    /// through `carried`; returns them, to [`Relays::resume`] if the
+    /// upgrade fails (after [`Relays::uncarry`]).
+    pub(crate) async fn carry(
+        &self,
+        carried: &Carried,
+        limit: Duration,
+    ) -> Vec<(OwnedFd, OwnedFd)> {
+        let relayed = self.pause_all(limit).await;
+        for (i, (client, upstream)) in relayed.iter().enumerate() {
+            for (side, fd) in [("client", client), ("upstream", upstream)] {
+                if let Ok(dup) = fd.try_clone() {
+                    carried.carry(&format!("{CARRY_PREFIX}{i}.{side}"), dup);
+                }
+            }
+        }
+        relayed
+    }
+
+    /// The upgrade failed: the relays' sockets no longer go anywhere.
+    pub(crate) fn uncarry(carried: &Carried) {
+        carried.forget_prefixed(CARRY_PREFIX);
+    }
+
+    /// Takes up the relays the previous master carried.
+    pub(crate) fn adopt(self: &Arc<Self>, carried: &Carried) {
+        let mut pairs = std::collections::BTreeMap::<String, [Option<OwnedFd>; 2]>::new();
+        for (key, fd) in carried.take_prefixed(CARRY_PREFIX) {
+            let (index, side) = key.split_once('.').unwrap_or((&key, ""));
+            pairs.entry(index.to_owned()).or_default()[usize::from(side == "upstream")] = Some(fd);
+        }
+        self.resume(
+            pairs
+                .into_values()
+                .filter_map(|[c, u]| Some((c?, u?)))
+                .collect(),
+        );
     }
 
     /// Takes up relays again: those paused for an upgrade that failed, or
@@ -147,6 +199,7 @@ async fn relay(
                         .push((c.into(), u.into()));
                 }
                 relays.running.fetch_sub(1, Ordering::AcqRel);
+                relays.stopped.notify_one();
                 return;
             }
             r = client.readable(), if from_client => match r {
@@ -173,6 +226,7 @@ async fn relay(
         }
     }
     relays.running.fetch_sub(1, Ordering::AcqRel);
+    relays.stopped.notify_one();
 }
 
 async fn write_all(to: &tokio::net::TcpStream, mut data: &[u8]) -> io::Result<()> {

@@ -92,31 +92,8 @@ impl Supervisor {
                 },
             );
         }
-        // The relays the previous master paused, client and upstream of
-        // each under one index.
-        let relayed = {
-            let mut incoming = self
-                .shared
-                .carried
-                .incoming
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let mut pairs = std::collections::BTreeMap::<String, [Option<OwnedFd>; 2]>::new();
-            for (key, fd) in std::mem::take(&mut *incoming) {
-                let Some(rest) = key.strip_prefix(crate::net::rescue::CARRY_PREFIX) else {
-                    incoming.push((key, fd));
-                    continue;
-                };
-                let (index, side) = rest.split_once('.').unwrap_or((rest, ""));
-                let pair = pairs.entry(index.to_owned()).or_default();
-                pair[usize::from(side == "upstream")] = Some(fd);
-            }
-            pairs
-                .into_values()
-                .filter_map(|[c, u]| Some((c?, u?)))
-                .collect()
-        };
-        self.relays.resume(relayed);
+        // The relays of rescued connections the previous master paused.
+        self.relays.adopt(&self.shared.carried);
         self.emit(Event::Upgraded {
             upgrades: self.upgrades,
             workers: pids,
@@ -238,22 +215,12 @@ impl Supervisor {
             return;
         }
         // The relays of rescued connections go on in the next master.
-        let relayed = self.relays.pause_all(RELAY_PAUSE_LIMIT).await;
-        for (i, (client, upstream)) in relayed.iter().enumerate() {
-            let key = |side: &str| format!("{}{i}.{side}", crate::net::rescue::CARRY_PREFIX);
-            for (side, fd) in [("client", client), ("upstream", upstream)] {
-                if let Ok(dup) = fd.try_clone() {
-                    self.shared.carried.carry(&key(side), dup);
-                }
-            }
-        }
+        let relayed = self
+            .relays
+            .carry(&self.shared.carried, RELAY_PAUSE_LIMIT)
+            .await;
         let resume = |this: &mut Self, relayed: Vec<(OwnedFd, OwnedFd)>| {
-            this.shared
-                .carried
-                .outgoing
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .retain(|(k, _)| !k.starts_with(crate::net::rescue::CARRY_PREFIX));
+            crate::net::rescue::Relays::uncarry(&this.shared.carried);
             this.relays.resume(relayed);
         };
         let (state, keep) = match self.describe(true) {

@@ -27,4 +27,27 @@ impl Carried {
         let i = incoming.iter().position(|(k, _)| k == key)?;
         Some(incoming.swap_remove(i).1)
     }
+
+    /// Takes every fd the previous master carried under a key that starts
+    /// with `prefix`, with the rest of its key.
+    pub(crate) fn take_prefixed(&self, prefix: &str) -> Vec<(String, OwnedFd)> {
+        let mut incoming = self.incoming.lock().unwrap_or_else(|p| p.into_inner());
+        let (taken, kept) = std::mem::take(&mut *incoming)
+            .into_iter()
+            .partition(|(k, _)| k.starts_with(prefix));
+        *incoming = kept;
+        taken
+            .into_iter()
+            .map(|(k, fd): (String, OwnedFd)| (k[prefix.len()..].to_owned(), fd))
+            .collect()
+    }
+
+    /// Forgets what was to go to the next master under keys that start
+    /// with `prefix`.
+    pub(crate) fn forget_prefixed(&self, prefix: &str) {
+        self.outgoing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(k, _)| !k.starts_with(prefix));
+    }
 }

@@ -62,3 +62,14 @@ pub fn pids_in(event: &serde_json::Value, key: &str) -> Vec<u32> {
         .map(|p| p.as_u64().expect("a pid") as u32)
         .collect()
 }
+
+/// Pids of workers that `events` say run (spawned, not reported exited).
+pub fn live_pids_in(events: &[serde_json::Value]) -> Vec<u32> {
+    let exited: std::collections::HashSet<u32> = of_kind(events, "exited")
+        .map(|e| pid_field(e, "pid"))
+        .collect();
+    of_kind(events, "spawned")
+        .map(|e| pid_field(e, "pid"))
+        .filter(|p| !exited.contains(p))
+        .collect()
+}

@@ -218,14 +218,7 @@ impl Master {
 
     /// Pids of workers that are running now (spawned, not reported exited).
     pub fn live_pids(&self) -> Vec<u32> {
-        let events = self.events();
-        let exited: Vec<u32> = of_kind(&events, "exited")
-            .map(|e| pid_field(e, "pid"))
-            .collect();
-        of_kind(&events, "spawned")
-            .map(|e| pid_field(e, "pid"))
-            .filter(|p| !exited.contains(p))
-            .collect()
+        live_pids_in(&self.events())
     }
 
     /// Waits for `n` workers whose start-up line contains `ready_marker`.
