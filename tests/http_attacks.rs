@@ -143,9 +143,8 @@ fn a_stray_response_is_dropped_reported_and_never_reaches_another_client() {
 
 /// Once a worker has sent a stray, none of its connections is reused:
 /// each request gets a connection of its own (the worker sees a new
-/// connection for each), so a later stray meets a closed socket instead
-/// of the next request's client. Before, the connection after a stray was
-/// pooled again.
+/// connection for each), so a later stray reaches no other client.
+/// Before, the connection after a stray was pooled again.
 #[test]
 fn after_a_stray_a_worker_gets_a_new_connection_for_each_request() {
     let log = RawLog::new("stray-distrust");

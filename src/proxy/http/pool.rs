@@ -190,9 +190,9 @@ impl Upstream {
 /// any HTTP/1.1 proxy: the protocol has nothing that pairs an answer with
 /// its request), and the real answer arrives unasked right after. So once
 /// a worker has sent one stray, its connections are distrusted: none is
-/// pooled or reused again, each request gets a connection of its own that
-/// closes with its answer, and a stray written after it meets a closed
-/// socket. One client at most gets a misbehaving worker's stray.
+/// reused again, each request gets a connection of its own, and one put
+/// back is only watched (a stray on it is reported) until it goes stale,
+/// so a later stray reaches no client.
 ///
 /// One watcher task per worker does it without a task per connection:
 /// each idle socket is registered with the watcher's waker when it is put
@@ -211,11 +211,20 @@ pub(super) struct PoolState {
     /// The worker is gone: the watcher ends.
     closed: bool,
     /// The worker sent a stray response: none of its connections is
-    /// pooled again.
+    /// taken again (those put back are only watched, until stale).
     distrusted: bool,
     /// The watcher's timer is set for the oldest idle connection going
     /// stale; without it, a connection put back wakes the watcher.
     timed: bool,
+}
+
+impl PoolState {
+    /// The worker sent a stray: its idle connections go, and none is
+    /// pooled again.
+    fn distrust(&mut self) {
+        self.distrusted = true;
+        self.idle.clear();
+    }
 }
 
 impl std::fmt::Debug for Pool {
@@ -291,9 +300,7 @@ impl Pool {
     /// The worker sent a stray: its idle connections go, and none is
     /// pooled again.
     pub(super) fn distrust(&self) {
-        let mut state = self.lock();
-        state.distrusted = true;
-        state.idle.clear();
+        self.lock().distrust();
     }
 
     /// The most recently used idle connection for `address` that nothing
@@ -301,6 +308,9 @@ impl Pool {
     pub(super) fn take(&self, address: usize, worker: Worker, counters: &Counters) -> Taken {
         let mut cx = Context::from_waker(Waker::noop());
         let mut state = self.lock();
+        if state.distrusted {
+            return Taken::None;
+        }
         let mut closed = false;
         while let Some(p) = state.idle.pop() {
             if p.address != address || p.since.elapsed() >= POOL_IDLE {
@@ -312,8 +322,7 @@ impl Pool {
                 Idle::Closed => closed = true,
                 Idle::Stray => {
                     worker.stray(counters, "on an idle connection");
-                    state.distrusted = true;
-                    state.idle.clear();
+                    state.distrust();
                 }
             }
         }
@@ -332,7 +341,10 @@ impl Pool {
         counters: &Arc<Counters>,
     ) {
         let mut state = self.lock();
-        if state.closed || state.distrusted || state.idle.len() >= POOL_MAX {
+        // A distrusted worker's connection is still watched until it goes
+        // stale, so that a stray behind its answer is seen and reported,
+        // but it is never taken again.
+        if state.closed || state.idle.len() >= POOL_MAX {
             return;
         }
         let waker = state.watcher.clone().unwrap_or(Waker::noop().clone());
@@ -340,8 +352,7 @@ impl Pool {
             Idle::Quiet => {}
             Idle::Closed => return,
             Idle::Stray => {
-                state.distrusted = true;
-                state.idle.clear();
+                state.distrust();
                 return worker.stray(counters, "after its answer");
             }
         }
@@ -406,8 +417,7 @@ pub(super) async fn watch(pool: Arc<Mutex<PoolState>>, worker: Worker, counters:
             }
         });
         if stray {
-            state.distrusted = true;
-            state.idle.clear();
+            state.distrust();
         }
         // Woken again when the oldest idle connection goes stale.
         state.timed = false;
